@@ -1,0 +1,296 @@
+//! The credential store: long-term credentials (RFC 8489 §9.2) for static
+//! users and TURN REST usernames, and stateless nonces.
+//!
+//! A nonce is `expiry || HMAC(server key, expiry || client address)`, so
+//! strangers cost no memory: nothing is stored until a request authenticates.
+//! REST usernames are `expiry:user` (or `user:expiry`, as coturn also accepts)
+//! with password base64(HMAC-SHA1(secret, username)); every configured
+//! secret verifies, the first one mints. Static users are looked up first so
+//! a static name that looks like a REST username still works.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use hmac::{Hmac, Mac};
+use md5::{Digest, Md5};
+use sha1::Sha1;
+use subtle::ConstantTimeEq;
+
+use crate::config::{AuthConfig, UserCredential};
+use crate::reject::Reject;
+
+/// A long-term key: MD5(username ":" realm ":" password).
+pub(crate) type LongTermKey = [u8; 16];
+
+const NONCE_MAC_LEN: usize = 12;
+
+#[derive(Clone)]
+pub(crate) struct CredentialStore {
+    realm: String,
+    users: HashMap<String, LongTermKey>,
+    secrets: Vec<Vec<u8>>,
+    nonce_key: [u8; 32],
+    nonce_lifetime: Duration,
+    credential_ttl: Duration,
+}
+
+impl std::fmt::Debug for CredentialStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialStore")
+            .field("realm", &self.realm)
+            .field("users", &self.users.len())
+            .field("secrets", &self.secrets.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The keys a username may authenticate with.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Keys {
+    Static(LongTermKey),
+    /// One candidate per configured secret, first secret first.
+    Rest(Vec<LongTermKey>),
+}
+
+impl Keys {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &LongTermKey> {
+        match self {
+            Self::Static(key) => std::slice::from_ref(key).iter(),
+            Self::Rest(keys) => keys.iter(),
+        }
+    }
+}
+
+impl CredentialStore {
+    pub(crate) fn new(realm: &str, auth: &AuthConfig, nonce_key: [u8; 32]) -> Self {
+        let users = auth
+            .users
+            .iter()
+            .map(|user| {
+                let key = match &user.credential {
+                    UserCredential::Password(password) => {
+                        long_term_key(&user.name, realm, password)
+                    }
+                    UserCredential::Key(key) => *key,
+                };
+                (user.name.clone(), key)
+            })
+            .collect();
+        Self {
+            realm: realm.to_owned(),
+            users,
+            secrets: auth.secrets.iter().map(|s| s.as_bytes().to_vec()).collect(),
+            nonce_key,
+            nonce_lifetime: auth.nonce_lifetime,
+            credential_ttl: auth.credential_ttl,
+        }
+    }
+
+    pub(crate) fn realm(&self) -> &str {
+        &self.realm
+    }
+
+    pub(crate) fn credential_ttl(&self) -> Duration {
+        self.credential_ttl
+    }
+
+    /// The keys `username` may have used, or why it cannot be a user at all.
+    pub(crate) fn keys(&self, username: &str, unix_now: u64) -> Result<Keys, Reject> {
+        if let Some(key) = self.users.get(username) {
+            return Ok(Keys::Static(*key));
+        }
+        let expiry = rest_expiry(username).ok_or(Reject::UnknownUser)?;
+        if self.secrets.is_empty() {
+            return Err(Reject::UnknownUser);
+        }
+        if expiry < unix_now {
+            return Err(Reject::ExpiredCredentials);
+        }
+        Ok(Keys::Rest(
+            self.secrets
+                .iter()
+                .map(|secret| {
+                    long_term_key(username, &self.realm, &rest_password(secret, username))
+                })
+                .collect(),
+        ))
+    }
+
+    /// Mints REST credentials with the first secret: (username, password).
+    pub(crate) fn mint(
+        &self,
+        user: &str,
+        ttl: Duration,
+        unix_now: u64,
+    ) -> Option<(String, String)> {
+        let secret = self.secrets.first()?;
+        let username = format!("{}:{user}", unix_now + ttl.as_secs());
+        let password = rest_password(secret, &username);
+        Some((username, password))
+    }
+
+    /// A nonce valid for `nonce-lifetime`, bound to the client's address.
+    pub(crate) fn nonce(&self, client: SocketAddr, unix_now: u64) -> String {
+        let expiry = unix_now + self.nonce_lifetime.as_secs();
+        let mut raw = [0u8; 8 + NONCE_MAC_LEN];
+        raw[..8].copy_from_slice(&expiry.to_be_bytes());
+        raw[8..].copy_from_slice(&self.nonce_mac(expiry, client));
+        URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    /// Ok for a nonce this server issued to `client` that has not expired.
+    pub(crate) fn check_nonce(
+        &self,
+        nonce: &[u8],
+        client: SocketAddr,
+        unix_now: u64,
+    ) -> Result<(), Reject> {
+        let mut raw = [0u8; 8 + NONCE_MAC_LEN];
+        match URL_SAFE_NO_PAD.decode_slice(nonce, &mut raw) {
+            Ok(len) if len == raw.len() => {}
+            _ => return Err(Reject::StaleNonce),
+        }
+        let mut expiry = [0u8; 8];
+        expiry.copy_from_slice(&raw[..8]);
+        let expiry = u64::from_be_bytes(expiry);
+        let mac = self.nonce_mac(expiry, client);
+        if !bool::from(mac.ct_eq(&raw[8..])) || expiry < unix_now {
+            return Err(Reject::StaleNonce);
+        }
+        Ok(())
+    }
+
+    fn nonce_mac(&self, expiry: u64, client: SocketAddr) -> [u8; NONCE_MAC_LEN] {
+        let mut mac =
+            Hmac::<Sha1>::new_from_slice(&self.nonce_key).expect("hmac accepts keys of any length");
+        mac.update(&expiry.to_be_bytes());
+        match client.ip() {
+            std::net::IpAddr::V4(ip) => mac.update(&ip.octets()),
+            std::net::IpAddr::V6(ip) => mac.update(&ip.octets()),
+        }
+        mac.update(&client.port().to_be_bytes());
+        let full = mac.finalize().into_bytes();
+        let mut out = [0u8; NONCE_MAC_LEN];
+        out.copy_from_slice(&full[..NONCE_MAC_LEN]);
+        out
+    }
+}
+
+pub(crate) fn long_term_key(username: &str, realm: &str, password: &str) -> LongTermKey {
+    let mut md5 = Md5::new();
+    md5.update(username.as_bytes());
+    md5.update(b":");
+    md5.update(realm.as_bytes());
+    md5.update(b":");
+    md5.update(password.as_bytes());
+    md5.finalize().into()
+}
+
+/// base64(HMAC-SHA1(secret, username)), the TURN REST password.
+pub(crate) fn rest_password(secret: &[u8], username: &str) -> String {
+    let mut mac = Hmac::<Sha1>::new_from_slice(secret).expect("hmac accepts keys of any length");
+    mac.update(username.as_bytes());
+    STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// The expiry of a REST username: all digits before the first `:`, or after
+/// the last one, or the whole name.
+fn rest_expiry(username: &str) -> Option<u64> {
+    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let candidate = match username.split_once(':') {
+        Some((head, _)) if all_digits(head) => head,
+        Some(_) => username.rsplit_once(':').map(|(_, tail)| tail)?,
+        None => username,
+    };
+    if all_digits(candidate) {
+        candidate.parse().ok()
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::User;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn store(secrets: &[&str], users: Vec<User>) -> CredentialStore {
+        let auth = AuthConfig {
+            secrets: secrets.iter().map(|s| (*s).to_owned()).collect(),
+            secrets_file: None,
+            credential_ttl: Duration::from_secs(86_400),
+            nonce_lifetime: Duration::from_secs(600),
+            users,
+        };
+        CredentialStore::new("example.org", &auth, [9; 32])
+    }
+
+    #[test]
+    fn rest_username_verifies_with_any_secret_and_expires() {
+        let old = store(&["old-secret-value"], vec![]);
+        let both = store(&["new-secret-value", "old-secret-value"], vec![]);
+        let (username, password) = old.mint("alice", Duration::from_secs(60), NOW).unwrap();
+        let expected = long_term_key(&username, "example.org", &password);
+        let Keys::Rest(keys) = both.keys(&username, NOW).unwrap() else {
+            panic!("rest keys expected");
+        };
+        assert!(keys.contains(&expected));
+        assert_eq!(
+            both.keys(&username, NOW + 61),
+            Err(Reject::ExpiredCredentials)
+        );
+        assert_eq!(both.keys("alice", NOW), Err(Reject::UnknownUser));
+    }
+
+    #[test]
+    fn static_user_that_looks_like_rest_username_is_found() {
+        let users = vec![User {
+            name: "1000:bob".into(),
+            credential: UserCredential::Password("pw".into()),
+        }];
+        let store = store(&["secret-value-123"], users);
+        assert_eq!(
+            store.keys("1000:bob", NOW),
+            Ok(Keys::Static(long_term_key("1000:bob", "example.org", "pw")))
+        );
+    }
+
+    #[test]
+    fn rest_expiry_accepts_both_orders_and_bare_timestamps() {
+        assert_eq!(rest_expiry("1700:alice"), Some(1700));
+        assert_eq!(rest_expiry("alice:1700"), Some(1700));
+        assert_eq!(rest_expiry("1700"), Some(1700));
+        assert_eq!(rest_expiry("alice"), None);
+        assert_eq!(rest_expiry("a:b:c"), None);
+        assert_eq!(rest_expiry(":"), None);
+    }
+
+    #[test]
+    fn nonce_is_bound_to_client_and_expires() {
+        let store = store(&["secret-value-123"], vec![]);
+        let client: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        let other: SocketAddr = "192.0.2.1:5001".parse().unwrap();
+        let nonce = store.nonce(client, NOW);
+        assert_eq!(
+            store.check_nonce(nonce.as_bytes(), client, NOW + 600),
+            Ok(())
+        );
+        assert_eq!(
+            store.check_nonce(nonce.as_bytes(), client, NOW + 601),
+            Err(Reject::StaleNonce)
+        );
+        assert_eq!(
+            store.check_nonce(nonce.as_bytes(), other, NOW),
+            Err(Reject::StaleNonce)
+        );
+        assert_eq!(
+            store.check_nonce(b"garbage", client, NOW),
+            Err(Reject::StaleNonce)
+        );
+    }
+}

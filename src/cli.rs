@@ -1,0 +1,138 @@
+//! The command line: run, check-config, credentials, version.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::auth::CredentialStore;
+use crate::config::{self, Config};
+use crate::daemon::{self, Origin};
+use crate::ice;
+use crate::server::unix_now;
+
+/// sysexits.h: the configuration is wrong (systemd's RestartPreventExitStatus).
+const EXIT_CONFIG: u8 = 78;
+/// sysexits.h: an internal failure, such as a port that cannot be bound.
+const EXIT_SOFTWARE: u8 = 70;
+
+#[derive(Parser, Debug)]
+#[command(name = "icegate", version, about = "STUN responder and TURN relay")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon (without --config: loopback only, with a fresh REST secret).
+    Run {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Check a config file: print `ok` or every problem with its key and line.
+    CheckConfig {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Mint TURN REST credentials and print them with the iceServers JSON.
+    Credentials {
+        #[arg(long)]
+        user: String,
+        /// Lifetime such as 10m or 24h (default: auth.credential-ttl).
+        #[arg(long, value_parser = config::parse_duration)]
+        ttl: Option<Duration>,
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Parses the arguments and runs the command.
+pub fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Run { config } => run(config),
+        Command::CheckConfig { config } => match Config::load(&config) {
+            Ok(_) => {
+                println!("ok");
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprint!("{errors}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Credentials { user, ttl, config } => credentials(&user, ttl, config),
+    }
+}
+
+fn load_or_default(path: Option<PathBuf>) -> Result<(Config, Origin), ExitCode> {
+    match path {
+        Some(path) => match Config::load(&path) {
+            Ok(config) => Ok((config, Origin::File(path.display().to_string()))),
+            Err(errors) => {
+                eprint!("{errors}");
+                Err(ExitCode::from(EXIT_CONFIG))
+            }
+        },
+        None => {
+            let secret = fresh_secret();
+            Ok((
+                Config::embedded_default(&secret),
+                Origin::Embedded { secret },
+            ))
+        }
+    }
+}
+
+fn run(path: Option<PathBuf>) -> ExitCode {
+    let (config, origin) = match load_or_default(path) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    match daemon::run(config, origin) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            log::error!("{error}");
+            eprintln!("icegate: {error}");
+            ExitCode::from(EXIT_SOFTWARE)
+        }
+    }
+}
+
+fn credentials(user: &str, ttl: Option<Duration>, path: Option<PathBuf>) -> ExitCode {
+    let (config, _) = match load_or_default(path) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    let store = CredentialStore::new(&config.realm, &config.auth, [0; 32]);
+    let ttl = ttl.unwrap_or(config.auth.credential_ttl);
+    let Some((username, password)) = store.mint(user, ttl, unix_now()) else {
+        eprintln!("icegate: no REST secret configured (auth.secrets or auth.secrets-file)");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let (stun, turn) = ice::urls(&config);
+    let servers = ice::ice_servers(&config, &username, &password);
+    println!("username: {username}");
+    println!("password: {password}");
+    println!("ttl: {}", ttl.as_secs());
+    println!(
+        "uris: {}",
+        stun.iter()
+            .chain(&turn)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&servers).unwrap_or_default()
+    );
+    ExitCode::SUCCESS
+}
+
+/// 32 random bytes, base64: a REST secret nobody else has.
+fn fresh_secret() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
+}

@@ -1,0 +1,147 @@
+//! Running the daemon: logging, binding every listener, the start banner,
+//! and shutdown on SIGTERM or Ctrl-C.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use crate::config::{Config, Transport};
+use crate::ice;
+use crate::server::{Server, unix_now};
+use crate::transport::udp::{self, UdpListener};
+
+/// Plain `level message` lines on stderr; journald adds its own timestamps.
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) && record.target().starts_with("icegate") {
+            let mut stderr = std::io::stderr().lock();
+            let _ = writeln!(
+                stderr,
+                "{} {}",
+                record.level().as_str().to_lowercase(),
+                record.args()
+            );
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+pub(crate) fn init_logging(level: log::LevelFilter) {
+    static LOGGER: StderrLogger = StderrLogger;
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+/// How the daemon was configured, for the banner.
+pub(crate) enum Origin {
+    File(String),
+    /// The embedded default, with the REST secret made for this run.
+    Embedded {
+        secret: String,
+    },
+}
+
+/// Binds every listener, prints the banner, serves until SIGTERM or SIGINT.
+pub(crate) fn run(config: Config, origin: Origin) -> std::io::Result<()> {
+    init_logging(config.log.level.into());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("icegate")
+        .build()?;
+    runtime.block_on(serve(config, origin))
+}
+
+async fn serve(config: Config, origin: Origin) -> std::io::Result<()> {
+    let server = Server::new(&config);
+    let mut listeners = Vec::new();
+    for listen in &config.listen {
+        match listen.transport {
+            Transport::Udp => {
+                let listener = UdpListener::bind(listen.address).map_err(|error| {
+                    std::io::Error::new(
+                        error.kind(),
+                        format!("cannot listen on udp {}: {error}", listen.address),
+                    )
+                })?;
+                log::info!("listening on udp {}", listener.local_addr());
+                listeners.push(listener);
+            }
+        }
+    }
+    for listener in listeners {
+        tokio::spawn(udp::serve(server.clone(), listener));
+    }
+    tokio::spawn(server.clone().run_timers());
+    print_banner(&config, &origin, &server);
+    log::info!(
+        "ready realm={} relay-ports={}-{}",
+        config.realm,
+        config.relay.ports.low,
+        config.relay.ports.high
+    );
+    wait_for_shutdown().await;
+    let refusals: Vec<String> = crate::reject::Reject::ALL
+        .iter()
+        .map(|&r| (r, server.rejects.get(r)))
+        .filter(|&(_, n)| n > 0)
+        .map(|(r, n)| format!("{}={n}", r.name()))
+        .collect();
+    log::info!("stopping; refused or dropped: {}", refusals.join(" "));
+    Ok(())
+}
+
+fn print_banner(config: &Config, origin: &Origin, server: &Arc<Server>) {
+    let mut stdout = std::io::stdout().lock();
+    match origin {
+        Origin::File(path) => {
+            let _ = writeln!(
+                stdout,
+                "icegate {} running with {path}",
+                env!("CARGO_PKG_VERSION")
+            );
+        }
+        Origin::Embedded { secret } => {
+            let core = server.core();
+            let credentials = core.credentials();
+            let ttl = credentials.credential_ttl();
+            let Some((username, password)) = credentials.mint("demo", ttl, unix_now()) else {
+                return;
+            };
+            let servers = ice::ice_servers(config, &username, &password);
+            let _ = writeln!(
+                stdout,
+                "icegate {} running with the embedded default config.\n\
+                 It listens on loopback only and ALLOWS LOOPBACK PEERS, so two browser tabs on this\n\
+                 machine can relay to each other; the shipped config file refuses them.\n\
+                 TURN REST secret for this run: {secret}\n\
+                 iceServers for user \"demo\", valid {}h:\n{}",
+                env!("CARGO_PKG_VERSION"),
+                ttl.as_secs() / 3600,
+                serde_json::to_string_pretty(&servers).unwrap_or_default()
+            );
+        }
+    }
+    let _ = stdout.flush();
+}
+
+async fn wait_for_shutdown() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            log::warn!("cannot watch SIGTERM: {error}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

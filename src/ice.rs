@@ -1,0 +1,59 @@
+//! `iceServers` for applications: URLs built from `public-host` and the
+//! listeners, with TURN credentials (RFC 7064/7065 URI forms).
+
+use std::net::IpAddr;
+
+use serde_json::{Value, json};
+
+use crate::config::{Config, Transport};
+
+/// The host clients should use: `public-host`, else a specific listener address.
+pub(crate) fn public_host(config: &Config) -> String {
+    if let Some(host) = &config.public_host {
+        return host.clone();
+    }
+    let ip = config
+        .listen
+        .iter()
+        .map(|l| l.address.ip())
+        .find(|ip| !ip.is_unspecified())
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    match ip {
+        IpAddr::V6(ip) => format!("[{ip}]"),
+        IpAddr::V4(ip) => ip.to_string(),
+    }
+}
+
+/// `stun:` and `turn:` URLs, one per distinct port and transport.
+pub(crate) fn urls(config: &Config) -> (Vec<String>, Vec<String>) {
+    let host = public_host(config);
+    let mut stun = Vec::new();
+    let mut turn = Vec::new();
+    for listen in &config.listen {
+        let port = listen.address.port();
+        let (stun_url, turn_url) = match listen.transport {
+            Transport::Udp => (
+                format!("stun:{host}:{port}"),
+                format!("turn:{host}:{port}?transport=udp"),
+            ),
+        };
+        if !stun.contains(&stun_url) {
+            stun.push(stun_url);
+        }
+        if !turn.contains(&turn_url) {
+            turn.push(turn_url);
+        }
+    }
+    (stun, turn)
+}
+
+/// An RTCConfiguration-ready `{"iceServers": [...]}` object.
+pub(crate) fn ice_servers(config: &Config, username: &str, credential: &str) -> Value {
+    let (stun, turn) = urls(config);
+    json!({
+        "iceServers": [
+            { "urls": stun },
+            { "urls": turn, "username": username, "credential": credential },
+        ]
+    })
+}

@@ -1,0 +1,25 @@
+//! icegate: a STUN responder and TURN relay in one daemon.
+//!
+//! Data flow: a listener (`transport`) receives a datagram and hands it to
+//! the shared [`server`] state, which tells STUN messages from ChannelData
+//! (`wire`). Binding requests are answered by `stun`; TURN requests go
+//! through the sans-IO core in `turn::core`, which authenticates them against
+//! the credential store (`auth`), checks peers against the policy
+//! (`policy`) and keeps the one allocation table (`turn::table`). Relay
+//! sockets and their receive tasks live in `turn::relay`. Every refusal is a
+//! `reject::Reject`, which picks the STUN error code, the log event and the
+//! counter. `config` reads the TOML file; `cli` and `daemon` run it all.
+
+pub mod cli;
+
+mod auth;
+mod config;
+mod daemon;
+mod ice;
+mod policy;
+mod reject;
+mod server;
+mod stun;
+mod transport;
+mod turn;
+mod wire;

@@ -1,0 +1,166 @@
+//! Why a message was refused or dropped: one enum whose value picks the STUN
+//! error code, names the log event and selects the counter.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Every way a request is answered with an error, or a packet is dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reject {
+    /// Bytes that are neither STUN nor ChannelData, or a STUN message whose
+    /// framing or fingerprint is broken: dropped, there is nothing to answer.
+    Garbage,
+    /// A request missing a required attribute or carrying a bad value (400).
+    BadRequest,
+    /// A request with comprehension-required attributes we do not know (420).
+    UnknownAttribute,
+    /// A request without MESSAGE-INTEGRITY: the normal first round trip (401).
+    Challenge,
+    /// USERNAME names no static user and is no valid REST username (401).
+    UnknownUser,
+    /// A REST username whose expiry has passed (401).
+    ExpiredCredentials,
+    /// MESSAGE-INTEGRITY does not match the user's key, or REALM is not ours (401).
+    WrongPassword,
+    /// A NONCE that has expired or was not issued to this client (438).
+    StaleNonce,
+    /// A request on an allocation made by another user (441).
+    WrongCredentials,
+    /// Allocate on a 5-tuple that has an allocation, or a request needing one that has none (437).
+    AllocationMismatch,
+    /// REQUESTED-TRANSPORT other than UDP (442).
+    UnsupportedTransport,
+    /// REQUESTED-ADDRESS-FAMILY this server has no relay address for (440).
+    AddressFamilyNotSupported,
+    /// A peer address whose family differs from the relayed address (443).
+    PeerAddressFamilyMismatch,
+    /// A peer address the peer policy refuses (403 on requests, dropped on Send).
+    PeerRefused,
+    /// The user already has `max-allocations-per-user` allocations (486).
+    UserQuotaReached,
+    /// The server already has `max-allocations` allocations (486).
+    TotalQuotaReached,
+    /// No relay port is free in the configured range (508).
+    NoRelayPort,
+    /// A relay socket could not be opened for another reason (500).
+    ServerError,
+    /// ChannelData, Send indication or Binding indication for a 5-tuple
+    /// without allocation, a channel not bound, or a peer without permission: dropped.
+    NoRoute,
+}
+
+impl Reject {
+    pub(crate) const ALL: [Self; 19] = [
+        Self::Garbage,
+        Self::BadRequest,
+        Self::UnknownAttribute,
+        Self::Challenge,
+        Self::UnknownUser,
+        Self::ExpiredCredentials,
+        Self::WrongPassword,
+        Self::StaleNonce,
+        Self::WrongCredentials,
+        Self::AllocationMismatch,
+        Self::UnsupportedTransport,
+        Self::AddressFamilyNotSupported,
+        Self::PeerAddressFamilyMismatch,
+        Self::PeerRefused,
+        Self::UserQuotaReached,
+        Self::TotalQuotaReached,
+        Self::NoRelayPort,
+        Self::ServerError,
+        Self::NoRoute,
+    ];
+
+    /// The STUN error code and reason phrase, or None for a silent drop.
+    pub(crate) fn error_code(self) -> Option<(u16, &'static str)> {
+        Some(match self {
+            Self::Garbage | Self::NoRoute => return None,
+            Self::BadRequest => (400, "Bad Request"),
+            Self::UnknownAttribute => (420, "Unknown Attribute"),
+            Self::Challenge
+            | Self::UnknownUser
+            | Self::ExpiredCredentials
+            | Self::WrongPassword => (401, "Unauthorized"),
+            Self::StaleNonce => (438, "Stale Nonce"),
+            Self::WrongCredentials => (441, "Wrong Credentials"),
+            Self::AllocationMismatch => (437, "Allocation Mismatch"),
+            Self::UnsupportedTransport => (442, "Unsupported Transport Protocol"),
+            Self::AddressFamilyNotSupported => (440, "Address Family not Supported"),
+            Self::PeerAddressFamilyMismatch => (443, "Peer Address Family Mismatch"),
+            Self::PeerRefused => (403, "Forbidden"),
+            Self::UserQuotaReached | Self::TotalQuotaReached => (486, "Allocation Quota Reached"),
+            Self::NoRelayPort => (508, "Insufficient Capacity"),
+            Self::ServerError => (500, "Server Error"),
+        })
+    }
+
+    /// The name used as log event and metric label.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Garbage => "garbage",
+            Self::BadRequest => "bad-request",
+            Self::UnknownAttribute => "unknown-attribute",
+            Self::Challenge => "challenge",
+            Self::UnknownUser => "unknown-user",
+            Self::ExpiredCredentials => "expired-credentials",
+            Self::WrongPassword => "wrong-password",
+            Self::StaleNonce => "stale-nonce",
+            Self::WrongCredentials => "wrong-credentials",
+            Self::AllocationMismatch => "allocation-mismatch",
+            Self::UnsupportedTransport => "unsupported-transport",
+            Self::AddressFamilyNotSupported => "address-family-not-supported",
+            Self::PeerAddressFamilyMismatch => "peer-address-family-mismatch",
+            Self::PeerRefused => "peer-refused",
+            Self::UserQuotaReached => "user-quota-reached",
+            Self::TotalQuotaReached => "total-quota-reached",
+            Self::NoRelayPort => "no-relay-port",
+            Self::ServerError => "server-error",
+            Self::NoRoute => "no-route",
+        }
+    }
+
+    /// Authentication failures an operator wants in the log (not the normal challenge).
+    pub(crate) fn is_auth_failure(self) -> bool {
+        matches!(
+            self,
+            Self::UnknownUser
+                | Self::ExpiredCredentials
+                | Self::WrongPassword
+                | Self::WrongCredentials
+        )
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One counter per [`Reject`], shared by every listener and relay.
+#[derive(Debug, Default)]
+pub(crate) struct RejectCounters([AtomicU64; Reject::ALL.len()]);
+
+impl RejectCounters {
+    pub(crate) fn count(&self, reject: Reject) {
+        self.0[reject.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self, reject: Reject) -> u64 {
+        self.0[reject.index()].load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_its_own_slot_and_name() {
+        let mut names: Vec<_> = Reject::ALL.iter().map(|r| r.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Reject::ALL.len());
+        for (i, reject) in Reject::ALL.iter().enumerate() {
+            assert_eq!(reject.index(), i);
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! One allocation: its relay, permissions, channel bindings, lifetimes and
+//! counters. The data-plane lookups are plain methods taking `now`.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use crate::auth::LongTermKey;
+use crate::transport::FiveTuple;
+use crate::turn::relay::RelayHandle;
+use crate::wire::TransactionId;
+
+/// Identifies an allocation for its lifetime; never reused, so a relay task
+/// holding a stale id finds nothing rather than someone else's allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct AllocId(pub(crate) u64);
+
+#[derive(Debug, Clone, Copy)]
+struct Channel {
+    peer: SocketAddr,
+    expires: Instant,
+}
+
+/// How many recent responses are kept to answer retransmissions.
+const RECENT_RESPONSES: usize = 4;
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Traffic {
+    pub(crate) packets: u64,
+    pub(crate) bytes: u64,
+}
+
+impl Traffic {
+    fn add(&mut self, len: usize) {
+        self.packets += 1;
+        self.bytes += len as u64;
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Allocation {
+    pub(crate) id: AllocId,
+    pub(crate) five_tuple: FiveTuple,
+    pub(crate) username: String,
+    pub(crate) key: LongTermKey,
+    pub(crate) relay: RelayHandle,
+    /// The address clients and peers are told (may differ from the bound one behind NAT).
+    pub(crate) relayed: SocketAddr,
+    pub(crate) created: Instant,
+    pub(crate) expires: Instant,
+    /// A port held for a later Allocate with RESERVATION-TOKEN (EVEN-PORT R bit).
+    pub(crate) reservation: Option<(u64, u16)>,
+    permissions: HashMap<IpAddr, Instant>,
+    channels: HashMap<u16, Channel>,
+    channel_by_peer: HashMap<SocketAddr, u16>,
+    recent: Vec<(TransactionId, Vec<u8>)>,
+    pub(crate) to_peer: Traffic,
+    pub(crate) from_peer: Traffic,
+}
+
+/// What a ChannelBind may do to the existing bindings (RFC 8656 §11.2).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum BindCheck {
+    Allowed,
+    /// The number is bound to another peer, or the peer to another number.
+    Conflict,
+}
+
+impl Allocation {
+    #[expect(clippy::too_many_arguments, reason = "a constructor of plain fields")]
+    pub(crate) fn new(
+        id: AllocId,
+        five_tuple: FiveTuple,
+        username: String,
+        key: LongTermKey,
+        relay: RelayHandle,
+        relayed: SocketAddr,
+        now: Instant,
+        expires: Instant,
+    ) -> Self {
+        Self {
+            id,
+            five_tuple,
+            username,
+            key,
+            relay,
+            relayed,
+            created: now,
+            expires,
+            reservation: None,
+            permissions: HashMap::new(),
+            channels: HashMap::new(),
+            channel_by_peer: HashMap::new(),
+            recent: Vec::with_capacity(RECENT_RESPONSES),
+            to_peer: Traffic::default(),
+            from_peer: Traffic::default(),
+        }
+    }
+
+    pub(crate) fn permit(&mut self, peer: IpAddr, until: Instant) {
+        self.permissions.insert(peer, until);
+    }
+
+    pub(crate) fn permits(&self, peer: IpAddr, now: Instant) -> bool {
+        self.permissions
+            .get(&peer)
+            .is_some_and(|&until| until > now)
+    }
+
+    pub(crate) fn check_bind(&self, channel: u16, peer: SocketAddr, now: Instant) -> BindCheck {
+        let number_taken = self
+            .channels
+            .get(&channel)
+            .is_some_and(|c| c.peer != peer && c.expires > now);
+        let peer_taken = self.channel_by_peer.get(&peer).is_some_and(|&n| {
+            n != channel && self.channels.get(&n).is_some_and(|c| c.expires > now)
+        });
+        if number_taken || peer_taken {
+            BindCheck::Conflict
+        } else {
+            BindCheck::Allowed
+        }
+    }
+
+    /// Binds (or refreshes) `channel` to `peer`; call `check_bind` first.
+    pub(crate) fn bind(&mut self, channel: u16, peer: SocketAddr, until: Instant) {
+        let binding = Channel {
+            peer,
+            expires: until,
+        };
+        if let Some(old) = self.channels.insert(channel, binding)
+            && old.peer != peer
+        {
+            self.channel_by_peer.remove(&old.peer);
+        }
+        if let Some(old_number) = self.channel_by_peer.insert(peer, channel)
+            && old_number != channel
+        {
+            self.channels.remove(&old_number);
+        }
+    }
+
+    /// The peer a client's ChannelData goes to, when bound and permitted; counts it.
+    pub(crate) fn route_channel(
+        &mut self,
+        channel: u16,
+        now: Instant,
+        len: usize,
+    ) -> Option<SocketAddr> {
+        let bound = self.channels.get(&channel).filter(|c| c.expires > now)?;
+        let peer = bound.peer;
+        if !self.permits(peer.ip(), now) {
+            return None;
+        }
+        self.to_peer.add(len);
+        Some(peer)
+    }
+
+    /// Whether a Send indication to `peer` may go out; counts it.
+    pub(crate) fn route_send(&mut self, peer: SocketAddr, now: Instant, len: usize) -> bool {
+        if !self.permits(peer.ip(), now) {
+            return false;
+        }
+        self.to_peer.add(len);
+        true
+    }
+
+    /// For data from `peer`: None when no permission (drop), else the
+    /// channel to frame it with, if one is bound; counts it.
+    pub(crate) fn route_from_peer(
+        &mut self,
+        peer: SocketAddr,
+        now: Instant,
+        len: usize,
+    ) -> Option<Option<u16>> {
+        if !self.permits(peer.ip(), now) {
+            return None;
+        }
+        self.from_peer.add(len);
+        let channel = self
+            .channel_by_peer
+            .get(&peer)
+            .copied()
+            .filter(|n| self.channels.get(n).is_some_and(|c| c.expires > now));
+        Some(channel)
+    }
+
+    /// Forgets expired permissions and channels.
+    pub(crate) fn expire(&mut self, now: Instant) {
+        self.permissions.retain(|_, until| *until > now);
+        let before = self.channels.len();
+        self.channels.retain(|_, c| c.expires > now);
+        if self.channels.len() != before {
+            let channels = &self.channels;
+            self.channel_by_peer.retain(|_, n| channels.contains_key(n));
+        }
+    }
+
+    /// The earliest moment a permission or channel of this allocation lapses.
+    pub(crate) fn next_expiry(&self) -> Instant {
+        let permission = self.permissions.values().copied().min();
+        let channel = self.channels.values().map(|c| c.expires).min();
+        [Some(self.expires), permission, channel]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(self.expires)
+    }
+
+    /// The response already sent for this transaction, if it is a retransmission.
+    pub(crate) fn recent_response(&self, transaction: &TransactionId) -> Option<&[u8]> {
+        self.recent
+            .iter()
+            .find(|(id, _)| id == transaction)
+            .map(|(_, bytes)| bytes.as_slice())
+    }
+
+    pub(crate) fn remember_response(&mut self, transaction: TransactionId, response: &[u8]) {
+        if self.recent.len() == RECENT_RESPONSES {
+            self.recent.remove(0);
+        }
+        self.recent.push((transaction, response.to_vec()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn allocation(now: Instant) -> Allocation {
+        let five_tuple = FiveTuple {
+            client: "192.0.2.1:1000".parse().unwrap(),
+            server: "192.0.2.2:3478".parse().unwrap(),
+            transport: crate::transport::Transport::Udp,
+        };
+        Allocation::new(
+            AllocId(1),
+            five_tuple,
+            "alice".into(),
+            [0; 16],
+            RelayHandle::detached("192.0.2.2:50000".parse().unwrap()),
+            "192.0.2.2:50000".parse().unwrap(),
+            now,
+            now + Duration::from_secs(600),
+        )
+    }
+
+    #[test]
+    fn channel_routes_only_while_bound_and_permitted() {
+        let now = Instant::now();
+        let mut a = allocation(now);
+        let peer: SocketAddr = "198.51.100.1:7000".parse().unwrap();
+        assert_eq!(a.route_channel(0x4000, now, 10), None);
+        a.bind(0x4000, peer, now + Duration::from_secs(600));
+        assert_eq!(a.route_channel(0x4000, now, 10), None, "no permission yet");
+        a.permit(peer.ip(), now + Duration::from_secs(300));
+        assert_eq!(a.route_channel(0x4000, now, 10), Some(peer));
+        assert_eq!(a.route_from_peer(peer, now, 5), Some(Some(0x4000)));
+        let later = now + Duration::from_secs(301);
+        assert_eq!(
+            a.route_channel(0x4000, later, 10),
+            None,
+            "permission lapsed"
+        );
+        assert_eq!(
+            a.to_peer,
+            Traffic {
+                packets: 1,
+                bytes: 10
+            }
+        );
+        assert_eq!(
+            a.from_peer,
+            Traffic {
+                packets: 1,
+                bytes: 5
+            }
+        );
+    }
+
+    #[test]
+    fn rebinding_rules() {
+        let now = Instant::now();
+        let mut a = allocation(now);
+        let until = now + Duration::from_secs(600);
+        let p1: SocketAddr = "198.51.100.1:7000".parse().unwrap();
+        let p2: SocketAddr = "198.51.100.2:7000".parse().unwrap();
+        a.bind(0x4000, p1, until);
+        assert_eq!(a.check_bind(0x4000, p1, now), BindCheck::Allowed, "refresh");
+        assert_eq!(
+            a.check_bind(0x4000, p2, now),
+            BindCheck::Conflict,
+            "number taken"
+        );
+        assert_eq!(
+            a.check_bind(0x4001, p1, now),
+            BindCheck::Conflict,
+            "peer taken"
+        );
+        assert_eq!(a.check_bind(0x4001, p2, now), BindCheck::Allowed);
+        let later = now + Duration::from_secs(601);
+        assert_eq!(
+            a.check_bind(0x4000, p2, later),
+            BindCheck::Allowed,
+            "expired binding"
+        );
+        a.expire(later);
+        assert_eq!(a.route_from_peer(p1, later, 1), None);
+    }
+}

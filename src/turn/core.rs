@@ -1,0 +1,809 @@
+//! TURN request handling: (now, 5-tuple, message) in, reply bytes and
+//! relay actions out. No clock and no listener socket in here; the only
+//! system call is binding a relay socket for a new allocation.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::net::UdpSocket;
+
+use crate::auth::{CredentialStore, LongTermKey};
+use crate::config::{Config, RelayConfig};
+use crate::policy::PeerPolicy;
+use crate::reject::{Reject, RejectCounters};
+use crate::stun;
+use crate::transport::FiveTuple;
+use crate::turn::allocation::{AllocId, Allocation, BindCheck};
+use crate::turn::ports::PortPool;
+use crate::turn::relay::{RelayHandle, RelayTask};
+use crate::turn::table::AllocationTable;
+use crate::wire::{Class, Message, MessageBuilder, Method, attr};
+
+/// The two clocks the core needs: monotonic for lifetimes, wall-clock seconds
+/// for REST username expiry and nonces (which must survive restarts).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Now {
+    pub(crate) instant: Instant,
+    pub(crate) unix: u64,
+}
+
+/// What the shell does after a STUN message was handled.
+#[derive(Debug)]
+pub(crate) enum Action<'a> {
+    /// Nothing to send (an indication, a dropped message).
+    None,
+    /// Send the bytes written to `out` back to the client.
+    Reply,
+    /// Send `out` back and start the receive task of a new relay.
+    ReplyAndStartRelay(AllocId, RelayTask),
+    /// Send `data` to `peer` from the allocation's relay socket.
+    ToPeer {
+        socket: Arc<UdpSocket>,
+        peer: SocketAddr,
+        data: &'a [u8],
+    },
+}
+
+/// Where relay sockets bind and which address they are advertised as.
+#[derive(Clone, Copy, Debug)]
+struct RelayEndpoint {
+    bind: IpAddr,
+    advertise: Option<IpAddr>,
+}
+
+#[derive(Clone, Debug)]
+struct Limits {
+    default_lifetime: Duration,
+    max_lifetime: Duration,
+    permission_lifetime: Duration,
+    channel_lifetime: Duration,
+    max_allocations: u32,
+    max_allocations_per_user: u32,
+    rfc5766_channel_numbers: bool,
+}
+
+impl Limits {
+    /// RFC 8656 §12 allows 0x4000–0x4FFF; RFC 5766 allowed up to 0x7FFF.
+    fn valid_channel(&self, number: u16) -> bool {
+        let last = if self.rfc5766_channel_numbers {
+            0x7FFF
+        } else {
+            0x4FFF
+        };
+        (0x4000..=last).contains(&number)
+    }
+}
+
+/// How long an EVEN-PORT reservation holds the next port (RFC 8656 §7.2: ~30 s).
+const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
+/// Tries before giving up when ports of the range are taken by other programs.
+const BIND_ATTEMPTS: usize = 8;
+
+/// A client that proved who it is.
+struct Authenticated {
+    username: String,
+    key: LongTermKey,
+}
+
+pub(crate) struct Core {
+    credentials: CredentialStore,
+    policy: PeerPolicy,
+    limits: Limits,
+    relay_v4: Option<RelayEndpoint>,
+    relay_v6: Option<RelayEndpoint>,
+    table: AllocationTable,
+    ports: PortPool,
+    reservations: HashMap<u64, (u16, IpAddr, Instant)>,
+    rng: StdRng,
+    counters: Arc<RejectCounters>,
+}
+
+impl Core {
+    pub(crate) fn new(config: &Config, nonce_key: [u8; 32], counters: Arc<RejectCounters>) -> Self {
+        let relay = &config.relay;
+        Self {
+            credentials: CredentialStore::new(&config.realm, &config.auth, nonce_key),
+            policy: PeerPolicy::new(&relay.allow_peers, &relay.deny_peers),
+            limits: Limits {
+                default_lifetime: relay.default_lifetime,
+                max_lifetime: relay.max_lifetime,
+                permission_lifetime: relay.permission_lifetime,
+                channel_lifetime: relay.channel_lifetime,
+                max_allocations: relay.max_allocations,
+                max_allocations_per_user: relay.max_allocations_per_user,
+                rfc5766_channel_numbers: relay.rfc5766_channel_numbers,
+            },
+            relay_v4: endpoint(relay, true),
+            relay_v6: endpoint(relay, false),
+            table: AllocationTable::default(),
+            ports: PortPool::new(relay.ports),
+            reservations: HashMap::new(),
+            rng: StdRng::from_os_rng(),
+            counters,
+        }
+    }
+
+    pub(crate) fn credentials(&self) -> &CredentialStore {
+        &self.credentials
+    }
+
+    /// Handles one STUN message from `five_tuple`. `local_ip` is the address
+    /// the client reached, when the listener is bound to a wildcard address.
+    pub(crate) fn handle_stun<'a>(
+        &mut self,
+        now: Now,
+        five_tuple: &FiveTuple,
+        message: &Message<'a>,
+        out: &mut Vec<u8>,
+    ) -> Action<'a> {
+        match message.class {
+            Class::Request => {}
+            Class::Indication => return self.handle_indication(now, five_tuple, message),
+            Class::Success | Class::Error => {
+                self.counters.count(Reject::Garbage);
+                return Action::None;
+            }
+        }
+        let unknown = message.unknown_required();
+        if !unknown.is_empty() {
+            self.reject(
+                message,
+                Reject::UnknownAttribute,
+                None,
+                five_tuple,
+                now,
+                out,
+            );
+            let mut values = Vec::with_capacity(unknown.len() * 2);
+            for kind in unknown {
+                values.extend_from_slice(&kind.to_be_bytes());
+            }
+            // Rebuild with the list: UNKNOWN-ATTRIBUTES goes before any fingerprint.
+            let mut reply = MessageBuilder::reply(out, message, Class::Error);
+            reply
+                .add_error(420, "Unknown Attribute")
+                .add(attr::UNKNOWN_ATTRIBUTES, &values);
+            if message.has_fingerprint() {
+                reply.add_fingerprint();
+            }
+            return Action::Reply;
+        }
+        if message.method == Method::BINDING {
+            stun::answer_binding(message, five_tuple.client, out);
+            return Action::Reply;
+        }
+        if message.is_classic() {
+            self.reject(message, Reject::BadRequest, None, five_tuple, now, out);
+            return Action::Reply;
+        }
+        let method = message.method;
+        if ![
+            Method::ALLOCATE,
+            Method::REFRESH,
+            Method::CREATE_PERMISSION,
+            Method::CHANNEL_BIND,
+        ]
+        .contains(&method)
+        {
+            self.reject(message, Reject::BadRequest, None, five_tuple, now, out);
+            return Action::Reply;
+        }
+        let user = match self.authenticate(now, five_tuple, message) {
+            Ok(user) => user,
+            Err(reject) => {
+                if reject.is_auth_failure() {
+                    log::info!(
+                        "auth-failed reason={} client={} user={:?}",
+                        reject.name(),
+                        five_tuple.client,
+                        username_of(message).unwrap_or("")
+                    );
+                }
+                self.reject(message, reject, None, five_tuple, now, out);
+                return Action::Reply;
+            }
+        };
+        if method != Method::ALLOCATE {
+            let Some(allocation) = self.table.by_five_tuple(five_tuple) else {
+                self.reject(
+                    message,
+                    Reject::AllocationMismatch,
+                    Some(&user.key),
+                    five_tuple,
+                    now,
+                    out,
+                );
+                return Action::Reply;
+            };
+            if let Some(previous) = allocation.recent_response(&message.transaction) {
+                out.clear();
+                out.extend_from_slice(previous);
+                return Action::Reply;
+            }
+        }
+        let result = match method {
+            Method::ALLOCATE => self.allocate(now, five_tuple, message, &user, out),
+            Method::REFRESH => self.refresh(now, five_tuple, message, &user, out),
+            Method::CREATE_PERMISSION => {
+                self.create_permission(now, five_tuple, message, &user, out)
+            }
+            _ => self.channel_bind(now, five_tuple, message, &user, out),
+        };
+        match result {
+            Ok(action) => {
+                if let Some(allocation) = self.table.by_five_tuple(five_tuple) {
+                    allocation.remember_response(message.transaction, out);
+                }
+                action
+            }
+            Err(reject) => {
+                self.reject(message, reject, Some(&user.key), five_tuple, now, out);
+                Action::Reply
+            }
+        }
+    }
+
+    fn authenticate(
+        &self,
+        now: Now,
+        five_tuple: &FiveTuple,
+        message: &Message<'_>,
+    ) -> Result<Authenticated, Reject> {
+        if message.get(attr::MESSAGE_INTEGRITY).is_none() {
+            return Err(Reject::Challenge);
+        }
+        let (Some(username), Some(_realm), Some(nonce)) = (
+            message.get(attr::USERNAME),
+            message.get(attr::REALM),
+            message.get(attr::NONCE),
+        ) else {
+            return Err(Reject::BadRequest);
+        };
+        let username = std::str::from_utf8(username).map_err(|_| Reject::BadRequest)?;
+        self.credentials
+            .check_nonce(nonce, five_tuple.client, now.unix)?;
+        // A client with an allocation keeps the key it allocated with, as
+        // coturn does: refreshing does not fail when a REST username expires.
+        if let Some(id) = self.table.id_for(five_tuple) {
+            let allocation = self
+                .table
+                .get(id)
+                .expect("indexes point at live allocations");
+            if allocation.username != username {
+                return Err(Reject::WrongCredentials);
+            }
+            return if message.integrity_matches(&allocation.key) {
+                Ok(Authenticated {
+                    username: username.to_owned(),
+                    key: allocation.key,
+                })
+            } else {
+                Err(Reject::WrongPassword)
+            };
+        }
+        let keys = self.credentials.keys(username, now.unix)?;
+        let key = keys
+            .iter()
+            .find(|key| message.integrity_matches(key.as_slice()))
+            .ok_or(Reject::WrongPassword)?;
+        Ok(Authenticated {
+            username: username.to_owned(),
+            key: *key,
+        })
+    }
+
+    fn allocate<'a>(
+        &mut self,
+        now: Now,
+        five_tuple: &FiveTuple,
+        message: &Message<'a>,
+        user: &Authenticated,
+        out: &mut Vec<u8>,
+    ) -> Result<Action<'a>, Reject> {
+        if let Some(existing) = self.table.by_five_tuple(five_tuple) {
+            return match existing.recent_response(&message.transaction) {
+                Some(previous) => {
+                    out.clear();
+                    out.extend_from_slice(previous);
+                    Ok(Action::Reply)
+                }
+                None => Err(Reject::AllocationMismatch),
+            };
+        }
+        let transport = message
+            .get(attr::REQUESTED_TRANSPORT)
+            .ok_or(Reject::BadRequest)?;
+        if transport.len() != 4 {
+            return Err(Reject::BadRequest);
+        }
+        if transport[0] != attr::TRANSPORT_UDP {
+            return Err(Reject::UnsupportedTransport);
+        }
+        let even_port = message.get(attr::EVEN_PORT);
+        let token = message.get(attr::RESERVATION_TOKEN);
+        let family = message.get(attr::REQUESTED_ADDRESS_FAMILY);
+        if token.is_some() && (even_port.is_some() || family.is_some()) {
+            return Err(Reject::BadRequest);
+        }
+        let dont_fragment = message.get(attr::DONT_FRAGMENT).is_some();
+
+        if self.table.count_for_user(&user.username) >= self.limits.max_allocations_per_user {
+            return Err(Reject::UserQuotaReached);
+        }
+        if self.table.len() >= self.limits.max_allocations as usize {
+            return Err(Reject::TotalQuotaReached);
+        }
+
+        let (endpoint, reserved_port) = match token {
+            Some(token) => {
+                let token: [u8; 8] = token.try_into().map_err(|_| Reject::BadRequest)?;
+                let (port, bind, _) = self
+                    .reservations
+                    .remove(&u64::from_be_bytes(token))
+                    .ok_or(Reject::NoRelayPort)?;
+                let endpoint = if bind.is_ipv4() {
+                    self.relay_v4
+                } else {
+                    self.relay_v6
+                };
+                (
+                    endpoint.ok_or(Reject::AddressFamilyNotSupported)?,
+                    Some(port),
+                )
+            }
+            None => {
+                let want_v6 = match family {
+                    None => false,
+                    Some([attr::FAMILY_IPV4, ..]) => false,
+                    Some([attr::FAMILY_IPV6, ..]) => true,
+                    Some(_) => return Err(Reject::AddressFamilyNotSupported),
+                };
+                let endpoint = if want_v6 {
+                    self.relay_v6
+                } else {
+                    self.relay_v4
+                };
+                (endpoint.ok_or(Reject::AddressFamilyNotSupported)?, None)
+            }
+        };
+        let advertise_ip = endpoint
+            .advertise
+            .or_else(|| (!endpoint.bind.is_unspecified()).then_some(endpoint.bind))
+            .or_else(|| {
+                let local = five_tuple.server.ip();
+                (local.is_ipv4() == endpoint.bind.is_ipv4() && !local.is_unspecified())
+                    .then_some(local)
+            })
+            .ok_or(Reject::AddressFamilyNotSupported)?;
+
+        let reserve_next = even_port.is_some_and(|v| v.first().is_some_and(|b| b & 0x80 != 0));
+        let (relay, task) = self.open_relay(
+            endpoint.bind,
+            reserved_port,
+            even_port.is_some(),
+            reserve_next,
+            dont_fragment,
+        )?;
+        let bound_port = relay.bound().port();
+        let relayed = SocketAddr::new(advertise_ip, bound_port);
+        if self.table.by_relayed(relayed).is_some() {
+            // Two bind addresses advertised as one external address: refuse
+            // rather than deliver one client's peers to another.
+            log::warn!("relayed address {relayed} is already in use");
+            self.ports.release(bound_port);
+            return Err(Reject::ServerError);
+        }
+
+        let lifetime = message
+            .get(attr::LIFETIME)
+            .and_then(attr::u32_value)
+            .map_or(self.limits.default_lifetime, |asked| {
+                Duration::from_secs(u64::from(asked))
+                    .clamp(self.limits.default_lifetime, self.limits.max_lifetime)
+            });
+
+        let id = self.table.next_id();
+        let mut allocation = Allocation::new(
+            id,
+            *five_tuple,
+            user.username.clone(),
+            user.key,
+            relay,
+            relayed,
+            now.instant,
+            now.instant + lifetime,
+        );
+
+        let mut reply = MessageBuilder::reply(out, message, Class::Success);
+        reply
+            .add_xor_address(attr::XOR_RELAYED_ADDRESS, relayed)
+            .add_u32(attr::LIFETIME, saturating_secs(lifetime))
+            .add_xor_address(attr::XOR_MAPPED_ADDRESS, five_tuple.client);
+        if reserve_next {
+            let token: u64 = self.rng.random();
+            let expires = now.instant + RESERVATION_LIFETIME;
+            self.reservations
+                .insert(token, (bound_port + 1, endpoint.bind, expires));
+            allocation.reservation = Some((token, bound_port + 1));
+            reply.add(attr::RESERVATION_TOKEN, &token.to_be_bytes());
+        }
+        finish(&mut reply, message, &user.key);
+
+        log::info!(
+            "allocation-created user={} client={} relay={} lifetime={}s",
+            user.username,
+            five_tuple.client,
+            relayed,
+            lifetime.as_secs()
+        );
+        self.table.insert(allocation);
+        Ok(Action::ReplyAndStartRelay(id, task))
+    }
+
+    /// Binds a relay socket on a port from the pool, retrying ports that
+    /// another program holds.
+    fn open_relay(
+        &mut self,
+        bind_ip: IpAddr,
+        reserved: Option<u16>,
+        even: bool,
+        reserve_next: bool,
+        dont_fragment: bool,
+    ) -> Result<(RelayHandle, RelayTask), Reject> {
+        let attempts = if reserved.is_some() { 1 } else { BIND_ATTEMPTS };
+        let mut busy = Vec::new();
+        let mut outcome = Err(Reject::NoRelayPort);
+        for _ in 0..attempts {
+            let port = match reserved {
+                Some(port) => port,
+                None if even => match self.ports.take_even(&mut self.rng, reserve_next) {
+                    Some(port) => port,
+                    None => break,
+                },
+                None => match self.ports.take_any(&mut self.rng) {
+                    Some(port) => port,
+                    None => break,
+                },
+            };
+            match RelayHandle::open(SocketAddr::new(bind_ip, port), dont_fragment) {
+                Ok(opened) => {
+                    outcome = Ok(opened);
+                    break;
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
+                    busy.push(port);
+                    if even && reserve_next {
+                        busy.push(port + 1);
+                    }
+                }
+                Err(error) => {
+                    log::warn!("cannot open relay socket on {bind_ip} port {port}: {error}");
+                    self.ports.release(port);
+                    outcome = Err(Reject::ServerError);
+                    break;
+                }
+            }
+        }
+        // Ports other programs hold go back to the pool: they may be free later.
+        for port in busy {
+            self.ports.release(port);
+        }
+        outcome
+    }
+
+    fn refresh<'a>(
+        &mut self,
+        now: Now,
+        five_tuple: &FiveTuple,
+        message: &Message<'a>,
+        user: &Authenticated,
+        out: &mut Vec<u8>,
+    ) -> Result<Action<'a>, Reject> {
+        let asked = message.get(attr::LIFETIME).and_then(attr::u32_value);
+        if asked == Some(0) {
+            let id = self
+                .table
+                .id_for(five_tuple)
+                .ok_or(Reject::AllocationMismatch)?;
+            self.remove(id, "allocation-deleted");
+            let mut reply = MessageBuilder::reply(out, message, Class::Success);
+            reply.add_u32(attr::LIFETIME, 0);
+            finish(&mut reply, message, &user.key);
+            return Ok(Action::Reply);
+        }
+        let lifetime = asked.map_or(self.limits.default_lifetime, |asked| {
+            Duration::from_secs(u64::from(asked)).min(self.limits.max_lifetime)
+        });
+        let allocation = self
+            .table
+            .by_five_tuple(five_tuple)
+            .ok_or(Reject::AllocationMismatch)?;
+        allocation.expires = now.instant + lifetime;
+        log::debug!(
+            "allocation-refreshed user={} relay={} lifetime={}s",
+            allocation.username,
+            allocation.relayed,
+            lifetime.as_secs()
+        );
+        let mut reply = MessageBuilder::reply(out, message, Class::Success);
+        reply.add_u32(attr::LIFETIME, saturating_secs(lifetime));
+        finish(&mut reply, message, &user.key);
+        Ok(Action::Reply)
+    }
+
+    /// Checks a peer address for a permission or channel: family, then policy.
+    fn check_peer(
+        &self,
+        five_tuple: &FiveTuple,
+        relayed: SocketAddr,
+        peer: SocketAddr,
+    ) -> Result<(), Reject> {
+        let peer_ip = crate::policy::canonical(peer.ip());
+        if peer_ip.is_ipv4() != relayed.is_ipv4() {
+            return Err(Reject::PeerAddressFamilyMismatch);
+        }
+        if let Err(refused) = self.policy.check(peer.ip()) {
+            log::info!(
+                "peer-refused client={} peer={} why={refused}",
+                five_tuple.client,
+                peer
+            );
+            return Err(Reject::PeerRefused);
+        }
+        Ok(())
+    }
+
+    fn create_permission<'a>(
+        &mut self,
+        now: Now,
+        five_tuple: &FiveTuple,
+        message: &Message<'a>,
+        user: &Authenticated,
+        out: &mut Vec<u8>,
+    ) -> Result<Action<'a>, Reject> {
+        let relayed = self.relayed_of(five_tuple)?;
+        let mut peers = Vec::new();
+        for value in message.all(attr::XOR_PEER_ADDRESS) {
+            let peer = message.xor_address(value).ok_or(Reject::BadRequest)?;
+            self.check_peer(five_tuple, relayed, peer)?;
+            peers.push(peer.ip());
+        }
+        if peers.is_empty() {
+            return Err(Reject::BadRequest);
+        }
+        let until = now.instant + self.limits.permission_lifetime;
+        let allocation = self
+            .table
+            .by_five_tuple(five_tuple)
+            .ok_or(Reject::AllocationMismatch)?;
+        for peer in peers {
+            allocation.permit(peer, until);
+        }
+        let mut reply = MessageBuilder::reply(out, message, Class::Success);
+        finish(&mut reply, message, &user.key);
+        Ok(Action::Reply)
+    }
+
+    fn channel_bind<'a>(
+        &mut self,
+        now: Now,
+        five_tuple: &FiveTuple,
+        message: &Message<'a>,
+        user: &Authenticated,
+        out: &mut Vec<u8>,
+    ) -> Result<Action<'a>, Reject> {
+        let relayed = self.relayed_of(five_tuple)?;
+        let channel = message
+            .get(attr::CHANNEL_NUMBER)
+            .filter(|v| v.len() == 4)
+            .map(|v| u16::from_be_bytes([v[0], v[1]]))
+            .filter(|&n| self.limits.valid_channel(n))
+            .ok_or(Reject::BadRequest)?;
+        let peer = message
+            .get(attr::XOR_PEER_ADDRESS)
+            .and_then(|v| message.xor_address(v))
+            .ok_or(Reject::BadRequest)?;
+        self.check_peer(five_tuple, relayed, peer)?;
+        let channel_until = now.instant + self.limits.channel_lifetime;
+        let permission_until = now.instant + self.limits.permission_lifetime;
+        let allocation = self
+            .table
+            .by_five_tuple(five_tuple)
+            .ok_or(Reject::AllocationMismatch)?;
+        if allocation.check_bind(channel, peer, now.instant) == BindCheck::Conflict {
+            return Err(Reject::BadRequest);
+        }
+        allocation.bind(channel, peer, channel_until);
+        allocation.permit(peer.ip(), permission_until);
+        let mut reply = MessageBuilder::reply(out, message, Class::Success);
+        finish(&mut reply, message, &user.key);
+        Ok(Action::Reply)
+    }
+
+    fn relayed_of(&mut self, five_tuple: &FiveTuple) -> Result<SocketAddr, Reject> {
+        self.table
+            .by_five_tuple(five_tuple)
+            .map(|a| a.relayed)
+            .ok_or(Reject::AllocationMismatch)
+    }
+
+    fn handle_indication<'a>(
+        &mut self,
+        now: Now,
+        five_tuple: &FiveTuple,
+        message: &Message<'a>,
+    ) -> Action<'a> {
+        if message.method != Method::SEND {
+            // Binding indications are keep-alives; anything else is ignored.
+            return Action::None;
+        }
+        let (Some(peer), Some(data)) = (
+            message
+                .get(attr::XOR_PEER_ADDRESS)
+                .and_then(|v| message.xor_address(v)),
+            message.get(attr::DATA),
+        ) else {
+            self.counters.count(Reject::BadRequest);
+            return Action::None;
+        };
+        let Some(allocation) = self.table.by_five_tuple(five_tuple) else {
+            self.counters.count(Reject::NoRoute);
+            return Action::None;
+        };
+        if !allocation.route_send(peer, now.instant, data.len()) {
+            self.counters.count(Reject::NoRoute);
+            return Action::None;
+        }
+        match allocation.relay.socket() {
+            Some(socket) => Action::ToPeer {
+                socket: socket.clone(),
+                peer,
+                data,
+            },
+            None => Action::None,
+        }
+    }
+
+    /// ChannelData from a client: the relay socket and peer to send it to.
+    pub(crate) fn route_channel_data(
+        &mut self,
+        now: Instant,
+        five_tuple: &FiveTuple,
+        channel: u16,
+        len: usize,
+    ) -> Option<(Arc<UdpSocket>, SocketAddr)> {
+        let route = self.table.by_five_tuple(five_tuple).and_then(|allocation| {
+            let peer = allocation.route_channel(channel, now, len)?;
+            Some((allocation.relay.socket()?.clone(), peer))
+        });
+        if route.is_none() {
+            self.counters.count(Reject::NoRoute);
+        }
+        route
+    }
+
+    /// Data from `peer` at allocation `id`'s relay: None to drop it, else the
+    /// client's 5-tuple and the channel to frame it with, if any.
+    pub(crate) fn route_from_peer(
+        &mut self,
+        id: AllocId,
+        peer: SocketAddr,
+        now: Instant,
+        len: usize,
+    ) -> Option<Option<u16>> {
+        let route = self.table.get_mut(id)?.route_from_peer(peer, now, len);
+        if route.is_none() {
+            self.counters.count(Reject::NoRoute);
+        }
+        route
+    }
+
+    /// Ends expired allocations, permissions, channels and reservations.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        let expired: Vec<AllocId> = self
+            .table
+            .iter()
+            .filter(|a| a.expires <= now)
+            .map(|a| a.id)
+            .collect();
+        for id in expired {
+            self.remove(id, "allocation-expired");
+        }
+        for allocation in self.table.iter_mut() {
+            if allocation.next_expiry() <= now {
+                allocation.expire(now);
+            }
+        }
+        let ports = &mut self.ports;
+        self.reservations.retain(|_, (port, _, expires)| {
+            let keep = *expires > now;
+            if !keep {
+                ports.release(*port);
+            }
+            keep
+        });
+    }
+
+    fn remove(&mut self, id: AllocId, event: &str) {
+        let Some(allocation) = self.table.remove(id) else {
+            return;
+        };
+        self.ports.release(allocation.relay.bound().port());
+        log::info!(
+            "{event} user={} client={} relay={} age={}s to-peer={}B/{}p from-peer={}B/{}p",
+            allocation.username,
+            allocation.five_tuple.client,
+            allocation.relayed,
+            allocation.created.elapsed().as_secs(),
+            allocation.to_peer.bytes,
+            allocation.to_peer.packets,
+            allocation.from_peer.bytes,
+            allocation.from_peer.packets
+        );
+    }
+
+    /// Writes the error response for `reject` and counts it.
+    fn reject(
+        &self,
+        message: &Message<'_>,
+        reject: Reject,
+        key: Option<&LongTermKey>,
+        five_tuple: &FiveTuple,
+        now: Now,
+        out: &mut Vec<u8>,
+    ) {
+        self.counters.count(reject);
+        let Some((code, phrase)) = reject.error_code() else {
+            return;
+        };
+        let mut reply = MessageBuilder::reply(out, message, Class::Error);
+        reply.add_error(code, phrase);
+        if code == 401 || code == 438 {
+            reply
+                .add(attr::REALM, self.credentials.realm().as_bytes())
+                .add(
+                    attr::NONCE,
+                    self.credentials
+                        .nonce(five_tuple.client, now.unix)
+                        .as_bytes(),
+                );
+        }
+        match key {
+            Some(key) => finish(&mut reply, message, key),
+            None if message.has_fingerprint() => {
+                reply.add_fingerprint();
+            }
+            None => {}
+        }
+    }
+}
+
+fn endpoint(relay: &RelayConfig, v4: bool) -> Option<RelayEndpoint> {
+    let bind = *relay.addresses.iter().find(|ip| ip.is_ipv4() == v4)?;
+    let advertise = relay
+        .external_addresses
+        .iter()
+        .find(|ip| ip.is_ipv4() == v4)
+        .copied();
+    Some(RelayEndpoint { bind, advertise })
+}
+
+/// MESSAGE-INTEGRITY, then FINGERPRINT if the request had one.
+fn finish(reply: &mut MessageBuilder<'_>, request: &Message<'_>, key: &LongTermKey) {
+    reply.add_integrity(key);
+    if request.has_fingerprint() {
+        reply.add_fingerprint();
+    }
+}
+
+fn username_of<'a>(message: &Message<'a>) -> Option<&'a str> {
+    std::str::from_utf8(message.get(attr::USERNAME)?).ok()
+}
+
+fn saturating_secs(duration: Duration) -> u32 {
+    u32::try_from(duration.as_secs()).unwrap_or(u32::MAX)
+}

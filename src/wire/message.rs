@@ -1,0 +1,502 @@
+//! STUN messages (RFC 8489 §5, §14) parsed in place and built into a reused buffer.
+//!
+//! Parsing borrows the receive buffer and walks the attributes once to prove
+//! the message well formed; later lookups are plain scans over that slice.
+//! Classic RFC 3489 headers (no magic cookie) are accepted so the Binding
+//! responder can answer old clients; everything else requires the cookie.
+
+use std::net::{IpAddr, SocketAddr};
+
+use hmac::{Hmac, Mac};
+use sha1::Sha1;
+use subtle::ConstantTimeEq;
+
+use super::attr;
+
+pub(crate) const MAGIC_COOKIE: u32 = 0x2112_A442;
+pub(crate) const HEADER_LEN: usize = 20;
+const ATTR_HEADER_LEN: usize = 4;
+const INTEGRITY_LEN: usize = 20;
+const FINGERPRINT_XOR: u32 = 0x5354_554E;
+
+/// A STUN method (RFC 8489 §18.2, RFC 8656 §17).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Method(pub(crate) u16);
+
+impl Method {
+    pub(crate) const BINDING: Self = Self(0x001);
+    pub(crate) const ALLOCATE: Self = Self(0x003);
+    pub(crate) const REFRESH: Self = Self(0x004);
+    pub(crate) const SEND: Self = Self(0x006);
+    pub(crate) const DATA: Self = Self(0x007);
+    pub(crate) const CREATE_PERMISSION: Self = Self(0x008);
+    pub(crate) const CHANNEL_BIND: Self = Self(0x009);
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Class {
+    Request,
+    Indication,
+    Success,
+    Error,
+}
+
+impl Class {
+    fn bits(self) -> u16 {
+        match self {
+            Self::Request => 0x000,
+            Self::Indication => 0x010,
+            Self::Success => 0x100,
+            Self::Error => 0x110,
+        }
+    }
+}
+
+/// Why bytes are not a well-formed STUN message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ParseError {
+    /// Fewer than 20 bytes, or the first two bits are not zero.
+    #[error("not a stun message")]
+    NotStun,
+    /// The length field disagrees with the bytes received or is not a multiple of 4.
+    #[error("stun length field does not match the message")]
+    BadLength,
+    /// An attribute runs past the end of the message.
+    #[error("stun attribute overruns the message")]
+    BadAttribute,
+    /// A FINGERPRINT attribute is present and wrong.
+    #[error("stun fingerprint mismatch")]
+    BadFingerprint,
+}
+
+/// The 16 header bytes after type and length: magic cookie plus transaction ID,
+/// or, for a classic RFC 3489 message, a 128-bit transaction ID. Echoed as-is.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct TransactionId(pub(crate) [u8; 16]);
+
+impl TransactionId {
+    fn is_classic(&self) -> bool {
+        self.0[..4] != MAGIC_COOKIE.to_be_bytes()
+    }
+}
+
+impl std::fmt::Debug for TransactionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for byte in &self.0[4..] {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A parsed STUN message borrowing its bytes.
+#[derive(Clone, Copy)]
+pub(crate) struct Message<'a> {
+    raw: &'a [u8],
+    pub(crate) method: Method,
+    pub(crate) class: Class,
+    pub(crate) transaction: TransactionId,
+}
+
+impl std::fmt::Debug for Message<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Message")
+            .field("method", &self.method)
+            .field("class", &self.class)
+            .field("transaction", &self.transaction)
+            .field("len", &self.raw.len())
+            .finish()
+    }
+}
+
+/// One attribute: its type, value (without padding) and where its header starts.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Attribute<'a> {
+    pub(crate) kind: u16,
+    pub(crate) value: &'a [u8],
+    pub(crate) offset: usize,
+}
+
+impl<'a> Message<'a> {
+    /// Parses one whole message: `buf` must hold exactly the header and the
+    /// length it announces (a datagram, or one frame cut from a stream).
+    pub(crate) fn parse(buf: &'a [u8]) -> Result<Self, ParseError> {
+        if buf.len() < HEADER_LEN || buf[0] & 0xC0 != 0 {
+            return Err(ParseError::NotStun);
+        }
+        let length = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
+        if length % 4 != 0 || buf.len() != HEADER_LEN + length {
+            return Err(ParseError::BadLength);
+        }
+        let kind = u16::from_be_bytes([buf[0], buf[1]]);
+        let class = match kind & 0x0110 {
+            0x000 => Class::Request,
+            0x010 => Class::Indication,
+            0x100 => Class::Success,
+            _ => Class::Error,
+        };
+        let method = Method((kind & 0x000F) | ((kind & 0x00E0) >> 1) | ((kind & 0x3E00) >> 2));
+        let mut transaction = [0; 16];
+        transaction.copy_from_slice(&buf[4..HEADER_LEN]);
+        let message = Self {
+            raw: buf,
+            method,
+            class,
+            transaction: TransactionId(transaction),
+        };
+        let mut fingerprint = None;
+        for attribute in message.walk() {
+            let attribute = attribute?;
+            if attribute.kind == attr::FINGERPRINT {
+                fingerprint = Some(attribute);
+            }
+        }
+        if let Some(attribute) = fingerprint {
+            let expected = fingerprint_of(&buf[..attribute.offset], attribute.offset + 8);
+            if attribute.value != expected.to_be_bytes() {
+                return Err(ParseError::BadFingerprint);
+            }
+        }
+        Ok(message)
+    }
+
+    fn walk(&self) -> AttributeWalk<'a> {
+        AttributeWalk {
+            raw: self.raw,
+            offset: HEADER_LEN,
+        }
+    }
+
+    /// The attributes, in order. Safe to unwrap each item: `parse` walked them all.
+    pub(crate) fn attributes(&self) -> impl Iterator<Item = Attribute<'a>> + use<'a> {
+        self.walk().map_while(Result::ok)
+    }
+
+    /// The first attribute of `kind` that integrity covers (RFC 8489 §14.5:
+    /// attributes after MESSAGE-INTEGRITY other than FINGERPRINT are ignored).
+    pub(crate) fn get(&self, kind: u16) -> Option<&'a [u8]> {
+        for attribute in self.attributes() {
+            if attribute.kind == kind {
+                return Some(attribute.value);
+            }
+            if attribute.kind == attr::MESSAGE_INTEGRITY {
+                return None;
+            }
+        }
+        None
+    }
+
+    pub(crate) fn has_fingerprint(&self) -> bool {
+        self.attributes().any(|a| a.kind == attr::FINGERPRINT)
+    }
+
+    pub(crate) fn is_classic(&self) -> bool {
+        self.transaction.is_classic()
+    }
+
+    /// Comprehension-required attributes this server does not know (RFC 8489 §15).
+    pub(crate) fn unknown_required(&self) -> Vec<u16> {
+        let mut unknown = Vec::new();
+        for attribute in self.attributes() {
+            if attribute.kind < 0x8000 && !attr::is_known(attribute.kind) {
+                unknown.push(attribute.kind);
+            }
+            if attribute.kind == attr::MESSAGE_INTEGRITY {
+                break;
+            }
+        }
+        unknown
+    }
+
+    /// Checks MESSAGE-INTEGRITY (HMAC-SHA1 with the long-term `key`) in constant time.
+    pub(crate) fn integrity_matches(&self, key: &[u8]) -> bool {
+        let Some(attribute) = self
+            .attributes()
+            .find(|a| a.kind == attr::MESSAGE_INTEGRITY)
+        else {
+            return false;
+        };
+        if attribute.value.len() != INTEGRITY_LEN {
+            return false;
+        }
+        let covered = &self.raw[..attribute.offset];
+        let mac = integrity_of(
+            covered,
+            attribute.offset + ATTR_HEADER_LEN + INTEGRITY_LEN,
+            key,
+        );
+        bool::from(mac.ct_eq(attribute.value))
+    }
+
+    /// XOR-PEER-ADDRESS, XOR-MAPPED-ADDRESS, XOR-RELAYED-ADDRESS values decoded.
+    pub(crate) fn xor_address(&self, value: &[u8]) -> Option<SocketAddr> {
+        decode_xor_address(value, &self.transaction)
+    }
+
+    /// All values of `kind` before MESSAGE-INTEGRITY (CreatePermission may carry several peers).
+    pub(crate) fn all(&self, kind: u16) -> impl Iterator<Item = &'a [u8]> + use<'a> {
+        self.attributes()
+            .take_while(|a| a.kind != attr::MESSAGE_INTEGRITY)
+            .filter(move |a| a.kind == kind)
+            .map(|a| a.value)
+    }
+}
+
+struct AttributeWalk<'a> {
+    raw: &'a [u8],
+    offset: usize,
+}
+
+impl<'a> Iterator for AttributeWalk<'a> {
+    type Item = Result<Attribute<'a>, ParseError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let rest = self.raw.get(self.offset..)?;
+        if rest.is_empty() {
+            return None;
+        }
+        if rest.len() < ATTR_HEADER_LEN {
+            self.offset = self.raw.len();
+            return Some(Err(ParseError::BadAttribute));
+        }
+        let kind = u16::from_be_bytes([rest[0], rest[1]]);
+        let length = usize::from(u16::from_be_bytes([rest[2], rest[3]]));
+        let padded = length.next_multiple_of(4);
+        if rest.len() < ATTR_HEADER_LEN + padded {
+            self.offset = self.raw.len();
+            return Some(Err(ParseError::BadAttribute));
+        }
+        let attribute = Attribute {
+            kind,
+            value: &rest[ATTR_HEADER_LEN..ATTR_HEADER_LEN + length],
+            offset: self.offset,
+        };
+        self.offset += ATTR_HEADER_LEN + padded;
+        Some(Ok(attribute))
+    }
+}
+
+/// HMAC-SHA1 over `covered` with the header length field replaced by
+/// `length_to` − 20, as RFC 8489 §14.5 prescribes.
+fn integrity_of(covered: &[u8], length_to: usize, key: &[u8]) -> [u8; INTEGRITY_LEN] {
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "stun messages are < 64 KiB"
+    )]
+    let length = (length_to - HEADER_LEN) as u16;
+    let mut mac = Hmac::<Sha1>::new_from_slice(key).expect("hmac accepts keys of any length");
+    mac.update(&covered[..2]);
+    mac.update(&length.to_be_bytes());
+    mac.update(&covered[4..]);
+    mac.finalize().into_bytes().into()
+}
+
+fn fingerprint_of(covered: &[u8], length_to: usize) -> u32 {
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "stun messages are < 64 KiB"
+    )]
+    let length = (length_to - HEADER_LEN) as u16;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&covered[..2]);
+    crc.update(&length.to_be_bytes());
+    crc.update(&covered[4..]);
+    crc.finalize() ^ FINGERPRINT_XOR
+}
+
+fn decode_xor_address(value: &[u8], transaction: &TransactionId) -> Option<SocketAddr> {
+    if value.len() < 4 {
+        return None;
+    }
+    let port = u16::from_be_bytes([value[2], value[3]]) ^ 0x2112;
+    let ip = match (value[1], value.len()) {
+        (0x01, 8) => {
+            let mut octets = [0; 4];
+            for (i, octet) in octets.iter_mut().enumerate() {
+                *octet = value[4 + i] ^ transaction.0[i];
+            }
+            IpAddr::from(octets)
+        }
+        (0x02, 20) => {
+            let mut octets = [0; 16];
+            for (i, octet) in octets.iter_mut().enumerate() {
+                *octet = value[4 + i] ^ transaction.0[i];
+            }
+            IpAddr::from(octets)
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Builds one message into a caller-owned buffer (cleared first), so a loop
+/// can reuse one allocation for every reply.
+pub(crate) struct MessageBuilder<'b> {
+    buf: &'b mut Vec<u8>,
+    transaction: TransactionId,
+}
+
+impl<'b> MessageBuilder<'b> {
+    pub(crate) fn new(
+        buf: &'b mut Vec<u8>,
+        method: Method,
+        class: Class,
+        transaction: TransactionId,
+    ) -> Self {
+        let m = method.0;
+        let kind = (m & 0x000F) | ((m & 0x0070) << 1) | ((m & 0x0F80) << 2) | class.bits();
+        buf.clear();
+        buf.extend_from_slice(&kind.to_be_bytes());
+        buf.extend_from_slice(&[0, 0]);
+        buf.extend_from_slice(&transaction.0);
+        Self { buf, transaction }
+    }
+
+    /// A response to `request`, same method and transaction.
+    pub(crate) fn reply(buf: &'b mut Vec<u8>, request: &Message<'_>, class: Class) -> Self {
+        Self::new(buf, request.method, class, request.transaction)
+    }
+
+    pub(crate) fn add(&mut self, kind: u16, value: &[u8]) -> &mut Self {
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "callers pass values < 64 KiB"
+        )]
+        let length = value.len() as u16;
+        self.buf.extend_from_slice(&kind.to_be_bytes());
+        self.buf.extend_from_slice(&length.to_be_bytes());
+        self.buf.extend_from_slice(value);
+        let padding = value.len().next_multiple_of(4) - value.len();
+        self.buf.extend_from_slice(&[0; 3][..padding]);
+        self.set_length();
+        self
+    }
+
+    pub(crate) fn add_u32(&mut self, kind: u16, value: u32) -> &mut Self {
+        self.add(kind, &value.to_be_bytes())
+    }
+
+    /// An address attribute XORed with the magic cookie and transaction (RFC 8489 §14.2).
+    pub(crate) fn add_xor_address(&mut self, kind: u16, address: SocketAddr) -> &mut Self {
+        let mut value = [0u8; 20];
+        let len = encode_address(&mut value, address);
+        let port = address.port() ^ 0x2112;
+        value[2..4].copy_from_slice(&port.to_be_bytes());
+        for (i, byte) in value[4..len].iter_mut().enumerate() {
+            *byte ^= self.transaction.0[i];
+        }
+        self.add(kind, &value[..len])
+    }
+
+    /// A plain address attribute (MAPPED-ADDRESS for classic clients).
+    pub(crate) fn add_address(&mut self, kind: u16, address: SocketAddr) -> &mut Self {
+        let mut value = [0u8; 20];
+        let len = encode_address(&mut value, address);
+        self.add(kind, &value[..len])
+    }
+
+    /// ERROR-CODE with the standard reason phrase (RFC 8489 §14.8).
+    pub(crate) fn add_error(&mut self, code: u16, reason: &str) -> &mut Self {
+        let mut value = Vec::with_capacity(4 + reason.len());
+        #[expect(clippy::cast_possible_truncation, reason = "code / 100 is 3..=6")]
+        let class = (code / 100) as u8;
+        let number = (code % 100) as u8;
+        value.extend_from_slice(&[0, 0, class, number]);
+        value.extend_from_slice(reason.as_bytes());
+        self.add(attr::ERROR_CODE, &value)
+    }
+
+    /// MESSAGE-INTEGRITY over everything so far.
+    pub(crate) fn add_integrity(&mut self, key: &[u8]) -> &mut Self {
+        let length_to = self.buf.len() + ATTR_HEADER_LEN + INTEGRITY_LEN;
+        let mac = integrity_of(self.buf, length_to, key);
+        self.add(attr::MESSAGE_INTEGRITY, &mac)
+    }
+
+    pub(crate) fn add_fingerprint(&mut self) -> &mut Self {
+        let fingerprint = fingerprint_of(self.buf, self.buf.len() + 8);
+        self.add_u32(attr::FINGERPRINT, fingerprint)
+    }
+
+    fn set_length(&mut self) {
+        #[expect(clippy::cast_possible_truncation, reason = "messages stay < 64 KiB")]
+        let length = (self.buf.len() - HEADER_LEN) as u16;
+        self.buf[2..4].copy_from_slice(&length.to_be_bytes());
+    }
+}
+
+/// Family, port and address bytes; returns the used length (8 or 20).
+fn encode_address(value: &mut [u8; 20], address: SocketAddr) -> usize {
+    value[2..4].copy_from_slice(&address.port().to_be_bytes());
+    match address.ip() {
+        IpAddr::V4(ip) => {
+            value[1] = 0x01;
+            value[4..8].copy_from_slice(&ip.octets());
+            8
+        }
+        IpAddr::V6(ip) => {
+            value[1] = 0x02;
+            value[4..20].copy_from_slice(&ip.octets());
+            20
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tid() -> TransactionId {
+        let mut t = [7u8; 16];
+        t[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+        TransactionId(t)
+    }
+
+    #[test]
+    fn built_message_parses_back_with_integrity_and_fingerprint() {
+        let mut buf = Vec::new();
+        let peer: SocketAddr = "[2001:db8::1]:4000".parse().unwrap();
+        MessageBuilder::new(&mut buf, Method::ALLOCATE, Class::Success, tid())
+            .add_xor_address(attr::XOR_RELAYED_ADDRESS, peer)
+            .add_u32(attr::LIFETIME, 600)
+            .add_integrity(b"key")
+            .add_fingerprint();
+        let message = Message::parse(&buf).unwrap();
+        assert_eq!(message.method, Method::ALLOCATE);
+        assert_eq!(message.class, Class::Success);
+        let value = message.get(attr::XOR_RELAYED_ADDRESS).unwrap();
+        assert_eq!(message.xor_address(value), Some(peer));
+        assert!(message.integrity_matches(b"key"));
+        assert!(!message.integrity_matches(b"other"));
+        assert!(message.has_fingerprint());
+    }
+
+    #[test]
+    fn corrupted_fingerprint_is_refused() {
+        let mut buf = Vec::new();
+        MessageBuilder::new(&mut buf, Method::BINDING, Class::Request, tid()).add_fingerprint();
+        let last = buf.len() - 1;
+        buf[last] ^= 1;
+        assert_eq!(
+            Message::parse(&buf).unwrap_err(),
+            ParseError::BadFingerprint
+        );
+    }
+
+    #[test]
+    fn truncated_and_overlong_inputs_are_refused() {
+        let mut buf = Vec::new();
+        MessageBuilder::new(&mut buf, Method::BINDING, Class::Request, tid())
+            .add_u32(attr::LIFETIME, 1);
+        for cut in 0..buf.len() {
+            assert!(Message::parse(&buf[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = buf.clone();
+        longer.push(0);
+        assert!(Message::parse(&longer).is_err());
+        // An attribute length pointing past the end.
+        let mut bad = buf.clone();
+        bad[HEADER_LEN + 3] = 200;
+        assert_eq!(Message::parse(&bad).unwrap_err(), ParseError::BadAttribute);
+    }
+}
