@@ -807,3 +807,225 @@ fn username_of<'a>(message: &Message<'a>) -> Option<&'a str> {
 fn saturating_secs(duration: Duration) -> u32 {
     u32::try_from(duration.as_secs()).unwrap_or(u32::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::long_term_key;
+    use crate::config::Transport;
+    use crate::wire::{MAGIC_COOKIE, TransactionId};
+
+    const UNIX: u64 = 1_800_000_000;
+
+    fn core() -> Core {
+        let config = Config::parse(
+            r#"realm = "example.org"
+[[listen]]
+address = "127.0.0.1:3478"
+[relay]
+addresses = ["127.0.0.1"]
+allow-peers = ["127.0.0.0/8"]
+[auth]
+[[auth.users]]
+name = "alice"
+password = "pw"
+"#,
+            "test",
+        )
+        .unwrap();
+        Core::new(&config, [1; 32], Arc::new(RejectCounters::default()))
+    }
+
+    fn five_tuple() -> FiveTuple {
+        FiveTuple {
+            client: "127.0.0.1:40000".parse().unwrap(),
+            server: "127.0.0.1:3478".parse().unwrap(),
+            transport: Transport::Udp,
+        }
+    }
+
+    fn transaction(n: u8) -> TransactionId {
+        let mut id = [n; 16];
+        id[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+        TransactionId(id)
+    }
+
+    /// An authenticated request as a client would build it.
+    fn request(
+        method: Method,
+        id: u8,
+        nonce: &str,
+        add: impl FnOnce(&mut MessageBuilder<'_>),
+    ) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let mut builder = MessageBuilder::new(&mut buf, method, Class::Request, transaction(id));
+        add(&mut builder);
+        builder
+            .add(attr::USERNAME, b"alice")
+            .add(attr::REALM, b"example.org")
+            .add(attr::NONCE, nonce.as_bytes())
+            .add_integrity(&long_term_key("alice", "example.org", "pw"));
+        buf
+    }
+
+    fn error_code(reply: &[u8]) -> Option<u16> {
+        let message = Message::parse(reply).unwrap();
+        let value = message.get(attr::ERROR_CODE)?;
+        Some(u16::from(value[2]) * 100 + u16::from(value[3]))
+    }
+
+    fn handle(core: &mut Core, now: Now, bytes: &[u8]) -> (Vec<u8>, bool) {
+        let message = Message::parse(bytes).unwrap();
+        let mut out = Vec::new();
+        let action = core.handle_stun(now, &five_tuple(), &message, &mut out);
+        let started = matches!(action, Action::ReplyAndStartRelay(..));
+        (out, started)
+    }
+
+    fn allocate(core: &mut Core, now: Now, id: u8) -> Vec<u8> {
+        let nonce = core.credentials().nonce(five_tuple().client, now.unix);
+        let bytes = request(Method::ALLOCATE, id, &nonce, |b| {
+            b.add(attr::REQUESTED_TRANSPORT, &[attr::TRANSPORT_UDP, 0, 0, 0]);
+        });
+        handle(core, now, &bytes).0
+    }
+
+    #[tokio::test]
+    async fn nonce_goes_stale_after_its_lifetime() {
+        let mut core = core();
+        let start = Now {
+            instant: Instant::now(),
+            unix: UNIX,
+        };
+        let nonce = core.credentials().nonce(five_tuple().client, start.unix);
+        let bytes = request(Method::ALLOCATE, 1, &nonce, |b| {
+            b.add(attr::REQUESTED_TRANSPORT, &[attr::TRANSPORT_UDP, 0, 0, 0]);
+        });
+        let later = Now {
+            instant: start.instant,
+            unix: UNIX + 601,
+        };
+        let (reply, started) = handle(&mut core, later, &bytes);
+        assert_eq!(error_code(&reply), Some(438));
+        assert!(!started);
+        let (reply, started) = handle(&mut core, start, &bytes);
+        assert_eq!(error_code(&reply), None);
+        assert!(started);
+    }
+
+    #[tokio::test]
+    async fn expired_allocation_frees_its_5_tuple_and_port() {
+        let mut core = core();
+        let now = Now {
+            instant: Instant::now(),
+            unix: UNIX,
+        };
+        assert_eq!(error_code(&allocate(&mut core, now, 1)), None);
+        assert_eq!(core.table.len(), 1);
+        let id = core.table.id_for(&five_tuple()).unwrap();
+        let port = core.table.get(id).unwrap().relay.bound().port();
+        assert!(!core.ports.is_free(port));
+        core.handle_timeout(now.instant + Duration::from_secs(599));
+        assert_eq!(core.table.len(), 1, "still alive before its lifetime");
+        core.handle_timeout(now.instant + Duration::from_secs(601));
+        assert_eq!(core.table.len(), 0);
+        assert!(core.ports.is_free(port), "port returned at once");
+        assert_eq!(error_code(&allocate(&mut core, now, 2)), None);
+    }
+
+    #[tokio::test]
+    async fn retransmitted_request_gets_the_same_response() {
+        let mut core = core();
+        let now = Now {
+            instant: Instant::now(),
+            unix: UNIX,
+        };
+        let first = allocate(&mut core, now, 1);
+        assert_eq!(
+            allocate(&mut core, now, 1),
+            first,
+            "same transaction: same answer"
+        );
+        assert_eq!(
+            error_code(&allocate(&mut core, now, 2)),
+            Some(437),
+            "new transaction: mismatch"
+        );
+        let nonce = core.credentials().nonce(five_tuple().client, now.unix);
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let permission = request(Method::CREATE_PERMISSION, 3, &nonce, |b| {
+            b.add_xor_address(attr::XOR_PEER_ADDRESS, peer);
+        });
+        let (reply, _) = handle(&mut core, now, &permission);
+        assert_eq!(error_code(&reply), None);
+        assert_eq!(handle(&mut core, now, &permission).0, reply);
+    }
+
+    #[tokio::test]
+    async fn permission_lapses_after_its_lifetime_unless_refreshed() {
+        let mut core = core();
+        let now = Now {
+            instant: Instant::now(),
+            unix: UNIX,
+        };
+        allocate(&mut core, now, 1);
+        let nonce = core.credentials().nonce(five_tuple().client, now.unix);
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let permission = request(Method::CREATE_PERMISSION, 2, &nonce, |b| {
+            b.add_xor_address(attr::XOR_PEER_ADDRESS, peer);
+        });
+        handle(&mut core, now, &permission);
+        let id = core.table.id_for(&five_tuple()).unwrap();
+        assert_eq!(core.route_from_peer(id, peer, now.instant, 1), Some(None));
+        let later = now.instant + Duration::from_secs(301);
+        assert_eq!(core.route_from_peer(id, peer, later, 1), None);
+    }
+
+    #[tokio::test]
+    async fn refresh_with_zero_lifetime_deletes_allocation() {
+        let mut core = core();
+        let now = Now {
+            instant: Instant::now(),
+            unix: UNIX,
+        };
+        allocate(&mut core, now, 1);
+        let nonce = core.credentials().nonce(five_tuple().client, now.unix);
+        let refresh = request(Method::REFRESH, 2, &nonce, |b| {
+            b.add_u32(attr::LIFETIME, 0);
+        });
+        let (reply, _) = handle(&mut core, now, &refresh);
+        assert_eq!(error_code(&reply), None);
+        assert_eq!(core.table.len(), 0);
+        let again = request(Method::REFRESH, 3, &nonce, |b| {
+            b.add_u32(attr::LIFETIME, 600);
+        });
+        assert_eq!(error_code(&handle(&mut core, now, &again).0), Some(437));
+    }
+
+    #[tokio::test]
+    async fn channel_numbers_outside_rfc8656_range_are_refused() {
+        let mut core = core();
+        let now = Now {
+            instant: Instant::now(),
+            unix: UNIX,
+        };
+        allocate(&mut core, now, 1);
+        let nonce = core.credentials().nonce(five_tuple().client, now.unix);
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        for (id, number, code) in [
+            (2, 0x3FFF_u16, Some(400)),
+            (3, 0x5000, Some(400)),
+            (4, 0x4FFF, None),
+        ] {
+            let bind = request(Method::CHANNEL_BIND, id, &nonce, |b| {
+                b.add_u32(attr::CHANNEL_NUMBER, u32::from(number) << 16)
+                    .add_xor_address(attr::XOR_PEER_ADDRESS, peer);
+            });
+            assert_eq!(
+                error_code(&handle(&mut core, now, &bind).0),
+                code,
+                "{number:#x}"
+            );
+        }
+    }
+}
