@@ -140,8 +140,15 @@ async fn wait_for_shutdown() {
             return;
         }
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    // SIGHUP would otherwise end the process (its default action).
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = tokio::signal::ctrl_c() => return,
+            Some(()) = async { hangup.as_mut()?.recv().await } => {
+                log::warn!("SIGHUP received: configuration reload is not supported yet; still running");
+            }
+        }
     }
 }

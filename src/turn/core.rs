@@ -818,18 +818,26 @@ mod tests {
     const UNIX: u64 = 1_800_000_000;
 
     fn core() -> Core {
+        core_with("")
+    }
+
+    /// A core whose `[relay]` table has `relay_extra` added.
+    fn core_with(relay_extra: &str) -> Core {
         let config = Config::parse(
-            r#"realm = "example.org"
+            &format!(
+                r#"realm = "example.org"
 [[listen]]
 address = "127.0.0.1:3478"
 [relay]
 addresses = ["127.0.0.1"]
 allow-peers = ["127.0.0.0/8"]
+{relay_extra}
 [auth]
 [[auth.users]]
 name = "alice"
 password = "pw"
-"#,
+"#
+            ),
             "test",
         )
         .unwrap();
@@ -888,6 +896,27 @@ password = "pw"
             b.add(attr::REQUESTED_TRANSPORT, &[attr::TRANSPORT_UDP, 0, 0, 0]);
         });
         handle(core, now, &bytes).0
+    }
+
+    #[tokio::test]
+    async fn relayed_address_is_the_external_address_with_the_bound_port() {
+        let mut core = core_with(r#"external-addresses = ["203.0.113.10"]"#);
+        let now = Now {
+            instant: Instant::now(),
+            unix: UNIX,
+        };
+        let reply = allocate(&mut core, now, 1);
+        let message = Message::parse(&reply).unwrap();
+        let relayed = message
+            .xor_address(message.get(attr::XOR_RELAYED_ADDRESS).unwrap())
+            .unwrap();
+        let id = core.table.id_for(&five_tuple()).unwrap();
+        let bound = core.table.get(id).unwrap().relay.bound();
+        assert_eq!(
+            relayed,
+            SocketAddr::new("203.0.113.10".parse().unwrap(), bound.port())
+        );
+        assert_eq!(bound.ip(), "127.0.0.1".parse::<IpAddr>().unwrap());
     }
 
     #[tokio::test]
