@@ -898,6 +898,18 @@ password = "pw"
         handle(core, now, &bytes).0
     }
 
+    /// A core with one allocation on `five_tuple()`, the time, and a nonce.
+    fn allocated() -> (Core, Now, String) {
+        let mut core = core();
+        let now = Now {
+            instant: Instant::now(),
+            unix: UNIX,
+        };
+        assert_eq!(error_code(&allocate(&mut core, now, 1)), None);
+        let nonce = core.credentials().nonce(five_tuple().client, now.unix);
+        (core, now, nonce)
+    }
+
     #[tokio::test]
     async fn relayed_address_is_the_external_address_with_the_bound_port() {
         let mut core = core_with(r#"external-addresses = ["203.0.113.10"]"#);
@@ -992,13 +1004,7 @@ password = "pw"
 
     #[tokio::test]
     async fn permission_lapses_after_its_lifetime_unless_refreshed() {
-        let mut core = core();
-        let now = Now {
-            instant: Instant::now(),
-            unix: UNIX,
-        };
-        allocate(&mut core, now, 1);
-        let nonce = core.credentials().nonce(five_tuple().client, now.unix);
+        let (mut core, now, nonce) = allocated();
         let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let permission = request(Method::CREATE_PERMISSION, 2, &nonce, |b| {
             b.add_xor_address(attr::XOR_PEER_ADDRESS, peer);
@@ -1012,13 +1018,7 @@ password = "pw"
 
     #[tokio::test]
     async fn refresh_with_zero_lifetime_deletes_allocation() {
-        let mut core = core();
-        let now = Now {
-            instant: Instant::now(),
-            unix: UNIX,
-        };
-        allocate(&mut core, now, 1);
-        let nonce = core.credentials().nonce(five_tuple().client, now.unix);
+        let (mut core, now, nonce) = allocated();
         let refresh = request(Method::REFRESH, 2, &nonce, |b| {
             b.add_u32(attr::LIFETIME, 0);
         });
@@ -1033,13 +1033,7 @@ password = "pw"
 
     #[tokio::test]
     async fn channel_numbers_outside_rfc8656_range_are_refused() {
-        let mut core = core();
-        let now = Now {
-            instant: Instant::now(),
-            unix: UNIX,
-        };
-        allocate(&mut core, now, 1);
-        let nonce = core.credentials().nonce(five_tuple().client, now.unix);
+        let (mut core, now, nonce) = allocated();
         let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
         for (id, number, code) in [
             (2, 0x3FFF_u16, Some(400)),
