@@ -2,7 +2,7 @@
 
 pub(crate) const MAPPED_ADDRESS: u16 = 0x0001;
 const RESPONSE_ADDRESS: u16 = 0x0002;
-const CHANGE_REQUEST: u16 = 0x0003;
+pub(crate) const CHANGE_REQUEST: u16 = 0x0003;
 pub(crate) const USERNAME: u16 = 0x0006;
 pub(crate) const MESSAGE_INTEGRITY: u16 = 0x0008;
 pub(crate) const ERROR_CODE: u16 = 0x0009;
@@ -26,11 +26,13 @@ pub(crate) const RESERVATION_TOKEN: u16 = 0x0022;
 const PRIORITY: u16 = 0x0024;
 const USE_CANDIDATE: u16 = 0x0025;
 const PADDING: u16 = 0x0026;
-const RESPONSE_PORT: u16 = 0x0027;
 pub(crate) const FINGERPRINT: u16 = 0x8028;
 
 /// Comprehension-required attributes we understand or may safely ignore.
-/// Anything else below 0x8000 in a request earns a 420 (RFC 8489 §7.3.1).
+/// Anything else below 0x8000 in a request earns a 420 (RFC 8489 §7.3.1);
+/// so does RESPONSE-PORT (RFC 5780 §7.5: we cannot answer on another port).
+/// CHANGE-REQUEST is known only with no flags set: classic clients send it
+/// empty, and asking for another address or port gets a 420 (RFC 5780 §7.2).
 pub(crate) fn is_known(kind: u16) -> bool {
     matches!(
         kind,
@@ -60,7 +62,6 @@ pub(crate) fn is_known(kind: u16) -> bool {
             | PRIORITY
             | USE_CANDIDATE
             | PADDING
-            | RESPONSE_PORT
     )
 }
 

@@ -198,7 +198,9 @@ impl<'a> Message<'a> {
     pub(crate) fn unknown_required(&self) -> Vec<u16> {
         let mut unknown = Vec::new();
         for attribute in self.attributes() {
-            if attribute.kind < 0x8000 && !attr::is_known(attribute.kind) {
+            let change_asked = attribute.kind == attr::CHANGE_REQUEST
+                && attribute.value.iter().any(|&byte| byte != 0);
+            if attribute.kind < 0x8000 && (!attr::is_known(attribute.kind) || change_asked) {
                 unknown.push(attribute.kind);
             }
             if attribute.kind == attr::MESSAGE_INTEGRITY {

@@ -2,7 +2,11 @@
 //! with a config written to a temp dir, wait for its "ready" line, and stop
 //! it (printing its log) when the test ends.
 
-#![allow(dead_code, reason = "each test file uses part of the harness")]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    reason = "each test file uses part of the harness, through `mod common`"
+)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -88,7 +92,10 @@ impl TestDaemon {
                 }
                 Err(_) => {
                     let _ = child.kill();
-                    panic!("icegate did not become ready; log:\n{}", log.lock().unwrap().join("\n"));
+                    panic!(
+                        "icegate did not become ready; log:\n{}",
+                        log.lock().unwrap().join("\n")
+                    );
                 }
             }
         }
