@@ -16,6 +16,9 @@ ports = "$min-$max"
 allow-peers = ["127.0.0.0/8"]
 # turnutils_uclient (coturn 4.6) picks RFC 5766 channel numbers.
 rfc5766-channel-numbers = true
+# coturn has no per-user quota by default; the harness allocates as one user.
+max-allocations-per-user = 100000
+max-allocations = 100000
 [auth]
 [[auth.users]]
 name = "bench"
