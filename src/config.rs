@@ -19,6 +19,8 @@ use ipnet::IpNet;
 use toml::Spanned;
 use toml::de::{DeString, DeTable, DeValue};
 
+use crate::transport::tls::{TlsFile, load_certified_key};
+
 /// Shortest accepted REST secret; shorter ones are guessable offline from one credential.
 const MIN_SECRET_CHARS: usize = 8;
 /// RFC 8489 §14.9: REALM must be fewer than 128 characters.
@@ -40,6 +42,14 @@ const DEFAULT_PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
 const DEFAULT_CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
 const DEFAULT_CREDENTIAL_TTL: Duration = Duration::from_secs(24 * 3600);
 const DEFAULT_NONCE_LIFETIME: Duration = Duration::from_secs(600);
+const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+const DEFAULT_MAX_CONNECTIONS_PER_IP: u32 = 64;
+const DEFAULT_MAX_QUEUED_BYTES: u32 = 256 * 1024;
+const DEFAULT_MAX_FRAME_BYTES: u32 = 16 * 1024;
+/// The largest frame the stream format can carry: a STUN header plus a 16-bit length.
+const LARGEST_FRAME_BYTES: u32 = 20 + 0xFFFF;
 
 /// The origin named in messages about [`Config::embedded_default`].
 pub(crate) const EMBEDDED_ORIGIN: &str = "<embedded default>";
@@ -77,6 +87,24 @@ pub(crate) struct Config {
     pub(crate) listen: Vec<Listen>,
     pub(crate) relay: RelayConfig,
     pub(crate) auth: AuthConfig,
+    pub(crate) connections: ConnectionLimits,
+}
+
+/// Limits for TCP and TLS connections, each a defence against a client that
+/// would otherwise hold server memory or sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConnectionLimits {
+    /// A TLS handshake not finished by then is dropped.
+    pub(crate) tls_handshake_timeout: Duration,
+    /// A connection without an allocation that sends nothing for this long is closed.
+    pub(crate) idle_timeout: Duration,
+    pub(crate) max_connections: u32,
+    pub(crate) max_connections_per_ip: u32,
+    /// Bytes waiting to be written to one client; beyond it the client is
+    /// not reading and its connection is dropped.
+    pub(crate) max_queued_bytes: u32,
+    /// The largest STUN message or ChannelData frame a client may send.
+    pub(crate) max_frame_bytes: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,10 +163,18 @@ impl From<LogLevel> for log::LevelFilter {
 }
 
 /// One socket the server answers STUN/TURN requests on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Listen {
     pub(crate) address: SocketAddr,
     pub(crate) transport: Transport,
+    /// Certificate chain and key (PEM), present exactly when `transport` is TLS.
+    pub(crate) tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TlsFiles {
+    pub(crate) certificate: PathBuf,
+    pub(crate) private_key: PathBuf,
 }
 
 /// Transport of a [`Listen`] socket.
@@ -146,6 +182,9 @@ pub(crate) struct Listen {
 pub(crate) enum Transport {
     #[default]
     Udp,
+    Tcp,
+    /// TLS over TCP; plain TCP clients on the same port are served too.
+    Tls,
 }
 
 impl Transport {
@@ -153,7 +192,14 @@ impl Transport {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
         }
+    }
+
+    /// Whether two listeners of these transports compete for the same socket kind.
+    fn same_socket_kind(self, other: Self) -> bool {
+        (self == Transport::Udp) == (other == Transport::Udp)
     }
 }
 
@@ -662,9 +708,25 @@ fn key_segment(name: &str) -> String {
     }
 }
 
-const ROOT_KEYS: &[&str] = &["realm", "public-host", "log", "listen", "relay", "auth"];
+const ROOT_KEYS: &[&str] = &[
+    "realm",
+    "public-host",
+    "log",
+    "listen",
+    "relay",
+    "auth",
+    "connections",
+];
 const LOG_KEYS: &[&str] = &["level"];
-const LISTEN_KEYS: &[&str] = &["address", "transport"];
+const LISTEN_KEYS: &[&str] = &["address", "transport", "certificate", "private-key"];
+const CONNECTION_KEYS: &[&str] = &[
+    "tls-handshake-timeout",
+    "idle-timeout",
+    "max-connections",
+    "max-connections-per-ip",
+    "max-queued-bytes",
+    "max-frame-bytes",
+];
 const RELAY_KEYS: &[&str] = &[
     "addresses",
     "external-addresses",
@@ -723,6 +785,7 @@ fn read_config(cx: &mut Ctx<'_>, root: &DeTable<'_>) -> Config {
     let listen = read_listen(cx, &top);
     let relay = read_relay(cx, &top);
     let auth = read_auth(cx, &top);
+    let connections = read_connections(cx, &top);
 
     Config {
         realm: realm.value,
@@ -731,6 +794,38 @@ fn read_config(cx: &mut Ctx<'_>, root: &DeTable<'_>) -> Config {
         listen,
         relay,
         auth,
+        connections,
+    }
+}
+
+fn read_connections(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> ConnectionLimits {
+    let table = top.section(cx, "connections", CONNECTION_KEYS);
+    let tls_handshake_timeout =
+        table.get(cx, "tls-handshake-timeout", DEFAULT_TLS_HANDSHAKE_TIMEOUT);
+    let idle_timeout = table.get(cx, "idle-timeout", DEFAULT_IDLE_TIMEOUT);
+    let max_connections = table.get(cx, "max-connections", DEFAULT_MAX_CONNECTIONS);
+    let max_connections_per_ip =
+        table.get(cx, "max-connections-per-ip", DEFAULT_MAX_CONNECTIONS_PER_IP);
+    let max_queued_bytes = table.get(cx, "max-queued-bytes", DEFAULT_MAX_QUEUED_BYTES);
+    let max_frame_bytes = table.get(cx, "max-frame-bytes", DEFAULT_MAX_FRAME_BYTES);
+    if max_frame_bytes.ok && !(64..=LARGEST_FRAME_BYTES).contains(&max_frame_bytes.value) {
+        let message = format!(
+            "expected a size from 64 to {LARGEST_FRAME_BYTES} bytes, got {}",
+            max_frame_bytes.value
+        );
+        cx.report(
+            table.key("max-frame-bytes"),
+            max_frame_bytes.span.as_ref(),
+            message,
+        );
+    }
+    ConnectionLimits {
+        tls_handshake_timeout: tls_handshake_timeout.value,
+        idle_timeout: idle_timeout.value,
+        max_connections: max_connections.value,
+        max_connections_per_ip: max_connections_per_ip.value,
+        max_queued_bytes: max_queued_bytes.value,
+        max_frame_bytes: max_frame_bytes.value,
     }
 }
 
@@ -744,10 +839,12 @@ fn read_listen(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> Vec<Listen> {
         );
     }
     let mut listen = Vec::new();
-    let mut seen: HashMap<Listen, Option<usize>> = HashMap::new();
+    let mut seen: Vec<(SocketAddr, Transport, Option<usize>)> = Vec::new();
     for section in &tables.value {
         let address = section.opt::<SocketAddr>(cx, "address");
         let transport = section.get(cx, "transport", Transport::default());
+        let certificate = section.opt::<PathBuf>(cx, "certificate");
+        let private_key = section.opt::<PathBuf>(cx, "private-key");
         let Some(address_value) = address.value else {
             if address.ok {
                 cx.report(
@@ -758,23 +855,79 @@ fn read_listen(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> Vec<Listen> {
             }
             continue;
         };
-        if !transport.ok {
+        if !transport.ok || !certificate.ok || !private_key.ok {
             continue;
         }
+        let resolve = |path: PathBuf| match cx.base_dir {
+            Some(base) if path.is_relative() => base.join(path),
+            _ => path,
+        };
+        let tls = match (transport.value, &certificate.value, &private_key.value) {
+            (Transport::Tls, Some(certificate_path), Some(key_path)) => {
+                let files = TlsFiles {
+                    certificate: resolve(certificate_path.clone()),
+                    private_key: resolve(key_path.clone()),
+                };
+                if let Err(problem) = load_certified_key(&files) {
+                    let (key, span) = match problem.file {
+                        TlsFile::Certificate => ("certificate", &certificate.span),
+                        TlsFile::PrivateKey => ("private-key", &private_key.span),
+                    };
+                    cx.report(section.key(key), span.as_ref(), problem.message);
+                    continue;
+                }
+                Some(files)
+            }
+            (Transport::Tls, certificate, _) => {
+                let missing = if certificate.is_none() {
+                    "certificate"
+                } else {
+                    "private-key"
+                };
+                cx.report(
+                    section.key(missing),
+                    section.span.as_ref(),
+                    "missing; a tls listener needs certificate and private-key (PEM files)",
+                );
+                continue;
+            }
+            (_, None, None) => None,
+            (other, _, _) => {
+                let (key, span) = if certificate.value.is_some() {
+                    ("certificate", certificate.span.as_ref())
+                } else {
+                    ("private-key", private_key.span.as_ref())
+                };
+                let message = format!(
+                    "only a transport = \"tls\" listener takes a certificate, this one is {other}"
+                );
+                cx.report(section.key(key), span, message);
+                continue;
+            }
+        };
         let entry = Listen {
             address: address_value,
             transport: transport.value,
+            tls,
         };
         let line = address.span.as_ref().map(|s| line_of(cx.text, s.start));
-        if let Some(first) = seen.get(&entry) {
-            let at = first.map_or(String::new(), |l| format!(" (line {l})"));
+        let clash = seen
+            .iter()
+            .find(|(a, t, _)| *a == entry.address && t.same_socket_kind(entry.transport));
+        if let Some((_, first_transport, first_line)) = clash {
+            let at = first_line.map_or(String::new(), |l| format!(" (line {l})"));
+            let (kind, already) = if entry.transport == Transport::Udp {
+                ("udp", String::new())
+            } else {
+                ("tcp/tls", format!(", already {first_transport}"))
+            };
             let message = format!(
-                "expected each {} address to be listed once, got {} again{at}",
-                entry.transport, entry.address
+                "expected each {kind} address to be listed once, got {} again{already}{at}",
+                entry.address
             );
             cx.report(section.key("address"), address.span.as_ref(), message);
         } else {
-            seen.insert(entry, line);
+            seen.push((entry.address, entry.transport, line));
             listen.push(entry);
         }
     }
@@ -1243,10 +1396,12 @@ impl Scalar for LogLevel {
 
 impl Scalar for Transport {
     fn from_toml(value: &DeValue<'_>) -> Result<Self, String> {
-        const WHAT: &str = "\"udp\"";
+        const WHAT: &str = "one of \"udp\", \"tcp\", \"tls\"";
         match string(value, WHAT)? {
             "udp" => Ok(Transport::Udp),
-            "tcp" | "tls" | "dtls" => Err(format!("{} (not supported yet)", expected(WHAT, value))),
+            "tcp" => Ok(Transport::Tcp),
+            "tls" => Ok(Transport::Tls),
+            "dtls" => Err(format!("{} (dtls is not supported)", expected(WHAT, value))),
             _ => Err(expected(WHAT, value)),
         }
     }
@@ -1459,10 +1614,18 @@ mod tests {
         let config = parse_ok(&shipped_text(&path));
         assert_eq!(
             config.listen,
-            vec![Listen {
-                address: "0.0.0.0:3478".parse().unwrap(),
-                transport: Transport::Udp
-            }]
+            vec![
+                Listen {
+                    address: "0.0.0.0:3478".parse().unwrap(),
+                    transport: Transport::Udp,
+                    tls: None,
+                },
+                Listen {
+                    address: "0.0.0.0:3478".parse().unwrap(),
+                    transport: Transport::Tcp,
+                    tls: None,
+                }
+            ]
         );
         assert_eq!(
             config.relay.addresses,
@@ -1555,7 +1718,8 @@ mod tests {
             config.listen,
             vec![Listen {
                 address: "127.0.0.1:3478".parse().unwrap(),
-                transport: Transport::Udp
+                transport: Transport::Udp,
+                tls: None,
             }]
         );
         assert_eq!(

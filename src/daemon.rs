@@ -7,6 +7,8 @@ use std::sync::Arc;
 use crate::config::{Config, Transport};
 use crate::ice;
 use crate::server::{Server, unix_now};
+use crate::transport::stream::{self, ConnectionTracker, StreamListener};
+use crate::transport::tls::ReloadableCertificate;
 use crate::transport::udp::{self, UdpListener};
 
 /// Plain `level message` lines on stderr; journald adds its own timestamps.
@@ -60,7 +62,10 @@ pub(crate) fn run(config: Config, origin: Origin) -> std::io::Result<()> {
 
 async fn serve(config: Config, origin: Origin) -> std::io::Result<()> {
     let server = Server::new(&config);
-    let mut listeners = Vec::new();
+    // Bind everything first, so a port that cannot be had fails the start
+    // before any client is served.
+    let mut udp_listeners = Vec::new();
+    let mut stream_listeners = Vec::new();
     for listen in &config.listen {
         match listen.transport {
             Transport::Udp => {
@@ -71,12 +76,29 @@ async fn serve(config: Config, origin: Origin) -> std::io::Result<()> {
                     )
                 })?;
                 log::info!("listening on udp {}", listener.local_addr());
-                listeners.push(listener);
+                udp_listeners.push(listener);
+            }
+            Transport::Tcp | Transport::Tls => {
+                let listener = StreamListener::bind(listen).map_err(std::io::Error::other)?;
+                log::info!(
+                    "listening on {} {}",
+                    listener.transport(),
+                    listener.local_addr()
+                );
+                stream_listeners.push(listener);
             }
         }
     }
-    for listener in listeners {
+    let certificates: Vec<Arc<ReloadableCertificate>> = stream_listeners
+        .iter()
+        .filter_map(|l| l.certificate().cloned())
+        .collect();
+    for listener in udp_listeners {
         tokio::spawn(udp::serve(server.clone(), listener));
+    }
+    let tracker = ConnectionTracker::new(config.connections);
+    for listener in stream_listeners {
+        tokio::spawn(stream::serve(server.clone(), listener, tracker.clone()));
     }
     tokio::spawn(server.clone().run_timers());
     print_banner(&config, &origin, &server);
@@ -86,7 +108,7 @@ async fn serve(config: Config, origin: Origin) -> std::io::Result<()> {
         config.relay.ports.low,
         config.relay.ports.high
     );
-    wait_for_shutdown().await;
+    wait_for_shutdown(&certificates).await;
     let refusals: Vec<String> = crate::reject::Reject::ALL
         .iter()
         .map(|&r| (r, server.rejects.get(r)))
@@ -131,7 +153,24 @@ fn print_banner(config: &Config, origin: &Origin, server: &Arc<Server>) {
     let _ = stdout.flush();
 }
 
-async fn wait_for_shutdown() {
+/// Re-reads every TLS certificate; one that does not load keeps the old one.
+fn reload_certificates(certificates: &[Arc<ReloadableCertificate>]) {
+    for certificate in certificates {
+        let files = certificate.files();
+        match certificate.reload() {
+            Ok(()) => log::info!(
+                "certificate-reloaded certificate={} private-key={}",
+                files.certificate.display(),
+                files.private_key.display()
+            ),
+            Err(problem) => log::error!(
+                "certificate-reload-failed: {problem}; still serving the previous certificate"
+            ),
+        }
+    }
+}
+
+async fn wait_for_shutdown(certificates: &[Arc<ReloadableCertificate>]) {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(term) => term,
         Err(error) => {
@@ -147,7 +186,8 @@ async fn wait_for_shutdown() {
             _ = term.recv() => return,
             _ = tokio::signal::ctrl_c() => return,
             Some(()) = async { hangup.as_mut()?.recv().await } => {
-                log::warn!("SIGHUP received: configuration reload is not supported yet; still running");
+                log::info!("reload requested (SIGHUP): certificates only, the rest of the configuration needs a restart");
+                reload_certificates(certificates);
             }
         }
     }

@@ -24,22 +24,26 @@ pub(crate) fn public_host(config: &Config) -> String {
     }
 }
 
-/// `stun:` and `turn:` URLs, one per distinct port and transport.
+/// `stun:` URLs (UDP listeners) and `turn:`/`turns:` URLs, one per distinct
+/// port and transport. A TLS listener also serves plain TCP, but only its
+/// `turns:` URL is listed: a client that can do TLS should.
 pub(crate) fn urls(config: &Config) -> (Vec<String>, Vec<String>) {
     let host = public_host(config);
     let mut stun = Vec::new();
     let mut turn = Vec::new();
     for listen in &config.listen {
         let port = listen.address.port();
-        let (stun_url, turn_url) = match listen.transport {
-            Transport::Udp => (
-                format!("stun:{host}:{port}"),
-                format!("turn:{host}:{port}?transport=udp"),
-            ),
+        let turn_url = match listen.transport {
+            Transport::Udp => {
+                let stun_url = format!("stun:{host}:{port}");
+                if !stun.contains(&stun_url) {
+                    stun.push(stun_url);
+                }
+                format!("turn:{host}:{port}?transport=udp")
+            }
+            Transport::Tcp => format!("turn:{host}:{port}?transport=tcp"),
+            Transport::Tls => format!("turns:{host}:{port}?transport=tcp"),
         };
-        if !stun.contains(&stun_url) {
-            stun.push(stun_url);
-        }
         if !turn.contains(&turn_url) {
             turn.push(turn_url);
         }

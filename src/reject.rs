@@ -46,10 +46,21 @@ pub(crate) enum Reject {
     /// ChannelData, Send indication or Binding indication for a 5-tuple
     /// without allocation, a channel not bound, or a peer without permission: dropped.
     NoRoute,
+    /// A TCP/TLS connection refused: `max-connections` or `max-connections-per-ip` reached.
+    ConnectionLimit,
+    /// A TCP/TLS connection closed for silence: nothing before the handshake
+    /// timeout, or no allocation and nothing for `idle-timeout`.
+    IdleConnection,
+    /// A TLS handshake that failed or did not finish in time.
+    TlsHandshakeFailed,
+    /// A stream frame larger than `max-frame-bytes`: the connection is closed.
+    FrameTooLarge,
+    /// A stream client that stopped reading while `max-queued-bytes` waited for it.
+    SlowReader,
 }
 
 impl Reject {
-    pub(crate) const ALL: [Self; 19] = [
+    pub(crate) const ALL: [Self; 24] = [
         Self::Garbage,
         Self::BadRequest,
         Self::UnknownAttribute,
@@ -69,12 +80,23 @@ impl Reject {
         Self::NoRelayPort,
         Self::ServerError,
         Self::NoRoute,
+        Self::ConnectionLimit,
+        Self::IdleConnection,
+        Self::TlsHandshakeFailed,
+        Self::FrameTooLarge,
+        Self::SlowReader,
     ];
 
     /// The STUN error code and reason phrase, or None for a silent drop.
     pub(crate) fn error_code(self) -> Option<(u16, &'static str)> {
         Some(match self {
-            Self::Garbage | Self::NoRoute => return None,
+            Self::Garbage
+            | Self::NoRoute
+            | Self::ConnectionLimit
+            | Self::IdleConnection
+            | Self::TlsHandshakeFailed
+            | Self::FrameTooLarge
+            | Self::SlowReader => return None,
             Self::BadRequest => (400, "Bad Request"),
             Self::UnknownAttribute => (420, "Unknown Attribute"),
             Self::Challenge
@@ -116,6 +138,11 @@ impl Reject {
             Self::NoRelayPort => "no-relay-port",
             Self::ServerError => "server-error",
             Self::NoRoute => "no-route",
+            Self::ConnectionLimit => "connection-limit",
+            Self::IdleConnection => "idle-connection",
+            Self::TlsHandshakeFailed => "tls-handshake-failed",
+            Self::FrameTooLarge => "frame-too-large",
+            Self::SlowReader => "slow-reader",
         }
     }
 

@@ -6,8 +6,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
 use crate::reject::{Reject, RejectCounters};
+use crate::transport::ClientRoute;
 use crate::transport::FiveTuple;
-use crate::transport::udp::ClientRoute;
 use crate::turn::allocation::AllocId;
 use crate::turn::core::{Action, Core, Now};
 use crate::turn::relay;
@@ -36,8 +36,9 @@ impl Server {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Handles one datagram from a client; `out` is the caller's reply buffer.
-    pub(crate) fn handle_datagram(
+    /// Handles one datagram or stream frame from a client (exactly one STUN
+    /// message or ChannelData message); `out` is the caller's reply buffer.
+    pub(crate) fn handle_message(
         self: &Arc<Self>,
         five_tuple: &FiveTuple,
         data: &[u8],
@@ -84,6 +85,15 @@ impl Server {
             }
             _ => self.rejects.count(Reject::Garbage),
         }
+    }
+
+    pub(crate) fn has_allocation(&self, five_tuple: &FiveTuple) -> bool {
+        self.core().has_allocation(five_tuple)
+    }
+
+    /// A TCP/TLS connection ended: its allocation ends with it (RFC 8656 §3.1).
+    pub(crate) fn connection_closed(&self, five_tuple: &FiveTuple) {
+        self.core().end_connection(five_tuple);
     }
 
     pub(crate) fn route_from_peer(

@@ -1,10 +1,15 @@
-//! Listeners and the addressing they share.
+//! Listeners, the addressing they share, and the way back to a client.
 
+pub(crate) mod stream;
+pub(crate) mod tls;
 pub(crate) mod udp;
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 pub(crate) use crate::config::Transport;
+use crate::wire::{Class, MessageBuilder, Method, TransactionId, attr};
 
 /// The 5-tuple that identifies a client's allocation (RFC 8656 §2): the
 /// client's address, the server address it reached, and the transport.
@@ -18,5 +23,53 @@ pub(crate) struct FiveTuple {
 impl std::fmt::Display for FiveTuple {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} {}->{}", self.transport, self.client, self.server)
+    }
+}
+
+/// How to reach one client: a UDP listener and address, or the send queue
+/// of its TCP/TLS connection.
+#[derive(Clone, Debug)]
+pub(crate) enum ClientRoute {
+    Udp(udp::UdpRoute),
+    Stream(Arc<stream::Outbox>),
+}
+
+thread_local! {
+    static INDICATION: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(2048));
+}
+
+impl ClientRoute {
+    /// Sends one STUN message (always a multiple of 4 bytes long).
+    pub(crate) fn send(&self, message: &[u8]) {
+        match self {
+            Self::Udp(route) => route.send(message),
+            Self::Stream(outbox) => outbox.push(message),
+        }
+    }
+
+    /// Sends a ChannelData frame; streams pad it to a multiple of 4 (RFC 8656 §12.5).
+    pub(crate) fn send_channel_data(&self, frame: &[u8]) {
+        match self {
+            Self::Udp(route) => route.send(frame),
+            Self::Stream(outbox) => outbox.push_padded(frame),
+        }
+    }
+
+    /// Wraps peer data in a Data indication (RFC 8656 §10.3).
+    pub(crate) fn send_data_indication(&self, peer: SocketAddr, data: &[u8]) {
+        INDICATION.with_borrow_mut(|buf| {
+            let mut transaction = [0u8; 16];
+            transaction[..4].copy_from_slice(&crate::wire::MAGIC_COOKIE.to_be_bytes());
+            transaction[4..].copy_from_slice(&rand::random::<[u8; 12]>());
+            MessageBuilder::new(
+                buf,
+                Method::DATA,
+                Class::Indication,
+                TransactionId(transaction),
+            )
+            .add_xor_address(attr::XOR_PEER_ADDRESS, peer)
+            .add(attr::DATA, data);
+            self.send(buf);
+        });
     }
 }

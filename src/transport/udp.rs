@@ -2,7 +2,6 @@
 //! datagram (so wildcard listeners answer from the address the client
 //! reached), and non-blocking sends back to clients.
 
-use std::cell::RefCell;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -13,8 +12,7 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 use crate::server::Server;
-use crate::transport::{FiveTuple, Transport};
-use crate::wire::{Class, MessageBuilder, Method, TransactionId, attr};
+use crate::transport::{ClientRoute, FiveTuple, Transport};
 
 /// Room for the largest datagram, or a GRO batch of smaller ones.
 const SLOT_LEN: usize = 65_536;
@@ -68,39 +66,17 @@ impl UdpListener {
     }
 }
 
-/// How to reach one client: the listener it spoke to and the address it reached.
+/// How to reach one UDP client: the listener it spoke to and the address it reached.
 #[derive(Clone, Debug)]
-pub(crate) struct ClientRoute {
+pub(crate) struct UdpRoute {
     listener: Arc<UdpListener>,
     client: SocketAddr,
     src_ip: Option<IpAddr>,
 }
 
-thread_local! {
-    static INDICATION: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(SLOT_LEN + 64));
-}
-
-impl ClientRoute {
+impl UdpRoute {
     pub(crate) fn send(&self, bytes: &[u8]) {
         self.listener.send(self.client, self.src_ip, bytes);
-    }
-
-    /// Wraps peer data in a Data indication (RFC 8656 §10.3).
-    pub(crate) fn send_data_indication(&self, peer: SocketAddr, data: &[u8]) {
-        INDICATION.with_borrow_mut(|buf| {
-            let mut transaction = [0u8; 16];
-            transaction[..4].copy_from_slice(&crate::wire::MAGIC_COOKIE.to_be_bytes());
-            transaction[4..].copy_from_slice(&rand::random::<[u8; 12]>());
-            MessageBuilder::new(
-                buf,
-                Method::DATA,
-                Class::Indication,
-                TransactionId(transaction),
-            )
-            .add_xor_address(attr::XOR_PEER_ADDRESS, peer)
-            .add(attr::DATA, data);
-            self.send(buf);
-        });
     }
 }
 
@@ -139,15 +115,15 @@ pub(crate) async fn serve(server: Arc<Server>, listener: Arc<UdpListener>) {
                 server: server_addr,
                 transport: Transport::Udp,
             };
-            let route = ClientRoute {
+            let route = ClientRoute::Udp(UdpRoute {
                 listener: listener.clone(),
                 client: meta.addr,
                 src_ip,
-            };
+            });
             // GRO may have joined several datagrams of one sender: split by stride.
             let stride = meta.stride.max(1);
             for datagram in slice[..meta.len].chunks(stride) {
-                server.handle_datagram(&five_tuple, datagram, &route, &mut out);
+                server.handle_message(&five_tuple, datagram, &route, &mut out);
             }
         }
     }

@@ -702,6 +702,17 @@ impl Core {
         route
     }
 
+    pub(crate) fn has_allocation(&self, five_tuple: &FiveTuple) -> bool {
+        self.table.id_for(five_tuple).is_some()
+    }
+
+    /// Ends the allocation of a closed TCP/TLS connection, freeing its port.
+    pub(crate) fn end_connection(&mut self, five_tuple: &FiveTuple) {
+        if let Some(id) = self.table.id_for(five_tuple) {
+            self.remove(id, "allocation-deleted-with-connection");
+        }
+    }
+
     /// Ends expired allocations, permissions, channels and reservations.
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
         let expired: Vec<AllocId> = self

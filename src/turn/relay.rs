@@ -15,7 +15,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 
 use crate::server::Server;
-use crate::transport::udp::ClientRoute;
+use crate::transport::ClientRoute;
 use crate::turn::allocation::AllocId;
 use crate::wire::{self, CHANNEL_DATA_HEADER_LEN};
 
@@ -154,7 +154,7 @@ fn forward_to_client(
     match channel {
         Some(channel) => {
             wire::write_channel_data(scratch, channel, len);
-            route.send(&scratch[..CHANNEL_DATA_HEADER_LEN + len]);
+            route.send_channel_data(&scratch[..CHANNEL_DATA_HEADER_LEN + len]);
         }
         None => {
             let data = &scratch[CHANNEL_DATA_HEADER_LEN..CHANNEL_DATA_HEADER_LEN + len];

@@ -1,0 +1,427 @@
+//! TURN and STUN over TCP and TLS (RFC 8656 §3.1, RFC 8489 §6.2).
+//!
+//! A stream listener accepts a connection, tells TLS from plain TCP by the
+//! first byte (a TLS ClientHello starts with 0x16, STUN with 0x00–0x03,
+//! ChannelData with 0x40–0x7F), cuts frames by their length fields and
+//! hands each to the same [`Server::handle_message`] the UDP listener uses.
+//! Replies and relayed data go through the connection's [`Outbox`], which
+//! one writer drains; a client that stops reading fills it and is dropped.
+//! An allocation made over a connection ends when the connection does.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{ConnectionLimits, Listen, Transport};
+use crate::reject::Reject;
+use crate::server::Server;
+use crate::transport::tls::ReloadableCertificate;
+use crate::transport::{ClientRoute, FiveTuple};
+use crate::wire::{self, StreamFrame};
+
+/// First byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+/// How much a connection reads at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
+pub(crate) struct StreamListener {
+    listener: TcpListener,
+    local: SocketAddr,
+    /// The certificate and acceptor of a `tls` listener.
+    tls: Option<(Arc<ReloadableCertificate>, TlsAcceptor)>,
+}
+
+impl StreamListener {
+    pub(crate) fn bind(listen: &Listen) -> Result<Self, String> {
+        let tls = match &listen.tls {
+            Some(files) => {
+                let certificate = ReloadableCertificate::new(files.clone())
+                    .map_err(|problem| problem.to_string())?;
+                let acceptor = TlsAcceptor::from(certificate.server_config());
+                Some((certificate, acceptor))
+            }
+            None => None,
+        };
+        let listener = bind_tcp(listen.address).map_err(|error| {
+            format!(
+                "cannot listen on {} {}: {error}",
+                listen.transport, listen.address
+            )
+        })?;
+        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        Ok(Self {
+            listener,
+            local,
+            tls,
+        })
+    }
+
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    pub(crate) fn transport(&self) -> Transport {
+        if self.tls.is_some() {
+            Transport::Tls
+        } else {
+            Transport::Tcp
+        }
+    }
+
+    pub(crate) fn certificate(&self) -> Option<&Arc<ReloadableCertificate>> {
+        self.tls.as_ref().map(|(certificate, _)| certificate)
+    }
+}
+
+fn bind_tcp(address: SocketAddr) -> io::Result<TcpListener> {
+    let domain = socket2::Domain::for_address(address);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    if address.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    // Restarting must not wait for old connections in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Counts open connections, in total and per client IP, across all stream listeners.
+#[derive(Debug)]
+pub(crate) struct ConnectionTracker {
+    limits: ConnectionLimits,
+    open: Mutex<(u32, HashMap<IpAddr, u32>)>,
+}
+
+/// One admitted connection; dropping it frees its place.
+struct Admission {
+    tracker: Arc<ConnectionTracker>,
+    ip: IpAddr,
+}
+
+impl ConnectionTracker {
+    pub(crate) fn new(limits: ConnectionLimits) -> Arc<Self> {
+        Arc::new(Self {
+            limits,
+            open: Mutex::new((0, HashMap::new())),
+        })
+    }
+
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Admission> {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (total, per_ip) = &mut *open;
+        let from_ip = per_ip.entry(ip).or_default();
+        if *total >= self.limits.max_connections || *from_ip >= self.limits.max_connections_per_ip {
+            if *from_ip == 0 {
+                per_ip.remove(&ip);
+            }
+            return None;
+        }
+        *total += 1;
+        *from_ip += 1;
+        Some(Admission {
+            tracker: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut open = self
+            .tracker
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (total, per_ip) = &mut *open;
+        *total -= 1;
+        if let Some(count) = per_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Accepts connections until the process ends; one accept error never ends it.
+pub(crate) async fn serve(
+    server: Arc<Server>,
+    listener: StreamListener,
+    tracker: Arc<ConnectionTracker>,
+) {
+    let listener = Arc::new(listener);
+    loop {
+        let (tcp, client) = match listener.listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of descriptors or memory: wait instead of spinning.
+                log::warn!(
+                    "{} listener {} accept error: {error}",
+                    listener.transport(),
+                    listener.local
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(admission) = tracker.admit(client.ip()) else {
+            server.rejects.count(Reject::ConnectionLimit);
+            log::debug!("connection-refused client={client} reason=connection-limit");
+            continue;
+        };
+        let server = server.clone();
+        let listener = listener.clone();
+        let limits = tracker.limits;
+        tokio::spawn(async move {
+            accept_connection(&server, &listener, tcp, client, limits).await;
+            drop(admission);
+        });
+    }
+}
+
+async fn accept_connection(
+    server: &Arc<Server>,
+    listener: &StreamListener,
+    tcp: TcpStream,
+    client: SocketAddr,
+    limits: ConnectionLimits,
+) {
+    let _ = tcp.set_nodelay(true);
+    let local = tcp.local_addr().unwrap_or(listener.local);
+    let mut first = [0u8; 1];
+    // A client that connects and says nothing is held no longer than a handshake may take.
+    match tokio::time::timeout(limits.tls_handshake_timeout, tcp.peek(&mut first)).await {
+        Ok(Ok(1)) => {}
+        Ok(_) => return,
+        Err(_) => {
+            server.rejects.count(Reject::IdleConnection);
+            log::debug!("connection-closed client={client} reason=silent");
+            return;
+        }
+    }
+    let five_tuple = |transport| FiveTuple {
+        client,
+        server: local,
+        transport,
+    };
+    if first[0] != TLS_HANDSHAKE {
+        run_connection(server, tcp, five_tuple(Transport::Tcp), limits).await;
+        return;
+    }
+    let Some((_, acceptor)) = &listener.tls else {
+        server.rejects.count(Reject::Garbage);
+        log::debug!("connection-closed client={client} reason=tls-on-plain-tcp-listener");
+        return;
+    };
+    match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => run_connection(server, tls, five_tuple(Transport::Tls), limits).await,
+        Ok(Err(error)) => {
+            server.rejects.count(Reject::TlsHandshakeFailed);
+            log::debug!("connection-closed client={client} reason=tls-handshake-failed: {error}");
+        }
+        Err(_) => {
+            server.rejects.count(Reject::TlsHandshakeFailed);
+            log::debug!("connection-closed client={client} reason=tls-handshake-timeout");
+        }
+    }
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closed {
+    ByClient,
+    ReadFailed(io::ErrorKind),
+    WriteFailed(io::ErrorKind),
+    /// No allocation and nothing received for `idle-timeout`.
+    Idle,
+    /// A frame announced more than `max-frame-bytes`.
+    FrameTooLarge(usize),
+    /// Bytes that are neither STUN nor ChannelData: framing is lost.
+    Garbage,
+    /// More than `max-queued-bytes` waited for a client that does not read.
+    SlowReader,
+}
+
+impl Closed {
+    fn reject(self) -> Option<Reject> {
+        match self {
+            Self::ByClient | Self::ReadFailed(_) | Self::WriteFailed(_) => None,
+            Self::Idle => Some(Reject::IdleConnection),
+            Self::FrameTooLarge(_) => Some(Reject::FrameTooLarge),
+            Self::Garbage => Some(Reject::Garbage),
+            Self::SlowReader => Some(Reject::SlowReader),
+        }
+    }
+}
+
+async fn run_connection<S>(
+    server: &Arc<Server>,
+    stream: S,
+    five_tuple: FiveTuple,
+    limits: ConnectionLimits,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    log::debug!("connection-opened {five_tuple}");
+    let outbox = Arc::new(Outbox::new(limits.max_queued_bytes as usize));
+    let route = ClientRoute::Stream(outbox.clone());
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let closed = tokio::select! {
+        closed = read_frames(server, &mut reader, &five_tuple, &route, limits) => closed,
+        closed = outbox.drain_into(&mut writer) => closed,
+        () = outbox.overflow.notified() => Closed::SlowReader,
+    };
+    outbox.close();
+    if let Some(reject) = closed.reject() {
+        server.rejects.count(reject);
+        log::info!("connection-dropped {five_tuple} reason={}", reject.name());
+    } else {
+        log::debug!("connection-closed {five_tuple} ({closed:?})");
+    }
+    server.connection_closed(&five_tuple);
+}
+
+async fn read_frames<R: AsyncRead + Unpin>(
+    server: &Arc<Server>,
+    reader: &mut R,
+    five_tuple: &FiveTuple,
+    route: &ClientRoute,
+    limits: ConnectionLimits,
+) -> Closed {
+    let max_frame = limits.max_frame_bytes as usize;
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut out = Vec::with_capacity(1500);
+    loop {
+        let mut start = 0;
+        loop {
+            let pending = &buf[start..];
+            if let Some(total) = wire::declared_frame_len(pending)
+                && total > max_frame
+            {
+                return Closed::FrameTooLarge(total);
+            }
+            match wire::stream_frame(pending) {
+                StreamFrame::Complete { message, total } => {
+                    server.handle_message(five_tuple, &pending[..message], route, &mut out);
+                    start += total;
+                }
+                StreamFrame::Incomplete => break,
+                StreamFrame::Invalid => return Closed::Garbage,
+            }
+        }
+        buf.drain(..start);
+        buf.reserve(READ_CHUNK);
+        let read = if server.has_allocation(five_tuple) {
+            reader.read_buf(&mut buf).await
+        } else {
+            match tokio::time::timeout(limits.idle_timeout, reader.read_buf(&mut buf)).await {
+                Ok(read) => read,
+                Err(_) => return Closed::Idle,
+            }
+        };
+        match read {
+            Ok(0) => return Closed::ByClient,
+            Ok(_) => {}
+            Err(error) => return Closed::ReadFailed(error.kind()),
+        }
+    }
+}
+
+/// Bytes waiting to go to one stream client, drained by one writer.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    state: Mutex<OutboxState>,
+    ready: Notify,
+    overflow: Notify,
+    max_queued: usize,
+}
+
+#[derive(Debug, Default)]
+struct OutboxState {
+    queue: Vec<u8>,
+    closed: bool,
+}
+
+impl Outbox {
+    fn new(max_queued: usize) -> Self {
+        Self {
+            state: Mutex::new(OutboxState::default()),
+            ready: Notify::new(),
+            overflow: Notify::new(),
+            max_queued,
+        }
+    }
+
+    pub(crate) fn push(&self, bytes: &[u8]) {
+        self.push_with_padding(bytes, 0);
+    }
+
+    /// Queues a ChannelData frame padded to a multiple of 4 bytes.
+    pub(crate) fn push_padded(&self, frame: &[u8]) {
+        self.push_with_padding(frame, frame.len().next_multiple_of(4) - frame.len());
+    }
+
+    fn push_with_padding(&self, bytes: &[u8], padding: usize) {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if state.closed {
+            return;
+        }
+        if state.queue.len() + bytes.len() + padding > self.max_queued {
+            state.closed = true;
+            drop(state);
+            self.overflow.notify_one();
+            return;
+        }
+        state.queue.extend_from_slice(bytes);
+        state.queue.extend_from_slice(&[0; 3][..padding]);
+        drop(state);
+        self.ready.notify_one();
+    }
+
+    fn close(&self) {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .closed = true;
+    }
+
+    async fn drain_into<W: AsyncWrite + Unpin>(&self, writer: &mut W) -> Closed {
+        let mut sending = Vec::new();
+        loop {
+            self.ready.notified().await;
+            {
+                let mut state = self
+                    .state
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                std::mem::swap(&mut state.queue, &mut sending);
+            }
+            if sending.is_empty() {
+                continue;
+            }
+            let written = match writer.write_all(&sending).await {
+                Ok(()) => writer.flush().await,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = written {
+                return Closed::WriteFailed(error.kind());
+            }
+            sending.clear();
+        }
+    }
+}
