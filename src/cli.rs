@@ -58,7 +58,7 @@ pub fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(errors) => {
-                eprint!("{errors}");
+                eprintln!("{errors}");
                 ExitCode::from(EXIT_CONFIG)
             }
         },
@@ -71,7 +71,7 @@ fn load_or_default(path: Option<PathBuf>) -> Result<(Config, Origin), ExitCode> 
         Some(path) => match Config::load(&path) {
             Ok(config) => Ok((config, Origin::File(path.display().to_string()))),
             Err(errors) => {
-                eprint!("{errors}");
+                eprintln!("{errors}");
                 Err(ExitCode::from(EXIT_CONFIG))
             }
         },

@@ -523,7 +523,7 @@ impl Core {
             .by_five_tuple(five_tuple)
             .ok_or(Reject::AllocationMismatch)?;
         allocation.expires = now.instant + lifetime;
-        log::debug!(
+        log::info!(
             "allocation-refreshed user={} relay={} lifetime={}s",
             allocation.username,
             allocation.relayed,
@@ -542,8 +542,7 @@ impl Core {
         relayed: SocketAddr,
         peer: SocketAddr,
     ) -> Result<(), Reject> {
-        let peer_ip = crate::policy::canonical(peer.ip());
-        if peer_ip.is_ipv4() != relayed.is_ipv4() {
+        if peer.is_ipv4() != relayed.is_ipv4() {
             return Err(Reject::PeerAddressFamilyMismatch);
         }
         if let Err(refused) = self.policy.check(peer.ip()) {
@@ -568,7 +567,7 @@ impl Core {
         let relayed = self.relayed_of(five_tuple)?;
         let mut peers = Vec::new();
         for value in message.all(attr::XOR_PEER_ADDRESS) {
-            let peer = message.xor_address(value).ok_or(Reject::BadRequest)?;
+            let peer = peer_address(message, value).ok_or(Reject::BadRequest)?;
             self.check_peer(five_tuple, relayed, peer)?;
             peers.push(peer.ip());
         }
@@ -605,7 +604,7 @@ impl Core {
             .ok_or(Reject::BadRequest)?;
         let peer = message
             .get(attr::XOR_PEER_ADDRESS)
-            .and_then(|v| message.xor_address(v))
+            .and_then(|v| peer_address(message, v))
             .ok_or(Reject::BadRequest)?;
         self.check_peer(five_tuple, relayed, peer)?;
         let channel_until = now.instant + self.limits.channel_lifetime;
@@ -644,7 +643,7 @@ impl Core {
         let (Some(peer), Some(data)) = (
             message
                 .get(attr::XOR_PEER_ADDRESS)
-                .and_then(|v| message.xor_address(v)),
+                .and_then(|v| peer_address(message, v)),
             message.get(attr::DATA),
         ) else {
             self.counters.count(Reject::BadRequest);
@@ -809,6 +808,16 @@ fn finish(reply: &mut MessageBuilder<'_>, request: &Message<'_>, key: &LongTermK
     if request.has_fingerprint() {
         reply.add_fingerprint();
     }
+}
+
+/// XOR-PEER-ADDRESS with an IPv4-mapped IPv6 address taken as the IPv4
+/// address it is, so permissions, channels and sends all use one form.
+fn peer_address(message: &Message<'_>, value: &[u8]) -> Option<SocketAddr> {
+    let peer = message.xor_address(value)?;
+    Some(SocketAddr::new(
+        crate::policy::canonical(peer.ip()),
+        peer.port(),
+    ))
 }
 
 fn username_of<'a>(message: &Message<'a>) -> Option<&'a str> {

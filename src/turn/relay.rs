@@ -89,9 +89,11 @@ impl RelayHandle {
 }
 
 /// Sends to a peer without waiting: a full socket buffer drops the datagram,
-/// as a congested link would.
+/// as a congested link would. The send goes straight to the socket: tokio's
+/// `try_send_to` refuses until its reactor has seen the new socket writable,
+/// which would lose the first datagram of a fresh allocation.
 pub(crate) fn send_to_peer(socket: &UdpSocket, data: &[u8], peer: SocketAddr) {
-    if let Err(error) = socket.try_send_to(data, peer) {
+    if let Err(error) = rustix::net::sendto(socket, data, rustix::net::SendFlags::empty(), &peer) {
         log::debug!("relay send to {peer} failed: {error}");
     }
 }

@@ -1,0 +1,585 @@
+//! icegate as a browser uses it: Debian's Chromium (`/usr/bin/chromium`),
+//! driven by npm `playwright-core` through `tests/browser/relay.mjs`, opens
+//! two RTCPeerConnections in one page with `iceTransportPolicy: "relay"`,
+//! connects them through the real daemon, sends DataChannel messages both
+//! ways (one of 64 KiB) and reports what `getStats()` selected.
+//!
+//! Needs `apt-get install chromium libnss3-tools openssl`, Node.js, and
+//! `npm ci --prefix tests/browser`. Nothing leaves the machine: Chromium
+//! resolves only the test's TURN host name (to 127.0.0.1), and the daemon
+//! listens and relays on 127.0.0.1 only. Every child process runs under a
+//! deadline in its own process group, which is killed if anything is left.
+
+mod common;
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+use common::{PASSWORD, REALM, SECRET, TestDaemon, USER};
+
+/// The name the TURN URLs use; relay.mjs maps it to 127.0.0.1 in Chromium's
+/// resolver, and the test certificate is issued for it.
+const TURN_HOST: &str = "turn.icegate.test";
+/// relay.mjs bounds itself to this (its `--timeout-ms`).
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(40);
+/// Beyond this the script is stuck (its own watchdog failed): kill it.
+const SCRIPT_DEADLINE: Duration = Duration::from_secs(60);
+/// openssl and certutil finish in well under a second.
+const TOOL_DEADLINE: Duration = Duration::from_secs(20);
+/// How long the gather mode collects candidates and errors.
+const GATHER_FOR: Duration = Duration::from_secs(5);
+/// The size of the big DataChannel message relay.mjs sends each way.
+const BIG_MESSAGE: u64 = 65536;
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+/// Fails with the way to get what these tests need, where it is missing:
+/// they must fail, not pass silently.
+fn require_browser_tools() {
+    let playwright = browser_dir().join("node_modules/playwright-core");
+    assert!(
+        playwright.is_dir(),
+        "{} is missing: run npm ci in tests/browser (`npm ci --prefix tests/browser`)",
+        playwright.display()
+    );
+    assert!(
+        Path::new(CHROMIUM).is_file(),
+        "{CHROMIUM} is missing: run `apt-get install chromium`"
+    );
+}
+
+/// Collects everything `source` yields, on a thread.
+fn collect(mut source: impl Read + Send + 'static) -> (Arc<Mutex<Vec<u8>>>, JoinHandle<()>) {
+    let sink = Arc::new(Mutex::new(Vec::new()));
+    let writer = sink.clone();
+    let handle = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(len) = source.read(&mut buf) {
+            if len == 0 {
+                break;
+            }
+            writer.lock().unwrap().extend_from_slice(&buf[..len]);
+        }
+    });
+    (sink, handle)
+}
+
+fn text_of(sink: &Mutex<Vec<u8>>) -> String {
+    String::from_utf8_lossy(&sink.lock().unwrap()).into_owned()
+}
+
+/// How a finished command ended and what it printed.
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Whether any process is still in process group `pgid`.
+fn group_alive(pgid: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.filter_map(Result::ok).any(|entry| {
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // pid (comm) state ppid pgrp ...; comm may hold spaces and parens.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(2))
+            .is_some_and(|pgrp| pgrp == pgid.to_string())
+    })
+}
+
+/// Kills what is left of the process group `pgid` (our child and everything
+/// it started: node, Chromium and Chromium's helpers).
+fn kill_group(pgid: u32) {
+    if group_alive(pgid) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pgid}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Runs `command` in a process group of its own, to completion, killing the
+/// whole group after `deadline`; also kills whatever the command left behind.
+fn run_bounded(mut command: Command, deadline: Duration) -> Finished {
+    use std::os::unix::process::CommandExt;
+    let what = format!("{command:?}");
+    let mut child: Child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|err| panic!("start {what}: {err}"));
+    let pgid = child.id();
+    let (stdout, out_reader) = collect(child.stdout.take().expect("piped stdout"));
+    let (stderr, err_reader) = collect(child.stderr.take().expect("piped stderr"));
+    let until = Instant::now() + deadline;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            break Some(status);
+        }
+        if Instant::now() >= until {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    kill_group(pgid);
+    let status = status.unwrap_or_else(|| {
+        let _ = child.wait();
+        panic!(
+            "{what} still ran after {deadline:?}; killed its process group\n\
+             stdout:\n{}\nstderr:\n{}",
+            text_of(&stdout),
+            text_of(&stderr)
+        )
+    });
+    out_reader.join().expect("stdout reader");
+    err_reader.join().expect("stderr reader");
+    Finished {
+        status,
+        stdout: text_of(&stdout),
+        stderr: text_of(&stderr),
+    }
+}
+
+/// Runs a quick tool, panicking with its output unless it succeeds.
+fn tool(program: &str, args: &[&str], dir: &Path) -> String {
+    let mut command = Command::new(program);
+    command.args(args).current_dir(dir);
+    let done = run_bounded(command, TOOL_DEADLINE);
+    assert!(
+        done.status.success(),
+        "`{program} {}` failed ({}); is it installed?\nstdout:\n{}\nstderr:\n{}",
+        args.join(" "),
+        done.status,
+        done.stdout,
+        done.stderr
+    );
+    done.stdout
+}
+
+/// A test CA and a leaf certificate for `turn.icegate.test` (also valid for
+/// IP 127.0.0.1) signed by it, made with the openssl CLI in `dir`. EC P-256
+/// keys, PEM files, the leaf's key in PKCS#8 (`BEGIN PRIVATE KEY`), as a
+/// rustls server loads them. Returns (ca.pem, cert.pem, key.pem); cert.pem
+/// holds the leaf alone: clients trust the CA itself.
+fn make_test_ca_and_cert(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    std::fs::write(
+        dir.join("ca.cnf"),
+        "[req]\n\
+         distinguished_name = dn\n\
+         prompt = no\n\
+         x509_extensions = ca_ext\n\
+         [dn]\n\
+         CN = icegate test CA\n\
+         [ca_ext]\n\
+         basicConstraints = critical, CA:TRUE, pathlen:0\n\
+         keyUsage = critical, keyCertSign, cRLSign\n\
+         subjectKeyIdentifier = hash\n",
+    )
+    .expect("write ca.cnf");
+    std::fs::write(
+        dir.join("leaf.ext"),
+        format!(
+            "basicConstraints = critical, CA:FALSE\n\
+             keyUsage = critical, digitalSignature\n\
+             extendedKeyUsage = serverAuth\n\
+             subjectAltName = DNS:{TURN_HOST}, IP:127.0.0.1\n\
+             subjectKeyIdentifier = hash\n\
+             authorityKeyIdentifier = keyid, issuer\n"
+        ),
+    )
+    .expect("write leaf.ext");
+    // Each run its own serial, so no cache ever mixes two runs' leaves.
+    let serial = format!(
+        "0x{:x}",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_nanos()
+    );
+    // Every argument is a plain word: file names are relative to `dir`.
+    let openssl = |args: &str| tool("openssl", &args.split_whitespace().collect::<Vec<_>>(), dir);
+    openssl("genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ca.key");
+    openssl("req -x509 -new -config ca.cnf -key ca.key -days 7 -sha256 -out ca.pem");
+    openssl("genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem");
+    openssl(&format!(
+        "req -new -key key.pem -subj /CN={TURN_HOST} -out leaf.csr"
+    ));
+    openssl(&format!(
+        "x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -set_serial {serial} -days 7 -sha256 \
+         -extfile leaf.ext -out cert.pem"
+    ));
+    (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    )
+}
+
+/// A fresh HOME under `dir` whose NSS database (`.pki/nssdb`, where Chromium
+/// on Linux looks) trusts `ca` for TLS servers. Chromium launched with it
+/// accepts certificates the CA issued, as a user who imported it would.
+fn nss_home_trusting(ca: &Path, dir: &Path) -> PathBuf {
+    let home = dir.join("home");
+    let nssdb = home.join(".pki/nssdb");
+    std::fs::create_dir_all(&nssdb).expect("create nssdb dir");
+    let db = format!("sql:{}", nssdb.display());
+    let ca = ca.to_str().expect("utf-8 CA path");
+    tool("certutil", &["-d", &db, "-N", "--empty-password"], dir);
+    tool(
+        "certutil",
+        &[
+            "-d",
+            &db,
+            "-A",
+            "-t",
+            "C,,",
+            "-n",
+            "icegate-test-ca",
+            "-i",
+            ca,
+        ],
+        dir,
+    );
+    home
+}
+
+/// What relay.mjs does.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Two peers connect and exchange messages.
+    Connect,
+    /// One peer gathers candidates for `GATHER_FOR`.
+    Gather,
+}
+
+/// relay.mjs's report: its JSON line, and everything it printed.
+struct Report {
+    ok: bool,
+    json: Value,
+    output: String,
+}
+
+impl Report {
+    /// The JSON, or a panic with everything the script said.
+    fn expect_success(&self) -> &Value {
+        assert!(self.ok, "relay.mjs failed:\n{}", self.output);
+        &self.json
+    }
+}
+
+/// `[{urls, username, credential}]`, as a page passes it to RTCPeerConnection.
+fn ice_servers(url: &str, username: &str, credential: &str) -> Value {
+    json!([{ "urls": url, "username": username, "credential": credential }])
+}
+
+/// Runs relay.mjs with `ice_servers` and Chromium's HOME set to `home`
+/// (temp files go under it too), and parses the JSON line it prints.
+fn run_relay(mode: Mode, ice_servers: &Value, home: &Path) -> Report {
+    require_browser_tools();
+    let tmp = home.join("tmp");
+    std::fs::create_dir_all(&tmp).expect("create tmp under HOME");
+    let mode = match mode {
+        Mode::Connect => "connect",
+        Mode::Gather => "gather",
+    };
+    let mut command = Command::new("node");
+    command
+        .current_dir(browser_dir())
+        .arg("relay.mjs")
+        .args(["--mode", mode])
+        .args(["--ice-servers", &ice_servers.to_string()])
+        .args(["--turn-host", TURN_HOST])
+        .args(["--chromium", CHROMIUM])
+        .args(["--timeout-ms", &SCRIPT_TIMEOUT.as_millis().to_string()])
+        .args(["--gather-ms", &GATHER_FOR.as_millis().to_string()])
+        .env("HOME", home)
+        .env("TMPDIR", &tmp)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .env("XDG_CACHE_HOME", home.join(".cache"))
+        .env_remove("DEBUG");
+    let started = Instant::now();
+    let done = run_bounded(command, SCRIPT_DEADLINE);
+    eprintln!(
+        "relay.mjs --mode {mode} took {:?}, {}",
+        started.elapsed(),
+        done.status
+    );
+    let output = format!(
+        "{}\nstdout:\n{}\nstderr:\n{}",
+        done.status, done.stdout, done.stderr
+    );
+    let json = done
+        .stdout
+        .lines()
+        .rev()
+        .find_map(|line| serde_json::from_str::<Value>(line.trim()).ok())
+        .filter(Value::is_object)
+        .unwrap_or_else(|| panic!("relay.mjs printed no JSON line:\n{output}"));
+    let ok = done.status.success() && json.get("error").is_none();
+    let output = format!(
+        "{output}\nreport:\n{}",
+        serde_json::to_string_pretty(&json).unwrap_or_default()
+    );
+    Report { ok, json, output }
+}
+
+/// The messages `peer` sent must have arrived at `me`, in order and intact,
+/// the 64 KiB one among them.
+fn assert_received(report: &Report, me: &str, peer: &str) {
+    let json = &report.json;
+    let sent = json["sent"][peer].as_array().expect("sent messages");
+    let received = json["received"][me].as_array().expect("received messages");
+    assert!(
+        sent.iter()
+            .any(|m| m["kind"] == "binary" && m["bytes"] == BIG_MESSAGE),
+        "{peer} sent no {BIG_MESSAGE}-byte message:\n{}",
+        report.output
+    );
+    assert_eq!(
+        received.len(),
+        sent.len(),
+        "{me} received {} of the {} messages {peer} sent:\n{}",
+        received.len(),
+        sent.len(),
+        report.output
+    );
+    for (got, want) in received.iter().zip(sent) {
+        for field in ["kind", "text", "bytes", "fnv1a"] {
+            assert_eq!(
+                got.get(field),
+                want.get(field),
+                "{me} received {got} where {peer} sent {want}:\n{}",
+                report.output
+            );
+        }
+        if got["kind"] == "binary" {
+            assert_eq!(
+                got["equalsSent"], true,
+                "{me} received {peer}'s {} bytes altered:\n{}",
+                got["bytes"], report.output
+            );
+        }
+    }
+}
+
+/// Both sides' selected candidate pair must be relay-to-relay, the local one
+/// allocated from `url` over `relay_protocol`.
+fn assert_relayed(report: &Report, url: &str, relay_protocol: &str) {
+    for side in ["a", "b"] {
+        let pair = &report.json["selected"][side];
+        assert!(
+            pair.is_object(),
+            "{side} has no selected candidate pair:\n{}",
+            report.output
+        );
+        assert_eq!(
+            pair["local"]["candidateType"], "relay",
+            "{side}'s local candidate:\n{}",
+            report.output
+        );
+        assert_eq!(
+            pair["remote"]["candidateType"], "relay",
+            "{side}'s remote candidate:\n{}",
+            report.output
+        );
+        assert_eq!(
+            pair["local"]["relayProtocol"], relay_protocol,
+            "{side}'s local relayProtocol:\n{}",
+            report.output
+        );
+        assert_eq!(
+            pair["local"]["url"], url,
+            "{side}'s relay candidate came from another server:\n{}",
+            report.output
+        );
+    }
+}
+
+/// Connects two peers through `url` and checks everything a user would.
+fn assert_datachannel_relays(url: &str, relay_protocol: &str, home: &Path) {
+    let report = run_relay(Mode::Connect, &ice_servers(url, USER, PASSWORD), home);
+    report.expect_success();
+    assert_received(&report, "a", "b");
+    assert_received(&report, "b", "a");
+    assert_relayed(&report, url, relay_protocol);
+}
+
+/// A config like `common::loopback_config("")` with TCP and TLS listeners
+/// besides the UDP one.
+fn config_with_tcp_and_tls(cert: &Path, key: &Path) -> String {
+    format!(
+        r#"realm = "{REALM}"
+[log]
+level = "debug"
+[[listen]]
+address = "127.0.0.1:0"
+[[listen]]
+address = "127.0.0.1:0"
+transport = "tcp"
+[[listen]]
+address = "127.0.0.1:0"
+transport = "tls"
+certificate = "{}"
+private-key = "{}"
+[relay]
+addresses = ["127.0.0.1"]
+allow-peers = ["127.0.0.0/8"]
+[auth]
+secrets = ["{SECRET}"]
+[[auth.users]]
+name = "{USER}"
+password = "{PASSWORD}"
+"#,
+        cert.display(),
+        key.display()
+    )
+}
+
+/// The address the daemon announced for `transport` ("tcp", "tls"):
+/// `info listening on tcp 127.0.0.1:NNNN`.
+fn listener(daemon: &TestDaemon, transport: &str) -> SocketAddr {
+    let prefix = format!("info listening on {transport} ");
+    assert!(
+        daemon.wait_for_log(&prefix),
+        "icegate announced no {transport} listener"
+    );
+    daemon
+        .log()
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|addr| addr.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no parsable `{prefix}ADDR` line in the log"))
+}
+
+#[test]
+fn chromium_relays_datachannel_over_turn_udp() {
+    let daemon = TestDaemon::start(&common::loopback_config(""));
+    let home = tempfile::tempdir().expect("temp HOME");
+    let url = format!("turn:{TURN_HOST}:{}?transport=udp", daemon.udp.port());
+    assert_datachannel_relays(&url, "udp", home.path());
+}
+
+#[test]
+fn chromium_reports_401_for_a_wrong_password() {
+    let daemon = TestDaemon::start(&common::loopback_config(""));
+    let home = tempfile::tempdir().expect("temp HOME");
+    let url = format!("turn:{TURN_HOST}:{}?transport=udp", daemon.udp.port());
+    let report = run_relay(
+        Mode::Gather,
+        &ice_servers(&url, USER, "not-alice-password"),
+        home.path(),
+    );
+    let json = report.expect_success();
+    let candidates = json["candidates"].as_array().expect("candidates");
+    assert!(
+        !candidates
+            .iter()
+            .any(|c| c.as_str().is_some_and(|c| c.contains(" typ relay "))),
+        "a relay candidate despite the wrong password:\n{}",
+        report.output
+    );
+    let errors = json["candidateErrors"].as_array().expect("candidateErrors");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e["errorCode"] == 401 && e["url"] == url.as_str()),
+        "no icecandidateerror 401 for {url}:\n{}",
+        report.output
+    );
+}
+
+#[test]
+fn test_ca_and_nss_db_are_what_chromium_and_rustls_need() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (ca, cert, key) = make_test_ca_and_cert(dir.path());
+    let (ca, cert) = (ca.to_str().unwrap(), cert.to_str().unwrap());
+    for check in [["-verify_hostname", TURN_HOST], ["-verify_ip", "127.0.0.1"]] {
+        let args = [
+            &["verify", "-CAfile", ca, "-purpose", "sslserver"],
+            &check[..],
+            &[cert],
+        ];
+        let verified = tool("openssl", &args.concat(), dir.path());
+        assert!(verified.contains(": OK"), "{verified}");
+    }
+    let key_pem = std::fs::read_to_string(&key).expect("read key.pem");
+    assert!(
+        key_pem.starts_with("-----BEGIN PRIVATE KEY-----"),
+        "key.pem is not PKCS#8:\n{key_pem}"
+    );
+    let home = nss_home_trusting(Path::new(ca), dir.path());
+    let db = format!("sql:{}", home.join(".pki/nssdb").display());
+    let listed = tool("certutil", &["-d", &db, "-L"], dir.path());
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("icegate-test-ca") && l.trim_end().ends_with("C,,")),
+        "the CA is not trusted for TLS servers in the NSS DB:\n{listed}"
+    );
+}
+
+#[test]
+#[ignore = "needs tcp/tls listeners"]
+fn chromium_relays_datachannel_over_turn_tcp() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_ca, cert, key) = make_test_ca_and_cert(dir.path());
+    let daemon = TestDaemon::start(&config_with_tcp_and_tls(&cert, &key));
+    let tcp = listener(&daemon, "tcp");
+    let url = format!("turn:{TURN_HOST}:{}?transport=tcp", tcp.port());
+    assert_datachannel_relays(&url, "tcp", dir.path());
+}
+
+#[test]
+#[ignore = "needs tcp/tls listeners"]
+fn chromium_relays_datachannel_over_turns_trusting_the_test_ca() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (ca, cert, key) = make_test_ca_and_cert(dir.path());
+    let daemon = TestDaemon::start(&config_with_tcp_and_tls(&cert, &key));
+    let tls = listener(&daemon, "tls");
+    let home = nss_home_trusting(&ca, dir.path());
+    let url = format!("turns:{TURN_HOST}:{}?transport=tcp", tls.port());
+    assert_datachannel_relays(&url, "tls", &home);
+}
+
+/// The other side of the test above: without the CA in its NSS DB,
+/// Chromium refuses the certificate, so the CA is what made that one pass.
+#[test]
+#[ignore = "needs tcp/tls listeners"]
+fn chromium_refuses_turns_without_the_test_ca() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_ca, cert, key) = make_test_ca_and_cert(dir.path());
+    let daemon = TestDaemon::start(&config_with_tcp_and_tls(&cert, &key));
+    let tls = listener(&daemon, "tls");
+    let url = format!("turns:{TURN_HOST}:{}?transport=tcp", tls.port());
+    let report = run_relay(Mode::Gather, &ice_servers(&url, USER, PASSWORD), dir.path());
+    let json = report.expect_success();
+    assert!(
+        json["candidates"].as_array().is_some_and(Vec::is_empty),
+        "a candidate through a server whose certificate is not trusted:\n{}",
+        report.output
+    );
+    // Chromium reports a failed TLS handshake as 701 "Failed to establish
+    // connection" (seen with Chromium 156 against `openssl s_server`).
+    assert!(
+        json["candidateErrors"]
+            .as_array()
+            .is_some_and(|errors| errors.iter().any(|e| e["url"] == url.as_str())),
+        "no icecandidateerror for {url}:\n{}",
+        report.output
+    );
+}

@@ -1,0 +1,487 @@
+//! The `icegate` command line as an operator runs it: `check-config` on the
+//! shipped config and on every file in tests/data/bad, `credentials`,
+//! `--version`, and `run` with the embedded default config. Every child
+//! process runs under a deadline and is killed if it overstays.
+
+use std::io::Read;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha1::Sha1;
+use stun::agent::TransactionId;
+use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};
+use stun::error_code::ErrorCodeAttribute;
+use stun::fingerprint::FINGERPRINT;
+use stun::integrity::MessageIntegrity;
+use stun::message::{
+    CLASS_REQUEST, CLASS_SUCCESS_RESPONSE, Getter, METHOD_ALLOCATE, METHOD_BINDING, Message,
+    MessageType, Setter,
+};
+use stun::textattrs::TextAttribute;
+use stun::xoraddr::XorMappedAddress;
+use turn::proto::PROTO_UDP;
+use turn::proto::reqtrans::RequestedTransport;
+
+const ICEGATE: &str = env!("CARGO_BIN_EXE_icegate");
+/// Commands other than `run` finish at once; beyond this they hang.
+const COMMAND_DEADLINE: Duration = Duration::from_secs(10);
+/// The longest a STUN exchange may take.
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// The secret the temp copies of the shipped config read from their secrets-file.
+const SECRET: &str = "cli-test-secret-0123456789abcdef";
+
+fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// Collects everything `source` yields, on a thread.
+fn collect(mut source: impl Read + Send + 'static) -> (Arc<Mutex<Vec<u8>>>, JoinHandle<()>) {
+    let sink = Arc::new(Mutex::new(Vec::new()));
+    let writer = sink.clone();
+    let handle = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(len) = source.read(&mut buf) {
+            if len == 0 {
+                break;
+            }
+            writer.lock().unwrap().extend_from_slice(&buf[..len]);
+        }
+    });
+    (sink, handle)
+}
+
+fn text_of(sink: &Mutex<Vec<u8>>) -> String {
+    String::from_utf8_lossy(&sink.lock().unwrap()).into_owned()
+}
+
+/// How a finished command ended and what it printed.
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `icegate args...` to completion, killing it after `COMMAND_DEADLINE`.
+fn icegate(args: &[&str]) -> Finished {
+    let mut child = Command::new(ICEGATE)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start icegate");
+    let (stdout, out_reader) = collect(child.stdout.take().expect("piped stdout"));
+    let (stderr, err_reader) = collect(child.stderr.take().expect("piped stderr"));
+    let deadline = Instant::now() + COMMAND_DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for icegate") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "`icegate {}` still ran after {COMMAND_DEADLINE:?}; killed it",
+                args.join(" ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    out_reader.join().expect("stdout reader");
+    err_reader.join().expect("stderr reader");
+    Finished {
+        status,
+        stdout: text_of(&stdout),
+        stderr: text_of(&stderr),
+    }
+}
+
+/// config/icegate.toml as shipped, copied into `dir` with its secrets-file
+/// (/etc/icegate/rest-secret) replaced by a file in `dir` holding `SECRET`.
+fn shipped_config_copy(dir: &Path) -> PathBuf {
+    let shipped =
+        std::fs::read_to_string(repo_path("config/icegate.toml")).expect("read shipped config");
+    let original = r#"secrets-file = "/etc/icegate/rest-secret""#;
+    assert!(
+        shipped.contains(original),
+        "config/icegate.toml no longer has `{original}`"
+    );
+    let secrets_file = dir.join("rest-secret");
+    std::fs::write(&secrets_file, format!("# made by tests/cli.rs\n{SECRET}\n"))
+        .expect("write secrets file");
+    let secrets_file = secrets_file.to_str().expect("temp path is UTF-8");
+    let copy = dir.join("icegate.toml");
+    std::fs::write(
+        &copy,
+        shipped.replace(original, &format!("secrets-file = {secrets_file:?}")),
+    )
+    .expect("write config copy");
+    copy
+}
+
+fn rest_password(secret: &str, username: &str) -> String {
+    let mut mac = Hmac::<Sha1>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(username.as_bytes());
+    STANDARD.encode(mac.finalize().into_bytes())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// The pretty-printed JSON object at the end of `output`: from the first
+/// line that is `{` to the end.
+fn trailing_json(output: &str) -> Value {
+    let start = output
+        .find("\n{\n")
+        .map(|i| i + 1)
+        .or_else(|| output.starts_with("{\n").then_some(0))
+        .unwrap_or_else(|| panic!("no JSON object in:\n{output}"));
+    serde_json::from_str(&output[start..])
+        .unwrap_or_else(|error| panic!("invalid JSON ({error}) in:\n{output}"))
+}
+
+/// The TURN entry of an iceServers object: its one URL, username and credential.
+fn turn_entry(servers: &Value) -> (String, String, String) {
+    let list = servers["iceServers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no iceServers array in {servers}"));
+    let turn = list
+        .iter()
+        .find(|server| server.get("username").is_some())
+        .unwrap_or_else(|| panic!("no iceServers entry with credentials in {servers}"));
+    let urls: Vec<&str> = turn["urls"]
+        .as_array()
+        .expect("urls is an array")
+        .iter()
+        .map(|url| url.as_str().expect("url is a string"))
+        .collect();
+    assert_eq!(urls.len(), 1, "one turn URL for one UDP listener: {urls:?}");
+    assert!(
+        list.iter()
+            .any(|server| server["urls"].as_array().is_some_and(|urls| urls
+                .iter()
+                .any(|u| u.as_str().is_some_and(|u| u.starts_with("stun:"))))),
+        "a stun: URL in {servers}"
+    );
+    (
+        urls[0].to_owned(),
+        turn["username"].as_str().expect("username").to_owned(),
+        turn["credential"].as_str().expect("credential").to_owned(),
+    )
+}
+
+#[test]
+fn check_config_prints_ok_for_the_shipped_config() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = shipped_config_copy(dir.path());
+    let finished = icegate(&["check-config", "--config", config.to_str().unwrap()]);
+    assert!(
+        finished.status.success(),
+        "exit {:?}, stderr:\n{}",
+        finished.status.code(),
+        finished.stderr
+    );
+    assert_eq!(finished.stdout, "ok\n");
+    assert_eq!(finished.stderr, "");
+}
+
+#[test]
+fn check_config_exits_78_and_names_every_problem_of_each_bad_config() {
+    let dir = repo_path("tests/data/bad");
+    let mut configs: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("read tests/data/bad")
+        .map(|entry| entry.expect("dir entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    configs.sort();
+    assert!(
+        configs.len() >= 20,
+        "only {} bad configs found",
+        configs.len()
+    );
+    let mut failures = Vec::new();
+    for config in &configs {
+        let name = config.file_name().unwrap().to_string_lossy().into_owned();
+        let expected_path = config.with_extension("expected");
+        let expected = std::fs::read_to_string(&expected_path)
+            .unwrap_or_else(|error| panic!("{name} has no .expected file: {error}"));
+        let finished = icegate(&["check-config", "--config", config.to_str().unwrap()]);
+        if finished.status.code() != Some(78) {
+            failures.push(format!(
+                "{name}: exit {:?}, not 78; stdout {:?}, stderr {:?}",
+                finished.status.code(),
+                finished.stdout,
+                finished.stderr
+            ));
+            continue;
+        }
+        if finished.stdout.contains("ok") {
+            failures.push(format!("{name}: stdout says {:?}", finished.stdout));
+        }
+        for line in expected.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            if !finished.stderr.contains(line) {
+                failures.push(format!(
+                    "{name}: stderr lacks {line:?}; it was:\n{}",
+                    finished.stderr
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} problems over {} bad configs:\n{}",
+        failures.len(),
+        configs.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn check_config_report_ends_with_a_newline() {
+    // Otherwise the shell prompt lands on the last problem's line.
+    let config = repo_path("tests/data/bad/three-problems.toml");
+    let finished = icegate(&["check-config", "--config", config.to_str().unwrap()]);
+    assert_eq!(finished.status.code(), Some(78));
+    assert!(
+        finished.stderr.ends_with('\n'),
+        "stderr does not end with a newline: {:?}",
+        finished.stderr
+    );
+}
+
+#[test]
+fn credentials_prints_a_rest_username_password_and_ice_servers_json() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = shipped_config_copy(dir.path());
+    let before = unix_now();
+    let finished = icegate(&[
+        "credentials",
+        "--user",
+        "alice",
+        "--ttl",
+        "1h",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let after = unix_now();
+    assert!(
+        finished.status.success(),
+        "exit {:?}, stderr:\n{}",
+        finished.status.code(),
+        finished.stderr
+    );
+    let field = |name: &str| {
+        finished
+            .stdout
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("no `{name}:` line in:\n{}", finished.stdout))
+            .to_owned()
+    };
+    let username = field("username");
+    let password = field("password");
+    let (expiry, user) = username
+        .split_once(':')
+        .unwrap_or_else(|| panic!("username {username:?} is not expiry:user"));
+    assert_eq!(user, "alice");
+    let expiry: u64 = expiry.parse().expect("expiry is unix seconds");
+    assert!(
+        (before + 3600..=after + 3600).contains(&expiry),
+        "expiry {expiry} is not now + 1h ({before}..={after} + 3600)"
+    );
+    assert_eq!(
+        password,
+        rest_password(SECRET, &username),
+        "password is base64(HMAC-SHA1(secret from secrets-file, username))"
+    );
+    assert_eq!(field("ttl"), "3600");
+
+    let servers = trailing_json(&finished.stdout);
+    let (turn_url, json_username, credential) = turn_entry(&servers);
+    assert!(
+        turn_url.starts_with("turn:") && turn_url.ends_with("?transport=udp"),
+        "turn URL {turn_url:?}"
+    );
+    assert_eq!(json_username, username);
+    assert_eq!(credential, password);
+    assert!(field("uris").contains(&turn_url));
+}
+
+#[test]
+fn version_flag_prints_the_package_version() {
+    let finished = icegate(&["--version"]);
+    assert!(finished.status.success());
+    assert_eq!(
+        finished.stdout.trim(),
+        format!("icegate {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// A child process killed and reaped when the test ends, however it ends.
+struct Daemon {
+    child: Child,
+    stdout: Arc<Mutex<Vec<u8>>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- icegate stdout ---\n{}\n--- icegate stderr ---\n{}",
+                text_of(&self.stdout),
+                text_of(&self.stderr)
+            );
+        }
+    }
+}
+
+fn build(setters: Vec<Box<dyn Setter>>) -> Message {
+    let mut message = Message::new();
+    message.build(&setters).expect("build stun message");
+    message
+}
+
+fn exchange(socket: &UdpSocket, server: SocketAddr, request: &Message) -> Message {
+    socket.send_to(&request.raw, server).expect("send");
+    let deadline = Instant::now() + READ_TIMEOUT;
+    let mut buf = [0u8; 1500];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "no answer from {server} within {READ_TIMEOUT:?}"
+        );
+        socket.set_read_timeout(Some(left)).expect("read timeout");
+        let (len, from) = socket
+            .recv_from(&mut buf)
+            .unwrap_or_else(|error| panic!("no answer from {server}: {error}"));
+        let mut response = Message::new();
+        response.raw = buf[..len].to_vec();
+        if from == server
+            && response.decode().is_ok()
+            && response.transaction_id == request.transaction_id
+        {
+            return response;
+        }
+    }
+}
+
+#[test]
+fn run_without_config_prints_ice_servers_allows_loopback_peers_and_answers_stun_on_3478() {
+    let server: SocketAddr = "127.0.0.1:3478".parse().unwrap();
+    if let Err(error) = UdpSocket::bind(server) {
+        panic!(
+            "cannot test `icegate run` without --config: UDP {server}, which its embedded \
+             default config binds, is taken ({error}); stop whatever holds it \
+             (`ss -ulpn 'sport = 3478'`) and rerun"
+        );
+    }
+    let mut child = Command::new(ICEGATE)
+        .arg("run")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start icegate run");
+    let (stdout, _) = collect(child.stdout.take().expect("piped stdout"));
+    let (stderr, _) = collect(child.stderr.take().expect("piped stderr"));
+    let mut daemon = Daemon {
+        child,
+        stdout,
+        stderr,
+    };
+    let deadline = Instant::now() + COMMAND_DEADLINE;
+    loop {
+        let banner_done = text_of(&daemon.stdout).contains("\n}\n");
+        if banner_done && text_of(&daemon.stderr).contains("info ready") {
+            break;
+        }
+        if let Some(status) = daemon.child.try_wait().expect("check icegate") {
+            panic!("icegate run exited early with {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no banner and ready line within {COMMAND_DEADLINE:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let banner = text_of(&daemon.stdout);
+    assert!(
+        banner.to_lowercase().contains("allows loopback peers"),
+        "the banner says loopback peers are allowed:\n{banner}"
+    );
+    let servers = trailing_json(&banner);
+    let (turn_url, username, password) = turn_entry(&servers);
+    assert_eq!(turn_url, "turn:127.0.0.1:3478?transport=udp");
+    assert!(username.ends_with(":demo"), "username {username:?}");
+    let secret = banner
+        .lines()
+        .find_map(|line| line.strip_prefix("TURN REST secret for this run: "))
+        .unwrap_or_else(|| panic!("no REST secret in the banner:\n{banner}"));
+    assert_eq!(password, rest_password(secret, &username));
+
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind client");
+    let binding = build(vec![
+        Box::new(TransactionId::new()),
+        Box::new(MessageType::new(METHOD_BINDING, CLASS_REQUEST)),
+        Box::new(FINGERPRINT),
+    ]);
+    let response = exchange(&socket, server, &binding);
+    assert_eq!(response.typ.class, CLASS_SUCCESS_RESPONSE, "Binding");
+    let mut mapped = XorMappedAddress::default();
+    mapped.get_from(&response).expect("XOR-MAPPED-ADDRESS");
+    assert_eq!(
+        SocketAddr::new(mapped.ip, mapped.port),
+        socket.local_addr().unwrap()
+    );
+
+    // The printed credentials allocate, as pasted into a browser would.
+    let allocate = |extra: Vec<Box<dyn Setter>>| {
+        let mut setters: Vec<Box<dyn Setter>> = vec![
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
+            Box::new(RequestedTransport {
+                protocol: PROTO_UDP,
+            }),
+        ];
+        setters.extend(extra);
+        setters.push(Box::new(FINGERPRINT));
+        exchange(&socket, server, &build(setters))
+    };
+    let challenge = allocate(vec![]);
+    let realm = TextAttribute::get_from_as(&challenge, ATTR_REALM).expect("REALM in the 401");
+    let nonce = TextAttribute::get_from_as(&challenge, ATTR_NONCE).expect("NONCE in the 401");
+    let response = allocate(vec![
+        Box::new(TextAttribute::new(ATTR_USERNAME, username.clone())),
+        Box::new(realm.clone()),
+        Box::new(nonce),
+        Box::new(MessageIntegrity::new_long_term_integrity(
+            username, realm.text, password,
+        )),
+    ]);
+    let mut code = ErrorCodeAttribute::default();
+    assert_eq!(
+        response.typ.class,
+        CLASS_SUCCESS_RESPONSE,
+        "Allocate with the banner's credentials: {}",
+        code.get_from(&response)
+            .map(|()| code.to_string())
+            .unwrap_or_default()
+    );
+    drop(daemon);
+}

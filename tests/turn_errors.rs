@@ -1,0 +1,1217 @@
+//! What a client sees when icegate refuses: every case asserts the exact STUN
+//! error code. Requests are built and responses parsed with the `stun` crate
+//! and the `turn` crate's attribute types (a codec icegate does not share),
+//! sent over plain UDP sockets on 127.0.0.1. Every read waits at most
+//! `READ_TIMEOUT`.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{Hmac, Mac};
+use sha1::Sha1;
+use stun::agent::TransactionId;
+use stun::attributes::{ATTR_MESSAGE_INTEGRITY, ATTR_NONCE, ATTR_REALM, ATTR_USERNAME, AttrType};
+use stun::error_code::ErrorCodeAttribute;
+use stun::fingerprint::FINGERPRINT;
+use stun::integrity::MessageIntegrity;
+use stun::message::{
+    CLASS_ERROR_RESPONSE, CLASS_INDICATION, CLASS_REQUEST, CLASS_SUCCESS_RESPONSE, Getter,
+    METHOD_ALLOCATE, METHOD_BINDING, METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, METHOD_DATA,
+    METHOD_REFRESH, METHOD_SEND, Message, MessageType, Method, Setter,
+};
+use stun::textattrs::TextAttribute;
+use stun::uattrs::UnknownAttributes;
+use stun::xoraddr::XorMappedAddress;
+use turn::proto::channum::ChannelNumber;
+use turn::proto::data::Data;
+use turn::proto::lifetime::Lifetime;
+use turn::proto::peeraddr::PeerAddress;
+use turn::proto::relayaddr::RelayedAddress;
+use turn::proto::reqfamily::REQUESTED_FAMILY_IPV6;
+use turn::proto::reqtrans::RequestedTransport;
+use turn::proto::{PROTO_TCP, PROTO_UDP};
+
+use common::{PASSWORD, REALM, SECRET, TestDaemon, USER};
+
+/// The longest any read waits for the daemon.
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a test listens to be sure that nothing arrives.
+const SILENCE: Duration = Duration::from_millis(400);
+
+// ---------------------------------------------------------------------------------------------
+// Configs
+
+/// `common::loopback_config`'s text with the whole `[relay]` table and extra
+/// `[auth]` keys given: for tests that need the default peer policy (no
+/// `allow-peers`) or an `[auth]` setting.
+fn config(relay: &str, auth_extra: &str) -> String {
+    format!(
+        r#"realm = "{REALM}"
+[log]
+level = "debug"
+[[listen]]
+address = "127.0.0.1:0"
+[relay]
+{relay}
+[auth]
+secrets = ["{SECRET}"]
+{auth_extra}
+[[auth.users]]
+name = "{USER}"
+password = "{PASSWORD}"
+"#
+    )
+}
+
+/// Relays on 127.0.0.1 under the default peer policy (no `allow-peers`).
+fn default_policy_config() -> String {
+    config(r#"addresses = ["127.0.0.1"]"#, "")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Credentials
+
+#[derive(Clone, Debug)]
+struct Credentials {
+    username: String,
+    password: String,
+}
+
+fn alice() -> Credentials {
+    Credentials {
+        username: USER.to_owned(),
+        password: PASSWORD.to_owned(),
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// TURN REST credentials for `user` that expire at `expiry` (unix seconds):
+/// username `expiry:user`, password base64(HMAC-SHA1(secret, username)).
+fn rest_user(user: &str, expiry: u64) -> Credentials {
+    let username = format!("{expiry}:{user}");
+    let mut mac = Hmac::<Sha1>::new_from_slice(SECRET.as_bytes()).expect("any key length");
+    mac.update(username.as_bytes());
+    let password = STANDARD.encode(mac.finalize().into_bytes());
+    Credentials { username, password }
+}
+
+fn integrity(credentials: &Credentials) -> MessageIntegrity {
+    MessageIntegrity::new_long_term_integrity(
+        credentials.username.clone(),
+        REALM.to_owned(),
+        credentials.password.clone(),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Messages
+
+/// A raw attribute of any type, for types the `stun` crate has no setter for.
+struct RawAttribute(u16, Vec<u8>);
+
+impl Setter for RawAttribute {
+    fn add_to(&self, m: &mut Message) -> Result<(), stun::Error> {
+        m.add(AttrType(self.0), &self.1);
+        Ok(())
+    }
+}
+
+type Attrs = Vec<Box<dyn Setter>>;
+
+fn udp_transport() -> Box<dyn Setter> {
+    Box::new(RequestedTransport {
+        protocol: PROTO_UDP,
+    })
+}
+
+fn peer(addr: SocketAddr) -> Box<dyn Setter> {
+    Box::new(PeerAddress {
+        ip: addr.ip(),
+        port: addr.port(),
+    })
+}
+
+/// A message with a fresh transaction ID, `attrs`, then FINGERPRINT.
+fn build(method: Method, class: stun::message::MessageClass, attrs: Attrs) -> Message {
+    let mut setters: Attrs = vec![
+        Box::new(TransactionId::new()),
+        Box::new(MessageType::new(method, class)),
+    ];
+    setters.extend(attrs);
+    setters.push(Box::new(FINGERPRINT));
+    let mut message = Message::new();
+    message.build(&setters).expect("build stun message");
+    message
+}
+
+/// A request with long-term credentials: `attrs`, USERNAME, REALM, NONCE,
+/// MESSAGE-INTEGRITY, FINGERPRINT.
+fn build_authenticated(
+    method: Method,
+    attrs: Attrs,
+    credentials: &Credentials,
+    nonce: &str,
+) -> Message {
+    let mut setters: Attrs = vec![
+        Box::new(TransactionId::new()),
+        Box::new(MessageType::new(method, CLASS_REQUEST)),
+    ];
+    setters.extend(attrs);
+    setters.push(Box::new(TextAttribute::new(
+        ATTR_USERNAME,
+        credentials.username.clone(),
+    )));
+    setters.push(Box::new(TextAttribute::new(ATTR_REALM, REALM.to_owned())));
+    setters.push(Box::new(TextAttribute::new(ATTR_NONCE, nonce.to_owned())));
+    setters.push(Box::new(integrity(credentials)));
+    setters.push(Box::new(FINGERPRINT));
+    let mut message = Message::new();
+    message.build(&setters).expect("build stun message");
+    message
+}
+
+fn decode(bytes: &[u8]) -> Option<Message> {
+    let mut message = Message::new();
+    message.raw = bytes.to_vec();
+    message.decode().ok()?;
+    Some(message)
+}
+
+fn error_of(message: &Message) -> Option<(u16, String)> {
+    let mut code = ErrorCodeAttribute::default();
+    code.get_from(message).ok()?;
+    Some((
+        code.code.0,
+        String::from_utf8_lossy(&code.reason).into_owned(),
+    ))
+}
+
+fn text(message: &Message, attr: AttrType) -> Option<String> {
+    TextAttribute::get_from_as(message, attr)
+        .ok()
+        .map(|t| t.text)
+}
+
+#[track_caller]
+fn assert_error(response: &Message, code: u16, what: &str) {
+    assert_eq!(
+        response.typ.class,
+        CLASS_ERROR_RESPONSE,
+        "{what}: expected error {code}, got {} {:?}",
+        response.typ,
+        error_of(response)
+    );
+    let (got, reason) = error_of(response).unwrap_or_else(|| panic!("{what}: no ERROR-CODE"));
+    assert_eq!(
+        got, code,
+        "{what}: expected error {code}, got {got} {reason:?}"
+    );
+}
+
+#[track_caller]
+fn assert_success(response: &Message, what: &str) {
+    assert_eq!(
+        response.typ.class,
+        CLASS_SUCCESS_RESPONSE,
+        "{what}: expected success, got {} {:?}",
+        response.typ,
+        error_of(response)
+    );
+}
+
+/// A 401 or 438 must tell the client how to retry: REALM and a new NONCE.
+#[track_caller]
+fn assert_challenge(response: &Message, code: u16, what: &str) -> String {
+    assert_error(response, code, what);
+    assert_eq!(
+        text(response, ATTR_REALM).as_deref(),
+        Some(REALM),
+        "{what}: REALM"
+    );
+    assert!(
+        !response.contains(ATTR_MESSAGE_INTEGRITY),
+        "{what}: a challenge cannot carry MESSAGE-INTEGRITY"
+    );
+    let nonce = text(response, ATTR_NONCE).unwrap_or_else(|| panic!("{what}: no NONCE"));
+    assert!(!nonce.is_empty(), "{what}: empty NONCE");
+    nonce
+}
+
+fn xor_peer(message: &Message) -> SocketAddr {
+    let mut address = PeerAddress::default();
+    address.get_from(message).expect("XOR-PEER-ADDRESS");
+    SocketAddr::new(address.ip, address.port)
+}
+
+// ---------------------------------------------------------------------------------------------
+// A client over a plain UDP socket
+
+struct Client {
+    socket: UdpSocket,
+    server: SocketAddr,
+}
+
+impl Client {
+    fn new(server: SocketAddr) -> Self {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind client socket");
+        Self { socket, server }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.socket.local_addr().expect("client address")
+    }
+
+    fn send_raw(&self, bytes: &[u8]) {
+        self.socket
+            .send_to(bytes, self.server)
+            .expect("send to icegate");
+    }
+
+    /// The next datagram from the server within `wait`, or None.
+    fn recv_within(&self, wait: Duration) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + wait;
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.socket
+                .set_read_timeout(Some(left))
+                .expect("set read timeout");
+            match self.socket.recv_from(&mut buf) {
+                Ok((len, from)) if from == self.server => return Some(buf[..len].to_vec()),
+                Ok(_) => {}
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return None;
+                }
+                Err(error) => panic!("receive from icegate: {error}"),
+            }
+        }
+    }
+
+    /// Sends `bytes` and returns the raw response with `transaction`.
+    fn transact_raw(&self, bytes: &[u8], transaction: TransactionId) -> Vec<u8> {
+        self.send_raw(bytes);
+        self.response_to(transaction)
+    }
+
+    /// The raw response with `transaction`, for a request already sent;
+    /// indications and other responses are skipped.
+    fn response_to(&self, transaction: TransactionId) -> Vec<u8> {
+        let deadline = Instant::now() + READ_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(reply) = self.recv_within(left) else {
+                panic!("no response from icegate within {READ_TIMEOUT:?}");
+            };
+            if let Some(message) = decode(&reply)
+                && message.transaction_id == transaction
+                && message.typ.class != CLASS_INDICATION
+            {
+                return reply;
+            }
+        }
+    }
+
+    fn transact(&self, request: &Message) -> Message {
+        let reply = self.transact_raw(&request.raw, request.transaction_id);
+        decode(&reply).expect("the stun crate decodes icegate's response")
+    }
+
+    /// Allocate without credentials: the 401 that starts every session.
+    fn challenge(&self) -> String {
+        let request = build(METHOD_ALLOCATE, CLASS_REQUEST, vec![udp_transport()]);
+        assert_challenge(
+            &self.transact(&request),
+            401,
+            "Allocate without credentials",
+        )
+    }
+
+    /// A Binding request whose success response must carry this socket's address.
+    #[track_caller]
+    fn assert_binding_works(&self) {
+        let request = build(METHOD_BINDING, CLASS_REQUEST, vec![]);
+        let response = self.transact(&request);
+        assert_success(&response, "Binding");
+        let mut mapped = XorMappedAddress::default();
+        mapped.get_from(&response).expect("XOR-MAPPED-ADDRESS");
+        assert_eq!(SocketAddr::new(mapped.ip, mapped.port), self.addr());
+    }
+}
+
+/// A client that passed the 401 round trip: it has a nonce and credentials.
+struct Session {
+    client: Client,
+    credentials: Credentials,
+    nonce: String,
+}
+
+impl Session {
+    fn open(server: SocketAddr, credentials: Credentials) -> Self {
+        let client = Client::new(server);
+        let nonce = client.challenge();
+        Self {
+            client,
+            credentials,
+            nonce,
+        }
+    }
+
+    fn request_message(&self, method: Method, attrs: Attrs) -> Message {
+        build_authenticated(method, attrs, &self.credentials, &self.nonce)
+    }
+
+    fn request(&self, method: Method, attrs: Attrs) -> Message {
+        self.client.transact(&self.request_message(method, attrs))
+    }
+
+    /// An Allocate for UDP: the response, success or not.
+    fn try_allocate(&self) -> Message {
+        self.request(METHOD_ALLOCATE, vec![udp_transport()])
+    }
+
+    /// Allocates and returns the relayed address; the response must be a
+    /// success whose MESSAGE-INTEGRITY verifies with the client's key.
+    #[track_caller]
+    fn allocate(&self) -> SocketAddr {
+        let mut response = self.try_allocate();
+        relayed_of(&mut response, &self.credentials)
+    }
+}
+
+/// The XOR-RELAYED-ADDRESS of a successful Allocate response, after checking
+/// its MESSAGE-INTEGRITY.
+#[track_caller]
+fn relayed_of(response: &mut Message, credentials: &Credentials) -> SocketAddr {
+    assert_success(response, "Allocate");
+    integrity(credentials)
+        .check(response)
+        .expect("MESSAGE-INTEGRITY of the Allocate response verifies");
+    let mut relayed = RelayedAddress::default();
+    relayed.get_from(response).expect("XOR-RELAYED-ADDRESS");
+    SocketAddr::new(relayed.ip, relayed.port)
+}
+
+fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+}
+
+fn v6(text: &str) -> IpAddr {
+    IpAddr::V6(text.parse::<Ipv6Addr>().expect("IPv6 literal"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Authentication
+
+#[test]
+fn allocate_without_credentials_gets_401_with_realm_and_nonce() {
+    let daemon = TestDaemon::start(&common::loopback_config(""));
+    let client = Client::new(daemon.udp);
+    let request = build(METHOD_ALLOCATE, CLASS_REQUEST, vec![udp_transport()]);
+    let response = client.transact(&request);
+    let nonce = assert_challenge(&response, 401, "Allocate without credentials");
+    assert_eq!(text(&response, ATTR_REALM).as_deref(), Some("test.local"));
+    assert!(
+        nonce.len() >= 8,
+        "nonce {nonce:?} is too short to be unguessable"
+    );
+}
+
+#[test]
+fn wrong_password_gets_401() {
+    let daemon = TestDaemon::start(&common::loopback_config(""));
+    let session = Session::open(
+        daemon.udp,
+        Credentials {
+            username: USER.to_owned(),
+            password: "not-alice-password".to_owned(),
+        },
+    );
+    assert_challenge(&session.try_allocate(), 401, "wrong password");
+    assert!(daemon.wait_for_log("auth-failed reason=wrong-password"));
+    assert!(!daemon.log().contains("allocation-created"));
+}
+
+#[test]
+fn unknown_user_gets_401() {
+    let daemon = TestDaemon::start(&common::loopback_config(""));
+    let session = Session::open(
+        daemon.udp,
+        Credentials {
+            username: "mallory".to_owned(),
+            password: PASSWORD.to_owned(),
+        },
+    );
+    assert_challenge(&session.try_allocate(), 401, "unknown user");
+    assert!(daemon.wait_for_log("auth-failed reason=unknown-user"));
+    assert!(!daemon.log().contains("allocation-created"));
+}
+
+#[test]
+fn expired_rest_username_gets_401_though_its_password_is_right() {
+    let daemon = TestDaemon::start(&common::loopback_config(""));
+    let expired = Session::open(daemon.udp, rest_user("bob", unix_now() - 60));
+    assert_challenge(&expired.try_allocate(), 401, "expired REST username");
+    assert!(daemon.wait_for_log("auth-failed reason=expired-credentials"));
+    // The same computation with an expiry ahead works: the 401 was the expiry.
+    let valid = Session::open(daemon.udp, rest_user("bob", unix_now() + 3600));
+    valid.allocate();
+}
+
+#[test]
+fn stale_nonce_gets_438_with_a_fresh_nonce_that_works() {
+    let daemon = TestDaemon::start(&config(
+        "addresses = [\"127.0.0.1\"]\nallow-peers = [\"127.0.0.0/8\"]",
+        "nonce-lifetime = \"1s\"",
+    ));
+    let mut session = Session::open(daemon.udp, alice());
+    std::thread::sleep(Duration::from_millis(2500));
+    let response = session.try_allocate();
+    let fresh = assert_challenge(
+        &response,
+        438,
+        "Allocate with a nonce older than its lifetime",
+    );
+    assert_ne!(fresh, session.nonce, "438 must carry a new nonce");
+    session.nonce = fresh;
+    session.allocate();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Peer policy
+
+#[test]
+fn default_policy_refuses_every_ipv4_encoding_of_loopback_private_and_special_peers_with_403() {
+    let daemon = TestDaemon::start(&default_policy_config());
+    let session = Session::open(daemon.udp, alice());
+    let relayed = session.allocate();
+    assert!(relayed.is_ipv4());
+    let refused = [
+        ("loopback", v4(127, 0, 0, 1)),
+        ("loopback, not .1", v4(127, 1, 2, 3)),
+        ("this network (CVE-2020-26262)", v4(0, 0, 0, 0)),
+        ("private", v4(10, 0, 0, 1)),
+        ("private", v4(172, 16, 0, 1)),
+        ("private", v4(192, 168, 1, 1)),
+        ("CGNAT", v4(100, 64, 0, 1)),
+        ("cloud metadata", v4(169, 254, 169, 254)),
+        ("documentation", v4(192, 0, 2, 1)),
+        ("multicast", v4(224, 0, 0, 1)),
+        ("broadcast", v4(255, 255, 255, 255)),
+        // RFC 8656 compares the XOR-PEER-ADDRESS family with the relay's;
+        // icegate reads an IPv4-mapped or IPv4-compatible address as the IPv4
+        // address it names (RFC 4291 §2.5.5), so the family matches and the
+        // policy refuses it. A 443 would refuse it too, but would not prove
+        // that the policy saw through the spelling.
+        ("IPv4-mapped loopback", v6("::ffff:127.0.0.1")),
+        ("IPv4-mapped private", v6("::ffff:10.0.0.1")),
+        ("IPv4-compatible loopback", v6("::127.0.0.1")),
+    ];
+    for (what, ip) in refused {
+        let target = SocketAddr::new(ip, 9);
+        let response = session.request(METHOD_CREATE_PERMISSION, vec![peer(target)]);
+        assert_error(&response, 403, &format!("CreatePermission {what} {ip}"));
+        let response = session.request(
+            METHOD_CHANNEL_BIND,
+            vec![Box::new(ChannelNumber(0x4000)), peer(target)],
+        );
+        assert_error(&response, 403, &format!("ChannelBind {what} {ip}"));
+    }
+    assert!(daemon.wait_for_log("peer-refused"));
+    // A public address is allowed (nothing is ever sent to it).
+    let public = SocketAddr::new(v4(8, 8, 8, 8), 53);
+    assert_success(
+        &session.request(METHOD_CREATE_PERMISSION, vec![peer(public)]),
+        "CreatePermission 8.8.8.8",
+    );
+    // One refused peer among allowed ones refuses the whole request.
+    let response = session.request(
+        METHOD_CREATE_PERMISSION,
+        vec![peer(public), peer(SocketAddr::new(v4(127, 0, 0, 1), 9))],
+    );
+    assert_error(&response, 403, "CreatePermission 8.8.8.8 and 127.0.0.1");
+}
+
+#[test]
+fn ipv6_peers_on_an_ipv4_relay_get_443() {
+    // RFC 8656 §9.2 and §11.2: a peer family other than the relayed
+    // address's is a 443, before any policy. So a 6to4 or NAT64 spelling of
+    // 127.0.0.1 gets no permission on an IPv4 relay; the IPv6 relay tests
+    // below show the policy refuses them as well.
+    let daemon = TestDaemon::start(&default_policy_config());
+    let session = Session::open(daemon.udp, alice());
+    assert!(session.allocate().is_ipv4());
+    for ip in [
+        v6("2002:7f00:1::"),
+        v6("64:ff9b::7f00:1"),
+        v6("::1"),
+        v6("2606:4700:4700::1111"),
+    ] {
+        let target = SocketAddr::new(ip, 9);
+        let response = session.request(METHOD_CREATE_PERMISSION, vec![peer(target)]);
+        assert_error(&response, 443, &format!("CreatePermission {ip}"));
+        let response = session.request(
+            METHOD_CHANNEL_BIND,
+            vec![Box::new(ChannelNumber(0x4000)), peer(target)],
+        );
+        assert_error(&response, 443, &format!("ChannelBind {ip}"));
+    }
+}
+
+/// An allocation with an IPv6 relayed address on [::1].
+fn ipv6_allocation(session: &Session) -> SocketAddr {
+    let mut response = session.request(
+        METHOD_ALLOCATE,
+        vec![udp_transport(), Box::new(REQUESTED_FAMILY_IPV6)],
+    );
+    let relayed = relayed_of(&mut response, &session.credentials);
+    assert_eq!(relayed.ip(), v6("::1"));
+    relayed
+}
+
+#[test]
+fn ipv6_relay_under_default_policy_refuses_loopback_in_every_ipv6_encoding_with_403() {
+    let daemon = TestDaemon::start(&config(r#"addresses = ["127.0.0.1", "::1"]"#, ""));
+    let session = Session::open(daemon.udp, alice());
+    ipv6_allocation(&session);
+    for (what, ip) in [
+        ("loopback", v6("::1")),
+        ("unspecified", v6("::")),
+        ("6to4 of 127.0.0.1", v6("2002:7f00:1::")),
+        ("NAT64 of 127.0.0.1", v6("64:ff9b::7f00:1")),
+        (
+            "Teredo, client 127.0.0.1",
+            v6("2001:0:4136:e378:8000:63bf:80ff:fffe"),
+        ),
+        ("link-local", v6("fe80::1")),
+        ("unique local", v6("fd00::1")),
+        ("documentation", v6("2001:db8::1")),
+    ] {
+        let target = SocketAddr::new(ip, 9);
+        let response = session.request(METHOD_CREATE_PERMISSION, vec![peer(target)]);
+        assert_error(&response, 403, &format!("CreatePermission {what} {ip}"));
+    }
+    // An IPv4-mapped address is IPv4 to icegate: on an IPv6 relay it is the
+    // other family, so 443 (and no permission either way).
+    let mapped = SocketAddr::new(v6("::ffff:127.0.0.1"), 9);
+    let response = session.request(METHOD_CREATE_PERMISSION, vec![peer(mapped)]);
+    assert_error(
+        &response,
+        443,
+        "CreatePermission ::ffff:127.0.0.1 on an IPv6 relay",
+    );
+    let public = SocketAddr::new(v6("2606:4700:4700::1111"), 53);
+    assert_success(
+        &session.request(METHOD_CREATE_PERMISSION, vec![peer(public)]),
+        "CreatePermission 2606:4700:4700::1111",
+    );
+}
+
+#[test]
+fn allowing_6to4_and_nat64_prefixes_still_refuses_the_loopback_and_private_hosts_they_embed() {
+    let daemon = TestDaemon::start(&config(
+        "addresses = [\"127.0.0.1\", \"::1\"]\nallow-peers = [\"2002::/16\", \"64:ff9b::/96\"]",
+        "",
+    ));
+    let session = Session::open(daemon.udp, alice());
+    ipv6_allocation(&session);
+    for ip in [
+        v6("2002:7f00:1::"),
+        v6("2002:a00:1::"),
+        v6("64:ff9b::7f00:1"),
+        v6("64:ff9b::a9fe:a9fe"),
+    ] {
+        let target = SocketAddr::new(ip, 9);
+        let response = session.request(METHOD_CREATE_PERMISSION, vec![peer(target)]);
+        assert_error(&response, 403, &format!("CreatePermission {ip}"));
+    }
+    for ip in [v6("2002:808:808::"), v6("64:ff9b::808:808")] {
+        let target = SocketAddr::new(ip, 53);
+        let response = session.request(METHOD_CREATE_PERMISSION, vec![peer(target)]);
+        assert_success(
+            &response,
+            &format!("CreatePermission {ip} (embeds 8.8.8.8)"),
+        );
+    }
+}
+
+/// A Send indication to `target` carrying `data`.
+fn send_indication(target: SocketAddr, data: &[u8]) -> Message {
+    build(
+        METHOD_SEND,
+        CLASS_INDICATION,
+        vec![peer(target), Box::new(Data(data.to_vec()))],
+    )
+}
+
+fn loopback_peer() -> UdpSocket {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind peer socket");
+    socket
+        .set_read_timeout(Some(SILENCE))
+        .expect("set read timeout");
+    socket
+}
+
+#[test]
+fn under_default_policy_no_loopback_encoding_carries_data_to_or_from_a_loopback_peer() {
+    let daemon = TestDaemon::start(&default_policy_config());
+    let session = Session::open(daemon.udp, alice());
+    let relayed = session.allocate();
+    let peer_socket = loopback_peer();
+    let port = peer_socket.local_addr().expect("peer address").port();
+    let encodings = [
+        v4(127, 0, 0, 1),
+        v6("::ffff:127.0.0.1"),
+        v6("::127.0.0.1"),
+        v6("2002:7f00:1::"),
+        v6("64:ff9b::7f00:1"),
+    ];
+    for ip in encodings {
+        let target = SocketAddr::new(ip, port);
+        let permission = session.request(METHOD_CREATE_PERMISSION, vec![peer(target)]);
+        assert_eq!(
+            permission.typ.class, CLASS_ERROR_RESPONSE,
+            "CreatePermission {ip}"
+        );
+        let bind = session.request(
+            METHOD_CHANNEL_BIND,
+            vec![Box::new(ChannelNumber(0x4000)), peer(target)],
+        );
+        assert_eq!(bind.typ.class, CLASS_ERROR_RESPONSE, "ChannelBind {ip}");
+        session
+            .client
+            .send_raw(&send_indication(target, b"escape").raw);
+    }
+    session.client.send_raw(&[
+        0x40, 0x00, 0x00, 0x06, b'e', b's', b'c', b'a', b'p', b'e', 0, 0,
+    ]);
+    let mut buf = [0u8; 64];
+    if let Ok((len, from)) = peer_socket.recv_from(&mut buf) {
+        panic!("the loopback peer received {:?} from {from}", &buf[..len]);
+    }
+    peer_socket
+        .send_to(b"let me in", relayed)
+        .expect("peer sends to the relay");
+    if let Some(reply) = session.client.recv_within(SILENCE) {
+        panic!("the client received {reply:?} from a refused peer");
+    }
+}
+
+#[test]
+fn ipv4_mapped_peer_permission_lets_the_ipv4_peer_through_both_ways() {
+    // With loopback allowed, icegate grants ::ffff:127.0.0.1 (it treats it as
+    // 127.0.0.1, see above). A granted permission must then work: a Send
+    // indication to the mapped address reaches the peer, and the peer's
+    // datagrams reach the client.
+    let daemon = TestDaemon::start(&common::loopback_config(""));
+    let session = Session::open(daemon.udp, alice());
+    let relayed = session.allocate();
+    let peer_socket = loopback_peer();
+    let port = peer_socket.local_addr().expect("peer address").port();
+    let mapped = SocketAddr::new(v6("::ffff:127.0.0.1"), port);
+    assert_success(
+        &session.request(METHOD_CREATE_PERMISSION, vec![peer(mapped)]),
+        "CreatePermission ::ffff:127.0.0.1 with 127.0.0.0/8 allowed",
+    );
+    let mut failures = Vec::new();
+
+    session
+        .client
+        .send_raw(&send_indication(mapped, b"to the peer").raw);
+    let mut buf = [0u8; 64];
+    match peer_socket.recv_from(&mut buf) {
+        Ok((len, from)) => {
+            assert_eq!(&buf[..len], b"to the peer");
+            assert_eq!(from, relayed);
+        }
+        Err(_) => failures.push(format!(
+            "a Send indication to {mapped} never reached the peer 127.0.0.1:{port}"
+        )),
+    }
+
+    peer_socket
+        .send_to(b"from the peer", relayed)
+        .expect("peer sends to the relay");
+    match session.client.recv_within(READ_TIMEOUT) {
+        Some(reply) => {
+            let indication = decode(&reply).expect("a Data indication");
+            assert_eq!(
+                indication.typ,
+                MessageType::new(METHOD_DATA, CLASS_INDICATION)
+            );
+            assert_eq!(xor_peer(&indication).port(), port);
+        }
+        None => failures.push(format!(
+            "a datagram from 127.0.0.1:{port} to the relay {relayed} never reached the client"
+        )),
+    }
+    assert!(
+        failures.is_empty(),
+        "CreatePermission for {mapped} succeeded, but:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn ipv4_mapped_channel_binding_carries_channel_data_both_ways() {
+    // The ChannelBind twin of the test above.
+    let daemon = TestDaemon::start(&common::loopback_config(""));
+    let session = Session::open(daemon.udp, alice());
+    let relayed = session.allocate();
+    let peer_socket = loopback_peer();
+    let port = peer_socket.local_addr().expect("peer address").port();
+    let mapped = SocketAddr::new(v6("::ffff:127.0.0.1"), port);
+    assert_success(
+        &session.request(
+            METHOD_CHANNEL_BIND,
+            vec![Box::new(ChannelNumber(0x4000)), peer(mapped)],
+        ),
+        "ChannelBind 0x4000 to ::ffff:127.0.0.1 with 127.0.0.0/8 allowed",
+    );
+    let mut failures = Vec::new();
+
+    session
+        .client
+        .send_raw(&[0x40, 0x00, 0x00, 0x04, b'p', b'i', b'n', b'g']);
+    let mut buf = [0u8; 64];
+    match peer_socket.recv_from(&mut buf) {
+        Ok((len, from)) => {
+            assert_eq!(&buf[..len], b"ping");
+            assert_eq!(from, relayed);
+        }
+        Err(_) => failures.push(format!(
+            "ChannelData on 0x4000 never reached the peer 127.0.0.1:{port}"
+        )),
+    }
+
+    peer_socket
+        .send_to(b"pong", relayed)
+        .expect("peer sends to the relay");
+    match session.client.recv_within(READ_TIMEOUT) {
+        Some(reply) => assert_eq!(reply, [0x40, 0x00, 0x00, 0x04, b'p', b'o', b'n', b'g']),
+        None => failures.push(format!(
+            "a datagram from 127.0.0.1:{port} to the relay {relayed} never reached the client"
+        )),
+    }
+    assert!(
+        failures.is_empty(),
+        "ChannelBind to {mapped} succeeded, but:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn first_send_indication_on_a_new_allocation_reaches_the_peer() {
+    // A client that sends its first Send indication right behind its
+    // CreatePermission, or both right behind its Allocate: over loopback
+    // they arrive in order, after the permission exists, so the datagram
+    // must reach the peer. (A client that waits for each response loses the
+    // first datagram too, only less often: see the log's "would block".)
+    const ROUNDS: usize = 20;
+    let daemon = TestDaemon::start(&common::loopback_config(""));
+    let peer_socket = loopback_peer();
+    let target = peer_socket.local_addr().expect("peer address");
+    let mut lost = Vec::new();
+    for pipelined_allocate in [false, true] {
+        for round in 0..ROUNDS {
+            let session = Session::open(daemon.udp, alice());
+            let allocate = session.request_message(METHOD_ALLOCATE, vec![udp_transport()]);
+            let permission = session.request_message(METHOD_CREATE_PERMISSION, vec![peer(target)]);
+            let data = format!("first {round}");
+            let send = send_indication(target, data.as_bytes());
+            let relayed = if pipelined_allocate {
+                session.client.send_raw(&allocate.raw);
+                session.client.send_raw(&permission.raw);
+                session.client.send_raw(&send.raw);
+                None
+            } else {
+                let mut response = session.client.transact(&allocate);
+                let relayed = relayed_of(&mut response, &session.credentials);
+                session.client.send_raw(&permission.raw);
+                session.client.send_raw(&send.raw);
+                Some(relayed)
+            };
+            let mut buf = [0u8; 64];
+            let received = peer_socket.recv_from(&mut buf);
+            // Every request succeeded: a loss is not a refusal.
+            let relayed = match relayed {
+                Some(relayed) => relayed,
+                None => {
+                    let reply = session
+                        .client
+                        .transact_raw(&allocate.raw, allocate.transaction_id);
+                    relayed_of(
+                        &mut decode(&reply).expect("Allocate response"),
+                        &session.credentials,
+                    )
+                }
+            };
+            let reply = session
+                .client
+                .transact_raw(&permission.raw, permission.transaction_id);
+            assert_success(
+                &decode(&reply).expect("CreatePermission response"),
+                "CreatePermission",
+            );
+            match received {
+                Ok((len, from)) => {
+                    assert_eq!(&buf[..len], data.as_bytes());
+                    assert_eq!(from, relayed);
+                }
+                Err(_) => lost.push(format!(
+                    "{} round {round}: relay {relayed}",
+                    if pipelined_allocate {
+                        "Allocate, CreatePermission, Send back to back"
+                    } else {
+                        "CreatePermission, Send back to back"
+                    }
+                )),
+            }
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{} of {} first Send indications never reached the peer {target}:\n{}",
+        lost.len(),
+        2 * ROUNDS,
+        lost.join("\n")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Quotas and capacity
+
+#[test]
+fn second_allocation_by_the_same_user_gets_486_with_a_per_user_quota_of_1() {
+    let daemon = TestDaemon::start(&common::loopback_config("max-allocations-per-user = 1"));
+    Session::open(daemon.udp, alice()).allocate();
+    let second = Session::open(daemon.udp, alice());
+    assert_error(&second.try_allocate(), 486, "alice's second allocation");
+    // Another user is not affected by alice's quota.
+    Session::open(daemon.udp, rest_user("bob", unix_now() + 3600)).allocate();
+}
+
+#[test]
+fn allocation_beyond_max_allocations_gets_486_for_any_user() {
+    let daemon = TestDaemon::start(&common::loopback_config("max-allocations = 1"));
+    Session::open(daemon.udp, alice()).allocate();
+    let bob = Session::open(daemon.udp, rest_user("bob", unix_now() + 3600));
+    assert_error(
+        &bob.try_allocate(),
+        486,
+        "bob's allocation over max-allocations",
+    );
+}
+
+/// A port in 20000-32000 that nothing holds right now.
+fn free_port() -> u16 {
+    for _ in 0..100 {
+        let port = rand::random_range(20_000..=32_000);
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free UDP port in 20000-32000 on 127.0.0.1 after 100 tries");
+}
+
+/// Deletes the session's allocation with Refresh LIFETIME 0.
+#[track_caller]
+fn delete(session: &Session) {
+    let response = session.request(METHOD_REFRESH, vec![Box::new(Lifetime(Duration::ZERO))]);
+    assert_success(&response, "Refresh with LIFETIME 0");
+}
+
+#[test]
+fn allocation_gets_508_while_the_only_relay_port_is_taken_and_succeeds_once_it_is_freed() {
+    let port = free_port();
+    let daemon = TestDaemon::start(&common::loopback_config(&format!(
+        "ports = \"{port}-{port}\""
+    )));
+    let first = Session::open(daemon.udp, alice());
+    assert_eq!(first.allocate().port(), port);
+    let bob = Session::open(daemon.udp, rest_user("bob", unix_now() + 3600));
+    assert_error(
+        &bob.try_allocate(),
+        508,
+        "allocation with no relay port left",
+    );
+    delete(&first);
+    assert!(daemon.wait_for_log("allocation-deleted"));
+    // How soon is the next test's business; here: within READ_TIMEOUT.
+    let deadline = Instant::now() + READ_TIMEOUT;
+    let mut response = loop {
+        let response = bob.try_allocate();
+        if error_of(&response).is_none_or(|(code, _)| code != 508) || Instant::now() > deadline {
+            break response;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let relayed = relayed_of(&mut response, &bob.credentials);
+    assert_eq!(relayed.port(), port, "the freed port is reused");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad requests
+
+#[test]
+fn requested_transport_tcp_gets_442() {
+    let daemon = TestDaemon::start(&common::loopback_config(""));
+    let session = Session::open(daemon.udp, alice());
+    let response = session.request(
+        METHOD_ALLOCATE,
+        vec![Box::new(RequestedTransport {
+            protocol: PROTO_TCP,
+        })],
+    );
+    assert_error(&response, 442, "Allocate for TCP");
+}
+
+#[test]
+fn allocate_without_requested_transport_gets_400() {
+    let daemon = TestDaemon::start(&common::loopback_config(""));
+    let session = Session::open(daemon.udp, alice());
+    let response = session.request(METHOD_ALLOCATE, vec![]);
+    assert_error(&response, 400, "Allocate without REQUESTED-TRANSPORT");
+}
+
+#[test]
+fn channel_numbers_outside_0x4000_to_0x4fff_get_400() {
+    let daemon = TestDaemon::start(&common::loopback_config(""));
+    let session = Session::open(daemon.udp, alice());
+    session.allocate();
+    let target = SocketAddr::new(v4(127, 0, 0, 1), 9);
+    for number in [0x3FFF_u16, 0x5000, 0x7FFF] {
+        let response = session.request(
+            METHOD_CHANNEL_BIND,
+            vec![Box::new(ChannelNumber(number)), peer(target)],
+        );
+        assert_error(&response, 400, &format!("ChannelBind {number:#06x}"));
+    }
+    let response = session.request(
+        METHOD_CHANNEL_BIND,
+        vec![Box::new(ChannelNumber(0x4FFF)), peer(target)],
+    );
+    assert_success(&response, "ChannelBind 0x4fff");
+}
+
+#[test]
+fn refresh_without_an_allocation_gets_437() {
+    let daemon = TestDaemon::start(&common::loopback_config(""));
+    let session = Session::open(daemon.udp, alice());
+    let response = session.request(
+        METHOD_REFRESH,
+        vec![Box::new(Lifetime(Duration::from_secs(600)))],
+    );
+    assert_error(&response, 437, "Refresh with no allocation");
+}
+
+#[test]
+fn second_allocate_on_the_same_socket_gets_437() {
+    let daemon = TestDaemon::start(&common::loopback_config(""));
+    let session = Session::open(daemon.udp, alice());
+    session.allocate();
+    assert_error(
+        &session.try_allocate(),
+        437,
+        "second Allocate, new transaction",
+    );
+}
+
+#[test]
+fn retransmitted_allocate_gets_the_same_response_byte_for_byte() {
+    let daemon = TestDaemon::start(&common::loopback_config(""));
+    let session = Session::open(daemon.udp, alice());
+    let request = session.request_message(METHOD_ALLOCATE, vec![udp_transport()]);
+    let first = session
+        .client
+        .transact_raw(&request.raw, request.transaction_id);
+    relayed_of(
+        &mut decode(&first).expect("response decodes"),
+        &session.credentials,
+    );
+    let again = session
+        .client
+        .transact_raw(&request.raw, request.transaction_id);
+    assert_eq!(
+        again, first,
+        "a retransmission gets the first response again"
+    );
+    assert_eq!(
+        daemon.log().matches("allocation-created").count(),
+        1,
+        "one allocation for two copies of one request"
+    );
+}
+
+#[test]
+fn unknown_comprehension_required_attribute_gets_420_listing_it() {
+    let daemon = TestDaemon::start(&common::loopback_config(""));
+    let client = Client::new(daemon.udp);
+    let request = build(
+        METHOD_BINDING,
+        CLASS_REQUEST,
+        vec![Box::new(RawAttribute(0x0031, vec![1, 2, 3, 4]))],
+    );
+    let response = client.transact(&request);
+    assert_error(&response, 420, "Binding with attribute 0x0031");
+    let mut unknown = UnknownAttributes(Vec::new());
+    unknown.get_from(&response).expect("UNKNOWN-ATTRIBUTES");
+    assert_eq!(unknown.0, vec![AttrType(0x0031)]);
+    // A comprehension-optional unknown attribute is ignored.
+    let request = build(
+        METHOD_BINDING,
+        CLASS_REQUEST,
+        vec![Box::new(RawAttribute(0x8031, vec![1, 2, 3, 4]))],
+    );
+    assert_success(&client.transact(&request), "Binding with attribute 0x8031");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Malformed datagrams and old clients
+
+/// A valid Binding request with a SOFTWARE attribute and FINGERPRINT.
+fn binding_bytes() -> Vec<u8> {
+    let message = build(
+        METHOD_BINDING,
+        CLASS_REQUEST,
+        vec![Box::new(TextAttribute::new(
+            stun::attributes::ATTR_SOFTWARE,
+            "icegate-test".to_owned(),
+        ))],
+    );
+    message.raw
+}
+
+fn with_length_field(mut bytes: Vec<u8>, length: u16) -> Vec<u8> {
+    bytes[2..4].copy_from_slice(&length.to_be_bytes());
+    bytes
+}
+
+#[test]
+fn malformed_datagrams_are_dropped_and_the_daemon_keeps_answering() {
+    let mut daemon = TestDaemon::start(&common::loopback_config(""));
+    let valid = binding_bytes();
+    let valid_length = u16::from_be_bytes([valid[2], valid[3]]);
+    let mut garbled_attribute = valid.clone();
+    // SOFTWARE's length field, right after the header: far past the end.
+    garbled_attribute[22..24].copy_from_slice(&0xFFF0_u16.to_be_bytes());
+    let mut odd_attribute = valid.clone();
+    odd_attribute[22..24].copy_from_slice(&13_u16.to_be_bytes());
+    let mut bad_fingerprint = valid.clone();
+    let last = bad_fingerprint.len() - 1;
+    bad_fingerprint[last] ^= 0xFF;
+    let mut huge_stun = vec![0u8; 65_507];
+    huge_stun[..20].copy_from_slice(&valid[..20]);
+    let huge_stun = with_length_field(huge_stun, u16::MAX);
+    let random: Vec<u8> = (0..200).map(|_| rand::random::<u8>()).collect();
+    let mut random_stun_looking = random.clone();
+    random_stun_looking[0] &= 0x03;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty datagram", Vec::new()),
+        ("truncated header", valid[..10].to_vec()),
+        ("header only, attributes announced", valid[..20].to_vec()),
+        (
+            "length field longer than the datagram",
+            with_length_field(valid.clone(), valid_length + 4),
+        ),
+        (
+            "length field shorter than the datagram",
+            with_length_field(valid.clone(), valid_length - 4),
+        ),
+        (
+            "length field not a multiple of 4",
+            with_length_field(valid.clone(), valid_length - 1),
+        ),
+        ("attribute length past the end", garbled_attribute),
+        ("attribute length overrunning the next", odd_attribute),
+        ("wrong FINGERPRINT", bad_fingerprint),
+        ("random bytes", random),
+        (
+            "random bytes after a STUN-looking first byte",
+            random_stun_looking,
+        ),
+        ("65507 bytes of 0xAB", vec![0xAB; 65_507]),
+        ("65507-byte STUN header with a wrong length", huge_stun),
+        (
+            "ChannelData longer than the datagram",
+            vec![0x40, 0x00, 0x01, 0x00, 1, 2, 3, 4],
+        ),
+        ("ChannelData header cut short", vec![0x40, 0x00, 0x00]),
+        (
+            "ChannelData on a channel never bound",
+            vec![0x40, 0x00, 0x00, 0x04, 1, 2, 3, 4],
+        ),
+    ];
+    for (what, bytes) in cases {
+        let sender = Client::new(daemon.udp);
+        sender.send_raw(&bytes);
+        if let Some(reply) = sender.recv_within(Duration::from_millis(200)) {
+            panic!("{what}: icegate answered {reply:?}");
+        }
+        assert!(daemon.is_running(), "icegate exited after: {what}");
+        Client::new(daemon.udp).assert_binding_works();
+        // The sender's own 5-tuple is not poisoned either.
+        sender.assert_binding_works();
+    }
+}
+
+#[test]
+fn rfc3489_binding_request_gets_mapped_address_of_the_socket() {
+    let daemon = TestDaemon::start(&common::loopback_config(""));
+    let client = Client::new(daemon.udp);
+    let mut transaction: [u8; 16] = rand::random();
+    if transaction[..4] == 0x2112_A442_u32.to_be_bytes() {
+        transaction[0] ^= 0xFF;
+    }
+    let mut request = vec![0x00, 0x01, 0x00, 0x00];
+    request.extend_from_slice(&transaction);
+    client.send_raw(&request);
+    let reply = client
+        .recv_within(READ_TIMEOUT)
+        .expect("a response to a classic Binding request");
+    // The `stun` crate refuses headers without the magic cookie, so this
+    // response is read by hand: RFC 3489 §11.1.
+    assert!(reply.len() >= 20, "response {reply:?}");
+    assert_eq!(&reply[..2], &[0x01, 0x01], "Binding success response");
+    assert_eq!(
+        usize::from(u16::from_be_bytes([reply[2], reply[3]])),
+        reply.len() - 20
+    );
+    assert_eq!(&reply[4..20], &transaction, "transaction ID echoed");
+    let mut attributes = &reply[20..];
+    let mut mapped = None;
+    while attributes.len() >= 4 {
+        let kind = u16::from_be_bytes([attributes[0], attributes[1]]);
+        let len = usize::from(u16::from_be_bytes([attributes[2], attributes[3]]));
+        let value = &attributes[4..4 + len];
+        assert_ne!(kind, 0x0020, "no XOR-MAPPED-ADDRESS for an RFC 3489 client");
+        if kind == 0x0001 {
+            assert_eq!(len, 8, "IPv4 MAPPED-ADDRESS");
+            assert_eq!(value[1], 0x01, "family IPv4");
+            let port = u16::from_be_bytes([value[2], value[3]]);
+            let ip = Ipv4Addr::new(value[4], value[5], value[6], value[7]);
+            mapped = Some(SocketAddr::new(ip.into(), port));
+        }
+        attributes = &attributes[4 + len.next_multiple_of(4)..];
+    }
+    assert_eq!(mapped, Some(client.addr()), "MAPPED-ADDRESS");
+    // The same socket speaking RFC 8489 gets the XOR form.
+    client.assert_binding_works();
+}
