@@ -911,9 +911,10 @@ fn read_listen(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> Vec<Listen> {
             tls,
         };
         let line = address.span.as_ref().map(|s| line_of(cx.text, s.start));
-        let clash = seen
-            .iter()
-            .find(|(a, t, _)| *a == entry.address && t.same_socket_kind(entry.transport));
+        // Port 0 asks the system for a free port: two such listeners never clash.
+        let clash = seen.iter().find(|(a, t, _)| {
+            *a == entry.address && a.port() != 0 && t.same_socket_kind(entry.transport)
+        });
         if let Some((_, first_transport, first_line)) = clash {
             let at = first_line.map_or(String::new(), |l| format!(" (line {l})"));
             let (kind, already) = if entry.transport == Transport::Udp {

@@ -534,7 +534,7 @@ fn test_ca_and_nss_db_are_what_chromium_and_rustls_need() {
 }
 
 #[test]
-#[ignore = "needs tcp/tls listeners"]
+
 fn chromium_relays_datachannel_over_turn_tcp() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (_ca, cert, key) = make_test_ca_and_cert(dir.path());
@@ -545,7 +545,7 @@ fn chromium_relays_datachannel_over_turn_tcp() {
 }
 
 #[test]
-#[ignore = "needs tcp/tls listeners"]
+
 fn chromium_relays_datachannel_over_turns_trusting_the_test_ca() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (ca, cert, key) = make_test_ca_and_cert(dir.path());
@@ -559,7 +559,7 @@ fn chromium_relays_datachannel_over_turns_trusting_the_test_ca() {
 /// The other side of the test above: without the CA in its NSS DB,
 /// Chromium refuses the certificate, so the CA is what made that one pass.
 #[test]
-#[ignore = "needs tcp/tls listeners"]
+
 fn chromium_refuses_turns_without_the_test_ca() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (_ca, cert, key) = make_test_ca_and_cert(dir.path());

@@ -152,8 +152,8 @@ fn trailing_json(output: &str) -> Value {
         .unwrap_or_else(|error| panic!("invalid JSON ({error}) in:\n{output}"))
 }
 
-/// The TURN entry of an iceServers object: its one URL, username and credential.
-fn turn_entry(servers: &Value) -> (String, String, String) {
+/// The TURN entry of an iceServers object: its URLs, username and credential.
+fn turn_entry(servers: &Value) -> (Vec<String>, String, String) {
     let list = servers["iceServers"]
         .as_array()
         .unwrap_or_else(|| panic!("no iceServers array in {servers}"));
@@ -167,7 +167,6 @@ fn turn_entry(servers: &Value) -> (String, String, String) {
         .iter()
         .map(|url| url.as_str().expect("url is a string"))
         .collect();
-    assert_eq!(urls.len(), 1, "one turn URL for one UDP listener: {urls:?}");
     assert!(
         list.iter()
             .any(|server| server["urls"].as_array().is_some_and(|urls| urls
@@ -176,7 +175,7 @@ fn turn_entry(servers: &Value) -> (String, String, String) {
         "a stun: URL in {servers}"
     );
     (
-        urls[0].to_owned(),
+        urls.iter().map(|url| (*url).to_owned()).collect(),
         turn["username"].as_str().expect("username").to_owned(),
         turn["credential"].as_str().expect("credential").to_owned(),
     )
@@ -309,14 +308,18 @@ fn credentials_prints_a_rest_username_password_and_ice_servers_json() {
     assert_eq!(field("ttl"), "3600");
 
     let servers = trailing_json(&finished.stdout);
-    let (turn_url, json_username, credential) = turn_entry(&servers);
-    assert!(
-        turn_url.starts_with("turn:") && turn_url.ends_with("?transport=udp"),
-        "turn URL {turn_url:?}"
-    );
+    let (turn_urls, json_username, credential) = turn_entry(&servers);
+    // The shipped config listens on 3478 over UDP and TCP.
+    assert_eq!(turn_urls.len(), 2, "turn URLs {turn_urls:?}");
+    for (url, transport) in turn_urls.iter().zip(["udp", "tcp"]) {
+        assert!(
+            url.starts_with("turn:") && url.ends_with(&format!(":3478?transport={transport}")),
+            "turn URL {url:?}"
+        );
+        assert!(field("uris").contains(url.as_str()));
+    }
     assert_eq!(json_username, username);
     assert_eq!(credential, password);
-    assert!(field("uris").contains(&turn_url));
 }
 
 #[test]
@@ -426,8 +429,8 @@ fn run_without_config_prints_ice_servers_allows_loopback_peers_and_answers_stun_
         "the banner says loopback peers are allowed:\n{banner}"
     );
     let servers = trailing_json(&banner);
-    let (turn_url, username, password) = turn_entry(&servers);
-    assert_eq!(turn_url, "turn:127.0.0.1:3478?transport=udp");
+    let (turn_urls, username, password) = turn_entry(&servers);
+    assert_eq!(turn_urls, ["turn:127.0.0.1:3478?transport=udp"]);
     assert!(username.ends_with(":demo"), "username {username:?}");
     let secret = banner
         .lines()

@@ -1053,6 +1053,8 @@ fn retransmitted_allocate_gets_the_same_response_byte_for_byte() {
         again, first,
         "a retransmission gets the first response again"
     );
+    // The log reaches the harness through a pipe: wait for the line first.
+    assert!(daemon.wait_for_log("allocation-created"));
     assert_eq!(
         daemon.log().matches("allocation-created").count(),
         1,

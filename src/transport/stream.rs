@@ -30,6 +30,8 @@ use crate::wire::{self, StreamFrame};
 const TLS_HANDSHAKE: u8 = 0x16;
 /// How much a connection reads at a time.
 const READ_CHUNK: usize = 16 * 1024;
+/// How long queued answers may take to go out after the client closed its side.
+const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
 
 pub(crate) struct StreamListener {
     listener: TcpListener,
@@ -278,12 +280,19 @@ async fn run_connection<S>(
     let outbox = Arc::new(Outbox::new(limits.max_queued_bytes as usize));
     let route = ClientRoute::Stream(outbox.clone());
     let (mut reader, mut writer) = tokio::io::split(stream);
+    let reading = read_frames(server, &mut reader, &five_tuple, &route, limits);
+    let mut writing = std::pin::pin!(outbox.drain_into(&mut writer));
     let closed = tokio::select! {
-        closed = read_frames(server, &mut reader, &five_tuple, &route, limits) => closed,
-        closed = outbox.drain_into(&mut writer) => closed,
+        closed = reading => closed,
+        closed = &mut writing => closed,
         () = outbox.overflow.notified() => Closed::SlowReader,
     };
-    outbox.close();
+    if closed == Closed::ByClient {
+        // A client may half-close after its last request: answer it first.
+        outbox.finish();
+        let _ = tokio::time::timeout(FLUSH_ON_CLOSE, writing).await;
+    }
+    outbox.finish();
     if let Some(reject) = closed.reject() {
         server.rejects.count(reject);
         log::info!("connection-dropped {five_tuple} reason={}", reject.name());
@@ -323,11 +332,12 @@ async fn read_frames<R: AsyncRead + Unpin>(
         }
         buf.drain(..start);
         buf.reserve(READ_CHUNK);
-        let read = if server.has_allocation(five_tuple) {
-            reader.read_buf(&mut buf).await
-        } else {
+        // Silence is fine while an allocation lives (its data flows the other
+        // way); without one, a connection only holds resources.
+        let read = loop {
             match tokio::time::timeout(limits.idle_timeout, reader.read_buf(&mut buf)).await {
-                Ok(read) => read,
+                Ok(read) => break read,
+                Err(_) if server.has_allocation(five_tuple) => {}
                 Err(_) => return Closed::Idle,
             }
         };
@@ -352,6 +362,7 @@ pub(crate) struct Outbox {
 struct OutboxState {
     queue: Vec<u8>,
     closed: bool,
+    overflowed: bool,
 }
 
 impl Outbox {
@@ -383,6 +394,7 @@ impl Outbox {
         }
         if state.queue.len() + bytes.len() + padding > self.max_queued {
             state.closed = true;
+            state.overflowed = true;
             drop(state);
             self.overflow.notify_one();
             return;
@@ -393,25 +405,35 @@ impl Outbox {
         self.ready.notify_one();
     }
 
-    fn close(&self) {
+    /// Takes no more; the writer ends once what is queued has gone out.
+    fn finish(&self) {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .closed = true;
+        self.ready.notify_one();
     }
 
     async fn drain_into<W: AsyncWrite + Unpin>(&self, writer: &mut W) -> Closed {
         let mut sending = Vec::new();
         loop {
-            self.ready.notified().await;
-            {
+            let finished = {
                 let mut state = self
                     .state
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if state.overflowed {
+                    return Closed::SlowReader;
+                }
                 std::mem::swap(&mut state.queue, &mut sending);
-            }
+                state.closed
+            };
             if sending.is_empty() {
+                if finished {
+                    return Closed::ByClient;
+                }
+                // A push between the check above and this wait leaves a permit.
+                self.ready.notified().await;
                 continue;
             }
             let written = match writer.write_all(&sending).await {

@@ -8,13 +8,13 @@
     reason = "each test file uses part of the harness, through `mod common`"
 )]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub const REALM: &str = "test.local";
 pub const SECRET: &str = "integration-test-secret";
@@ -48,6 +48,10 @@ pub struct TestDaemon {
     child: Child,
     /// The UDP listener's bound address.
     pub udp: SocketAddr,
+    /// The first `tcp` listener's bound address, if the config has one.
+    pub tcp: Option<SocketAddr>,
+    /// The first `tls` listener's bound address, if the config has one.
+    pub tls: Option<SocketAddr>,
     log: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
     pub config_path: PathBuf,
@@ -79,12 +83,22 @@ impl TestDaemon {
         });
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut udp = None;
+        let mut tcp = None;
+        let mut tls = None;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match lines_rx.recv_timeout(left) {
                 Ok(line) => {
-                    if let Some(addr) = line.strip_prefix("info listening on udp ") {
-                        udp = Some(addr.trim().parse().expect("listen address"));
+                    for (prefix, slot) in [
+                        ("info listening on udp ", &mut udp),
+                        ("info listening on tcp ", &mut tcp),
+                        ("info listening on tls ", &mut tls),
+                    ] {
+                        if let Some(addr) = line.strip_prefix(prefix)
+                            && slot.is_none()
+                        {
+                            *slot = Some(addr.trim().parse().expect("listen address"));
+                        }
                     }
                     if line.starts_with("info ready") {
                         break;
@@ -102,6 +116,8 @@ impl TestDaemon {
         Self {
             child,
             udp: udp.expect("icegate announced its udp listener"),
+            tcp,
+            tls,
             log,
             _dir: dir,
             config_path,
@@ -125,9 +141,62 @@ impl TestDaemon {
         false
     }
 
+    /// Waits up to `limit` for a log line containing `needle`, and returns it.
+    pub fn wait_for_line(&self, needle: &str, limit: Duration) -> Option<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let found = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|line| line.contains(needle))
+                .cloned();
+            if found.is_some() || Instant::now() >= deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The daemon's process id, e.g. for /proc/PID or `kill`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (a name `kill` knows, e.g. "HUP") to the daemon.
+    pub fn signal(&self, signal: &str) {
+        let status = run_bounded(
+            Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(self.pid().to_string()),
+            Duration::from_secs(5),
+        )
+        .status;
+        assert!(status.success(), "kill -{signal} {} failed", self.pid());
+    }
+
+    /// Stops the daemon with SIGTERM as a service manager would, waits (at
+    /// most 5 s) for it to exit, and returns its last line, the tally
+    /// `info stopping; refused or dropped: NAME=N ...`.
+    pub fn stop(&mut self) -> String {
+        self.signal("TERM");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.is_running() {
+            assert!(
+                Instant::now() < deadline,
+                "icegate still ran 5 s after SIGTERM; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.wait_for_line("info stopping; ", Duration::from_secs(2))
+            .unwrap_or_else(|| panic!("no stopping line after SIGTERM; log:\n{}", self.log()))
     }
 }
 
@@ -138,5 +207,164 @@ impl Drop for TestDaemon {
         if std::thread::panicking() {
             eprintln!("--- icegate log ---\n{}", self.log());
         }
+    }
+}
+
+/// What a bounded command printed and how it ended.
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `command` with stdin closed, killing it and failing the test if it
+/// runs longer than `limit`.
+pub fn run_bounded(command: &mut Command, limit: Duration) -> Finished {
+    let description = format!("{command:?}");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("cannot start {description}: {error}"));
+    let read_all = |mut source: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = source.read_to_end(&mut bytes);
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = read_all(Box::new(child.stderr.take().expect("piped stderr")));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{description} still ran after {limit:?}; killed it");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Finished {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}
+
+/// A test CA and a leaf certificate it signed, as PEM files.
+pub struct TestCerts {
+    /// The CA certificate, the one clients trust.
+    pub ca: PathBuf,
+    /// The CA's private key, to sign more leaves ([`TestCerts::issue_leaf`]).
+    pub ca_key: PathBuf,
+    /// The leaf certificate alone (clients trust the CA itself).
+    pub cert: PathBuf,
+    /// The leaf's private key, PKCS#8 (`BEGIN PRIVATE KEY`).
+    pub key: PathBuf,
+}
+
+/// Runs `openssl ARGS` in `dir`, failing the test with its output unless it succeeds.
+fn openssl(dir: &Path, args: &str) {
+    let done = run_bounded(
+        Command::new("openssl")
+            .args(args.split_whitespace())
+            .current_dir(dir),
+        Duration::from_secs(20),
+    );
+    assert!(
+        done.status.success(),
+        "`openssl {args}` failed ({}); is openssl installed (`apt-get install openssl`)?\n{}{}",
+        done.status,
+        done.stdout,
+        done.stderr
+    );
+}
+
+/// A test CA and a leaf certificate for `host` (also valid for IP
+/// 127.0.0.1) signed by it, made with the openssl CLI in `dir`: EC P-256
+/// keys, PEM files, the leaf's key in PKCS#8, as a rustls server loads them.
+pub fn make_test_ca_and_cert(dir: &Path, host: &str) -> TestCerts {
+    std::fs::write(
+        dir.join("ca.cnf"),
+        "[req]\n\
+         distinguished_name = dn\n\
+         prompt = no\n\
+         x509_extensions = ca_ext\n\
+         [dn]\n\
+         CN = icegate test CA\n\
+         [ca_ext]\n\
+         basicConstraints = critical, CA:TRUE, pathlen:0\n\
+         keyUsage = critical, keyCertSign, cRLSign\n\
+         subjectKeyIdentifier = hash\n",
+    )
+    .expect("write ca.cnf");
+    openssl(
+        dir,
+        "genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ca.key",
+    );
+    openssl(
+        dir,
+        "req -x509 -new -config ca.cnf -key ca.key -days 7 -sha256 -out ca.pem",
+    );
+    let mut certs = TestCerts {
+        ca: dir.join("ca.pem"),
+        ca_key: dir.join("ca.key"),
+        cert: PathBuf::new(),
+        key: PathBuf::new(),
+    };
+    (certs.cert, certs.key) = certs.issue_leaf(dir, host, "leaf");
+    certs
+}
+
+impl TestCerts {
+    /// Another leaf for `host` (and IP 127.0.0.1) signed by this CA, with a
+    /// fresh key: `dir/STEM.pem` and `dir/STEM.key` (PKCS#8).
+    pub fn issue_leaf(&self, dir: &Path, host: &str, stem: &str) -> (PathBuf, PathBuf) {
+        let ext = format!("{stem}.ext");
+        std::fs::write(
+            dir.join(&ext),
+            format!(
+                "basicConstraints = critical, CA:FALSE\n\
+                 keyUsage = critical, digitalSignature\n\
+                 extendedKeyUsage = serverAuth\n\
+                 subjectAltName = DNS:{host}, IP:127.0.0.1\n\
+                 subjectKeyIdentifier = hash\n\
+                 authorityKeyIdentifier = keyid, issuer\n"
+            ),
+        )
+        .expect("write leaf extensions");
+        // Each leaf its own serial, so no cache ever mixes two of them.
+        let serial = format!(
+            "0x{:x}",
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .expect("clock after 1970")
+                .as_nanos()
+        );
+        let ca = self.ca.display();
+        let ca_key = self.ca_key.display();
+        openssl(
+            dir,
+            &format!("genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out {stem}.key"),
+        );
+        openssl(
+            dir,
+            &format!("req -new -key {stem}.key -subj /CN={host} -out {stem}.csr"),
+        );
+        openssl(
+            dir,
+            &format!(
+                "x509 -req -in {stem}.csr -CA {ca} -CAkey {ca_key} -set_serial {serial} \
+                 -days 7 -sha256 -extfile {ext} -out {stem}.pem"
+            ),
+        );
+        (
+            dir.join(format!("{stem}.pem")),
+            dir.join(format!("{stem}.key")),
+        )
     }
 }
