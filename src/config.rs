@@ -88,6 +88,7 @@ pub(crate) struct Config {
     pub(crate) relay: RelayConfig,
     pub(crate) auth: AuthConfig,
     pub(crate) connections: ConnectionLimits,
+    pub(crate) http: HttpConfig,
 }
 
 /// Limits for TCP and TLS connections, each a defence against a client that
@@ -167,8 +168,37 @@ impl From<LogLevel> for log::LevelFilter {
 pub(crate) struct Listen {
     pub(crate) address: SocketAddr,
     pub(crate) transport: Transport,
-    /// Certificate chain and key (PEM), present exactly when `transport` is TLS.
+    /// Certificate chain and key (PEM), present exactly when `transport` is tls or https.
     pub(crate) tls: Option<TlsFiles>,
+    pub(crate) services: Services,
+}
+
+/// What a stream listener serves: TURN (and STUN), HTTP, or both on one
+/// port, told apart by the first bytes of each connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Services {
+    pub(crate) turn: bool,
+    pub(crate) http: bool,
+}
+
+impl Services {
+    pub(crate) const TURN: Self = Self {
+        turn: true,
+        http: false,
+    };
+    pub(crate) const HTTP: Self = Self {
+        turn: false,
+        http: true,
+    };
+}
+
+/// The `[http]` table: who may fetch ICE servers, and which proxies to believe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HttpConfig {
+    /// Keys for `GET /ice-servers` (`Authorization: Bearer KEY` or `?key=KEY`).
+    pub(crate) api_keys: Vec<String>,
+    /// Peers whose `X-Forwarded-For` names the real client.
+    pub(crate) trusted_proxies: Vec<IpNet>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,6 +215,10 @@ pub(crate) enum Transport {
     Tcp,
     /// TLS over TCP; plain TCP clients on the same port are served too.
     Tls,
+    /// Plain HTTP, for running behind a reverse proxy.
+    Http,
+    /// HTTP over TLS.
+    Https,
 }
 
 impl Transport {
@@ -194,6 +228,8 @@ impl Transport {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
             Transport::Tls => "tls",
+            Transport::Http => "http",
+            Transport::Https => "https",
         }
     }
 
@@ -716,9 +752,19 @@ const ROOT_KEYS: &[&str] = &[
     "relay",
     "auth",
     "connections",
+    "http",
 ];
 const LOG_KEYS: &[&str] = &["level"];
-const LISTEN_KEYS: &[&str] = &["address", "transport", "certificate", "private-key"];
+const LISTEN_KEYS: &[&str] = &[
+    "address",
+    "transport",
+    "certificate",
+    "private-key",
+    "services",
+];
+const HTTP_KEYS: &[&str] = &["api-keys", "trusted-proxies"];
+/// API keys are bearer secrets: long enough not to be guessed.
+const MIN_API_KEY_CHARS: usize = 16;
 const CONNECTION_KEYS: &[&str] = &[
     "tls-handshake-timeout",
     "idle-timeout",
@@ -786,6 +832,7 @@ fn read_config(cx: &mut Ctx<'_>, root: &DeTable<'_>) -> Config {
     let relay = read_relay(cx, &top);
     let auth = read_auth(cx, &top);
     let connections = read_connections(cx, &top);
+    let http = read_http(cx, &top);
 
     Config {
         realm: realm.value,
@@ -795,7 +842,74 @@ fn read_config(cx: &mut Ctx<'_>, root: &DeTable<'_>) -> Config {
         relay,
         auth,
         connections,
+        http,
     }
+}
+
+fn read_http(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> HttpConfig {
+    let table = top.section(cx, "http", HTTP_KEYS);
+    let api_keys = table.list::<String>(cx, "api-keys", Vec::new());
+    let key = table.key("api-keys");
+    for (i, item) in api_keys.value.iter().enumerate() {
+        let chars = item.value.chars().count();
+        if chars < MIN_API_KEY_CHARS {
+            let message = format!("expected at least {MIN_API_KEY_CHARS} characters, got {chars}");
+            cx.report(format!("{key}[{i}]"), item.span.as_ref(), message);
+        }
+    }
+    let trusted_proxies = table.list::<IpNet>(cx, "trusted-proxies", Vec::new());
+    HttpConfig {
+        api_keys: values(api_keys.value),
+        trusted_proxies: values(trusted_proxies.value),
+    }
+}
+
+/// What a listener serves: `services` may only be given on a tls listener,
+/// where it can add "http" to TURN on one port; others serve what their
+/// transport says.
+fn read_services(
+    cx: &mut Ctx<'_>,
+    section: &Section<'_, '_>,
+    transport: Transport,
+    listed: &Val<Vec<Item<String>>>,
+) -> Option<Services> {
+    let default = match transport {
+        Transport::Udp | Transport::Tcp | Transport::Tls => Services::TURN,
+        Transport::Http | Transport::Https => Services::HTTP,
+    };
+    if listed.span.is_none() {
+        return Some(default);
+    }
+    let key = section.key("services");
+    if transport != Transport::Tls {
+        let message = format!("only a tls listener takes services, this one is {transport}");
+        cx.report(key, listed.span.as_ref(), message);
+        return None;
+    }
+    let mut services = Services {
+        turn: false,
+        http: false,
+    };
+    for (i, item) in listed.value.iter().enumerate() {
+        match item.value.as_str() {
+            "turn" => services.turn = true,
+            "http" => services.http = true,
+            other => {
+                let message = format!("expected \"turn\" or \"http\", got {other:?}");
+                cx.report(format!("{key}[{i}]"), item.span.as_ref(), message);
+                return None;
+            }
+        }
+    }
+    if !services.turn && !services.http {
+        cx.report(
+            key,
+            listed.span.as_ref(),
+            "expected [\"turn\"], [\"http\"] or both",
+        );
+        return None;
+    }
+    Some(services)
 }
 
 fn read_connections(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> ConnectionLimits {
@@ -845,6 +959,7 @@ fn read_listen(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> Vec<Listen> {
         let transport = section.get(cx, "transport", Transport::default());
         let certificate = section.opt::<PathBuf>(cx, "certificate");
         let private_key = section.opt::<PathBuf>(cx, "private-key");
+        let services = section.list::<String>(cx, "services", Vec::new());
         let Some(address_value) = address.value else {
             if address.ok {
                 cx.report(
@@ -855,15 +970,19 @@ fn read_listen(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> Vec<Listen> {
             }
             continue;
         };
-        if !transport.ok || !certificate.ok || !private_key.ok {
+        if !transport.ok || !certificate.ok || !private_key.ok || !services.ok {
             continue;
         }
+        let Some(services) = read_services(cx, section, transport.value, &services) else {
+            continue;
+        };
         let resolve = |path: PathBuf| match cx.base_dir {
             Some(base) if path.is_relative() => base.join(path),
             _ => path,
         };
-        let tls = match (transport.value, &certificate.value, &private_key.value) {
-            (Transport::Tls, Some(certificate_path), Some(key_path)) => {
+        let needs_tls = matches!(transport.value, Transport::Tls | Transport::Https);
+        let tls = match (needs_tls, &certificate.value, &private_key.value) {
+            (true, Some(certificate_path), Some(key_path)) => {
                 let files = TlsFiles {
                     certificate: resolve(certificate_path.clone()),
                     private_key: resolve(key_path.clone()),
@@ -878,7 +997,7 @@ fn read_listen(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> Vec<Listen> {
                 }
                 Some(files)
             }
-            (Transport::Tls, certificate, _) => {
+            (true, certificate, _) => {
                 let missing = if certificate.is_none() {
                     "certificate"
                 } else {
@@ -887,19 +1006,23 @@ fn read_listen(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> Vec<Listen> {
                 cx.report(
                     section.key(missing),
                     section.span.as_ref(),
-                    "missing; a tls listener needs certificate and private-key (PEM files)",
+                    format!(
+                        "missing; a {} listener needs certificate and private-key (PEM files)",
+                        transport.value
+                    ),
                 );
                 continue;
             }
             (_, None, None) => None,
-            (other, _, _) => {
+            (false, _, _) => {
+                let other = transport.value;
                 let (key, span) = if certificate.value.is_some() {
                     ("certificate", certificate.span.as_ref())
                 } else {
                     ("private-key", private_key.span.as_ref())
                 };
                 let message = format!(
-                    "only a transport = \"tls\" listener takes a certificate, this one is {other}"
+                    "only a tls or https listener takes a certificate, this one is {other}"
                 );
                 cx.report(section.key(key), span, message);
                 continue;
@@ -909,6 +1032,7 @@ fn read_listen(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> Vec<Listen> {
             address: address_value,
             transport: transport.value,
             tls,
+            services,
         };
         let line = address.span.as_ref().map(|s| line_of(cx.text, s.start));
         // Port 0 asks the system for a free port: two such listeners never clash.
@@ -1397,11 +1521,13 @@ impl Scalar for LogLevel {
 
 impl Scalar for Transport {
     fn from_toml(value: &DeValue<'_>) -> Result<Self, String> {
-        const WHAT: &str = "one of \"udp\", \"tcp\", \"tls\"";
+        const WHAT: &str = "one of \"udp\", \"tcp\", \"tls\", \"http\", \"https\"";
         match string(value, WHAT)? {
             "udp" => Ok(Transport::Udp),
             "tcp" => Ok(Transport::Tcp),
             "tls" => Ok(Transport::Tls),
+            "http" => Ok(Transport::Http),
+            "https" => Ok(Transport::Https),
             "dtls" => Err(format!("{} (dtls is not supported)", expected(WHAT, value))),
             _ => Err(expected(WHAT, value)),
         }
@@ -1620,11 +1746,13 @@ mod tests {
                     address: "0.0.0.0:3478".parse().unwrap(),
                     transport: Transport::Udp,
                     tls: None,
+                    services: Services::TURN,
                 },
                 Listen {
                     address: "0.0.0.0:3478".parse().unwrap(),
                     transport: Transport::Tcp,
                     tls: None,
+                    services: Services::TURN,
                 }
             ]
         );
@@ -1721,6 +1849,7 @@ mod tests {
                 address: "127.0.0.1:3478".parse().unwrap(),
                 transport: Transport::Udp,
                 tls: None,
+                services: Services::TURN,
             }]
         );
         assert_eq!(

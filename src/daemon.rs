@@ -5,6 +5,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use crate::config::{Config, Transport};
+use crate::http::HttpApi;
 use crate::ice;
 use crate::server::{Server, unix_now};
 use crate::transport::stream::{self, ConnectionTracker, StreamListener};
@@ -62,6 +63,7 @@ pub(crate) fn run(config: Config, origin: Origin) -> std::io::Result<()> {
 
 async fn serve(config: Config, origin: Origin) -> std::io::Result<()> {
     let server = Server::new(&config);
+    let http_api = HttpApi::new(server.clone(), &config);
     // Bind everything first, so a port that cannot be had fails the start
     // before any client is served.
     let mut udp_listeners = Vec::new();
@@ -78,8 +80,16 @@ async fn serve(config: Config, origin: Origin) -> std::io::Result<()> {
                 log::info!("listening on udp {}", listener.local_addr());
                 udp_listeners.push(listener);
             }
-            Transport::Tcp | Transport::Tls => {
-                let listener = StreamListener::bind(listen).map_err(std::io::Error::other)?;
+            Transport::Tcp | Transport::Tls | Transport::Http | Transport::Https => {
+                if listen.transport == Transport::Http && !listen.address.ip().is_loopback() {
+                    log::warn!(
+                        "http listener {} is not on loopback: plain HTTP carries credentials; \
+                         put it behind a TLS proxy",
+                        listen.address
+                    );
+                }
+                let listener = StreamListener::bind(listen, http_api.clone())
+                    .map_err(std::io::Error::other)?;
                 log::info!(
                     "listening on {} {}",
                     listener.transport(),

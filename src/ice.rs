@@ -42,7 +42,10 @@ pub(crate) fn urls(config: &Config) -> (Vec<String>, Vec<String>) {
                 format!("turn:{host}:{port}?transport=udp")
             }
             Transport::Tcp => format!("turn:{host}:{port}?transport=tcp"),
-            Transport::Tls => format!("turns:{host}:{port}?transport=tcp"),
+            Transport::Tls if listen.services.turn => {
+                format!("turns:{host}:{port}?transport=tcp")
+            }
+            Transport::Tls | Transport::Http | Transport::Https => continue,
         };
         if !turn.contains(&turn_url) {
             turn.push(turn_url);

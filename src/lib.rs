@@ -15,6 +15,7 @@ pub mod cli;
 mod auth;
 mod config;
 mod daemon;
+mod http;
 mod ice;
 mod policy;
 mod reject;

@@ -19,7 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{ConnectionLimits, Listen, Transport};
+use crate::config::{ConnectionLimits, Listen, Services, Transport};
+use crate::http::{self, HttpApi};
 use crate::reject::Reject;
 use crate::server::Server;
 use crate::transport::tls::ReloadableCertificate;
@@ -36,17 +37,20 @@ const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
 pub(crate) struct StreamListener {
     listener: TcpListener,
     local: SocketAddr,
-    /// The certificate and acceptor of a `tls` listener.
+    transport: Transport,
+    services: Services,
+    /// The certificate and acceptor of a `tls` or `https` listener.
     tls: Option<(Arc<ReloadableCertificate>, TlsAcceptor)>,
+    http: Arc<HttpApi>,
 }
 
 impl StreamListener {
-    pub(crate) fn bind(listen: &Listen) -> Result<Self, String> {
+    pub(crate) fn bind(listen: &Listen, http: Arc<HttpApi>) -> Result<Self, String> {
         let tls = match &listen.tls {
             Some(files) => {
                 let certificate = ReloadableCertificate::new(files.clone())
                     .map_err(|problem| problem.to_string())?;
-                let acceptor = TlsAcceptor::from(certificate.server_config());
+                let acceptor = TlsAcceptor::from(certificate.server_config(listen.services));
                 Some((certificate, acceptor))
             }
             None => None,
@@ -61,7 +65,10 @@ impl StreamListener {
         Ok(Self {
             listener,
             local,
+            transport: listen.transport,
+            services: listen.services,
             tls,
+            http,
         })
     }
 
@@ -70,11 +77,7 @@ impl StreamListener {
     }
 
     pub(crate) fn transport(&self) -> Transport {
-        if self.tls.is_some() {
-            Transport::Tls
-        } else {
-            Transport::Tcp
-        }
+        self.transport
     }
 
     pub(crate) fn certificate(&self) -> Option<&Arc<ReloadableCertificate>> {
@@ -219,7 +222,20 @@ async fn accept_connection(
         transport,
     };
     if first[0] != TLS_HANDSHAKE {
-        run_connection(server, tcp, five_tuple(Transport::Tcp), limits).await;
+        match listener.transport {
+            Transport::Http => {
+                http::serve_connection(listener.http.clone(), tcp, client).await;
+            }
+            // A tls listener serves plain TCP too, as coturn users expect.
+            Transport::Tcp | Transport::Tls if listener.services.turn => {
+                let five_tuple = five_tuple(Transport::Tcp);
+                run_connection(server, tcp, five_tuple, Vec::new(), limits).await;
+            }
+            _ => {
+                server.rejects.count(Reject::Garbage);
+                log::debug!("connection-closed client={client} reason=plain-on-tls-listener");
+            }
+        }
         return;
     }
     let Some((_, acceptor)) = &listener.tls else {
@@ -227,16 +243,44 @@ async fn accept_connection(
         log::debug!("connection-closed client={client} reason=tls-on-plain-tcp-listener");
         return;
     };
-    match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => run_connection(server, tls, five_tuple(Transport::Tls), limits).await,
+    let mut tls = match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(tcp))
+        .await
+    {
+        Ok(Ok(tls)) => tls,
         Ok(Err(error)) => {
             server.rejects.count(Reject::TlsHandshakeFailed);
             log::debug!("connection-closed client={client} reason=tls-handshake-failed: {error}");
+            return;
         }
         Err(_) => {
             server.rejects.count(Reject::TlsHandshakeFailed);
             log::debug!("connection-closed client={client} reason=tls-handshake-timeout");
+            return;
         }
+    };
+    let services = listener.services;
+    if !services.turn {
+        http::serve_connection(listener.http.clone(), tls, client).await;
+        return;
+    }
+    if !services.http {
+        run_connection(server, tls, five_tuple(Transport::Tls), Vec::new(), limits).await;
+        return;
+    }
+    // One port for TURN and HTTPS: the first bytes decide, not ALPN (most
+    // TURN clients send none, and coturn's offers http/1.1 besides
+    // stun.turn). A TURN connection starts with a STUN request (0x00–0x03);
+    // anything else is taken for an HTTP request line.
+    let mut first_bytes = Vec::with_capacity(READ_CHUNK);
+    match tokio::time::timeout(limits.idle_timeout, tls.read_buf(&mut first_bytes)).await {
+        Ok(Ok(n)) if n > 0 => {}
+        _ => return,
+    }
+    if wire::classify(first_bytes[0]) == wire::Kind::Stun {
+        run_connection(server, tls, five_tuple(Transport::Tls), first_bytes, limits).await;
+    } else {
+        let prefixed = http::Prefixed::new(first_bytes, tls);
+        http::serve_connection(listener.http.clone(), prefixed, client).await;
     }
 }
 
@@ -272,6 +316,7 @@ async fn run_connection<S>(
     server: &Arc<Server>,
     stream: S,
     five_tuple: FiveTuple,
+    received: Vec<u8>,
     limits: ConnectionLimits,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -280,7 +325,7 @@ async fn run_connection<S>(
     let outbox = Arc::new(Outbox::new(limits.max_queued_bytes as usize));
     let route = ClientRoute::Stream(outbox.clone());
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let reading = read_frames(server, &mut reader, &five_tuple, &route, limits);
+    let reading = read_frames(server, &mut reader, received, &five_tuple, &route, limits);
     let mut writing = std::pin::pin!(outbox.drain_into(&mut writer));
     let closed = tokio::select! {
         closed = reading => closed,
@@ -302,15 +347,16 @@ async fn run_connection<S>(
     server.connection_closed(&five_tuple);
 }
 
+/// Reads and handles frames; `buf` holds what was already read.
 async fn read_frames<R: AsyncRead + Unpin>(
     server: &Arc<Server>,
     reader: &mut R,
+    mut buf: Vec<u8>,
     five_tuple: &FiveTuple,
     route: &ClientRoute,
     limits: ConnectionLimits,
 ) -> Closed {
     let max_frame = limits.max_frame_bytes as usize;
-    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut out = Vec::with_capacity(1500);
     loop {
         let mut start = 0;

@@ -13,7 +13,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::config::TlsFiles;
+use crate::config::{Services, TlsFiles};
 
 /// Which of a listener's two files a problem is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,13 +114,21 @@ impl ReloadableCertificate {
         &self.files
     }
 
-    /// A rustls server config serving this certificate (TLS 1.2 and 1.3).
-    pub(crate) fn server_config(self: &Arc<Self>) -> Arc<ServerConfig> {
-        let config = ServerConfig::builder_with_provider(provider())
+    /// A rustls server config serving this certificate (TLS 1.2 and 1.3),
+    /// with ALPN "stun.turn" (RFC 7443) and "http/1.1" for what it serves;
+    /// a client offering neither still connects.
+    pub(crate) fn server_config(self: &Arc<Self>, services: Services) -> Arc<ServerConfig> {
+        let mut config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .expect("the ring provider supports TLS 1.2 and 1.3")
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
+        if services.turn {
+            config.alpn_protocols.push(b"stun.turn".to_vec());
+        }
+        if services.http {
+            config.alpn_protocols.push(b"http/1.1".to_vec());
+        }
         Arc::new(config)
     }
 }

@@ -1,0 +1,296 @@
+//! HTTP routes: `GET /ice-servers` hands applications ready-made ICE
+//! servers with fresh TURN REST credentials, so no long-term password ever
+//! reaches a browser.
+//!
+//! The answer carries both shapes consumers use: the RTCConfiguration-ready
+//! `iceServers` array and the draft TURN REST API fields (`username`,
+//! `password`, `ttl`, `uris`).
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use ipnet::IpNet;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::config::Config;
+use crate::ice;
+use crate::server::{Server, unix_now};
+
+/// What the HTTP side needs, built once from the config.
+pub(crate) struct HttpApi {
+    server: Arc<Server>,
+    config: Config,
+    api_keys: Vec<Vec<u8>>,
+    trusted_proxies: Vec<IpNet>,
+}
+
+impl HttpApi {
+    pub(crate) fn new(server: Arc<Server>, config: &Config) -> Arc<Self> {
+        Arc::new(Self {
+            server,
+            config: config.clone(),
+            api_keys: config
+                .http
+                .api_keys
+                .iter()
+                .map(|k| k.as_bytes().to_vec())
+                .collect(),
+            trusted_proxies: config.http.trusted_proxies.clone(),
+        })
+    }
+
+    fn key_is_valid(&self, presented: &str) -> bool {
+        // Compare with every key, in constant time, so timing says nothing.
+        self.api_keys.iter().fold(false, |found, key| {
+            found | bool::from(key.ct_eq(presented.as_bytes()))
+        })
+    }
+
+    /// The client a request came from: the peer, or the last address in
+    /// `X-Forwarded-For` when the peer is a trusted proxy.
+    fn client_of(&self, request: &Request<Incoming>, peer: SocketAddr) -> IpAddr {
+        if !self
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(&peer.ip()))
+        {
+            return peer.ip();
+        }
+        // The last entry is the one the trusted proxy itself added.
+        request
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .rev()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.rsplit(','))
+            .find_map(|part| part.trim().parse::<IpAddr>().ok())
+            .unwrap_or(peer.ip())
+    }
+
+    fn route(&self, request: &Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+        if request.uri().path() != "/ice-servers" {
+            return error(StatusCode::NOT_FOUND, "not-found", "no such resource");
+        }
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            let mut response = error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "use GET",
+            );
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return response;
+        }
+        let query = Query(request.uri().query().unwrap_or(""));
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_owned)
+            .or_else(|| query.get("key"));
+        let client = self.client_of(request, peer);
+        let Some(presented) = presented.filter(|key| self.key_is_valid(key)) else {
+            log::info!("ice-servers-refused client={client} reason=api-key");
+            let mut response = error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "an API key is required (Authorization: Bearer KEY)",
+            );
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"icegate\""),
+            );
+            return response;
+        };
+        drop(presented);
+        // The REST user id goes before nothing but the expiry: keep ':' out of it.
+        let user: String = query
+            .get("username")
+            .unwrap_or_else(|| "ice".to_owned())
+            .chars()
+            .filter(|c| *c != ':' && !c.is_control())
+            .take(64)
+            .collect();
+        let minted = {
+            let core = self.server.core();
+            let credentials = core.credentials();
+            let ttl = credentials.credential_ttl();
+            credentials
+                .mint(&user, ttl, unix_now())
+                .map(|(username, password)| (username, password, ttl))
+        };
+        let Some((username, password, ttl)) = minted else {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no-rest-secret",
+                "no TURN REST secret is configured (auth.secrets)",
+            );
+        };
+        log::info!("ice-servers client={client} user={user}");
+        let (stun, turn) = ice::urls(&self.config);
+        let mut body = ice::ice_servers(&self.config, &username, &password);
+        let uris: Vec<&String> = stun.iter().chain(&turn).collect();
+        body["iceTransportPolicy"] = json!("all");
+        body["ttl"] = json!(ttl.as_secs());
+        body["username"] = json!(username);
+        body["password"] = json!(password);
+        body["uris"] = json!(uris);
+        json_response(StatusCode::OK, &body)
+    }
+}
+
+/// `a=1&b=2` lookups with percent-decoding of the few characters keys and
+/// user names need.
+struct Query<'a>(&'a str);
+
+impl Query<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        self.0
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| percent_decode(value))
+    }
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let byte = bytes[i];
+        let hex = || std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok();
+        match byte {
+            b'%' => match hex().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                Some(decoded) => {
+                    out.push(decoded);
+                    i += 3;
+                    continue;
+                }
+                None => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            _ => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    // Credentials must not sit in a shared cache.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+    json_response(
+        status,
+        &json!({ "error": { "code": code, "message": message } }),
+    )
+}
+
+/// Serves HTTP/1.1 on one connection until the client is done.
+pub(crate) async fn serve_connection<S>(api: Arc<HttpApi>, io: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let api = api.clone();
+        async move { Ok::<_, Infallible>(api.route(&request, peer)) }
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades()
+        .await;
+    if let Err(error) = served {
+        log::debug!("http connection from {peer} ended: {error}");
+    }
+}
+
+/// A stream whose first bytes were already read (to tell TURN from HTTP):
+/// they are handed out again before the rest.
+pub(crate) struct Prefixed<S> {
+    prefix: Vec<u8>,
+    offset: usize,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    pub(crate) fn new(prefix: Vec<u8>, inner: S) -> Self {
+        Self {
+            prefix,
+            offset: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.offset < self.prefix.len() {
+            let rest = &self.prefix[self.offset..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            self.offset += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        let query = Query("key=a%2Bb&username=bob+smith&x");
+        assert_eq!(query.get("key").as_deref(), Some("a+b"));
+        assert_eq!(query.get("username").as_deref(), Some("bob smith"));
+        assert_eq!(query.get("x"), None);
+        assert_eq!(percent_decode("100%"), "100%");
+    }
+}
