@@ -16,6 +16,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub mod coturn;
+
 pub const REALM: &str = "test.local";
 pub const SECRET: &str = "integration-test-secret";
 pub const USER: &str = "alice";
