@@ -40,9 +40,8 @@ use turn::proto::relayaddr::RelayedAddress;
 use turn::proto::reqtrans::RequestedTransport;
 
 use common::coturn::{
-    CLIENTS, Deleted, Exited, Peers, RFC5766_CHANNELS, UCLIENT_DEADLINE,
-    assert_carried_every_message, assert_uclient_tally, is_rest_user, is_static_user, rest_user,
-    static_user, uclient, wait_for_deleted,
+    CLIENTS, Deleted, Exited, Peers, RFC5766_CHANNELS, UCLIENT_DEADLINE, User,
+    assert_carried_every_message, assert_uclient_tally, uclient, wait_for_deleted,
 };
 use common::{PASSWORD, REALM, SECRET, TestCerts, TestDaemon, USER};
 
@@ -541,18 +540,13 @@ impl Over {
 /// Asserts that a uclient run over `over` got every message there and back,
 /// that the daemon saw it on the right listener and transport, deleted
 /// each session's allocation having carried MESSAGES packets of LENGTH
-/// bytes each way under a user `user_ok` accepts, kept none, and closed
+/// bytes each way under a user name of `user`'s, kept none, and closed
 /// every connection.
 ///
 /// Before each RTP/RTCP pair (or single session) uclient allocates once on
 /// a probe connection it closes at once; over TCP/TLS that allocation ends
 /// with its connection, having relayed nothing.
-fn assert_every_packet_relayed(
-    setup: &Setup,
-    over: Over,
-    run: &Exited,
-    user_ok: impl Fn(&str) -> bool,
-) {
+fn assert_every_packet_relayed(setup: &Setup, over: Over, run: &Exited, user: User) {
     assert_uclient_tally(run, CLIENTS);
     let sessions = usize::try_from(CLIENTS).unwrap();
     let deleted = wait_for_deleted(&setup.daemon, |deleted| {
@@ -577,7 +571,7 @@ fn assert_every_packet_relayed(
         "one deletion with traffic per session expected; log:\n{log}"
     );
     for allocation in sessions_deleted {
-        assert_carried_every_message(allocation, &user_ok);
+        assert_carried_every_message(allocation, user);
     }
     assert!(
         probes.len() <= sessions,
@@ -585,7 +579,7 @@ fn assert_every_packet_relayed(
     );
     for probe in probes {
         assert!(
-            probe.with_connection && user_ok(&probe.user),
+            probe.with_connection && user.owns(&probe.user),
             "a probe allocation ends with its connection: {probe:?}"
         );
     }
@@ -627,16 +621,14 @@ fn assert_every_packet_relayed(
 }
 
 /// Starts a daemon whose `[relay]` gets `relay_extra`, runs CLIENTS uclient
-/// sessions over `over` with `credentials` to `peers` and `flags` on top,
-/// and asserts that every packet is relayed under a user name `user_ok`
-/// accepts.
+/// sessions over `over` as `user` to `peers` with `flags` on top, and
+/// asserts that every packet is relayed.
 fn assert_uclient_relays_every_packet(
     over: Over,
     relay_extra: &str,
-    credentials: Vec<String>,
+    user: User,
     peers: Peers,
     flags: &[&str],
-    user_ok: fn(&str) -> bool,
 ) {
     let setup = Setup::start(relay_extra, "");
     let peer = peers.start();
@@ -649,13 +641,13 @@ fn assert_uclient_relays_every_packet(
     all.extend(flags);
     let run = uclient(
         over.port(&setup),
-        credentials,
+        user.args(),
         peer.as_ref(),
         CLIENTS,
         &all,
         UCLIENT_DEADLINE,
     );
-    assert_every_packet_relayed(&setup, over, &run, user_ok);
+    assert_every_packet_relayed(&setup, over, &run, user);
 }
 
 /// Exercises over TCP: static user, RTP/RTCP pairs (EVEN-PORT and
@@ -663,27 +655,13 @@ fn assert_uclient_relays_every_packet(
 /// ways (padded to 4 bytes on the stream) through an echo peer.
 #[test]
 fn uclient_over_tcp_relays_every_packet_over_channels() {
-    assert_uclient_relays_every_packet(
-        Over::Tcp,
-        RFC5766_CHANNELS,
-        static_user(),
-        Peers::Echo,
-        &[],
-        is_static_user,
-    );
+    assert_uclient_relays_every_packet(Over::Tcp, RFC5766_CHANNELS, User::Static, Peers::Echo, &[]);
 }
 
 /// Exercises over TCP: Send indications to the peer and Data indications back.
 #[test]
 fn uclient_over_tcp_relays_every_packet_with_send_indications() {
-    assert_uclient_relays_every_packet(
-        Over::Tcp,
-        "",
-        static_user(),
-        Peers::Echo,
-        &["-s"],
-        is_static_user,
-    );
+    assert_uclient_relays_every_packet(Over::Tcp, "", User::Static, Peers::Echo, &["-s"]);
 }
 
 /// Exercises over TCP: client to client (`-y`), each packet crossing two
@@ -693,10 +671,9 @@ fn uclient_over_tcp_clients_reach_each_other_over_channels() {
     assert_uclient_relays_every_packet(
         Over::Tcp,
         RFC5766_CHANNELS,
-        static_user(),
+        User::Static,
         Peers::EachOther,
         &[],
-        is_static_user,
     );
 }
 
@@ -707,10 +684,9 @@ fn uclient_over_tcp_with_rest_secret_relays_every_packet() {
     assert_uclient_relays_every_packet(
         Over::Tcp,
         RFC5766_CHANNELS,
-        rest_user(),
+        User::Rest,
         Peers::Echo,
         &["-c"],
-        is_rest_user,
     );
 }
 
@@ -718,27 +694,13 @@ fn uclient_over_tcp_with_rest_secret_relays_every_packet() {
 /// static user, RTP/RTCP pairs, channels, through an echo peer.
 #[test]
 fn uclient_over_tls_relays_every_packet_over_channels() {
-    assert_uclient_relays_every_packet(
-        Over::Tls,
-        RFC5766_CHANNELS,
-        static_user(),
-        Peers::Echo,
-        &[],
-        is_static_user,
-    );
+    assert_uclient_relays_every_packet(Over::Tls, RFC5766_CHANNELS, User::Static, Peers::Echo, &[]);
 }
 
 /// Exercises over TLS: Send and Data indications.
 #[test]
 fn uclient_over_tls_relays_every_packet_with_send_indications() {
-    assert_uclient_relays_every_packet(
-        Over::Tls,
-        "",
-        static_user(),
-        Peers::Echo,
-        &["-s"],
-        is_static_user,
-    );
+    assert_uclient_relays_every_packet(Over::Tls, "", User::Static, Peers::Echo, &["-s"]);
 }
 
 /// Exercises over TLS: TURN REST credentials, single allocations, channels.
@@ -747,10 +709,9 @@ fn uclient_over_tls_with_rest_secret_relays_every_packet() {
     assert_uclient_relays_every_packet(
         Over::Tls,
         RFC5766_CHANNELS,
-        rest_user(),
+        User::Rest,
         Peers::Echo,
         &["-c"],
-        is_rest_user,
     );
 }
 
@@ -760,10 +721,9 @@ fn uclient_over_plain_tcp_on_the_tls_port_relays_every_packet() {
     assert_uclient_relays_every_packet(
         Over::TcpOnTlsPort,
         RFC5766_CHANNELS,
-        static_user(),
+        User::Static,
         Peers::Echo,
         &[],
-        is_static_user,
     );
 }
 

@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::TestDaemon;
 use common::coturn::{
-    CLIENTS, EchoPeer, Exited, Peers, REST_USER, RFC5766_CHANNELS, Tool, UCLIENT_DEADLINE,
-    assert_carried_every_message, assert_uclient_tally, is_rest_user, is_static_user, rest_user,
-    static_user, uclient, wait_for_deleted,
+    CLIENTS, EchoPeer, Exited, Peers, REST_USER, RFC5766_CHANNELS, Tool, UCLIENT_DEADLINE, User,
+    assert_carried_every_message, assert_uclient_tally, uclient, wait_for_deleted,
 };
 
 /// stunclient and a failing uclient finish in milliseconds.
@@ -23,13 +22,8 @@ const QUICK_DEADLINE: Duration = Duration::from_secs(10);
 /// Asserts that a uclient run with `sessions` sessions got every message
 /// there and back, and that the daemon's log accounts for each one: every
 /// session's allocation is deleted having carried MESSAGES packets of LENGTH
-/// bytes each way, under a user name `user_ok` accepts.
-fn assert_every_packet_relayed(
-    daemon: &TestDaemon,
-    run: &Exited,
-    sessions: u64,
-    user_ok: impl Fn(&str) -> bool,
-) {
+/// bytes each way, under a user name of `user`'s.
+fn assert_every_packet_relayed(daemon: &TestDaemon, run: &Exited, sessions: u64, user: User) {
     assert_uclient_tally(run, sessions);
     let sessions = usize::try_from(sessions).unwrap();
     let deleted = wait_for_deleted(daemon, |deleted| deleted.len() >= sessions);
@@ -40,20 +34,14 @@ fn assert_every_packet_relayed(
         daemon.log()
     );
     for allocation in &deleted {
-        assert_carried_every_message(allocation, &user_ok);
+        assert_carried_every_message(allocation, user);
     }
 }
 
 /// Starts a daemon whose `[relay]` gets `relay_extra`, runs CLIENTS uclient
-/// sessions with `credentials` to `peers` and `flags` on top, and asserts
-/// that every packet is relayed under a user name `user_ok` accepts.
-fn assert_uclient_relays_every_packet(
-    relay_extra: &str,
-    credentials: Vec<String>,
-    peers: Peers,
-    flags: &[&str],
-    user_ok: fn(&str) -> bool,
-) {
+/// sessions as `user` to `peers` with `flags` on top, and asserts that
+/// every packet is relayed.
+fn assert_uclient_relays_every_packet(relay_extra: &str, user: User, peers: Peers, flags: &[&str]) {
     let daemon = TestDaemon::start(&common::loopback_config(relay_extra));
     let peer = peers.start();
     let flags: Vec<&str> = peers
@@ -63,13 +51,13 @@ fn assert_uclient_relays_every_packet(
         .collect();
     let run = uclient(
         daemon.udp,
-        credentials,
+        user.args(),
         peer.as_ref(),
         CLIENTS,
         &flags,
         UCLIENT_DEADLINE,
     );
-    assert_every_packet_relayed(&daemon, &run, CLIENTS, user_ok);
+    assert_every_packet_relayed(&daemon, &run, CLIENTS, user);
 }
 
 /// Exercises: static user, Allocate with EVEN-PORT and RESERVATION-TOKEN for
@@ -77,13 +65,7 @@ fn assert_uclient_relays_every_packet(
 /// channel numbers, ChannelData both ways through an echo peer, Refresh 0.
 #[test]
 fn uclient_relays_every_packet_over_channels() {
-    assert_uclient_relays_every_packet(
-        RFC5766_CHANNELS,
-        static_user(),
-        Peers::Echo,
-        &[],
-        is_static_user,
-    );
+    assert_uclient_relays_every_packet(RFC5766_CHANNELS, User::Static, Peers::Echo, &[]);
 }
 
 /// Exercises: Send indications to the peer and Data indications back (`-s`:
@@ -91,7 +73,7 @@ fn uclient_relays_every_packet_over_channels() {
 /// since an RFC 8656 client without channels needs no compatibility key.
 #[test]
 fn uclient_relays_every_packet_with_send_indications() {
-    assert_uclient_relays_every_packet("", static_user(), Peers::Echo, &["-s"], is_static_user);
+    assert_uclient_relays_every_packet("", User::Static, Peers::Echo, &["-s"]);
 }
 
 /// Exercises: client-to-client (`-y`): each session's peer is another
@@ -99,26 +81,14 @@ fn uclient_relays_every_packet_with_send_indications() {
 /// channels; RTP/RTCP pairs; no external peer.
 #[test]
 fn uclient_clients_reach_each_other_over_channels() {
-    assert_uclient_relays_every_packet(
-        RFC5766_CHANNELS,
-        static_user(),
-        Peers::EachOther,
-        &[],
-        is_static_user,
-    );
+    assert_uclient_relays_every_packet(RFC5766_CHANNELS, User::Static, Peers::EachOther, &[]);
 }
 
 /// Exercises: client-to-client (`-y`) with Send/Data indications (`-s`)
 /// instead of channels, on the default config.
 #[test]
 fn uclient_clients_reach_each_other_with_send_indications() {
-    assert_uclient_relays_every_packet(
-        "",
-        static_user(),
-        Peers::EachOther,
-        &["-s"],
-        is_static_user,
-    );
+    assert_uclient_relays_every_packet("", User::Static, Peers::EachOther, &["-s"]);
 }
 
 /// Exercises: TURN REST credentials (`-W` secret, user `timestamp:bob`),
@@ -126,13 +96,7 @@ fn uclient_clients_reach_each_other_with_send_indications() {
 /// channels to an echo peer.
 #[test]
 fn uclient_with_rest_secret_relays_every_packet() {
-    assert_uclient_relays_every_packet(
-        RFC5766_CHANNELS,
-        rest_user(),
-        Peers::Echo,
-        &["-c"],
-        is_rest_user,
-    );
+    assert_uclient_relays_every_packet(RFC5766_CHANNELS, User::Rest, Peers::Echo, &["-c"]);
 }
 
 /// Exercises: REST credentials minted with the wrong secret: every Allocate
@@ -171,7 +135,7 @@ fn uclient_channel_binds_get_400_without_rfc5766_channel_numbers() {
     let peer = EchoPeer::start();
     let run = uclient(
         daemon.udp,
-        static_user(),
+        User::Static.args(),
         Some(&peer),
         16,
         &[],

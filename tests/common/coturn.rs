@@ -259,26 +259,39 @@ impl Peers {
     }
 }
 
-/// Static long-term credentials from the test config.
-pub fn static_user() -> Vec<String> {
-    ["-u", USER, "-w", PASSWORD].map(String::from).into()
+/// Whom uclient authenticates as.
+#[derive(Clone, Copy, Debug)]
+pub enum User {
+    /// The static long-term user from the test config (`-u alice -w ...`).
+    Static,
+    /// TURN REST credentials (`-u bob -W SECRET`): uclient derives the user
+    /// name `timestamp:bob` and its password from the shared secret.
+    Rest,
 }
 
-/// TURN REST credentials: uclient derives `timestamp:bob` and its password
-/// from the shared secret.
-pub fn rest_user() -> Vec<String> {
-    ["-u", REST_USER, "-W", SECRET].map(String::from).into()
-}
+impl User {
+    /// uclient's credential arguments.
+    pub fn args(self) -> Vec<String> {
+        match self {
+            Self::Static => ["-u", USER, "-w", PASSWORD],
+            Self::Rest => ["-u", REST_USER, "-W", SECRET],
+        }
+        .map(String::from)
+        .into()
+    }
 
-pub fn is_static_user(user: &str) -> bool {
-    user == USER
-}
-
-/// REST user names are `expiry-timestamp:name`.
-pub fn is_rest_user(user: &str) -> bool {
-    user.split_once(':').is_some_and(|(expiry, name)| {
-        !expiry.is_empty() && expiry.bytes().all(|b| b.is_ascii_digit()) && name == REST_USER
-    })
+    /// Whether `name`, a user name the daemon logs, is this user's. REST
+    /// user names are `expiry-timestamp:name`.
+    pub fn owns(self, name: &str) -> bool {
+        match self {
+            Self::Static => name == USER,
+            Self::Rest => name.split_once(':').is_some_and(|(expiry, name)| {
+                !expiry.is_empty()
+                    && expiry.bytes().all(|b| b.is_ascii_digit())
+                    && name == REST_USER
+            }),
+        }
+    }
 }
 
 /// Runs `turnutils_uclient` against `server` with `clients` sessions of
@@ -461,11 +474,11 @@ pub fn assert_uclient_tally(run: &Exited, sessions: u64) {
 }
 
 /// Asserts that a session's `allocation` carried MESSAGES packets of LENGTH
-/// bytes each way, under a user name `user_ok` accepts.
+/// bytes each way, under a user name of `user`'s.
 #[track_caller]
-pub fn assert_carried_every_message(allocation: &Deleted, user_ok: impl Fn(&str) -> bool) {
+pub fn assert_carried_every_message(allocation: &Deleted, user: User) {
     assert!(
-        user_ok(&allocation.user),
+        user.owns(&allocation.user),
         "unexpected user in {allocation:?}"
     );
     assert_eq!(
