@@ -13,16 +13,15 @@
 mod common;
 
 use std::io::Read;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use common::{PASSWORD, REALM, SECRET, TestDaemon, USER};
+use common::{PASSWORD, TestCerts, TestConfig, TestDaemon, USER};
 
 /// The name the TURN URLs use; relay.mjs maps it to 127.0.0.1 in Chromium's
 /// resolver, and the test certificate is issued for it.
@@ -169,65 +168,6 @@ fn tool(program: &str, args: &[&str], dir: &Path) -> String {
         done.stderr
     );
     done.stdout
-}
-
-/// A test CA and a leaf certificate for `turn.icegate.test` (also valid for
-/// IP 127.0.0.1) signed by it, made with the openssl CLI in `dir`. EC P-256
-/// keys, PEM files, the leaf's key in PKCS#8 (`BEGIN PRIVATE KEY`), as a
-/// rustls server loads them. Returns (ca.pem, cert.pem, key.pem); cert.pem
-/// holds the leaf alone: clients trust the CA itself.
-fn make_test_ca_and_cert(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    std::fs::write(
-        dir.join("ca.cnf"),
-        "[req]\n\
-         distinguished_name = dn\n\
-         prompt = no\n\
-         x509_extensions = ca_ext\n\
-         [dn]\n\
-         CN = icegate test CA\n\
-         [ca_ext]\n\
-         basicConstraints = critical, CA:TRUE, pathlen:0\n\
-         keyUsage = critical, keyCertSign, cRLSign\n\
-         subjectKeyIdentifier = hash\n",
-    )
-    .expect("write ca.cnf");
-    std::fs::write(
-        dir.join("leaf.ext"),
-        format!(
-            "basicConstraints = critical, CA:FALSE\n\
-             keyUsage = critical, digitalSignature\n\
-             extendedKeyUsage = serverAuth\n\
-             subjectAltName = DNS:{TURN_HOST}, IP:127.0.0.1\n\
-             subjectKeyIdentifier = hash\n\
-             authorityKeyIdentifier = keyid, issuer\n"
-        ),
-    )
-    .expect("write leaf.ext");
-    // Each run its own serial, so no cache ever mixes two runs' leaves.
-    let serial = format!(
-        "0x{:x}",
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_nanos()
-    );
-    // Every argument is a plain word: file names are relative to `dir`.
-    let openssl = |args: &str| tool("openssl", &args.split_whitespace().collect::<Vec<_>>(), dir);
-    openssl("genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ca.key");
-    openssl("req -x509 -new -config ca.cnf -key ca.key -days 7 -sha256 -out ca.pem");
-    openssl("genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem");
-    openssl(&format!(
-        "req -new -key key.pem -subj /CN={TURN_HOST} -out leaf.csr"
-    ));
-    openssl(&format!(
-        "x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -set_serial {serial} -days 7 -sha256 \
-         -extfile leaf.ext -out cert.pem"
-    ));
-    (
-        dir.join("ca.pem"),
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
-    )
 }
 
 /// A fresh HOME under `dir` whose NSS database (`.pki/nssdb`, where Chromium
@@ -419,51 +359,17 @@ fn assert_datachannel_relays(url: &str, relay_protocol: &str, home: &Path) {
     assert_relayed(&report, url, relay_protocol);
 }
 
-/// A config like `common::loopback_config("")` with TCP and TLS listeners
-/// besides the UDP one.
-fn config_with_tcp_and_tls(cert: &Path, key: &Path) -> String {
-    format!(
-        r#"realm = "{REALM}"
-[log]
-level = "debug"
-[[listen]]
-address = "127.0.0.1:0"
-[[listen]]
-address = "127.0.0.1:0"
-transport = "tcp"
-[[listen]]
-address = "127.0.0.1:0"
-transport = "tls"
-certificate = "{}"
-private-key = "{}"
-[relay]
-addresses = ["127.0.0.1"]
-allow-peers = ["127.0.0.0/8"]
-[auth]
-secrets = ["{SECRET}"]
-[[auth.users]]
-name = "{USER}"
-password = "{PASSWORD}"
-"#,
-        cert.display(),
-        key.display()
-    )
-}
-
-/// The address the daemon announced for `transport` ("tcp", "tls"):
-/// `info listening on tcp 127.0.0.1:NNNN`.
-fn listener(daemon: &TestDaemon, transport: &str) -> SocketAddr {
-    let prefix = format!("info listening on {transport} ");
-    assert!(
-        daemon.wait_for_log(&prefix),
-        "icegate announced no {transport} listener"
-    );
-    daemon
-        .log()
-        .lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|addr| addr.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no parsable `{prefix}ADDR` line in the log"))
+/// Starts a daemon like `common::loopback_config("")`'s with TCP and TLS
+/// listeners besides the UDP one, TLS serving a certificate for TURN_HOST
+/// from a test CA made in `dir`.
+fn start_with_tcp_and_tls(dir: &Path) -> (TestDaemon, TestCerts) {
+    let certs = common::make_test_ca_and_cert(dir, TURN_HOST);
+    let config = TestConfig {
+        tcp: true,
+        tls: Some((&certs.cert, &certs.key)),
+        ..TestConfig::default()
+    };
+    (TestDaemon::start(&config.render()), certs)
 }
 
 #[test]
@@ -506,8 +412,8 @@ fn chromium_reports_401_for_a_wrong_password() {
 #[test]
 fn test_ca_and_nss_db_are_what_chromium_and_rustls_need() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (ca, cert, key) = make_test_ca_and_cert(dir.path());
-    let (ca, cert) = (ca.to_str().unwrap(), cert.to_str().unwrap());
+    let certs = common::make_test_ca_and_cert(dir.path(), TURN_HOST);
+    let (ca, cert) = (certs.ca.to_str().unwrap(), certs.cert.to_str().unwrap());
     for check in [["-verify_hostname", TURN_HOST], ["-verify_ip", "127.0.0.1"]] {
         let args = [
             &["verify", "-CAfile", ca, "-purpose", "sslserver"],
@@ -517,7 +423,7 @@ fn test_ca_and_nss_db_are_what_chromium_and_rustls_need() {
         let verified = tool("openssl", &args.concat(), dir.path());
         assert!(verified.contains(": OK"), "{verified}");
     }
-    let key_pem = std::fs::read_to_string(&key).expect("read key.pem");
+    let key_pem = std::fs::read_to_string(&certs.key).expect("read key.pem");
     assert!(
         key_pem.starts_with("-----BEGIN PRIVATE KEY-----"),
         "key.pem is not PKCS#8:\n{key_pem}"
@@ -534,24 +440,20 @@ fn test_ca_and_nss_db_are_what_chromium_and_rustls_need() {
 }
 
 #[test]
-
 fn chromium_relays_datachannel_over_turn_tcp() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (_ca, cert, key) = make_test_ca_and_cert(dir.path());
-    let daemon = TestDaemon::start(&config_with_tcp_and_tls(&cert, &key));
-    let tcp = listener(&daemon, "tcp");
+    let (daemon, _certs) = start_with_tcp_and_tls(dir.path());
+    let tcp = daemon.tcp.expect("icegate announced its tcp listener");
     let url = format!("turn:{TURN_HOST}:{}?transport=tcp", tcp.port());
     assert_datachannel_relays(&url, "tcp", dir.path());
 }
 
 #[test]
-
 fn chromium_relays_datachannel_over_turns_trusting_the_test_ca() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (ca, cert, key) = make_test_ca_and_cert(dir.path());
-    let daemon = TestDaemon::start(&config_with_tcp_and_tls(&cert, &key));
-    let tls = listener(&daemon, "tls");
-    let home = nss_home_trusting(&ca, dir.path());
+    let (daemon, certs) = start_with_tcp_and_tls(dir.path());
+    let tls = daemon.tls.expect("icegate announced its tls listener");
+    let home = nss_home_trusting(&certs.ca, dir.path());
     let url = format!("turns:{TURN_HOST}:{}?transport=tcp", tls.port());
     assert_datachannel_relays(&url, "tls", &home);
 }
@@ -559,12 +461,10 @@ fn chromium_relays_datachannel_over_turns_trusting_the_test_ca() {
 /// The other side of the test above: without the CA in its NSS DB,
 /// Chromium refuses the certificate, so the CA is what made that one pass.
 #[test]
-
 fn chromium_refuses_turns_without_the_test_ca() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (_ca, cert, key) = make_test_ca_and_cert(dir.path());
-    let daemon = TestDaemon::start(&config_with_tcp_and_tls(&cert, &key));
-    let tls = listener(&daemon, "tls");
+    let (daemon, _certs) = start_with_tcp_and_tls(dir.path());
+    let tls = daemon.tls.expect("icegate announced its tls listener");
     let url = format!("turns:{TURN_HOST}:{}?transport=tcp", tls.port());
     let report = run_relay(Mode::Gather, &ice_servers(&url, USER, PASSWORD), dir.path());
     let json = report.expect_success();

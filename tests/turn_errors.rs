@@ -35,7 +35,7 @@ use turn::proto::reqfamily::REQUESTED_FAMILY_IPV6;
 use turn::proto::reqtrans::RequestedTransport;
 use turn::proto::{PROTO_TCP, PROTO_UDP};
 
-use common::{PASSWORD, REALM, SECRET, TestDaemon, USER};
+use common::{PASSWORD, REALM, SECRET, TestConfig, TestDaemon, USER};
 
 /// The longest any read waits for the daemon.
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
@@ -45,31 +45,17 @@ const SILENCE: Duration = Duration::from_millis(400);
 // ---------------------------------------------------------------------------------------------
 // Configs
 
-/// `common::loopback_config`'s text with the whole `[relay]` table and extra
-/// `[auth]` keys given: for tests that need the default peer policy (no
-/// `allow-peers`) or an `[auth]` setting.
-fn config(relay: &str, auth_extra: &str) -> String {
-    format!(
-        r#"realm = "{REALM}"
-[log]
-level = "debug"
-[[listen]]
-address = "127.0.0.1:0"
-[relay]
-{relay}
-[auth]
-secrets = ["{SECRET}"]
-{auth_extra}
-[[auth.users]]
-name = "{USER}"
-password = "{PASSWORD}"
-"#
-    )
-}
-
-/// Relays on 127.0.0.1 under the default peer policy (no `allow-peers`).
-fn default_policy_config() -> String {
-    config(r#"addresses = ["127.0.0.1"]"#, "")
+/// Relays on `relay_addresses` under the default peer policy: loopback
+/// peers are not allowed, and `allow-peers` is only what `relay_extra`
+/// (inside `[relay]`) says.
+fn config_without_loopback_peers(relay_addresses: &[&str], relay_extra: &str) -> String {
+    TestConfig {
+        relay_addresses,
+        allow_loopback: false,
+        relay_extra,
+        ..TestConfig::default()
+    }
+    .render()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -477,10 +463,13 @@ fn expired_rest_username_gets_401_though_its_password_is_right() {
 
 #[test]
 fn stale_nonce_gets_438_with_a_fresh_nonce_that_works() {
-    let daemon = TestDaemon::start(&config(
-        "addresses = [\"127.0.0.1\"]\nallow-peers = [\"127.0.0.0/8\"]",
-        "nonce-lifetime = \"1s\"",
-    ));
+    let daemon = TestDaemon::start(
+        &TestConfig {
+            auth_extra: "nonce-lifetime = \"1s\"",
+            ..TestConfig::default()
+        }
+        .render(),
+    );
     let mut session = Session::open(daemon.udp, alice());
     std::thread::sleep(Duration::from_millis(2500));
     let response = session.try_allocate();
@@ -499,7 +488,7 @@ fn stale_nonce_gets_438_with_a_fresh_nonce_that_works() {
 
 #[test]
 fn default_policy_refuses_every_ipv4_encoding_of_loopback_private_and_special_peers_with_403() {
-    let daemon = TestDaemon::start(&default_policy_config());
+    let daemon = TestDaemon::start(&config_without_loopback_peers(&["127.0.0.1"], ""));
     let session = Session::open(daemon.udp, alice());
     let relayed = session.allocate();
     assert!(relayed.is_ipv4());
@@ -555,7 +544,7 @@ fn ipv6_peers_on_an_ipv4_relay_get_443() {
     // address's is a 443, before any policy. So a 6to4 or NAT64 spelling of
     // 127.0.0.1 gets no permission on an IPv4 relay; the IPv6 relay tests
     // below show the policy refuses them as well.
-    let daemon = TestDaemon::start(&default_policy_config());
+    let daemon = TestDaemon::start(&config_without_loopback_peers(&["127.0.0.1"], ""));
     let session = Session::open(daemon.udp, alice());
     assert!(session.allocate().is_ipv4());
     for ip in [
@@ -588,7 +577,7 @@ fn ipv6_allocation(session: &Session) -> SocketAddr {
 
 #[test]
 fn ipv6_relay_under_default_policy_refuses_loopback_in_every_ipv6_encoding_with_403() {
-    let daemon = TestDaemon::start(&config(r#"addresses = ["127.0.0.1", "::1"]"#, ""));
+    let daemon = TestDaemon::start(&config_without_loopback_peers(&["127.0.0.1", "::1"], ""));
     let session = Session::open(daemon.udp, alice());
     ipv6_allocation(&session);
     for (what, ip) in [
@@ -626,9 +615,9 @@ fn ipv6_relay_under_default_policy_refuses_loopback_in_every_ipv6_encoding_with_
 
 #[test]
 fn allowing_6to4_and_nat64_prefixes_still_refuses_the_loopback_and_private_hosts_they_embed() {
-    let daemon = TestDaemon::start(&config(
-        "addresses = [\"127.0.0.1\", \"::1\"]\nallow-peers = [\"2002::/16\", \"64:ff9b::/96\"]",
-        "",
+    let daemon = TestDaemon::start(&config_without_loopback_peers(
+        &["127.0.0.1", "::1"],
+        r#"allow-peers = ["2002::/16", "64:ff9b::/96"]"#,
     ));
     let session = Session::open(daemon.udp, alice());
     ipv6_allocation(&session);
@@ -671,7 +660,7 @@ fn loopback_peer() -> UdpSocket {
 
 #[test]
 fn under_default_policy_no_loopback_encoding_carries_data_to_or_from_a_loopback_peer() {
-    let daemon = TestDaemon::start(&default_policy_config());
+    let daemon = TestDaemon::start(&config_without_loopback_peers(&["127.0.0.1"], ""));
     let session = Session::open(daemon.udp, alice());
     let relayed = session.allocate();
     let peer_socket = loopback_peer();

@@ -43,7 +43,7 @@ use common::coturn::{
     CLIENTS, Deleted, Exited, Peers, RFC5766_CHANNELS, UCLIENT_DEADLINE, User,
     assert_carried_every_message, assert_uclient_tally, uclient, wait_for_deleted,
 };
-use common::{PASSWORD, REALM, SECRET, TestCerts, TestDaemon, USER};
+use common::{PASSWORD, REALM, TestCerts, TestConfig, TestDaemon, USER};
 
 /// The name the test certificates are issued for (and IP 127.0.0.1).
 const HOST: &str = "turn.icegate.test";
@@ -69,67 +69,25 @@ impl Setup {
     fn start(relay_extra: &str, connections: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let certs = common::make_test_ca_and_cert(dir.path(), HOST);
-        // Not port 0: the daemon refuses two tcp/tls listeners on
-        // 127.0.0.1:0 (see `tcp_and_tls_listeners_can_both_take_an_ephemeral_port`).
-        let tls_port = free_tcp_port();
-        let config = format!(
-            r#"realm = "{REALM}"
-[log]
-level = "debug"
-[[listen]]
-address = "127.0.0.1:0"
-[[listen]]
-address = "127.0.0.1:0"
-transport = "tcp"
-[[listen]]
-address = "127.0.0.1:{tls_port}"
-transport = "tls"
-certificate = "{cert}"
-private-key = "{key}"
-[relay]
-addresses = ["127.0.0.1"]
-allow-peers = ["127.0.0.0/8"]
-{relay_extra}
-[connections]
-{connections}
-[auth]
-secrets = ["{SECRET}"]
-[[auth.users]]
-name = "{USER}"
-password = "{PASSWORD}"
-"#,
-            cert = certs.cert.display(),
-            key = certs.key.display(),
+        let daemon = TestDaemon::start(
+            &TestConfig {
+                relay_extra,
+                connections_extra: connections,
+                ..Self::listeners(&certs)
+            }
+            .render(),
         );
-        let daemon = TestDaemon::start(&config);
         Self { daemon, certs, dir }
     }
 
-    /// The config the brief for TCP and TLS listeners gives, with every
-    /// listener on an ephemeral port.
-    fn ephemeral_config(certs: &TestCerts) -> String {
-        format!(
-            r#"realm = "{REALM}"
-[log]
-level = "debug"
-[[listen]]
-address = "127.0.0.1:0"
-[[listen]]
-address = "127.0.0.1:0"
-transport = "tcp"
-[[listen]]
-address = "127.0.0.1:0"
-transport = "tls"
-certificate = "{cert}"
-private-key = "{key}"
-[relay]
-addresses = ["127.0.0.1"]
-[auth]
-secrets = ["{SECRET}"]
-"#,
-            cert = certs.cert.display(),
-            key = certs.key.display(),
-        )
+    /// The test config with UDP, TCP and TLS listeners, every one on an
+    /// ephemeral port, TLS serving `certs`.
+    fn listeners(certs: &TestCerts) -> TestConfig<'_> {
+        TestConfig {
+            tcp: true,
+            tls: Some((&certs.cert, &certs.key)),
+            ..TestConfig::default()
+        }
     }
 
     fn tcp(&self) -> SocketAddr {
@@ -222,14 +180,6 @@ secrets = ["{SECRET}"]
     }
 }
 
-/// A TCP port the kernel just had free on 127.0.0.1.
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("bind a probe listener")
-        .port()
-}
-
 /// Exercises: the documented way to run TCP and TLS listeners side by side
 /// in tests and on hosts that want any free port: both on 127.0.0.1:0. Port
 /// 0 never clashes, so the daemon must start and announce two different ports.
@@ -238,7 +188,12 @@ fn tcp_and_tls_listeners_can_both_take_an_ephemeral_port() {
     let dir = tempfile::tempdir().expect("temp dir");
     let certs = common::make_test_ca_and_cert(dir.path(), HOST);
     let config_path = dir.path().join("icegate.toml");
-    std::fs::write(&config_path, Setup::ephemeral_config(&certs)).unwrap();
+    let config = TestConfig {
+        allow_loopback: false,
+        ..Setup::listeners(&certs)
+    }
+    .render();
+    std::fs::write(&config_path, &config).unwrap();
     let check = common::run_bounded(
         Command::new(env!("CARGO_BIN_EXE_icegate"))
             .arg("check-config")
@@ -252,7 +207,7 @@ fn tcp_and_tls_listeners_can_both_take_an_ephemeral_port() {
         check.stdout,
         check.stderr
     );
-    let daemon = TestDaemon::start(&Setup::ephemeral_config(&certs));
+    let daemon = TestDaemon::start(&config);
     let (tcp, tls) = (daemon.tcp.unwrap(), daemon.tls.unwrap());
     assert_ne!(tcp.port(), tls.port());
     assert_binding_over_tcp(tcp);

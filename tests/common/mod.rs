@@ -23,27 +23,104 @@ pub const SECRET: &str = "integration-test-secret";
 pub const USER: &str = "alice";
 pub const PASSWORD: &str = "alice-password";
 
-/// A config for tests: UDP on an ephemeral loopback port, relays on
-/// 127.0.0.1, loopback peers allowed, one static user and one REST secret.
-/// `extra` is appended verbatim inside `[relay]` (e.g. `max-allocations = 1`).
-pub fn loopback_config(relay_extra: &str) -> String {
-    format!(
-        r#"realm = "{REALM}"
+/// A config for tests, as TOML text ([`TestConfig::render`]): UDP (and, if
+/// asked, TCP and TLS) on ephemeral loopback ports, relays on 127.0.0.1,
+/// loopback peers allowed, one static user and one REST secret. Start from
+/// `TestConfig::default()` and change what the test needs.
+#[derive(Clone, Copy, Debug)]
+pub struct TestConfig<'a> {
+    /// `[relay] addresses`.
+    pub relay_addresses: &'a [&'a str],
+    /// Whether `[relay]` allows loopback peers (`allow-peers =
+    /// ["127.0.0.0/8"]`); without, the default peer policy applies.
+    pub allow_loopback: bool,
+    /// Appended verbatim inside `[relay]` (e.g. `max-allocations = 1`).
+    pub relay_extra: &'a str,
+    /// Keys for a `[connections]` table, one a line; no table if empty.
+    pub connections_extra: &'a str,
+    /// Appended verbatim inside `[auth]`, after `secrets`.
+    pub auth_extra: &'a str,
+    /// A `tcp` listener on 127.0.0.1:0 besides the UDP one.
+    pub tcp: bool,
+    /// A `tls` listener on 127.0.0.1:0 with this (certificate, private key).
+    pub tls: Option<(&'a Path, &'a Path)>,
+}
+
+impl Default for TestConfig<'_> {
+    fn default() -> Self {
+        Self {
+            relay_addresses: &["127.0.0.1"],
+            allow_loopback: true,
+            relay_extra: "",
+            connections_extra: "",
+            auth_extra: "",
+            tcp: false,
+            tls: None,
+        }
+    }
+}
+
+impl TestConfig<'_> {
+    /// The config file's text.
+    pub fn render(&self) -> String {
+        let listen = |keys: &str| format!("[[listen]]\naddress = \"127.0.0.1:0\"\n{keys}");
+        let mut listeners = listen("");
+        if self.tcp {
+            listeners += &listen("transport = \"tcp\"\n");
+        }
+        if let Some((cert, key)) = self.tls {
+            listeners += &listen(&format!(
+                "transport = \"tls\"\ncertificate = \"{}\"\nprivate-key = \"{}\"\n",
+                cert.display(),
+                key.display()
+            ));
+        }
+        let addresses = self
+            .relay_addresses
+            .iter()
+            .map(|address| format!("\"{address}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let allow_peers = if self.allow_loopback {
+            "allow-peers = [\"127.0.0.0/8\"]\n"
+        } else {
+            ""
+        };
+        let connections = if self.connections_extra.is_empty() {
+            String::new()
+        } else {
+            format!("[connections]\n{}\n", self.connections_extra)
+        };
+        let Self {
+            relay_extra,
+            auth_extra,
+            ..
+        } = self;
+        format!(
+            r#"realm = "{REALM}"
 [log]
 level = "debug"
-[[listen]]
-address = "127.0.0.1:0"
-[relay]
-addresses = ["127.0.0.1"]
-allow-peers = ["127.0.0.0/8"]
-{relay_extra}
-[auth]
+{listeners}[relay]
+addresses = [{addresses}]
+{allow_peers}{relay_extra}
+{connections}[auth]
 secrets = ["{SECRET}"]
+{auth_extra}
 [[auth.users]]
 name = "{USER}"
 password = "{PASSWORD}"
 "#
-    )
+        )
+    }
+}
+
+/// [`TestConfig::default`] with `relay_extra` appended inside `[relay]`.
+pub fn loopback_config(relay_extra: &str) -> String {
+    TestConfig {
+        relay_extra,
+        ..TestConfig::default()
+    }
+    .render()
 }
 
 pub struct TestDaemon {
