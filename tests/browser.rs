@@ -8,15 +8,13 @@
 //! `npm ci --prefix tests/browser`. Nothing leaves the machine: Chromium
 //! resolves only the test's TURN host name (to 127.0.0.1), and the daemon
 //! listens and relays on 127.0.0.1 only. Every child process runs under a
-//! deadline in its own process group, which is killed if anything is left.
+//! deadline; node runs in its own process group, which is killed if anything
+//! is left.
 
 mod common;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -30,8 +28,6 @@ const TURN_HOST: &str = "turn.icegate.test";
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(40);
 /// Beyond this the script is stuck (its own watchdog failed): kill it.
 const SCRIPT_DEADLINE: Duration = Duration::from_secs(60);
-/// openssl and certutil finish in well under a second.
-const TOOL_DEADLINE: Duration = Duration::from_secs(20);
 /// How long the gather mode collects candidates and errors.
 const GATHER_FOR: Duration = Duration::from_secs(5);
 /// The size of the big DataChannel message relay.mjs sends each way.
@@ -57,117 +53,9 @@ fn require_browser_tools() {
     );
 }
 
-/// Collects everything `source` yields, on a thread.
-fn collect(mut source: impl Read + Send + 'static) -> (Arc<Mutex<Vec<u8>>>, JoinHandle<()>) {
-    let sink = Arc::new(Mutex::new(Vec::new()));
-    let writer = sink.clone();
-    let handle = std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(len) = source.read(&mut buf) {
-            if len == 0 {
-                break;
-            }
-            writer.lock().unwrap().extend_from_slice(&buf[..len]);
-        }
-    });
-    (sink, handle)
-}
-
-fn text_of(sink: &Mutex<Vec<u8>>) -> String {
-    String::from_utf8_lossy(&sink.lock().unwrap()).into_owned()
-}
-
-/// How a finished command ended and what it printed.
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// Whether any process is still in process group `pgid`.
-fn group_alive(pgid: u32) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    entries.filter_map(Result::ok).any(|entry| {
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        // pid (comm) state ppid pgrp ...; comm may hold spaces and parens.
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(2))
-            .is_some_and(|pgrp| pgrp == pgid.to_string())
-    })
-}
-
-/// Kills what is left of the process group `pgid` (our child and everything
-/// it started: node, Chromium and Chromium's helpers).
-fn kill_group(pgid: u32) {
-    if group_alive(pgid) {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{pgid}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// Runs `command` in a process group of its own, to completion, killing the
-/// whole group after `deadline`; also kills whatever the command left behind.
-fn run_bounded(mut command: Command, deadline: Duration) -> Finished {
-    use std::os::unix::process::CommandExt;
-    let what = format!("{command:?}");
-    let mut child: Child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap_or_else(|err| panic!("start {what}: {err}"));
-    let pgid = child.id();
-    let (stdout, out_reader) = collect(child.stdout.take().expect("piped stdout"));
-    let (stderr, err_reader) = collect(child.stderr.take().expect("piped stderr"));
-    let until = Instant::now() + deadline;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for child") {
-            break Some(status);
-        }
-        if Instant::now() >= until {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    kill_group(pgid);
-    let status = status.unwrap_or_else(|| {
-        let _ = child.wait();
-        panic!(
-            "{what} still ran after {deadline:?}; killed its process group\n\
-             stdout:\n{}\nstderr:\n{}",
-            text_of(&stdout),
-            text_of(&stderr)
-        )
-    });
-    out_reader.join().expect("stdout reader");
-    err_reader.join().expect("stderr reader");
-    Finished {
-        status,
-        stdout: text_of(&stdout),
-        stderr: text_of(&stderr),
-    }
-}
-
-/// Runs a quick tool, panicking with its output unless it succeeds.
-fn tool(program: &str, args: &[&str], dir: &Path) -> String {
-    let mut command = Command::new(program);
-    command.args(args).current_dir(dir);
-    let done = run_bounded(command, TOOL_DEADLINE);
-    assert!(
-        done.status.success(),
-        "`{program} {}` failed ({}); is it installed?\nstdout:\n{}\nstderr:\n{}",
-        args.join(" "),
-        done.status,
-        done.stdout,
-        done.stderr
-    );
-    done.stdout
+/// Runs NSS's `certutil` with `args` in `dir`; returns what it printed.
+fn certutil(args: &[&str], dir: &Path) -> String {
+    common::run_tool("certutil", args, dir, "libnss3-tools")
 }
 
 /// A fresh HOME under `dir` whose NSS database (`.pki/nssdb`, where Chromium
@@ -179,9 +67,8 @@ fn nss_home_trusting(ca: &Path, dir: &Path) -> PathBuf {
     std::fs::create_dir_all(&nssdb).expect("create nssdb dir");
     let db = format!("sql:{}", nssdb.display());
     let ca = ca.to_str().expect("utf-8 CA path");
-    tool("certutil", &["-d", &db, "-N", "--empty-password"], dir);
-    tool(
-        "certutil",
+    certutil(&["-d", &db, "-N", "--empty-password"], dir);
+    certutil(
         &[
             "-d",
             &db,
@@ -253,7 +140,7 @@ fn run_relay(mode: Mode, ice_servers: &Value, home: &Path) -> Report {
         .env("XDG_CACHE_HOME", home.join(".cache"))
         .env_remove("DEBUG");
     let started = Instant::now();
-    let done = run_bounded(command, SCRIPT_DEADLINE);
+    let done = common::run_bounded_in_group(&mut command, SCRIPT_DEADLINE);
     eprintln!(
         "relay.mjs --mode {mode} took {:?}, {}",
         started.elapsed(),
@@ -420,7 +307,7 @@ fn test_ca_and_nss_db_are_what_chromium_and_rustls_need() {
             &check[..],
             &[cert],
         ];
-        let verified = tool("openssl", &args.concat(), dir.path());
+        let verified = common::run_tool("openssl", &args.concat(), dir.path(), "openssl");
         assert!(verified.contains(": OK"), "{verified}");
     }
     let key_pem = std::fs::read_to_string(&certs.key).expect("read key.pem");
@@ -430,7 +317,7 @@ fn test_ca_and_nss_db_are_what_chromium_and_rustls_need() {
     );
     let home = nss_home_trusting(Path::new(ca), dir.path());
     let db = format!("sql:{}", home.join(".pki/nssdb").display());
-    let listed = tool("certutil", &["-d", &db, "-L"], dir.path());
+    let listed = certutil(&["-d", &db, "-L"], dir.path());
     assert!(
         listed
             .lines()

@@ -3,12 +3,12 @@
 //! `--version`, and `run` with the embedded default config. Every child
 //! process runs under a deadline and is killed if it overstays.
 
-use std::io::Read;
+mod common;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -30,6 +30,8 @@ use stun::xoraddr::XorMappedAddress;
 use turn::proto::PROTO_UDP;
 use turn::proto::reqtrans::RequestedTransport;
 
+use common::{Finished, collect, text_of};
+
 const ICEGATE: &str = env!("CARGO_BIN_EXE_icegate");
 /// Commands other than `run` finish at once; beyond this they hang.
 const COMMAND_DEADLINE: Duration = Duration::from_secs(10);
@@ -42,66 +44,9 @@ fn repo_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
 
-/// Collects everything `source` yields, on a thread.
-fn collect(mut source: impl Read + Send + 'static) -> (Arc<Mutex<Vec<u8>>>, JoinHandle<()>) {
-    let sink = Arc::new(Mutex::new(Vec::new()));
-    let writer = sink.clone();
-    let handle = std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(len) = source.read(&mut buf) {
-            if len == 0 {
-                break;
-            }
-            writer.lock().unwrap().extend_from_slice(&buf[..len]);
-        }
-    });
-    (sink, handle)
-}
-
-fn text_of(sink: &Mutex<Vec<u8>>) -> String {
-    String::from_utf8_lossy(&sink.lock().unwrap()).into_owned()
-}
-
-/// How a finished command ended and what it printed.
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
 /// Runs `icegate args...` to completion, killing it after `COMMAND_DEADLINE`.
 fn icegate(args: &[&str]) -> Finished {
-    let mut child = Command::new(ICEGATE)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start icegate");
-    let (stdout, out_reader) = collect(child.stdout.take().expect("piped stdout"));
-    let (stderr, err_reader) = collect(child.stderr.take().expect("piped stderr"));
-    let deadline = Instant::now() + COMMAND_DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for icegate") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "`icegate {}` still ran after {COMMAND_DEADLINE:?}; killed it",
-                args.join(" ")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    out_reader.join().expect("stdout reader");
-    err_reader.join().expect("stderr reader");
-    Finished {
-        status,
-        stdout: text_of(&stdout),
-        stderr: text_of(&stderr),
-    }
+    common::run_bounded(Command::new(ICEGATE).args(args), COMMAND_DEADLINE)
 }
 
 /// config/icegate.toml as shipped, copied into `dir` with its secrets-file

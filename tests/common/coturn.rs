@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{PASSWORD, SECRET, TestDaemon, USER};
+use super::{PASSWORD, SECRET, TestDaemon, USER, wait_for_line_in, wait_within};
 
 /// The relay setting uclient's channels need: coturn 4.6's uclient picks
 /// channel numbers in 0x4000-0x7FFF (RFC 5766).
@@ -102,21 +102,14 @@ impl Tool {
     /// Waits until the tool exits, killing it and failing the test if it
     /// takes longer than `limit`.
     pub fn finish(mut self, limit: Duration) -> Exited {
-        let deadline = Instant::now() + limit;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("wait for tool") {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "`{}` still ran after {limit:?}; killed it. Output:\n{}",
-                    self.name,
-                    self.output()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let Some(status) = wait_within(&mut self.child, limit) else {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            panic!(
+                "`{}` still ran after {limit:?}; killed it. Output:\n{}",
+                self.name,
+                self.output()
+            );
         };
         // The pipes close with the process; give the readers a moment to
         // drain them, but never wait on them unboundedly.
@@ -132,20 +125,7 @@ impl Tool {
 
     /// The first output line containing `needle`, waiting at most `limit`.
     pub fn wait_for_line(&self, needle: &str, limit: Duration) -> Option<String> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let found = self
-                .output
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|line| line.contains(needle))
-                .cloned();
-            if found.is_some() || Instant::now() >= deadline {
-                return found;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_line_in(&self.output, needle, limit)
     }
 }
 

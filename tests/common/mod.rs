@@ -10,10 +10,12 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub mod coturn;
@@ -222,20 +224,7 @@ impl TestDaemon {
 
     /// Waits up to `limit` for a log line containing `needle`, and returns it.
     pub fn wait_for_line(&self, needle: &str, limit: Duration) -> Option<String> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let found = self
-                .log
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|line| line.contains(needle))
-                .cloned();
-            if found.is_some() || Instant::now() >= deadline {
-                return found;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_line_in(&self.log, needle, limit)
     }
 
     /// Whether the process is still running.
@@ -289,6 +278,66 @@ impl Drop for TestDaemon {
     }
 }
 
+/// Waits up to `limit` until `lines` (a child's output, collected as it
+/// comes) has one containing `needle`, and returns it.
+pub fn wait_for_line_in(
+    lines: &Mutex<Vec<String>>,
+    needle: &str,
+    limit: Duration,
+) -> Option<String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let found = lines
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|line| line.contains(needle))
+            .cloned();
+        if found.is_some() || Instant::now() >= deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bounded child processes
+
+/// Collects everything `source` yields, on a thread.
+pub fn collect(mut source: impl Read + Send + 'static) -> (Arc<Mutex<Vec<u8>>>, JoinHandle<()>) {
+    let sink = Arc::new(Mutex::new(Vec::new()));
+    let writer = sink.clone();
+    let handle = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(len) = source.read(&mut buf) {
+            if len == 0 {
+                break;
+            }
+            writer.lock().unwrap().extend_from_slice(&buf[..len]);
+        }
+    });
+    (sink, handle)
+}
+
+/// What [`collect`] has collected so far, as text.
+pub fn text_of(sink: &Mutex<Vec<u8>>) -> String {
+    String::from_utf8_lossy(&sink.lock().unwrap()).into_owned()
+}
+
+/// Waits up to `limit` for `child` to exit; `None` if it still runs then.
+pub fn wait_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// What a bounded command printed and how it ended.
 pub struct Finished {
     pub status: ExitStatus,
@@ -296,43 +345,108 @@ pub struct Finished {
     pub stderr: String,
 }
 
-/// Runs `command` with stdin closed, killing it and failing the test if it
-/// runs longer than `limit`.
+/// Runs `command` with stdin closed, to completion, killing it and failing
+/// the test (with what it printed) if it runs longer than `limit`.
 pub fn run_bounded(command: &mut Command, limit: Duration) -> Finished {
+    run(command, limit, false)
+}
+
+/// [`run_bounded`] for a command that starts others (node, Chromium and its
+/// helpers): it runs in a process group of its own, and whatever is left
+/// of that group is killed when it exits or overstays.
+pub fn run_bounded_in_group(command: &mut Command, limit: Duration) -> Finished {
+    run(command, limit, true)
+}
+
+fn run(command: &mut Command, limit: Duration, own_group: bool) -> Finished {
     let description = format!("{command:?}");
-    let mut child = command
+    command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::piped());
+    if own_group {
+        command.process_group(0);
+    }
+    let mut child = command
         .spawn()
         .unwrap_or_else(|error| panic!("cannot start {description}: {error}"));
-    let read_all = |mut source: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = source.read_to_end(&mut bytes);
-            String::from_utf8_lossy(&bytes).into_owned()
-        })
+    let (stdout, out_reader) = collect(child.stdout.take().expect("piped stdout"));
+    let (stderr, err_reader) = collect(child.stderr.take().expect("piped stderr"));
+    let status = wait_within(&mut child, limit);
+    if own_group {
+        kill_group(child.id());
+    }
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "{description} still ran after {limit:?}; killed it{}\nstdout:\n{}\nstderr:\n{}",
+            if own_group {
+                " and its process group"
+            } else {
+                ""
+            },
+            text_of(&stdout),
+            text_of(&stderr)
+        )
     };
-    let stdout = read_all(Box::new(child.stdout.take().expect("piped stdout")));
-    let stderr = read_all(Box::new(child.stderr.take().expect("piped stderr")));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for child") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{description} still ran after {limit:?}; killed it");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    out_reader.join().expect("stdout reader");
+    err_reader.join().expect("stderr reader");
     Finished {
         status,
-        stdout: stdout.join().unwrap_or_default(),
-        stderr: stderr.join().unwrap_or_default(),
+        stdout: text_of(&stdout),
+        stderr: text_of(&stderr),
     }
 }
+
+/// Whether any process is still in process group `pgid`.
+fn group_alive(pgid: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.filter_map(Result::ok).any(|entry| {
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // pid (comm) state ppid pgrp ...; comm may hold spaces and parens.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(2))
+            .is_some_and(|pgrp| pgrp == pgid.to_string())
+    })
+}
+
+/// Kills what is left of the process group `pgid` (a child and everything
+/// it started).
+fn kill_group(pgid: u32) {
+    if group_alive(pgid) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pgid}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Runs `program args` in `dir` (at most 20 s), failing the test with its
+/// output unless it succeeds, and returns its stdout. `package` is what to
+/// install where the program is missing.
+pub fn run_tool(program: &str, args: &[&str], dir: &Path, package: &str) -> String {
+    let done = run_bounded(
+        Command::new(program).args(args).current_dir(dir),
+        Duration::from_secs(20),
+    );
+    assert!(
+        done.status.success(),
+        "`{program} {}` failed ({}); is {program} installed (`apt-get install {package}`)?\n\
+         stdout:\n{}\nstderr:\n{}",
+        args.join(" "),
+        done.status,
+        done.stdout,
+        done.stderr
+    );
+    done.stdout
+}
+
+// ---------------------------------------------------------------------------------------------
+// Test certificates
 
 /// A test CA and a leaf certificate it signed, as PEM files.
 pub struct TestCerts {
@@ -346,20 +460,14 @@ pub struct TestCerts {
     pub key: PathBuf,
 }
 
-/// Runs `openssl ARGS` in `dir`, failing the test with its output unless it succeeds.
+/// Runs `openssl ARGS` in `dir`, failing the test with its output unless
+/// it succeeds. Every argument is a plain word: file names are relative to `dir`.
 fn openssl(dir: &Path, args: &str) {
-    let done = run_bounded(
-        Command::new("openssl")
-            .args(args.split_whitespace())
-            .current_dir(dir),
-        Duration::from_secs(20),
-    );
-    assert!(
-        done.status.success(),
-        "`openssl {args}` failed ({}); is openssl installed (`apt-get install openssl`)?\n{}{}",
-        done.status,
-        done.stdout,
-        done.stderr
+    run_tool(
+        "openssl",
+        &args.split_whitespace().collect::<Vec<_>>(),
+        dir,
+        "openssl",
     );
 }
 
