@@ -703,53 +703,99 @@ fn under_default_policy_no_loopback_encoding_carries_data_to_or_from_a_loopback_
     }
 }
 
+/// A session with an allocation on a daemon that allows loopback peers, and
+/// a loopback peer the client names by its IPv4-mapped IPv6 spelling.
+struct MappedLoopbackPeer {
+    session: Session,
+    relayed: SocketAddr,
+    socket: UdpSocket,
+    /// `::ffff:127.0.0.1` and the peer's port.
+    mapped: SocketAddr,
+    _daemon: TestDaemon,
+}
+
+impl MappedLoopbackPeer {
+    fn start() -> Self {
+        let daemon = TestDaemon::start(&common::loopback_config(""));
+        let session = Session::open(daemon.udp, alice());
+        let relayed = session.allocate();
+        let socket = loopback_peer();
+        let port = socket.local_addr().expect("peer address").port();
+        Self {
+            session,
+            relayed,
+            socket,
+            mapped: SocketAddr::new(v6("::ffff:127.0.0.1"), port),
+            _daemon: daemon,
+        }
+    }
+
+    /// The client sends `datagram` (`what`, for the failure); returns what
+    /// the peer received from the relay, or the failure if nothing.
+    fn client_to_peer(&self, datagram: &[u8], what: &str) -> Result<Vec<u8>, String> {
+        self.session.client.send_raw(datagram);
+        let mut buf = [0u8; 64];
+        match self.socket.recv_from(&mut buf) {
+            Ok((len, from)) => {
+                assert_eq!(from, self.relayed);
+                Ok(buf[..len].to_vec())
+            }
+            Err(_) => Err(format!(
+                "{what} never reached the peer 127.0.0.1:{}",
+                self.mapped.port()
+            )),
+        }
+    }
+
+    /// The peer sends `data` to the relay; returns what the client
+    /// received, or the failure if nothing.
+    fn peer_to_client(&self, data: &[u8]) -> Result<Vec<u8>, String> {
+        self.socket
+            .send_to(data, self.relayed)
+            .expect("peer sends to the relay");
+        self.session
+            .client
+            .recv_within(READ_TIMEOUT)
+            .ok_or_else(|| {
+                format!(
+                    "a datagram from 127.0.0.1:{} to the relay {} never reached the client",
+                    self.mapped.port(),
+                    self.relayed
+                )
+            })
+    }
+}
+
 #[test]
 fn ipv4_mapped_peer_permission_lets_the_ipv4_peer_through_both_ways() {
     // With loopback allowed, icegate grants ::ffff:127.0.0.1 (it treats it as
     // 127.0.0.1, see above). A granted permission must then work: a Send
     // indication to the mapped address reaches the peer, and the peer's
     // datagrams reach the client.
-    let daemon = TestDaemon::start(&common::loopback_config(""));
-    let session = Session::open(daemon.udp, alice());
-    let relayed = session.allocate();
-    let peer_socket = loopback_peer();
-    let port = peer_socket.local_addr().expect("peer address").port();
-    let mapped = SocketAddr::new(v6("::ffff:127.0.0.1"), port);
+    let link = MappedLoopbackPeer::start();
+    let mapped = link.mapped;
     assert_success(
-        &session.request(METHOD_CREATE_PERMISSION, vec![peer(mapped)]),
+        &link
+            .session
+            .request(METHOD_CREATE_PERMISSION, vec![peer(mapped)]),
         "CreatePermission ::ffff:127.0.0.1 with 127.0.0.0/8 allowed",
     );
     let mut failures = Vec::new();
-
-    session
-        .client
-        .send_raw(&send_indication(mapped, b"to the peer").raw);
-    let mut buf = [0u8; 64];
-    match peer_socket.recv_from(&mut buf) {
-        Ok((len, from)) => {
-            assert_eq!(&buf[..len], b"to the peer");
-            assert_eq!(from, relayed);
-        }
-        Err(_) => failures.push(format!(
-            "a Send indication to {mapped} never reached the peer 127.0.0.1:{port}"
-        )),
+    let send = send_indication(mapped, b"to the peer");
+    match link.client_to_peer(&send.raw, &format!("a Send indication to {mapped}")) {
+        Ok(data) => assert_eq!(data, b"to the peer"),
+        Err(failure) => failures.push(failure),
     }
-
-    peer_socket
-        .send_to(b"from the peer", relayed)
-        .expect("peer sends to the relay");
-    match session.client.recv_within(READ_TIMEOUT) {
-        Some(reply) => {
+    match link.peer_to_client(b"from the peer") {
+        Ok(reply) => {
             let indication = decode(&reply).expect("a Data indication");
             assert_eq!(
                 indication.typ,
                 MessageType::new(METHOD_DATA, CLASS_INDICATION)
             );
-            assert_eq!(xor_peer(&indication).port(), port);
+            assert_eq!(xor_peer(&indication).port(), mapped.port());
         }
-        None => failures.push(format!(
-            "a datagram from 127.0.0.1:{port} to the relay {relayed} never reached the client"
-        )),
+        Err(failure) => failures.push(failure),
     }
     assert!(
         failures.is_empty(),
@@ -761,43 +807,24 @@ fn ipv4_mapped_peer_permission_lets_the_ipv4_peer_through_both_ways() {
 #[test]
 fn ipv4_mapped_channel_binding_carries_channel_data_both_ways() {
     // The ChannelBind twin of the test above.
-    let daemon = TestDaemon::start(&common::loopback_config(""));
-    let session = Session::open(daemon.udp, alice());
-    let relayed = session.allocate();
-    let peer_socket = loopback_peer();
-    let port = peer_socket.local_addr().expect("peer address").port();
-    let mapped = SocketAddr::new(v6("::ffff:127.0.0.1"), port);
+    let link = MappedLoopbackPeer::start();
+    let mapped = link.mapped;
     assert_success(
-        &session.request(
+        &link.session.request(
             METHOD_CHANNEL_BIND,
             vec![Box::new(ChannelNumber(0x4000)), peer(mapped)],
         ),
         "ChannelBind 0x4000 to ::ffff:127.0.0.1 with 127.0.0.0/8 allowed",
     );
     let mut failures = Vec::new();
-
-    session
-        .client
-        .send_raw(&[0x40, 0x00, 0x00, 0x04, b'p', b'i', b'n', b'g']);
-    let mut buf = [0u8; 64];
-    match peer_socket.recv_from(&mut buf) {
-        Ok((len, from)) => {
-            assert_eq!(&buf[..len], b"ping");
-            assert_eq!(from, relayed);
-        }
-        Err(_) => failures.push(format!(
-            "ChannelData on 0x4000 never reached the peer 127.0.0.1:{port}"
-        )),
+    let ping = [0x40, 0x00, 0x00, 0x04, b'p', b'i', b'n', b'g'];
+    match link.client_to_peer(&ping, "ChannelData on 0x4000") {
+        Ok(data) => assert_eq!(data, b"ping"),
+        Err(failure) => failures.push(failure),
     }
-
-    peer_socket
-        .send_to(b"pong", relayed)
-        .expect("peer sends to the relay");
-    match session.client.recv_within(READ_TIMEOUT) {
-        Some(reply) => assert_eq!(reply, [0x40, 0x00, 0x00, 0x04, b'p', b'o', b'n', b'g']),
-        None => failures.push(format!(
-            "a datagram from 127.0.0.1:{port} to the relay {relayed} never reached the client"
-        )),
+    match link.peer_to_client(b"pong") {
+        Ok(reply) => assert_eq!(reply, [0x40, 0x00, 0x00, 0x04, b'p', b'o', b'n', b'g']),
+        Err(failure) => failures.push(failure),
     }
     assert!(
         failures.is_empty(),
