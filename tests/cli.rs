@@ -9,13 +9,9 @@ use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-use hmac::{Hmac, Mac};
 use serde_json::Value;
-use sha1::Sha1;
 use stun::agent::TransactionId;
 use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};
 use stun::error_code::ErrorCodeAttribute;
@@ -30,7 +26,7 @@ use stun::xoraddr::XorMappedAddress;
 use turn::proto::PROTO_UDP;
 use turn::proto::reqtrans::RequestedTransport;
 
-use common::{Finished, collect, text_of};
+use common::{Finished, collect, rest_password, text_of, unix_now};
 
 const ICEGATE: &str = env!("CARGO_BIN_EXE_icegate");
 /// Commands other than `run` finish at once; beyond this they hang.
@@ -70,19 +66,6 @@ fn shipped_config_copy(dir: &Path) -> PathBuf {
     )
     .expect("write config copy");
     copy
-}
-
-fn rest_password(secret: &str, username: &str) -> String {
-    let mut mac = Hmac::<Sha1>::new_from_slice(secret.as_bytes()).expect("any key length");
-    mac.update(username.as_bytes());
-    STANDARD.encode(mac.finalize().into_bytes())
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
 }
 
 /// The pretty-printed JSON object at the end of `output`: from the first

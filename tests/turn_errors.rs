@@ -7,12 +7,8 @@
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-use hmac::{Hmac, Mac};
-use sha1::Sha1;
 use stun::agent::TransactionId;
 use stun::attributes::{ATTR_MESSAGE_INTEGRITY, ATTR_NONCE, ATTR_REALM, ATTR_USERNAME, AttrType};
 use stun::error_code::ErrorCodeAttribute;
@@ -35,7 +31,7 @@ use turn::proto::reqfamily::REQUESTED_FAMILY_IPV6;
 use turn::proto::reqtrans::RequestedTransport;
 use turn::proto::{PROTO_TCP, PROTO_UDP};
 
-use common::{PASSWORD, REALM, SECRET, TestConfig, TestDaemon, USER};
+use common::{PASSWORD, REALM, SECRET, TestConfig, TestDaemon, USER, unix_now};
 
 /// The longest any read waits for the daemon.
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
@@ -74,20 +70,11 @@ fn alice() -> Credentials {
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
-}
-
 /// TURN REST credentials for `user` that expire at `expiry` (unix seconds):
 /// username `expiry:user`, password base64(HMAC-SHA1(secret, username)).
 fn rest_user(user: &str, expiry: u64) -> Credentials {
     let username = format!("{expiry}:{user}");
-    let mut mac = Hmac::<Sha1>::new_from_slice(SECRET.as_bytes()).expect("any key length");
-    mac.update(username.as_bytes());
-    let password = STANDARD.encode(mac.finalize().into_bytes());
+    let password = common::rest_password(SECRET, &username);
     Credentials { username, password }
 }
 

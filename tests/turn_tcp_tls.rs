@@ -43,7 +43,7 @@ use common::coturn::{
     CLIENTS, Deleted, Exited, Peers, RFC5766_CHANNELS, UCLIENT_DEADLINE, User,
     assert_carried_every_message, assert_uclient_tally, uclient, wait_for_deleted,
 };
-use common::{PASSWORD, REALM, TestCerts, TestConfig, TestDaemon, USER};
+use common::{PASSWORD, REALM, TestCerts, TestConfig, TestDaemon, USER, xor_mapped_address};
 
 /// The name the test certificates are issued for (and IP 127.0.0.1).
 const HOST: &str = "turn.icegate.test";
@@ -258,23 +258,6 @@ fn binding(stream: &mut (impl Read + Write)) -> SocketAddr {
     assert_eq!(&response[4..20], &request[4..20], "same transaction");
     xor_mapped_address(&response)
         .unwrap_or_else(|| panic!("no IPv4 XOR-MAPPED-ADDRESS in {response:02x?}"))
-}
-
-/// The IPv4 XOR-MAPPED-ADDRESS of a STUN message, if any.
-fn xor_mapped_address(message: &[u8]) -> Option<SocketAddr> {
-    let mut rest = message.get(20..)?;
-    while rest.len() >= 4 {
-        let kind = u16::from_be_bytes([rest[0], rest[1]]);
-        let len = usize::from(u16::from_be_bytes([rest[2], rest[3]]));
-        let value = rest.get(4..4 + len)?;
-        if kind == 0x0020 && len == 8 && value[1] == 0x01 {
-            let port = u16::from_be_bytes([value[2], value[3]]) ^ 0x2112;
-            let ip: [u8; 4] = std::array::from_fn(|i| value[4 + i] ^ message[4 + i]);
-            return Some(SocketAddr::from((ip, port)));
-        }
-        rest = rest.get(4 + len.next_multiple_of(4)..)?;
-    }
-    None
 }
 
 /// A TCP connection to `addr` whose reads and writes wait at most IO_TIMEOUT.

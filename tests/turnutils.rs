@@ -10,11 +10,11 @@ use std::collections::HashSet;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::TestDaemon;
 use common::coturn::{
     CLIENTS, EchoPeer, Exited, Peers, REST_USER, RFC5766_CHANNELS, Tool, UCLIENT_DEADLINE, User,
     assert_carried_every_message, assert_uclient_tally, uclient, wait_for_deleted,
 };
+use common::{TestDaemon, xor_mapped_address};
 
 /// stunclient and a failing uclient finish in milliseconds.
 const QUICK_DEADLINE: Duration = Duration::from_secs(10);
@@ -349,21 +349,4 @@ fn stunclient_waiting_on_response_port(daemon: &TestDaemon) -> (Tool, SocketAddr
         }
     }
     panic!("stunclient -f exited three times before waiting on its port + 1");
-}
-
-/// The IPv4 XOR-MAPPED-ADDRESS of a STUN message, if any.
-fn xor_mapped_address(message: &[u8]) -> Option<SocketAddr> {
-    let mut rest = message.get(20..)?;
-    while rest.len() >= 4 {
-        let kind = u16::from_be_bytes([rest[0], rest[1]]);
-        let len = usize::from(u16::from_be_bytes([rest[2], rest[3]]));
-        let value = rest.get(4..4 + len)?;
-        if kind == 0x0020 && len == 8 && value[1] == 0x01 {
-            let port = u16::from_be_bytes([value[2], value[3]]) ^ 0x2112;
-            let ip: [u8; 4] = std::array::from_fn(|i| value[4 + i] ^ message[4 + i]);
-            return Some(SocketAddr::from((ip, port)));
-        }
-        rest = rest.get(4 + len.next_multiple_of(4)..)?;
-    }
-    None
 }

@@ -18,6 +18,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{Hmac, Mac};
+use sha1::Sha1;
+
 pub mod coturn;
 
 pub const REALM: &str = "test.local";
@@ -298,6 +303,42 @@ pub fn wait_for_line_in(
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// STUN bytes and TURN REST credentials
+
+/// The IPv4 XOR-MAPPED-ADDRESS of a STUN message, if any.
+pub fn xor_mapped_address(message: &[u8]) -> Option<SocketAddr> {
+    let mut rest = message.get(20..)?;
+    while rest.len() >= 4 {
+        let kind = u16::from_be_bytes([rest[0], rest[1]]);
+        let len = usize::from(u16::from_be_bytes([rest[2], rest[3]]));
+        let value = rest.get(4..4 + len)?;
+        if kind == 0x0020 && len == 8 && value[1] == 0x01 {
+            let port = u16::from_be_bytes([value[2], value[3]]) ^ 0x2112;
+            let ip: [u8; 4] = std::array::from_fn(|i| value[4 + i] ^ message[4 + i]);
+            return Some(SocketAddr::from((ip, port)));
+        }
+        rest = rest.get(4 + len.next_multiple_of(4)..)?;
+    }
+    None
+}
+
+/// Seconds since the Unix epoch, as TURN REST user names count expiry.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// The TURN REST password for `username` (`expiry:user`): base64 of
+/// HMAC-SHA1(`secret`, `username`).
+pub fn rest_password(secret: &str, username: &str) -> String {
+    let mut mac = Hmac::<Sha1>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(username.as_bytes());
+    STANDARD.encode(mac.finalize().into_bytes())
 }
 
 // ---------------------------------------------------------------------------------------------
