@@ -8,21 +8,18 @@
 //! `npm ci --prefix tests/browser`. Nothing leaves the machine: Chromium
 //! resolves only the test's TURN host name (to 127.0.0.1), and the daemon
 //! listens and relays on 127.0.0.1 only. Every child process runs under a
-//! deadline in its own process group, which is killed if anything is left.
+//! deadline; node runs in its own process group, which is killed if anything
+//! is left.
 
 mod common;
 
-use std::io::Read;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use common::{PASSWORD, REALM, SECRET, TestDaemon, USER};
+use common::{PASSWORD, TestCerts, TestConfig, TestDaemon, USER};
 
 /// The name the TURN URLs use; relay.mjs maps it to 127.0.0.1 in Chromium's
 /// resolver, and the test certificate is issued for it.
@@ -31,8 +28,6 @@ const TURN_HOST: &str = "turn.icegate.test";
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(40);
 /// Beyond this the script is stuck (its own watchdog failed): kill it.
 const SCRIPT_DEADLINE: Duration = Duration::from_secs(60);
-/// openssl and certutil finish in well under a second.
-const TOOL_DEADLINE: Duration = Duration::from_secs(20);
 /// How long the gather mode collects candidates and errors.
 const GATHER_FOR: Duration = Duration::from_secs(5);
 /// The size of the big DataChannel message relay.mjs sends each way.
@@ -58,176 +53,9 @@ fn require_browser_tools() {
     );
 }
 
-/// Collects everything `source` yields, on a thread.
-fn collect(mut source: impl Read + Send + 'static) -> (Arc<Mutex<Vec<u8>>>, JoinHandle<()>) {
-    let sink = Arc::new(Mutex::new(Vec::new()));
-    let writer = sink.clone();
-    let handle = std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(len) = source.read(&mut buf) {
-            if len == 0 {
-                break;
-            }
-            writer.lock().unwrap().extend_from_slice(&buf[..len]);
-        }
-    });
-    (sink, handle)
-}
-
-fn text_of(sink: &Mutex<Vec<u8>>) -> String {
-    String::from_utf8_lossy(&sink.lock().unwrap()).into_owned()
-}
-
-/// How a finished command ended and what it printed.
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// Whether any process is still in process group `pgid`.
-fn group_alive(pgid: u32) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    entries.filter_map(Result::ok).any(|entry| {
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        // pid (comm) state ppid pgrp ...; comm may hold spaces and parens.
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(2))
-            .is_some_and(|pgrp| pgrp == pgid.to_string())
-    })
-}
-
-/// Kills what is left of the process group `pgid` (our child and everything
-/// it started: node, Chromium and Chromium's helpers).
-fn kill_group(pgid: u32) {
-    if group_alive(pgid) {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{pgid}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// Runs `command` in a process group of its own, to completion, killing the
-/// whole group after `deadline`; also kills whatever the command left behind.
-fn run_bounded(mut command: Command, deadline: Duration) -> Finished {
-    use std::os::unix::process::CommandExt;
-    let what = format!("{command:?}");
-    let mut child: Child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap_or_else(|err| panic!("start {what}: {err}"));
-    let pgid = child.id();
-    let (stdout, out_reader) = collect(child.stdout.take().expect("piped stdout"));
-    let (stderr, err_reader) = collect(child.stderr.take().expect("piped stderr"));
-    let until = Instant::now() + deadline;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for child") {
-            break Some(status);
-        }
-        if Instant::now() >= until {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    kill_group(pgid);
-    let status = status.unwrap_or_else(|| {
-        let _ = child.wait();
-        panic!(
-            "{what} still ran after {deadline:?}; killed its process group\n\
-             stdout:\n{}\nstderr:\n{}",
-            text_of(&stdout),
-            text_of(&stderr)
-        )
-    });
-    out_reader.join().expect("stdout reader");
-    err_reader.join().expect("stderr reader");
-    Finished {
-        status,
-        stdout: text_of(&stdout),
-        stderr: text_of(&stderr),
-    }
-}
-
-/// Runs a quick tool, panicking with its output unless it succeeds.
-fn tool(program: &str, args: &[&str], dir: &Path) -> String {
-    let mut command = Command::new(program);
-    command.args(args).current_dir(dir);
-    let done = run_bounded(command, TOOL_DEADLINE);
-    assert!(
-        done.status.success(),
-        "`{program} {}` failed ({}); is it installed?\nstdout:\n{}\nstderr:\n{}",
-        args.join(" "),
-        done.status,
-        done.stdout,
-        done.stderr
-    );
-    done.stdout
-}
-
-/// A test CA and a leaf certificate for `turn.icegate.test` (also valid for
-/// IP 127.0.0.1) signed by it, made with the openssl CLI in `dir`. EC P-256
-/// keys, PEM files, the leaf's key in PKCS#8 (`BEGIN PRIVATE KEY`), as a
-/// rustls server loads them. Returns (ca.pem, cert.pem, key.pem); cert.pem
-/// holds the leaf alone: clients trust the CA itself.
-fn make_test_ca_and_cert(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    std::fs::write(
-        dir.join("ca.cnf"),
-        "[req]\n\
-         distinguished_name = dn\n\
-         prompt = no\n\
-         x509_extensions = ca_ext\n\
-         [dn]\n\
-         CN = icegate test CA\n\
-         [ca_ext]\n\
-         basicConstraints = critical, CA:TRUE, pathlen:0\n\
-         keyUsage = critical, keyCertSign, cRLSign\n\
-         subjectKeyIdentifier = hash\n",
-    )
-    .expect("write ca.cnf");
-    std::fs::write(
-        dir.join("leaf.ext"),
-        format!(
-            "basicConstraints = critical, CA:FALSE\n\
-             keyUsage = critical, digitalSignature\n\
-             extendedKeyUsage = serverAuth\n\
-             subjectAltName = DNS:{TURN_HOST}, IP:127.0.0.1\n\
-             subjectKeyIdentifier = hash\n\
-             authorityKeyIdentifier = keyid, issuer\n"
-        ),
-    )
-    .expect("write leaf.ext");
-    // Each run its own serial, so no cache ever mixes two runs' leaves.
-    let serial = format!(
-        "0x{:x}",
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_nanos()
-    );
-    // Every argument is a plain word: file names are relative to `dir`.
-    let openssl = |args: &str| tool("openssl", &args.split_whitespace().collect::<Vec<_>>(), dir);
-    openssl("genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ca.key");
-    openssl("req -x509 -new -config ca.cnf -key ca.key -days 7 -sha256 -out ca.pem");
-    openssl("genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem");
-    openssl(&format!(
-        "req -new -key key.pem -subj /CN={TURN_HOST} -out leaf.csr"
-    ));
-    openssl(&format!(
-        "x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -set_serial {serial} -days 7 -sha256 \
-         -extfile leaf.ext -out cert.pem"
-    ));
-    (
-        dir.join("ca.pem"),
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
-    )
+/// Runs NSS's `certutil` with `args` in `dir`; returns what it printed.
+fn certutil(args: &[&str], dir: &Path) -> String {
+    common::run_tool("certutil", args, dir, "libnss3-tools")
 }
 
 /// A fresh HOME under `dir` whose NSS database (`.pki/nssdb`, where Chromium
@@ -239,9 +67,8 @@ fn nss_home_trusting(ca: &Path, dir: &Path) -> PathBuf {
     std::fs::create_dir_all(&nssdb).expect("create nssdb dir");
     let db = format!("sql:{}", nssdb.display());
     let ca = ca.to_str().expect("utf-8 CA path");
-    tool("certutil", &["-d", &db, "-N", "--empty-password"], dir);
-    tool(
-        "certutil",
+    certutil(&["-d", &db, "-N", "--empty-password"], dir);
+    certutil(
         &[
             "-d",
             &db,
@@ -313,7 +140,7 @@ fn run_relay(mode: Mode, ice_servers: &Value, home: &Path) -> Report {
         .env("XDG_CACHE_HOME", home.join(".cache"))
         .env_remove("DEBUG");
     let started = Instant::now();
-    let done = run_bounded(command, SCRIPT_DEADLINE);
+    let done = common::run_bounded_in_group(&mut command, SCRIPT_DEADLINE);
     eprintln!(
         "relay.mjs --mode {mode} took {:?}, {}",
         started.elapsed(),
@@ -419,51 +246,17 @@ fn assert_datachannel_relays(url: &str, relay_protocol: &str, home: &Path) {
     assert_relayed(&report, url, relay_protocol);
 }
 
-/// A config like `common::loopback_config("")` with TCP and TLS listeners
-/// besides the UDP one.
-fn config_with_tcp_and_tls(cert: &Path, key: &Path) -> String {
-    format!(
-        r#"realm = "{REALM}"
-[log]
-level = "debug"
-[[listen]]
-address = "127.0.0.1:0"
-[[listen]]
-address = "127.0.0.1:0"
-transport = "tcp"
-[[listen]]
-address = "127.0.0.1:0"
-transport = "tls"
-certificate = "{}"
-private-key = "{}"
-[relay]
-addresses = ["127.0.0.1"]
-allow-peers = ["127.0.0.0/8"]
-[auth]
-secrets = ["{SECRET}"]
-[[auth.users]]
-name = "{USER}"
-password = "{PASSWORD}"
-"#,
-        cert.display(),
-        key.display()
-    )
-}
-
-/// The address the daemon announced for `transport` ("tcp", "tls"):
-/// `info listening on tcp 127.0.0.1:NNNN`.
-fn listener(daemon: &TestDaemon, transport: &str) -> SocketAddr {
-    let prefix = format!("info listening on {transport} ");
-    assert!(
-        daemon.wait_for_log(&prefix),
-        "icegate announced no {transport} listener"
-    );
-    daemon
-        .log()
-        .lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|addr| addr.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no parsable `{prefix}ADDR` line in the log"))
+/// Starts a daemon like `common::loopback_config("")`'s with TCP and TLS
+/// listeners besides the UDP one, TLS serving a certificate for TURN_HOST
+/// from a test CA made in `dir`.
+fn start_with_tcp_and_tls(dir: &Path) -> (TestDaemon, TestCerts) {
+    let certs = common::make_test_ca_and_cert(dir, TURN_HOST);
+    let config = TestConfig {
+        tcp: true,
+        tls: Some((&certs.cert, &certs.key)),
+        ..TestConfig::default()
+    };
+    (TestDaemon::start(&config.render()), certs)
 }
 
 #[test]
@@ -506,25 +299,25 @@ fn chromium_reports_401_for_a_wrong_password() {
 #[test]
 fn test_ca_and_nss_db_are_what_chromium_and_rustls_need() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (ca, cert, key) = make_test_ca_and_cert(dir.path());
-    let (ca, cert) = (ca.to_str().unwrap(), cert.to_str().unwrap());
+    let certs = common::make_test_ca_and_cert(dir.path(), TURN_HOST);
+    let (ca, cert) = (certs.ca.to_str().unwrap(), certs.cert.to_str().unwrap());
     for check in [["-verify_hostname", TURN_HOST], ["-verify_ip", "127.0.0.1"]] {
         let args = [
             &["verify", "-CAfile", ca, "-purpose", "sslserver"],
             &check[..],
             &[cert],
         ];
-        let verified = tool("openssl", &args.concat(), dir.path());
+        let verified = common::run_tool("openssl", &args.concat(), dir.path(), "openssl");
         assert!(verified.contains(": OK"), "{verified}");
     }
-    let key_pem = std::fs::read_to_string(&key).expect("read key.pem");
+    let key_pem = std::fs::read_to_string(&certs.key).expect("read key.pem");
     assert!(
         key_pem.starts_with("-----BEGIN PRIVATE KEY-----"),
         "key.pem is not PKCS#8:\n{key_pem}"
     );
     let home = nss_home_trusting(Path::new(ca), dir.path());
     let db = format!("sql:{}", home.join(".pki/nssdb").display());
-    let listed = tool("certutil", &["-d", &db, "-L"], dir.path());
+    let listed = certutil(&["-d", &db, "-L"], dir.path());
     assert!(
         listed
             .lines()
@@ -534,24 +327,20 @@ fn test_ca_and_nss_db_are_what_chromium_and_rustls_need() {
 }
 
 #[test]
-
 fn chromium_relays_datachannel_over_turn_tcp() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (_ca, cert, key) = make_test_ca_and_cert(dir.path());
-    let daemon = TestDaemon::start(&config_with_tcp_and_tls(&cert, &key));
-    let tcp = listener(&daemon, "tcp");
+    let (daemon, _certs) = start_with_tcp_and_tls(dir.path());
+    let tcp = daemon.tcp.expect("icegate announced its tcp listener");
     let url = format!("turn:{TURN_HOST}:{}?transport=tcp", tcp.port());
     assert_datachannel_relays(&url, "tcp", dir.path());
 }
 
 #[test]
-
 fn chromium_relays_datachannel_over_turns_trusting_the_test_ca() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (ca, cert, key) = make_test_ca_and_cert(dir.path());
-    let daemon = TestDaemon::start(&config_with_tcp_and_tls(&cert, &key));
-    let tls = listener(&daemon, "tls");
-    let home = nss_home_trusting(&ca, dir.path());
+    let (daemon, certs) = start_with_tcp_and_tls(dir.path());
+    let tls = daemon.tls.expect("icegate announced its tls listener");
+    let home = nss_home_trusting(&certs.ca, dir.path());
     let url = format!("turns:{TURN_HOST}:{}?transport=tcp", tls.port());
     assert_datachannel_relays(&url, "tls", &home);
 }
@@ -559,12 +348,10 @@ fn chromium_relays_datachannel_over_turns_trusting_the_test_ca() {
 /// The other side of the test above: without the CA in its NSS DB,
 /// Chromium refuses the certificate, so the CA is what made that one pass.
 #[test]
-
 fn chromium_refuses_turns_without_the_test_ca() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (_ca, cert, key) = make_test_ca_and_cert(dir.path());
-    let daemon = TestDaemon::start(&config_with_tcp_and_tls(&cert, &key));
-    let tls = listener(&daemon, "tls");
+    let (daemon, _certs) = start_with_tcp_and_tls(dir.path());
+    let tls = daemon.tls.expect("icegate announced its tls listener");
     let url = format!("turns:{TURN_HOST}:{}?transport=tcp", tls.port());
     let report = run_relay(Mode::Gather, &ice_servers(&url, USER, PASSWORD), dir.path());
     let json = report.expect_success();

@@ -3,19 +3,15 @@
 //! `--version`, and `run` with the embedded default config. Every child
 //! process runs under a deadline and is killed if it overstays.
 
-use std::io::Read;
+mod common;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-use hmac::{Hmac, Mac};
 use serde_json::Value;
-use sha1::Sha1;
 use stun::agent::TransactionId;
 use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};
 use stun::error_code::ErrorCodeAttribute;
@@ -30,6 +26,8 @@ use stun::xoraddr::XorMappedAddress;
 use turn::proto::PROTO_UDP;
 use turn::proto::reqtrans::RequestedTransport;
 
+use common::{Finished, collect, rest_password, text_of, unix_now};
+
 const ICEGATE: &str = env!("CARGO_BIN_EXE_icegate");
 /// Commands other than `run` finish at once; beyond this they hang.
 const COMMAND_DEADLINE: Duration = Duration::from_secs(10);
@@ -42,66 +40,9 @@ fn repo_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
 
-/// Collects everything `source` yields, on a thread.
-fn collect(mut source: impl Read + Send + 'static) -> (Arc<Mutex<Vec<u8>>>, JoinHandle<()>) {
-    let sink = Arc::new(Mutex::new(Vec::new()));
-    let writer = sink.clone();
-    let handle = std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(len) = source.read(&mut buf) {
-            if len == 0 {
-                break;
-            }
-            writer.lock().unwrap().extend_from_slice(&buf[..len]);
-        }
-    });
-    (sink, handle)
-}
-
-fn text_of(sink: &Mutex<Vec<u8>>) -> String {
-    String::from_utf8_lossy(&sink.lock().unwrap()).into_owned()
-}
-
-/// How a finished command ended and what it printed.
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
 /// Runs `icegate args...` to completion, killing it after `COMMAND_DEADLINE`.
 fn icegate(args: &[&str]) -> Finished {
-    let mut child = Command::new(ICEGATE)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start icegate");
-    let (stdout, out_reader) = collect(child.stdout.take().expect("piped stdout"));
-    let (stderr, err_reader) = collect(child.stderr.take().expect("piped stderr"));
-    let deadline = Instant::now() + COMMAND_DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for icegate") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "`icegate {}` still ran after {COMMAND_DEADLINE:?}; killed it",
-                args.join(" ")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    out_reader.join().expect("stdout reader");
-    err_reader.join().expect("stderr reader");
-    Finished {
-        status,
-        stdout: text_of(&stdout),
-        stderr: text_of(&stderr),
-    }
+    common::run_bounded(Command::new(ICEGATE).args(args), COMMAND_DEADLINE)
 }
 
 /// config/icegate.toml as shipped, copied into `dir` with its secrets-file
@@ -125,19 +66,6 @@ fn shipped_config_copy(dir: &Path) -> PathBuf {
     )
     .expect("write config copy");
     copy
-}
-
-fn rest_password(secret: &str, username: &str) -> String {
-    let mut mac = Hmac::<Sha1>::new_from_slice(secret.as_bytes()).expect("any key length");
-    mac.update(username.as_bytes());
-    STANDARD.encode(mac.finalize().into_bytes())
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
 }
 
 /// The pretty-printed JSON object at the end of `output`: from the first

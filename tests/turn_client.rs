@@ -11,13 +11,9 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-use hmac::{Hmac, Mac};
-use sha1::Sha1;
 use tokio::net::UdpSocket;
 use turn::client::{Client, ClientConfig};
 use webrtc_util::Conn;
@@ -239,14 +235,8 @@ async fn round_trip(relay: &impl Conn, peer: &UdpSocket, peer_addr: SocketAddr, 
 }
 
 fn rest_credentials(user: &str) -> (String, String) {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs();
-    let username = format!("{}:{user}", now + 3600);
-    let mut mac = Hmac::<Sha1>::new_from_slice(SECRET.as_bytes()).expect("any key length");
-    mac.update(username.as_bytes());
-    let password = STANDARD.encode(mac.finalize().into_bytes());
+    let username = format!("{}:{user}", common::unix_now() + 3600);
+    let password = common::rest_password(SECRET, &username);
     (username, password)
 }
 

@@ -7,12 +7,8 @@
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-use hmac::{Hmac, Mac};
-use sha1::Sha1;
 use stun::agent::TransactionId;
 use stun::attributes::{ATTR_MESSAGE_INTEGRITY, ATTR_NONCE, ATTR_REALM, ATTR_USERNAME, AttrType};
 use stun::error_code::ErrorCodeAttribute;
@@ -35,7 +31,7 @@ use turn::proto::reqfamily::REQUESTED_FAMILY_IPV6;
 use turn::proto::reqtrans::RequestedTransport;
 use turn::proto::{PROTO_TCP, PROTO_UDP};
 
-use common::{PASSWORD, REALM, SECRET, TestDaemon, USER};
+use common::{PASSWORD, REALM, SECRET, TestConfig, TestDaemon, USER, unix_now};
 
 /// The longest any read waits for the daemon.
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
@@ -45,31 +41,17 @@ const SILENCE: Duration = Duration::from_millis(400);
 // ---------------------------------------------------------------------------------------------
 // Configs
 
-/// `common::loopback_config`'s text with the whole `[relay]` table and extra
-/// `[auth]` keys given: for tests that need the default peer policy (no
-/// `allow-peers`) or an `[auth]` setting.
-fn config(relay: &str, auth_extra: &str) -> String {
-    format!(
-        r#"realm = "{REALM}"
-[log]
-level = "debug"
-[[listen]]
-address = "127.0.0.1:0"
-[relay]
-{relay}
-[auth]
-secrets = ["{SECRET}"]
-{auth_extra}
-[[auth.users]]
-name = "{USER}"
-password = "{PASSWORD}"
-"#
-    )
-}
-
-/// Relays on 127.0.0.1 under the default peer policy (no `allow-peers`).
-fn default_policy_config() -> String {
-    config(r#"addresses = ["127.0.0.1"]"#, "")
+/// Relays on `relay_addresses` under the default peer policy: loopback
+/// peers are not allowed, and `allow-peers` is only what `relay_extra`
+/// (inside `[relay]`) says.
+fn config_without_loopback_peers(relay_addresses: &[&str], relay_extra: &str) -> String {
+    TestConfig {
+        relay_addresses,
+        allow_loopback: false,
+        relay_extra,
+        ..TestConfig::default()
+    }
+    .render()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -88,20 +70,11 @@ fn alice() -> Credentials {
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
-}
-
 /// TURN REST credentials for `user` that expire at `expiry` (unix seconds):
 /// username `expiry:user`, password base64(HMAC-SHA1(secret, username)).
 fn rest_user(user: &str, expiry: u64) -> Credentials {
     let username = format!("{expiry}:{user}");
-    let mut mac = Hmac::<Sha1>::new_from_slice(SECRET.as_bytes()).expect("any key length");
-    mac.update(username.as_bytes());
-    let password = STANDARD.encode(mac.finalize().into_bytes());
+    let password = common::rest_password(SECRET, &username);
     Credentials { username, password }
 }
 
@@ -477,10 +450,13 @@ fn expired_rest_username_gets_401_though_its_password_is_right() {
 
 #[test]
 fn stale_nonce_gets_438_with_a_fresh_nonce_that_works() {
-    let daemon = TestDaemon::start(&config(
-        "addresses = [\"127.0.0.1\"]\nallow-peers = [\"127.0.0.0/8\"]",
-        "nonce-lifetime = \"1s\"",
-    ));
+    let daemon = TestDaemon::start(
+        &TestConfig {
+            auth_extra: "nonce-lifetime = \"1s\"",
+            ..TestConfig::default()
+        }
+        .render(),
+    );
     let mut session = Session::open(daemon.udp, alice());
     std::thread::sleep(Duration::from_millis(2500));
     let response = session.try_allocate();
@@ -499,7 +475,7 @@ fn stale_nonce_gets_438_with_a_fresh_nonce_that_works() {
 
 #[test]
 fn default_policy_refuses_every_ipv4_encoding_of_loopback_private_and_special_peers_with_403() {
-    let daemon = TestDaemon::start(&default_policy_config());
+    let daemon = TestDaemon::start(&config_without_loopback_peers(&["127.0.0.1"], ""));
     let session = Session::open(daemon.udp, alice());
     let relayed = session.allocate();
     assert!(relayed.is_ipv4());
@@ -555,7 +531,7 @@ fn ipv6_peers_on_an_ipv4_relay_get_443() {
     // address's is a 443, before any policy. So a 6to4 or NAT64 spelling of
     // 127.0.0.1 gets no permission on an IPv4 relay; the IPv6 relay tests
     // below show the policy refuses them as well.
-    let daemon = TestDaemon::start(&default_policy_config());
+    let daemon = TestDaemon::start(&config_without_loopback_peers(&["127.0.0.1"], ""));
     let session = Session::open(daemon.udp, alice());
     assert!(session.allocate().is_ipv4());
     for ip in [
@@ -588,7 +564,7 @@ fn ipv6_allocation(session: &Session) -> SocketAddr {
 
 #[test]
 fn ipv6_relay_under_default_policy_refuses_loopback_in_every_ipv6_encoding_with_403() {
-    let daemon = TestDaemon::start(&config(r#"addresses = ["127.0.0.1", "::1"]"#, ""));
+    let daemon = TestDaemon::start(&config_without_loopback_peers(&["127.0.0.1", "::1"], ""));
     let session = Session::open(daemon.udp, alice());
     ipv6_allocation(&session);
     for (what, ip) in [
@@ -626,9 +602,9 @@ fn ipv6_relay_under_default_policy_refuses_loopback_in_every_ipv6_encoding_with_
 
 #[test]
 fn allowing_6to4_and_nat64_prefixes_still_refuses_the_loopback_and_private_hosts_they_embed() {
-    let daemon = TestDaemon::start(&config(
-        "addresses = [\"127.0.0.1\", \"::1\"]\nallow-peers = [\"2002::/16\", \"64:ff9b::/96\"]",
-        "",
+    let daemon = TestDaemon::start(&config_without_loopback_peers(
+        &["127.0.0.1", "::1"],
+        r#"allow-peers = ["2002::/16", "64:ff9b::/96"]"#,
     ));
     let session = Session::open(daemon.udp, alice());
     ipv6_allocation(&session);
@@ -671,7 +647,7 @@ fn loopback_peer() -> UdpSocket {
 
 #[test]
 fn under_default_policy_no_loopback_encoding_carries_data_to_or_from_a_loopback_peer() {
-    let daemon = TestDaemon::start(&default_policy_config());
+    let daemon = TestDaemon::start(&config_without_loopback_peers(&["127.0.0.1"], ""));
     let session = Session::open(daemon.udp, alice());
     let relayed = session.allocate();
     let peer_socket = loopback_peer();
@@ -714,53 +690,99 @@ fn under_default_policy_no_loopback_encoding_carries_data_to_or_from_a_loopback_
     }
 }
 
+/// A session with an allocation on a daemon that allows loopback peers, and
+/// a loopback peer the client names by its IPv4-mapped IPv6 spelling.
+struct MappedLoopbackPeer {
+    session: Session,
+    relayed: SocketAddr,
+    socket: UdpSocket,
+    /// `::ffff:127.0.0.1` and the peer's port.
+    mapped: SocketAddr,
+    _daemon: TestDaemon,
+}
+
+impl MappedLoopbackPeer {
+    fn start() -> Self {
+        let daemon = TestDaemon::start(&common::loopback_config(""));
+        let session = Session::open(daemon.udp, alice());
+        let relayed = session.allocate();
+        let socket = loopback_peer();
+        let port = socket.local_addr().expect("peer address").port();
+        Self {
+            session,
+            relayed,
+            socket,
+            mapped: SocketAddr::new(v6("::ffff:127.0.0.1"), port),
+            _daemon: daemon,
+        }
+    }
+
+    /// The client sends `datagram` (`what`, for the failure); returns what
+    /// the peer received from the relay, or the failure if nothing.
+    fn client_to_peer(&self, datagram: &[u8], what: &str) -> Result<Vec<u8>, String> {
+        self.session.client.send_raw(datagram);
+        let mut buf = [0u8; 64];
+        match self.socket.recv_from(&mut buf) {
+            Ok((len, from)) => {
+                assert_eq!(from, self.relayed);
+                Ok(buf[..len].to_vec())
+            }
+            Err(_) => Err(format!(
+                "{what} never reached the peer 127.0.0.1:{}",
+                self.mapped.port()
+            )),
+        }
+    }
+
+    /// The peer sends `data` to the relay; returns what the client
+    /// received, or the failure if nothing.
+    fn peer_to_client(&self, data: &[u8]) -> Result<Vec<u8>, String> {
+        self.socket
+            .send_to(data, self.relayed)
+            .expect("peer sends to the relay");
+        self.session
+            .client
+            .recv_within(READ_TIMEOUT)
+            .ok_or_else(|| {
+                format!(
+                    "a datagram from 127.0.0.1:{} to the relay {} never reached the client",
+                    self.mapped.port(),
+                    self.relayed
+                )
+            })
+    }
+}
+
 #[test]
 fn ipv4_mapped_peer_permission_lets_the_ipv4_peer_through_both_ways() {
     // With loopback allowed, icegate grants ::ffff:127.0.0.1 (it treats it as
     // 127.0.0.1, see above). A granted permission must then work: a Send
     // indication to the mapped address reaches the peer, and the peer's
     // datagrams reach the client.
-    let daemon = TestDaemon::start(&common::loopback_config(""));
-    let session = Session::open(daemon.udp, alice());
-    let relayed = session.allocate();
-    let peer_socket = loopback_peer();
-    let port = peer_socket.local_addr().expect("peer address").port();
-    let mapped = SocketAddr::new(v6("::ffff:127.0.0.1"), port);
+    let link = MappedLoopbackPeer::start();
+    let mapped = link.mapped;
     assert_success(
-        &session.request(METHOD_CREATE_PERMISSION, vec![peer(mapped)]),
+        &link
+            .session
+            .request(METHOD_CREATE_PERMISSION, vec![peer(mapped)]),
         "CreatePermission ::ffff:127.0.0.1 with 127.0.0.0/8 allowed",
     );
     let mut failures = Vec::new();
-
-    session
-        .client
-        .send_raw(&send_indication(mapped, b"to the peer").raw);
-    let mut buf = [0u8; 64];
-    match peer_socket.recv_from(&mut buf) {
-        Ok((len, from)) => {
-            assert_eq!(&buf[..len], b"to the peer");
-            assert_eq!(from, relayed);
-        }
-        Err(_) => failures.push(format!(
-            "a Send indication to {mapped} never reached the peer 127.0.0.1:{port}"
-        )),
+    let send = send_indication(mapped, b"to the peer");
+    match link.client_to_peer(&send.raw, &format!("a Send indication to {mapped}")) {
+        Ok(data) => assert_eq!(data, b"to the peer"),
+        Err(failure) => failures.push(failure),
     }
-
-    peer_socket
-        .send_to(b"from the peer", relayed)
-        .expect("peer sends to the relay");
-    match session.client.recv_within(READ_TIMEOUT) {
-        Some(reply) => {
+    match link.peer_to_client(b"from the peer") {
+        Ok(reply) => {
             let indication = decode(&reply).expect("a Data indication");
             assert_eq!(
                 indication.typ,
                 MessageType::new(METHOD_DATA, CLASS_INDICATION)
             );
-            assert_eq!(xor_peer(&indication).port(), port);
+            assert_eq!(xor_peer(&indication).port(), mapped.port());
         }
-        None => failures.push(format!(
-            "a datagram from 127.0.0.1:{port} to the relay {relayed} never reached the client"
-        )),
+        Err(failure) => failures.push(failure),
     }
     assert!(
         failures.is_empty(),
@@ -772,43 +794,24 @@ fn ipv4_mapped_peer_permission_lets_the_ipv4_peer_through_both_ways() {
 #[test]
 fn ipv4_mapped_channel_binding_carries_channel_data_both_ways() {
     // The ChannelBind twin of the test above.
-    let daemon = TestDaemon::start(&common::loopback_config(""));
-    let session = Session::open(daemon.udp, alice());
-    let relayed = session.allocate();
-    let peer_socket = loopback_peer();
-    let port = peer_socket.local_addr().expect("peer address").port();
-    let mapped = SocketAddr::new(v6("::ffff:127.0.0.1"), port);
+    let link = MappedLoopbackPeer::start();
+    let mapped = link.mapped;
     assert_success(
-        &session.request(
+        &link.session.request(
             METHOD_CHANNEL_BIND,
             vec![Box::new(ChannelNumber(0x4000)), peer(mapped)],
         ),
         "ChannelBind 0x4000 to ::ffff:127.0.0.1 with 127.0.0.0/8 allowed",
     );
     let mut failures = Vec::new();
-
-    session
-        .client
-        .send_raw(&[0x40, 0x00, 0x00, 0x04, b'p', b'i', b'n', b'g']);
-    let mut buf = [0u8; 64];
-    match peer_socket.recv_from(&mut buf) {
-        Ok((len, from)) => {
-            assert_eq!(&buf[..len], b"ping");
-            assert_eq!(from, relayed);
-        }
-        Err(_) => failures.push(format!(
-            "ChannelData on 0x4000 never reached the peer 127.0.0.1:{port}"
-        )),
+    let ping = [0x40, 0x00, 0x00, 0x04, b'p', b'i', b'n', b'g'];
+    match link.client_to_peer(&ping, "ChannelData on 0x4000") {
+        Ok(data) => assert_eq!(data, b"ping"),
+        Err(failure) => failures.push(failure),
     }
-
-    peer_socket
-        .send_to(b"pong", relayed)
-        .expect("peer sends to the relay");
-    match session.client.recv_within(READ_TIMEOUT) {
-        Some(reply) => assert_eq!(reply, [0x40, 0x00, 0x00, 0x04, b'p', b'o', b'n', b'g']),
-        None => failures.push(format!(
-            "a datagram from 127.0.0.1:{port} to the relay {relayed} never reached the client"
-        )),
+    match link.peer_to_client(b"pong") {
+        Ok(reply) => assert_eq!(reply, [0x40, 0x00, 0x00, 0x04, b'p', b'o', b'n', b'g']),
+        Err(failure) => failures.push(failure),
     }
     assert!(
         failures.is_empty(),

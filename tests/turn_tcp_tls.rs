@@ -12,12 +12,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -39,13 +39,14 @@ use turn::proto::PROTO_UDP;
 use turn::proto::relayaddr::RelayedAddress;
 use turn::proto::reqtrans::RequestedTransport;
 
-use common::{PASSWORD, REALM, SECRET, TestCerts, TestDaemon, USER};
+use common::coturn::{
+    CLIENTS, Deleted, Exited, Peers, RFC5766_CHANNELS, UCLIENT_DEADLINE, User,
+    assert_carried_every_message, assert_uclient_tally, uclient, wait_for_deleted,
+};
+use common::{PASSWORD, REALM, TestCerts, TestConfig, TestDaemon, USER, xor_mapped_address};
 
 /// The name the test certificates are issued for (and IP 127.0.0.1).
 const HOST: &str = "turn.icegate.test";
-/// The relay setting uclient's channels need: coturn 4.6's uclient picks
-/// channel numbers in 0x4000-0x7FFF (RFC 5766).
-const RFC5766_CHANNELS: &str = "rfc5766-channel-numbers = true";
 /// The longest any socket read or write of ours waits.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// aioice_stun.py bounds itself to 10 s; beyond this it is stuck.
@@ -68,67 +69,25 @@ impl Setup {
     fn start(relay_extra: &str, connections: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let certs = common::make_test_ca_and_cert(dir.path(), HOST);
-        // Not port 0: the daemon refuses two tcp/tls listeners on
-        // 127.0.0.1:0 (see `tcp_and_tls_listeners_can_both_take_an_ephemeral_port`).
-        let tls_port = free_tcp_port();
-        let config = format!(
-            r#"realm = "{REALM}"
-[log]
-level = "debug"
-[[listen]]
-address = "127.0.0.1:0"
-[[listen]]
-address = "127.0.0.1:0"
-transport = "tcp"
-[[listen]]
-address = "127.0.0.1:{tls_port}"
-transport = "tls"
-certificate = "{cert}"
-private-key = "{key}"
-[relay]
-addresses = ["127.0.0.1"]
-allow-peers = ["127.0.0.0/8"]
-{relay_extra}
-[connections]
-{connections}
-[auth]
-secrets = ["{SECRET}"]
-[[auth.users]]
-name = "{USER}"
-password = "{PASSWORD}"
-"#,
-            cert = certs.cert.display(),
-            key = certs.key.display(),
+        let daemon = TestDaemon::start(
+            &TestConfig {
+                relay_extra,
+                connections_extra: connections,
+                ..Self::listeners(&certs)
+            }
+            .render(),
         );
-        let daemon = TestDaemon::start(&config);
         Self { daemon, certs, dir }
     }
 
-    /// The config the brief for TCP and TLS listeners gives, with every
-    /// listener on an ephemeral port.
-    fn ephemeral_config(certs: &TestCerts) -> String {
-        format!(
-            r#"realm = "{REALM}"
-[log]
-level = "debug"
-[[listen]]
-address = "127.0.0.1:0"
-[[listen]]
-address = "127.0.0.1:0"
-transport = "tcp"
-[[listen]]
-address = "127.0.0.1:0"
-transport = "tls"
-certificate = "{cert}"
-private-key = "{key}"
-[relay]
-addresses = ["127.0.0.1"]
-[auth]
-secrets = ["{SECRET}"]
-"#,
-            cert = certs.cert.display(),
-            key = certs.key.display(),
-        )
+    /// The test config with UDP, TCP and TLS listeners, every one on an
+    /// ephemeral port, TLS serving `certs`.
+    fn listeners(certs: &TestCerts) -> TestConfig<'_> {
+        TestConfig {
+            tcp: true,
+            tls: Some((&certs.cert, &certs.key)),
+            ..TestConfig::default()
+        }
     }
 
     fn tcp(&self) -> SocketAddr {
@@ -221,14 +180,6 @@ secrets = ["{SECRET}"]
     }
 }
 
-/// A TCP port the kernel just had free on 127.0.0.1.
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("bind a probe listener")
-        .port()
-}
-
 /// Exercises: the documented way to run TCP and TLS listeners side by side
 /// in tests and on hosts that want any free port: both on 127.0.0.1:0. Port
 /// 0 never clashes, so the daemon must start and announce two different ports.
@@ -237,7 +188,12 @@ fn tcp_and_tls_listeners_can_both_take_an_ephemeral_port() {
     let dir = tempfile::tempdir().expect("temp dir");
     let certs = common::make_test_ca_and_cert(dir.path(), HOST);
     let config_path = dir.path().join("icegate.toml");
-    std::fs::write(&config_path, Setup::ephemeral_config(&certs)).unwrap();
+    let config = TestConfig {
+        allow_loopback: false,
+        ..Setup::listeners(&certs)
+    }
+    .render();
+    std::fs::write(&config_path, &config).unwrap();
     let check = common::run_bounded(
         Command::new(env!("CARGO_BIN_EXE_icegate"))
             .arg("check-config")
@@ -251,7 +207,7 @@ fn tcp_and_tls_listeners_can_both_take_an_ephemeral_port() {
         check.stdout,
         check.stderr
     );
-    let daemon = TestDaemon::start(&Setup::ephemeral_config(&certs));
+    let daemon = TestDaemon::start(&config);
     let (tcp, tls) = (daemon.tcp.unwrap(), daemon.tls.unwrap());
     assert_ne!(tcp.port(), tls.port());
     assert_binding_over_tcp(tcp);
@@ -302,23 +258,6 @@ fn binding(stream: &mut (impl Read + Write)) -> SocketAddr {
     assert_eq!(&response[4..20], &request[4..20], "same transaction");
     xor_mapped_address(&response)
         .unwrap_or_else(|| panic!("no IPv4 XOR-MAPPED-ADDRESS in {response:02x?}"))
-}
-
-/// The IPv4 XOR-MAPPED-ADDRESS of a STUN message, if any.
-fn xor_mapped_address(message: &[u8]) -> Option<SocketAddr> {
-    let mut rest = message.get(20..)?;
-    while rest.len() >= 4 {
-        let kind = u16::from_be_bytes([rest[0], rest[1]]);
-        let len = usize::from(u16::from_be_bytes([rest[2], rest[3]]));
-        let value = rest.get(4..4 + len)?;
-        if kind == 0x0020 && len == 8 && value[1] == 0x01 {
-            let port = u16::from_be_bytes([value[2], value[3]]) ^ 0x2112;
-            let ip: [u8; 4] = std::array::from_fn(|i| value[4 + i] ^ message[4 + i]);
-            return Some(SocketAddr::from((ip, port)));
-        }
-        rest = rest.get(4 + len.next_multiple_of(4)..)?;
-    }
-    None
 }
 
 /// A TCP connection to `addr` whose reads and writes wait at most IO_TIMEOUT.
@@ -505,205 +444,7 @@ fn allocate(stream: &mut (impl Read + Write)) -> SocketAddr {
 }
 
 // ---------------------------------------------------------------------------------------------
-// coturn's client tools (as in tests/turnutils.rs)
-
-/// Messages each uclient session sends.
-const MESSAGES: u64 = 50;
-/// uclient sessions (`-m`); a multiple of 4 means what it says.
-const CLIENTS: u64 = 4;
-/// Payload bytes per message (`-l`).
-const LENGTH: u64 = 120;
-/// uclient waits 1-6 s before sending, then 1 s of packets; a lost packet
-/// makes it wait 10 s more. Beyond this it is stuck.
-const UCLIENT_DEADLINE: Duration = Duration::from_secs(45);
-/// The user name uclient's REST credentials carry after `timestamp:`.
-const REST_USER: &str = "bob";
-
-/// The full path of a coturn client tool, or a panic saying how to get it.
-fn tool(name: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join(name))
-                .find(|path| path.is_file())
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "{name} not found in PATH: these tests need coturn's client tools; \
-                 run `apt-get install coturn` (its server is never started)"
-            )
-        })
-}
-
-/// A child process with its output collected line by line, killed when dropped.
-struct Tool {
-    name: String,
-    child: Child,
-    output: Arc<Mutex<Vec<String>>>,
-    readers: Vec<JoinHandle<()>>,
-}
-
-/// What a tool printed and how it ended.
-struct Finished {
-    status: ExitStatus,
-    output: String,
-}
-
-impl Tool {
-    fn spawn(name: &str, args: &[String]) -> Self {
-        let mut child = Command::new(tool(name))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|error| panic!("cannot start {name}: {error}"));
-        let output = Arc::new(Mutex::new(Vec::new()));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let readers = vec![
-            collect_lines(stdout, output.clone()),
-            collect_lines(stderr, output.clone()),
-        ];
-        Self {
-            name: format!("{name} {}", args.join(" ")),
-            child,
-            output,
-            readers,
-        }
-    }
-
-    fn output(&self) -> String {
-        self.output.lock().unwrap().join("\n")
-    }
-
-    /// Waits until the tool exits, killing it and failing the test if it
-    /// takes longer than `limit`.
-    fn finish(mut self, limit: Duration) -> Finished {
-        let deadline = Instant::now() + limit;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("wait for tool") {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "`{}` still ran after {limit:?}; killed it. Output:\n{}",
-                    self.name,
-                    self.output()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let drained = Instant::now() + Duration::from_secs(2);
-        while !self.readers.iter().all(JoinHandle::is_finished) && Instant::now() < drained {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Finished {
-            status,
-            output: self.output(),
-        }
-    }
-}
-
-impl Drop for Tool {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn collect_lines(
-    stream: impl Read + Send + 'static,
-    sink: Arc<Mutex<Vec<String>>>,
-) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    })
-}
-
-/// `turnutils_peer`: echoes every UDP datagram on `port` and `port + 1`.
-struct EchoPeer {
-    port: u16,
-    _process: Tool,
-}
-
-impl EchoPeer {
-    fn start() -> Self {
-        for _ in 0..5 {
-            let port = free_port_pair();
-            let process = Tool::spawn(
-                "turnutils_peer",
-                &[
-                    "-p".into(),
-                    port.to_string(),
-                    "-L".into(),
-                    "127.0.0.1".into(),
-                ],
-            );
-            if echoes(port) && echoes(port + 1) {
-                return Self {
-                    port,
-                    _process: process,
-                };
-            }
-        }
-        panic!("turnutils_peer did not echo on any of 5 free port pairs");
-    }
-}
-
-/// A port the kernel just had free on 127.0.0.1, with the next one free too.
-fn free_port_pair() -> u16 {
-    loop {
-        let first = UdpSocket::bind("127.0.0.1:0").expect("bind probe socket");
-        let port = first.local_addr().unwrap().port();
-        if port < u16::MAX && UdpSocket::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-}
-
-/// Whether 127.0.0.1:`port` sends a datagram straight back, within 2 s.
-fn echoes(port: u16) -> bool {
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind probe socket");
-    socket
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let mut buf = [0u8; 64];
-    while Instant::now() < deadline {
-        let _ = socket.send_to(b"icegate-echo-probe", ("127.0.0.1", port));
-        if let Ok((len, from)) = socket.recv_from(&mut buf)
-            && from.port() == port
-            && &buf[..len] == b"icegate-echo-probe"
-        {
-            return true;
-        }
-    }
-    false
-}
-
-fn static_user() -> Vec<String> {
-    ["-u", USER, "-w", PASSWORD].map(String::from).into()
-}
-
-fn rest_user() -> Vec<String> {
-    ["-u", REST_USER, "-W", SECRET].map(String::from).into()
-}
-
-fn is_static_user(user: &str) -> bool {
-    user == USER
-}
-
-/// REST user names are `expiry-timestamp:name`.
-fn is_rest_user(user: &str) -> bool {
-    user.split_once(':').is_some_and(|(expiry, name)| {
-        !expiry.is_empty() && expiry.bytes().all(|b| b.is_ascii_digit()) && name == REST_USER
-    })
-}
+// coturn's turnutils_uclient over TCP and TLS (the tools: `common::coturn`)
 
 /// How uclient reaches the daemon.
 #[derive(Clone, Copy, Debug)]
@@ -734,188 +475,26 @@ impl Over {
     }
 }
 
-/// Runs `turnutils_uclient` over `over` with `clients` sessions of MESSAGES
-/// messages of LENGTH bytes each, and `flags` on top.
-fn uclient(
-    setup: &Setup,
-    over: Over,
-    credentials: Vec<String>,
-    peer: Option<&EchoPeer>,
-    flags: &[&str],
-) -> Finished {
-    let mut args = credentials;
-    if let Some(peer) = peer {
-        args.extend([
-            "-e".into(),
-            "127.0.0.1".into(),
-            "-r".into(),
-            peer.port.to_string(),
-        ]);
-    }
-    args.extend([
-        "-n".into(),
-        MESSAGES.to_string(),
-        "-m".into(),
-        CLIENTS.to_string(),
-        "-l".into(),
-        LENGTH.to_string(),
-        "-t".into(),
-    ]);
-    if let Over::Tls = over {
-        args.extend([
-            "-S".into(),
-            "-E".into(),
-            setup.certs.ca.display().to_string(),
-        ]);
-    }
-    args.extend(flags.iter().map(|flag| (*flag).to_owned()));
-    let server = over.port(setup);
-    args.extend([
-        "-p".into(),
-        server.port().to_string(),
-        server.ip().to_string(),
-    ]);
-    Tool::spawn("turnutils_uclient", &args).finish(UCLIENT_DEADLINE)
-}
-
-/// uclient's final tally.
-#[derive(Debug, PartialEq)]
-struct Tally {
-    sent: u64,
-    received: u64,
-    sent_bytes: u64,
-    received_bytes: u64,
-    lost: u64,
-}
-
-/// Reads the summary uclient prints when done (it exits 0 even when packets
-/// are lost, so this is the verdict).
-fn tally(output: &str) -> Tally {
-    let last = |needle: &str| {
-        output
-            .lines()
-            .rfind(|line| line.contains(needle) && !line.contains("msz="))
-            .unwrap_or_else(|| panic!("uclient printed no `{needle}` summary:\n{output}"))
-    };
-    let msgs = last("start_mclient: tot_send_msgs=");
-    let bytes = last("start_mclient: tot_send_bytes ~");
-    let lost = last("Total lost packets ");
-    Tally {
-        sent: number_after(msgs, "tot_send_msgs="),
-        received: number_after(msgs, "tot_recv_msgs="),
-        sent_bytes: number_after(bytes, "tot_send_bytes ~ "),
-        received_bytes: number_after(bytes, "tot_recv_bytes ~ "),
-        lost: number_after(lost, "Total lost packets "),
-    }
-}
-
-fn number_after(line: &str, key: &str) -> u64 {
-    let start = line
-        .find(key)
-        .unwrap_or_else(|| panic!("no `{key}` in {line:?}"))
-        + key.len();
-    let digits: String = line[start..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits
-        .parse()
-        .unwrap_or_else(|_| panic!("no number after `{key}` in {line:?}"))
-}
-
-/// One `allocation-deleted` or `allocation-deleted-with-connection` line.
-#[derive(Debug)]
-struct Deleted {
-    /// Ended with its connection, not by a Refresh with lifetime 0.
-    with_connection: bool,
-    user: String,
-    /// (bytes, packets) from the client to peers.
-    to_peer: (u64, u64),
-    /// (bytes, packets) from peers to the client.
-    from_peer: (u64, u64),
-}
-
-/// Parses lines like `info allocation-deleted-with-connection user=alice
-/// client=... relay=... age=6s to-peer=6000B/50p from-peer=6000B/50p`: an
-/// allocation over TCP/TLS ends with a Refresh of lifetime 0 or with its
-/// connection, whichever comes first.
-fn deleted_allocations(log: &str) -> Vec<Deleted> {
-    log.lines()
-        .filter_map(|line| {
-            line.strip_prefix("info allocation-deleted ")
-                .map(|fields| (false, fields))
-                .or_else(|| {
-                    line.strip_prefix("info allocation-deleted-with-connection ")
-                        .map(|fields| (true, fields))
-                })
-        })
-        .map(|(with_connection, fields)| {
-            let field = |key: &str| {
-                fields
-                    .split_whitespace()
-                    .find_map(|field| field.strip_prefix(key))
-                    .unwrap_or_else(|| panic!("no {key} in allocation-deleted {fields}"))
-            };
-            let traffic = |key: &str| {
-                let value = field(key);
-                let (bytes, packets) = value
-                    .strip_suffix('p')
-                    .and_then(|value| value.split_once("B/"))
-                    .unwrap_or_else(|| panic!("bad {key}{value}"));
-                (bytes.parse().unwrap(), packets.parse().unwrap())
-            };
-            Deleted {
-                with_connection,
-                user: field("user=").to_owned(),
-                to_peer: traffic("to-peer="),
-                from_peer: traffic("from-peer="),
-            }
-        })
-        .collect()
-}
-
 /// Asserts that a uclient run over `over` got every message there and back,
 /// that the daemon saw it on the right listener and transport, deleted
 /// each session's allocation having carried MESSAGES packets of LENGTH
-/// bytes each way under a user `user_ok` accepts, kept none, and closed
+/// bytes each way under a user name of `user`'s, kept none, and closed
 /// every connection.
 ///
 /// Before each RTP/RTCP pair (or single session) uclient allocates once on
 /// a probe connection it closes at once; over TCP/TLS that allocation ends
 /// with its connection, having relayed nothing.
-fn assert_every_packet_relayed(
-    setup: &Setup,
-    over: Over,
-    run: &Finished,
-    user_ok: impl Fn(&str) -> bool,
-) {
-    assert!(run.status.success(), "uclient failed:\n{}", run.output);
-    let packets = CLIENTS * MESSAGES;
-    assert_eq!(
-        tally(&run.output),
-        Tally {
-            sent: packets,
-            received: packets,
-            sent_bytes: packets * LENGTH,
-            received_bytes: packets * LENGTH,
-            lost: 0,
-        },
-        "uclient output:\n{}",
-        run.output
-    );
+fn assert_every_packet_relayed(setup: &Setup, over: Over, run: &Exited, user: User) {
+    assert_uclient_tally(run, CLIENTS);
     let sessions = usize::try_from(CLIENTS).unwrap();
-    let carried =
-        |allocation: &&Deleted| allocation.to_peer != (0, 0) || allocation.from_peer != (0, 0);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let deleted = loop {
-        let deleted = deleted_allocations(&setup.daemon.log());
-        let done = deleted.iter().filter(carried).count() >= sessions
-            && deleted.len() >= setup.count("info allocation-created ");
-        if done || Instant::now() >= deadline {
-            break deleted;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let deleted = wait_for_deleted(&setup.daemon, |deleted| {
+        deleted
+            .iter()
+            .filter(|allocation| allocation.carried())
+            .count()
+            >= sessions
+            && deleted.len() >= setup.count("info allocation-created ")
+    });
     let log = setup.daemon.log();
     assert_eq!(
         deleted.len(),
@@ -923,27 +502,14 @@ fn assert_every_packet_relayed(
         "every allocation made is deleted; log:\n{log}"
     );
     let (sessions_deleted, probes): (Vec<&Deleted>, Vec<&Deleted>) =
-        deleted.iter().partition(|allocation| carried(allocation));
+        deleted.iter().partition(|allocation| allocation.carried());
     assert_eq!(
         sessions_deleted.len(),
         sessions,
         "one deletion with traffic per session expected; log:\n{log}"
     );
     for allocation in sessions_deleted {
-        assert!(
-            user_ok(&allocation.user),
-            "unexpected user in {allocation:?}"
-        );
-        assert_eq!(
-            allocation.to_peer,
-            (MESSAGES * LENGTH, MESSAGES),
-            "{allocation:?}"
-        );
-        assert_eq!(
-            allocation.from_peer,
-            (MESSAGES * LENGTH, MESSAGES),
-            "{allocation:?}"
-        );
+        assert_carried_every_message(allocation, user);
     }
     assert!(
         probes.len() <= sessions,
@@ -951,7 +517,7 @@ fn assert_every_packet_relayed(
     );
     for probe in probes {
         assert!(
-            probe.with_connection && user_ok(&probe.user),
+            probe.with_connection && user.owns(&probe.user),
             "a probe allocation ends with its connection: {probe:?}"
         );
     }
@@ -992,83 +558,111 @@ fn assert_every_packet_relayed(
     );
 }
 
-// ---------------------------------------------------------------------------------------------
-// coturn's turnutils_uclient over TCP and TLS
+/// Starts a daemon whose `[relay]` gets `relay_extra`, runs CLIENTS uclient
+/// sessions over `over` as `user` to `peers` with `flags` on top, and
+/// asserts that every packet is relayed.
+fn assert_uclient_relays_every_packet(
+    over: Over,
+    relay_extra: &str,
+    user: User,
+    peers: Peers,
+    flags: &[&str],
+) {
+    let setup = Setup::start(relay_extra, "");
+    let peer = peers.start();
+    let ca = setup.certs.ca.display().to_string();
+    let mut all = vec!["-t"];
+    if let Over::Tls = over {
+        all.extend(["-S", "-E", &ca]);
+    }
+    all.extend(peers.flag());
+    all.extend(flags);
+    let run = uclient(
+        over.port(&setup),
+        user.args(),
+        peer.as_ref(),
+        CLIENTS,
+        &all,
+        UCLIENT_DEADLINE,
+    );
+    assert_every_packet_relayed(&setup, over, &run, user);
+}
 
 /// Exercises over TCP: static user, RTP/RTCP pairs (EVEN-PORT and
 /// RESERVATION-TOKEN), ChannelBind with RFC 5766 numbers, ChannelData both
 /// ways (padded to 4 bytes on the stream) through an echo peer.
 #[test]
 fn uclient_over_tcp_relays_every_packet_over_channels() {
-    let setup = Setup::start(RFC5766_CHANNELS, "");
-    let peer = EchoPeer::start();
-    let run = uclient(&setup, Over::Tcp, static_user(), Some(&peer), &[]);
-    assert_every_packet_relayed(&setup, Over::Tcp, &run, is_static_user);
+    assert_uclient_relays_every_packet(Over::Tcp, RFC5766_CHANNELS, User::Static, Peers::Echo, &[]);
 }
 
 /// Exercises over TCP: Send indications to the peer and Data indications back.
 #[test]
 fn uclient_over_tcp_relays_every_packet_with_send_indications() {
-    let setup = Setup::start("", "");
-    let peer = EchoPeer::start();
-    let run = uclient(&setup, Over::Tcp, static_user(), Some(&peer), &["-s"]);
-    assert_every_packet_relayed(&setup, Over::Tcp, &run, is_static_user);
+    assert_uclient_relays_every_packet(Over::Tcp, "", User::Static, Peers::Echo, &["-s"]);
 }
 
 /// Exercises over TCP: client to client (`-y`), each packet crossing two
 /// allocations, each on its own connection, over channels.
 #[test]
 fn uclient_over_tcp_clients_reach_each_other_over_channels() {
-    let setup = Setup::start(RFC5766_CHANNELS, "");
-    let run = uclient(&setup, Over::Tcp, static_user(), None, &["-y"]);
-    assert_every_packet_relayed(&setup, Over::Tcp, &run, is_static_user);
+    assert_uclient_relays_every_packet(
+        Over::Tcp,
+        RFC5766_CHANNELS,
+        User::Static,
+        Peers::EachOther,
+        &[],
+    );
 }
 
 /// Exercises over TCP: TURN REST credentials (`-W`), single allocations
 /// (`-c`), channels to an echo peer.
 #[test]
 fn uclient_over_tcp_with_rest_secret_relays_every_packet() {
-    let setup = Setup::start(RFC5766_CHANNELS, "");
-    let peer = EchoPeer::start();
-    let run = uclient(&setup, Over::Tcp, rest_user(), Some(&peer), &["-c"]);
-    assert_every_packet_relayed(&setup, Over::Tcp, &run, is_rest_user);
+    assert_uclient_relays_every_packet(
+        Over::Tcp,
+        RFC5766_CHANNELS,
+        User::Rest,
+        Peers::Echo,
+        &["-c"],
+    );
 }
 
 /// Exercises over TLS (`-t -S`, the server verified with the test CA):
 /// static user, RTP/RTCP pairs, channels, through an echo peer.
 #[test]
 fn uclient_over_tls_relays_every_packet_over_channels() {
-    let setup = Setup::start(RFC5766_CHANNELS, "");
-    let peer = EchoPeer::start();
-    let run = uclient(&setup, Over::Tls, static_user(), Some(&peer), &[]);
-    assert_every_packet_relayed(&setup, Over::Tls, &run, is_static_user);
+    assert_uclient_relays_every_packet(Over::Tls, RFC5766_CHANNELS, User::Static, Peers::Echo, &[]);
 }
 
 /// Exercises over TLS: Send and Data indications.
 #[test]
 fn uclient_over_tls_relays_every_packet_with_send_indications() {
-    let setup = Setup::start("", "");
-    let peer = EchoPeer::start();
-    let run = uclient(&setup, Over::Tls, static_user(), Some(&peer), &["-s"]);
-    assert_every_packet_relayed(&setup, Over::Tls, &run, is_static_user);
+    assert_uclient_relays_every_packet(Over::Tls, "", User::Static, Peers::Echo, &["-s"]);
 }
 
 /// Exercises over TLS: TURN REST credentials, single allocations, channels.
 #[test]
 fn uclient_over_tls_with_rest_secret_relays_every_packet() {
-    let setup = Setup::start(RFC5766_CHANNELS, "");
-    let peer = EchoPeer::start();
-    let run = uclient(&setup, Over::Tls, rest_user(), Some(&peer), &["-c"]);
-    assert_every_packet_relayed(&setup, Over::Tls, &run, is_rest_user);
+    assert_uclient_relays_every_packet(
+        Over::Tls,
+        RFC5766_CHANNELS,
+        User::Rest,
+        Peers::Echo,
+        &["-c"],
+    );
 }
 
 /// A coturn user's expectation: the TLS port answers plain TCP clients too.
 #[test]
 fn uclient_over_plain_tcp_on_the_tls_port_relays_every_packet() {
-    let setup = Setup::start(RFC5766_CHANNELS, "");
-    let peer = EchoPeer::start();
-    let run = uclient(&setup, Over::TcpOnTlsPort, static_user(), Some(&peer), &[]);
-    assert_every_packet_relayed(&setup, Over::TcpOnTlsPort, &run, is_static_user);
+    assert_uclient_relays_every_packet(
+        Over::TcpOnTlsPort,
+        RFC5766_CHANNELS,
+        User::Static,
+        Peers::Echo,
+        &[],
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -10,38 +10,124 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{Hmac, Mac};
+use sha1::Sha1;
+
+pub mod coturn;
 
 pub const REALM: &str = "test.local";
 pub const SECRET: &str = "integration-test-secret";
 pub const USER: &str = "alice";
 pub const PASSWORD: &str = "alice-password";
 
-/// A config for tests: UDP on an ephemeral loopback port, relays on
-/// 127.0.0.1, loopback peers allowed, one static user and one REST secret.
-/// `extra` is appended verbatim inside `[relay]` (e.g. `max-allocations = 1`).
-pub fn loopback_config(relay_extra: &str) -> String {
-    format!(
-        r#"realm = "{REALM}"
+/// A config for tests, as TOML text ([`TestConfig::render`]): UDP (and, if
+/// asked, TCP and TLS) on ephemeral loopback ports, relays on 127.0.0.1,
+/// loopback peers allowed, one static user and one REST secret. Start from
+/// `TestConfig::default()` and change what the test needs.
+#[derive(Clone, Copy, Debug)]
+pub struct TestConfig<'a> {
+    /// `[relay] addresses`.
+    pub relay_addresses: &'a [&'a str],
+    /// Whether `[relay]` allows loopback peers (`allow-peers =
+    /// ["127.0.0.0/8"]`); without, the default peer policy applies.
+    pub allow_loopback: bool,
+    /// Appended verbatim inside `[relay]` (e.g. `max-allocations = 1`).
+    pub relay_extra: &'a str,
+    /// Keys for a `[connections]` table, one a line; no table if empty.
+    pub connections_extra: &'a str,
+    /// Appended verbatim inside `[auth]`, after `secrets`.
+    pub auth_extra: &'a str,
+    /// A `tcp` listener on 127.0.0.1:0 besides the UDP one.
+    pub tcp: bool,
+    /// A `tls` listener on 127.0.0.1:0 with this (certificate, private key).
+    pub tls: Option<(&'a Path, &'a Path)>,
+}
+
+impl Default for TestConfig<'_> {
+    fn default() -> Self {
+        Self {
+            relay_addresses: &["127.0.0.1"],
+            allow_loopback: true,
+            relay_extra: "",
+            connections_extra: "",
+            auth_extra: "",
+            tcp: false,
+            tls: None,
+        }
+    }
+}
+
+impl TestConfig<'_> {
+    /// The config file's text.
+    pub fn render(&self) -> String {
+        let listen = |keys: &str| format!("[[listen]]\naddress = \"127.0.0.1:0\"\n{keys}");
+        let mut listeners = listen("");
+        if self.tcp {
+            listeners += &listen("transport = \"tcp\"\n");
+        }
+        if let Some((cert, key)) = self.tls {
+            listeners += &listen(&format!(
+                "transport = \"tls\"\ncertificate = \"{}\"\nprivate-key = \"{}\"\n",
+                cert.display(),
+                key.display()
+            ));
+        }
+        let addresses = self
+            .relay_addresses
+            .iter()
+            .map(|address| format!("\"{address}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let allow_peers = if self.allow_loopback {
+            "allow-peers = [\"127.0.0.0/8\"]\n"
+        } else {
+            ""
+        };
+        let connections = if self.connections_extra.is_empty() {
+            String::new()
+        } else {
+            format!("[connections]\n{}\n", self.connections_extra)
+        };
+        let Self {
+            relay_extra,
+            auth_extra,
+            ..
+        } = self;
+        format!(
+            r#"realm = "{REALM}"
 [log]
 level = "debug"
-[[listen]]
-address = "127.0.0.1:0"
-[relay]
-addresses = ["127.0.0.1"]
-allow-peers = ["127.0.0.0/8"]
-{relay_extra}
-[auth]
+{listeners}[relay]
+addresses = [{addresses}]
+{allow_peers}{relay_extra}
+{connections}[auth]
 secrets = ["{SECRET}"]
+{auth_extra}
 [[auth.users]]
 name = "{USER}"
 password = "{PASSWORD}"
 "#
-    )
+        )
+    }
+}
+
+/// [`TestConfig::default`] with `relay_extra` appended inside `[relay]`.
+pub fn loopback_config(relay_extra: &str) -> String {
+    TestConfig {
+        relay_extra,
+        ..TestConfig::default()
+    }
+    .render()
 }
 
 pub struct TestDaemon {
@@ -143,20 +229,7 @@ impl TestDaemon {
 
     /// Waits up to `limit` for a log line containing `needle`, and returns it.
     pub fn wait_for_line(&self, needle: &str, limit: Duration) -> Option<String> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let found = self
-                .log
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|line| line.contains(needle))
-                .cloned();
-            if found.is_some() || Instant::now() >= deadline {
-                return found;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_line_in(&self.log, needle, limit)
     }
 
     /// Whether the process is still running.
@@ -210,6 +283,102 @@ impl Drop for TestDaemon {
     }
 }
 
+/// Waits up to `limit` until `lines` (a child's output, collected as it
+/// comes) has one containing `needle`, and returns it.
+pub fn wait_for_line_in(
+    lines: &Mutex<Vec<String>>,
+    needle: &str,
+    limit: Duration,
+) -> Option<String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let found = lines
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|line| line.contains(needle))
+            .cloned();
+        if found.is_some() || Instant::now() >= deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// STUN bytes and TURN REST credentials
+
+/// The IPv4 XOR-MAPPED-ADDRESS of a STUN message, if any.
+pub fn xor_mapped_address(message: &[u8]) -> Option<SocketAddr> {
+    let mut rest = message.get(20..)?;
+    while rest.len() >= 4 {
+        let kind = u16::from_be_bytes([rest[0], rest[1]]);
+        let len = usize::from(u16::from_be_bytes([rest[2], rest[3]]));
+        let value = rest.get(4..4 + len)?;
+        if kind == 0x0020 && len == 8 && value[1] == 0x01 {
+            let port = u16::from_be_bytes([value[2], value[3]]) ^ 0x2112;
+            let ip: [u8; 4] = std::array::from_fn(|i| value[4 + i] ^ message[4 + i]);
+            return Some(SocketAddr::from((ip, port)));
+        }
+        rest = rest.get(4 + len.next_multiple_of(4)..)?;
+    }
+    None
+}
+
+/// Seconds since the Unix epoch, as TURN REST user names count expiry.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// The TURN REST password for `username` (`expiry:user`): base64 of
+/// HMAC-SHA1(`secret`, `username`).
+pub fn rest_password(secret: &str, username: &str) -> String {
+    let mut mac = Hmac::<Sha1>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(username.as_bytes());
+    STANDARD.encode(mac.finalize().into_bytes())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bounded child processes
+
+/// Collects everything `source` yields, on a thread.
+pub fn collect(mut source: impl Read + Send + 'static) -> (Arc<Mutex<Vec<u8>>>, JoinHandle<()>) {
+    let sink = Arc::new(Mutex::new(Vec::new()));
+    let writer = sink.clone();
+    let handle = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(len) = source.read(&mut buf) {
+            if len == 0 {
+                break;
+            }
+            writer.lock().unwrap().extend_from_slice(&buf[..len]);
+        }
+    });
+    (sink, handle)
+}
+
+/// What [`collect`] has collected so far, as text.
+pub fn text_of(sink: &Mutex<Vec<u8>>) -> String {
+    String::from_utf8_lossy(&sink.lock().unwrap()).into_owned()
+}
+
+/// Waits up to `limit` for `child` to exit; `None` if it still runs then.
+pub fn wait_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// What a bounded command printed and how it ended.
 pub struct Finished {
     pub status: ExitStatus,
@@ -217,43 +386,108 @@ pub struct Finished {
     pub stderr: String,
 }
 
-/// Runs `command` with stdin closed, killing it and failing the test if it
-/// runs longer than `limit`.
+/// Runs `command` with stdin closed, to completion, killing it and failing
+/// the test (with what it printed) if it runs longer than `limit`.
 pub fn run_bounded(command: &mut Command, limit: Duration) -> Finished {
+    run(command, limit, false)
+}
+
+/// [`run_bounded`] for a command that starts others (node, Chromium and its
+/// helpers): it runs in a process group of its own, and whatever is left
+/// of that group is killed when it exits or overstays.
+pub fn run_bounded_in_group(command: &mut Command, limit: Duration) -> Finished {
+    run(command, limit, true)
+}
+
+fn run(command: &mut Command, limit: Duration, own_group: bool) -> Finished {
     let description = format!("{command:?}");
-    let mut child = command
+    command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::piped());
+    if own_group {
+        command.process_group(0);
+    }
+    let mut child = command
         .spawn()
         .unwrap_or_else(|error| panic!("cannot start {description}: {error}"));
-    let read_all = |mut source: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = source.read_to_end(&mut bytes);
-            String::from_utf8_lossy(&bytes).into_owned()
-        })
+    let (stdout, out_reader) = collect(child.stdout.take().expect("piped stdout"));
+    let (stderr, err_reader) = collect(child.stderr.take().expect("piped stderr"));
+    let status = wait_within(&mut child, limit);
+    if own_group {
+        kill_group(child.id());
+    }
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "{description} still ran after {limit:?}; killed it{}\nstdout:\n{}\nstderr:\n{}",
+            if own_group {
+                " and its process group"
+            } else {
+                ""
+            },
+            text_of(&stdout),
+            text_of(&stderr)
+        )
     };
-    let stdout = read_all(Box::new(child.stdout.take().expect("piped stdout")));
-    let stderr = read_all(Box::new(child.stderr.take().expect("piped stderr")));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for child") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{description} still ran after {limit:?}; killed it");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    out_reader.join().expect("stdout reader");
+    err_reader.join().expect("stderr reader");
     Finished {
         status,
-        stdout: stdout.join().unwrap_or_default(),
-        stderr: stderr.join().unwrap_or_default(),
+        stdout: text_of(&stdout),
+        stderr: text_of(&stderr),
     }
 }
+
+/// Whether any process is still in process group `pgid`.
+fn group_alive(pgid: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.filter_map(Result::ok).any(|entry| {
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // pid (comm) state ppid pgrp ...; comm may hold spaces and parens.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(2))
+            .is_some_and(|pgrp| pgrp == pgid.to_string())
+    })
+}
+
+/// Kills what is left of the process group `pgid` (a child and everything
+/// it started).
+fn kill_group(pgid: u32) {
+    if group_alive(pgid) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pgid}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Runs `program args` in `dir` (at most 20 s), failing the test with its
+/// output unless it succeeds, and returns its stdout. `package` is what to
+/// install where the program is missing.
+pub fn run_tool(program: &str, args: &[&str], dir: &Path, package: &str) -> String {
+    let done = run_bounded(
+        Command::new(program).args(args).current_dir(dir),
+        Duration::from_secs(20),
+    );
+    assert!(
+        done.status.success(),
+        "`{program} {}` failed ({}); is {program} installed (`apt-get install {package}`)?\n\
+         stdout:\n{}\nstderr:\n{}",
+        args.join(" "),
+        done.status,
+        done.stdout,
+        done.stderr
+    );
+    done.stdout
+}
+
+// ---------------------------------------------------------------------------------------------
+// Test certificates
 
 /// A test CA and a leaf certificate it signed, as PEM files.
 pub struct TestCerts {
@@ -267,20 +501,14 @@ pub struct TestCerts {
     pub key: PathBuf,
 }
 
-/// Runs `openssl ARGS` in `dir`, failing the test with its output unless it succeeds.
+/// Runs `openssl ARGS` in `dir`, failing the test with its output unless
+/// it succeeds. Every argument is a plain word: file names are relative to `dir`.
 fn openssl(dir: &Path, args: &str) {
-    let done = run_bounded(
-        Command::new("openssl")
-            .args(args.split_whitespace())
-            .current_dir(dir),
-        Duration::from_secs(20),
-    );
-    assert!(
-        done.status.success(),
-        "`openssl {args}` failed ({}); is openssl installed (`apt-get install openssl`)?\n{}{}",
-        done.status,
-        done.stdout,
-        done.stderr
+    run_tool(
+        "openssl",
+        &args.split_whitespace().collect::<Vec<_>>(),
+        dir,
+        "openssl",
     );
 }
 
