@@ -89,6 +89,15 @@ struct Authenticated {
     key: LongTermKey,
 }
 
+/// One authenticated request, as every method handler sees it.
+#[derive(Clone, Copy)]
+struct Request<'m, 'a> {
+    now: Now,
+    five_tuple: &'m FiveTuple,
+    message: &'m Message<'a>,
+    user: &'m Authenticated,
+}
+
 pub(crate) struct Core {
     credentials: CredentialStore,
     policy: PeerPolicy,
@@ -225,13 +234,17 @@ impl Core {
                 return Action::Reply;
             }
         }
+        let request = Request {
+            now,
+            five_tuple,
+            message,
+            user: &user,
+        };
         let result = match method {
-            Method::ALLOCATE => self.allocate(now, five_tuple, message, &user, out),
-            Method::REFRESH => self.refresh(now, five_tuple, message, &user, out),
-            Method::CREATE_PERMISSION => {
-                self.create_permission(now, five_tuple, message, &user, out)
-            }
-            _ => self.channel_bind(now, five_tuple, message, &user, out),
+            Method::ALLOCATE => self.allocate(&request, out),
+            Method::REFRESH => self.refresh(&request, out),
+            Method::CREATE_PERMISSION => self.create_permission(&request, out),
+            _ => self.channel_bind(&request, out),
         };
         match result {
             Ok(action) => {
@@ -298,12 +311,15 @@ impl Core {
 
     fn allocate<'a>(
         &mut self,
-        now: Now,
-        five_tuple: &FiveTuple,
-        message: &Message<'a>,
-        user: &Authenticated,
+        request: &Request<'_, 'a>,
         out: &mut Vec<u8>,
     ) -> Result<Action<'a>, Reject> {
+        let Request {
+            now,
+            five_tuple,
+            message,
+            user,
+        } = *request;
         if let Some(existing) = self.table.by_five_tuple(five_tuple) {
             return match existing.recent_response(&message.transaction) {
                 Some(previous) => {
@@ -497,12 +513,15 @@ impl Core {
 
     fn refresh<'a>(
         &mut self,
-        now: Now,
-        five_tuple: &FiveTuple,
-        message: &Message<'a>,
-        user: &Authenticated,
+        request: &Request<'_, 'a>,
         out: &mut Vec<u8>,
     ) -> Result<Action<'a>, Reject> {
+        let Request {
+            now,
+            five_tuple,
+            message,
+            user,
+        } = *request;
         let asked = message.get(attr::LIFETIME).and_then(attr::u32_value);
         if asked == Some(0) {
             let id = self
@@ -558,12 +577,15 @@ impl Core {
 
     fn create_permission<'a>(
         &mut self,
-        now: Now,
-        five_tuple: &FiveTuple,
-        message: &Message<'a>,
-        user: &Authenticated,
+        request: &Request<'_, 'a>,
         out: &mut Vec<u8>,
     ) -> Result<Action<'a>, Reject> {
+        let Request {
+            now,
+            five_tuple,
+            message,
+            user,
+        } = *request;
         let relayed = self.relayed_of(five_tuple)?;
         let mut peers = Vec::new();
         for value in message.all(attr::XOR_PEER_ADDRESS) {
@@ -589,12 +611,15 @@ impl Core {
 
     fn channel_bind<'a>(
         &mut self,
-        now: Now,
-        five_tuple: &FiveTuple,
-        message: &Message<'a>,
-        user: &Authenticated,
+        request: &Request<'_, 'a>,
         out: &mut Vec<u8>,
     ) -> Result<Action<'a>, Reject> {
+        let Request {
+            now,
+            five_tuple,
+            message,
+            user,
+        } = *request;
         let relayed = self.relayed_of(five_tuple)?;
         let channel = message
             .get(attr::CHANNEL_NUMBER)
