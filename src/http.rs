@@ -102,7 +102,7 @@ impl HttpApi {
             .map(str::to_owned)
             .or_else(|| query.get("key"));
         let client = self.client_of(request, peer);
-        let Some(presented) = presented.filter(|key| self.key_is_valid(key)) else {
+        if !presented.is_some_and(|key| self.key_is_valid(&key)) {
             log::info!("ice-servers-refused client={client} reason=api-key");
             let mut response = error(
                 StatusCode::UNAUTHORIZED,
@@ -114,8 +114,7 @@ impl HttpApi {
                 HeaderValue::from_static("Bearer realm=\"icegate\""),
             );
             return response;
-        };
-        drop(presented);
+        }
         // The REST user id goes before nothing but the expiry: keep ':' out of it.
         let user: String = query
             .get("username")
