@@ -1,4 +1,4 @@
-//! The command line: run, check-config, credentials, version.
+//! The command line: run, check-config, credentials, token, version.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +11,7 @@ use crate::config::{self, Config};
 use crate::daemon::{self, Origin};
 use crate::ice;
 use crate::server::unix_now;
+use crate::signal::token;
 
 /// sysexits.h: the configuration is wrong (systemd's RestartPreventExitStatus).
 const EXIT_CONFIG: u8 = 78;
@@ -18,7 +19,11 @@ const EXIT_CONFIG: u8 = 78;
 const EXIT_SOFTWARE: u8 = 70;
 
 #[derive(Parser, Debug)]
-#[command(name = "icegate", version, about = "STUN responder and TURN relay")]
+#[command(
+    name = "icegate",
+    version,
+    about = "STUN responder, TURN relay and WebRTC signaling server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -46,6 +51,19 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Mint a signaling token (JWT, HS256 with the first signal.jwt-secrets entry).
+    Token {
+        #[arg(long)]
+        user: String,
+        /// A room the token may join; repeat for several (default: any room).
+        #[arg(long = "room", value_name = "ROOM")]
+        rooms: Vec<String>,
+        /// Lifetime such as 10m or 24h.
+        #[arg(long, value_parser = config::parse_duration, default_value = "1h")]
+        ttl: Duration,
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
 }
 
 /// Parses the arguments and runs the command.
@@ -63,6 +81,12 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Credentials { user, ttl, config } => credentials(&user, ttl, config),
+        Command::Token {
+            user,
+            rooms,
+            ttl,
+            config,
+        } => token(&user, rooms, ttl, config),
     }
 }
 
@@ -128,6 +152,20 @@ fn credentials(user: &str, ttl: Option<Duration>, path: Option<PathBuf>) -> Exit
         "{}",
         serde_json::to_string_pretty(&servers).unwrap_or_default()
     );
+    ExitCode::SUCCESS
+}
+
+fn token(user: &str, rooms: Vec<String>, ttl: Duration, path: PathBuf) -> ExitCode {
+    let (config, _) = match load_or_default(Some(path)) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    let Some(secret) = config.signal.jwt_secrets.first() else {
+        eprintln!("icegate: no signal.jwt-secrets entry to sign with");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let rooms = (!rooms.is_empty()).then_some(rooms);
+    println!("{}", token::mint(secret, user, rooms, ttl, unix_now()));
     ExitCode::SUCCESS
 }
 

@@ -8,6 +8,7 @@ use crate::config::{Config, Transport};
 use crate::http::HttpApi;
 use crate::ice;
 use crate::server::{Server, unix_now};
+use crate::signal::Signaling;
 use crate::transport::stream::{self, ConnectionTracker, StreamListener};
 use crate::transport::tls::ReloadableCertificate;
 use crate::transport::udp::{self, UdpListener};
@@ -63,7 +64,6 @@ pub(crate) fn run(config: Config, origin: Origin) -> std::io::Result<()> {
 
 async fn serve(config: Config, origin: Origin) -> std::io::Result<()> {
     let server = Server::new(&config);
-    let http_api = HttpApi::new(server.clone(), &config);
     // Bind everything first, so a port that cannot be had fails the start
     // before any client is served.
     let mut udp_listeners = Vec::new();
@@ -88,8 +88,7 @@ async fn serve(config: Config, origin: Origin) -> std::io::Result<()> {
                         listen.address
                     );
                 }
-                let listener = StreamListener::bind(listen, http_api.clone())
-                    .map_err(std::io::Error::other)?;
+                let listener = StreamListener::bind(listen).map_err(std::io::Error::other)?;
                 log::info!(
                     "listening on {} {}",
                     listener.transport(),
@@ -103,12 +102,30 @@ async fn serve(config: Config, origin: Origin) -> std::io::Result<()> {
         .iter()
         .filter_map(|l| l.certificate().cloned())
         .collect();
+    // ICE URLs name the ports actually bound (port 0 picks one).
+    let mut bound = config.clone();
+    let mut udp_addresses = udp_listeners.iter().map(|l| l.local_addr());
+    let mut stream_addresses = stream_listeners.iter().map(StreamListener::local_addr);
+    for listen in &mut bound.listen {
+        let address = match listen.transport {
+            Transport::Udp => udp_addresses.next(),
+            _ => stream_addresses.next(),
+        };
+        listen.address = address.unwrap_or(listen.address);
+    }
+    let signal = Signaling::new(server.clone(), &bound);
+    let http_api = HttpApi::new(server.clone(), signal.clone(), &bound);
     for listener in udp_listeners {
         tokio::spawn(udp::serve(server.clone(), listener));
     }
     let tracker = ConnectionTracker::new(config.connections);
     for listener in stream_listeners {
-        tokio::spawn(stream::serve(server.clone(), listener, tracker.clone()));
+        tokio::spawn(stream::serve(
+            server.clone(),
+            listener,
+            tracker.clone(),
+            http_api.clone(),
+        ));
     }
     tokio::spawn(server.clone().run_timers());
     print_banner(&config, &origin, &server);
@@ -119,6 +136,13 @@ async fn serve(config: Config, origin: Origin) -> std::io::Result<()> {
         config.relay.ports.high
     );
     wait_for_shutdown(&certificates).await;
+    if let Some(signal) = &signal {
+        let (sessions, rooms) = signal.counts();
+        log::info!("stopping signaling: closing {sessions} sessions in {rooms} rooms");
+        signal.stop();
+        // Let the close frames go out.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     let refusals: Vec<String> = crate::reject::Reject::ALL
         .iter()
         .map(|&r| (r, server.rejects.get(r)))

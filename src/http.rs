@@ -1,6 +1,7 @@
 //! HTTP routes: `GET /ice-servers` hands applications ready-made ICE
 //! servers with fresh TURN REST credentials, so no long-term password ever
-//! reaches a browser.
+//! reaches a browser; `GET /ws` is the signaling endpoint (`signal`); `GET /`
+//! and `GET /icegate.js` serve the demo page and its client library.
 //!
 //! The answer carries both shapes consumers use: the RTCConfiguration-ready
 //! `iceServers` array and the draft TURN REST API fields (`username`,
@@ -11,12 +12,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use ipnet::IpNet;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
@@ -25,19 +27,32 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::config::Config;
 use crate::ice;
 use crate::server::{Server, unix_now};
+use crate::signal::Signaling;
+
+/// The demo page and the client library it uses, built into the binary.
+const DEMO_PAGE: &str = include_str!("../web/index.html");
+const CLIENT_LIBRARY: &str = include_str!("../web/icegate.js");
 
 /// What the HTTP side needs, built once from the config.
 pub(crate) struct HttpApi {
     server: Arc<Server>,
+    signal: Option<Arc<Signaling>>,
     config: Config,
     api_keys: Vec<Vec<u8>>,
     trusted_proxies: Vec<IpNet>,
+    handshake_timeout: Duration,
 }
 
 impl HttpApi {
-    pub(crate) fn new(server: Arc<Server>, config: &Config) -> Arc<Self> {
+    pub(crate) fn new(
+        server: Arc<Server>,
+        signal: Option<Arc<Signaling>>,
+        config: &Config,
+    ) -> Arc<Self> {
         Arc::new(Self {
             server,
+            signal,
+            handshake_timeout: config.signal.limits.handshake_timeout,
             config: config.clone(),
             api_keys: config
                 .http
@@ -78,8 +93,9 @@ impl HttpApi {
             .unwrap_or(peer.ip())
     }
 
-    fn route(&self, request: &Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
-        if request.uri().path() != "/ice-servers" {
+    fn route(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+        let path = request.uri().path();
+        if !matches!(path, "/ice-servers" | "/ws" | "/" | "/icegate.js") {
             return error(StatusCode::NOT_FOUND, "not-found", "no such resource");
         }
         if request.method() != Method::GET && request.method() != Method::HEAD {
@@ -93,36 +109,75 @@ impl HttpApi {
                 .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             return response;
         }
+        match path {
+            "/" => return static_response(DEMO_PAGE, "text/html; charset=utf-8"),
+            "/icegate.js" => {
+                return static_response(CLIENT_LIBRARY, "text/javascript; charset=utf-8");
+            }
+            _ => {}
+        }
         let query = Query(request.uri().query().unwrap_or(""));
-        let presented = request
+        let bearer = request
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::to_owned)
-            .or_else(|| query.get("key"));
-        let client = self.client_of(request, peer);
-        if !presented.is_some_and(|key| self.key_is_valid(&key)) {
+            .map(str::to_owned);
+        let client = self.client_of(&request, peer);
+        if path == "/ws" {
+            let Some(signal) = &self.signal else {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "signaling-off",
+                    "signaling is not configured ([signal] in the config)",
+                );
+            };
+            let token = query.get("token").or(bearer);
+            let resume = query.get("resume");
+            return signal
+                .upgrade(request, client, token, resume)
+                .unwrap_or_else(|refusal| {
+                    let mut response = error(refusal.status, refusal.code, &refusal.message);
+                    let headers = response.headers_mut();
+                    if refusal.status == StatusCode::UPGRADE_REQUIRED {
+                        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                        headers.insert(
+                            header::SEC_WEBSOCKET_VERSION,
+                            HeaderValue::from_static("13"),
+                        );
+                    }
+                    if refusal.status == StatusCode::UNAUTHORIZED {
+                        headers.insert(header::WWW_AUTHENTICATE, bearer_challenge());
+                    }
+                    response
+                });
+        }
+        let presented = bearer.or_else(|| query.get("key"));
+        let token_user = || {
+            let token = presented.clone().or_else(|| query.get("token"));
+            let claims = self.signal.as_ref()?.verify(token.as_deref()).ok()?;
+            Some(claims.sub)
+        };
+        let user = if presented
+            .as_deref()
+            .is_some_and(|key| self.key_is_valid(key))
+        {
+            query.get("username").unwrap_or_else(|| "ice".to_owned())
+        } else if let Some(user) = token_user() {
+            user
+        } else {
             log::info!("ice-servers-refused client={client} reason=api-key");
             let mut response = error(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
-                "an API key is required (Authorization: Bearer KEY)",
+                "an API key or signaling token is required (Authorization: Bearer KEY)",
             );
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"icegate\""),
-            );
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, bearer_challenge());
             return response;
-        }
-        // The REST user id goes before nothing but the expiry: keep ':' out of it.
-        let user: String = query
-            .get("username")
-            .unwrap_or_else(|| "ice".to_owned())
-            .chars()
-            .filter(|c| *c != ':' && !c.is_control())
-            .take(64)
-            .collect();
+        };
+        let user = ice::rest_user(&user);
         let minted = {
             let core = self.server.core();
             let credentials = core.credentials();
@@ -189,6 +244,26 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+fn bearer_challenge() -> HeaderValue {
+    HeaderValue::from_static("Bearer realm=\"icegate\"")
+}
+
+fn static_response(body: &'static str, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // The page talks only to the server that served it.
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; connect-src 'self' wss: ws:; style-src 'self' 'unsafe-inline'; \
+             script-src 'self' 'unsafe-inline'",
+        ),
+    );
+    response
+}
+
 fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
@@ -214,11 +289,14 @@ pub(crate) async fn serve_connection<S>(api: Arc<HttpApi>, io: S, peer: SocketAd
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let handshake_timeout = api.handshake_timeout;
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let api = api.clone();
-        async move { Ok::<_, Infallible>(api.route(&request, peer)) }
+        async move { Ok::<_, Infallible>(api.route(request, peer)) }
     });
     let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(handshake_timeout)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades()
         .await;

@@ -54,6 +54,16 @@ pub(crate) fn urls(config: &Config) -> (Vec<String>, Vec<String>) {
     (stun, turn)
 }
 
+/// A user name as the REST username's user part: it follows the expiry and
+/// a ':', so it may hold no ':' itself; control characters and length are
+/// cut too, since it ends up in logs.
+pub(crate) fn rest_user(name: &str) -> String {
+    name.chars()
+        .filter(|c| *c != ':' && !c.is_control())
+        .take(64)
+        .collect()
+}
+
 /// An RTCConfiguration-ready `{"iceServers": [...]}` object.
 pub(crate) fn ice_servers(config: &Config, username: &str, credential: &str) -> Value {
     let (stun, turn) = urls(config);

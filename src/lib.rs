@@ -1,4 +1,4 @@
-//! icegate: a STUN responder and TURN relay in one daemon.
+//! icegate: a STUN responder, TURN relay and WebRTC signaling server in one daemon.
 //!
 //! Data flow: a listener (`transport`) receives a datagram and hands it to
 //! the shared [`server`] state, which tells STUN messages from ChannelData
@@ -8,7 +8,9 @@
 //! (`policy`) and keeps the one allocation table (`turn::table`). Relay
 //! sockets and their receive tasks live in `turn::relay`. Every refusal is a
 //! `reject::Reject`, which picks the STUN error code, the log event and the
-//! counter. `config` reads the TOML file; `cli` and `daemon` run it all.
+//! counter. `http` serves `/ice-servers`, the demo page and `/ws`, where
+//! `signal` keeps the signaling rooms. `config` reads the TOML file; `cli`
+//! and `daemon` run it all.
 
 pub mod cli;
 
@@ -20,6 +22,7 @@ mod ice;
 mod policy;
 mod reject;
 mod server;
+mod signal;
 mod stun;
 mod transport;
 mod turn;

@@ -41,11 +41,12 @@ pub(crate) struct StreamListener {
     services: Services,
     /// The certificate and acceptor of a `tls` or `https` listener.
     tls: Option<(Arc<ReloadableCertificate>, TlsAcceptor)>,
-    http: Arc<HttpApi>,
+    /// Set by [`serve`], once the ICE URLs can name the bound ports.
+    http: Option<Arc<HttpApi>>,
 }
 
 impl StreamListener {
-    pub(crate) fn bind(listen: &Listen, http: Arc<HttpApi>) -> Result<Self, String> {
+    pub(crate) fn bind(listen: &Listen) -> Result<Self, String> {
         let tls = match &listen.tls {
             Some(files) => {
                 let certificate = ReloadableCertificate::new(files.clone())
@@ -68,8 +69,14 @@ impl StreamListener {
             transport: listen.transport,
             services: listen.services,
             tls,
-            http,
+            http: None,
         })
+    }
+
+    fn http_api(&self) -> Arc<HttpApi> {
+        self.http
+            .clone()
+            .unwrap_or_else(|| unreachable!("serve sets it before accepting"))
     }
 
     pub(crate) fn local_addr(&self) -> SocketAddr {
@@ -163,9 +170,11 @@ impl Drop for Admission {
 /// Accepts connections until the process ends; one accept error never ends it.
 pub(crate) async fn serve(
     server: Arc<Server>,
-    listener: StreamListener,
+    mut listener: StreamListener,
     tracker: Arc<ConnectionTracker>,
+    http: Arc<HttpApi>,
 ) {
+    listener.http = Some(http);
     let listener = Arc::new(listener);
     loop {
         let (tcp, client) = match listener.listener.accept().await {
@@ -224,7 +233,7 @@ async fn accept_connection(
     if first[0] != TLS_HANDSHAKE {
         match listener.transport {
             Transport::Http => {
-                http::serve_connection(listener.http.clone(), tcp, client).await;
+                http::serve_connection(listener.http_api(), tcp, client).await;
             }
             // A tls listener serves plain TCP too, as coturn users expect.
             Transport::Tcp | Transport::Tls if listener.services.turn => {
@@ -260,7 +269,7 @@ async fn accept_connection(
     };
     let services = listener.services;
     if !services.turn {
-        http::serve_connection(listener.http.clone(), tls, client).await;
+        http::serve_connection(listener.http_api(), tls, client).await;
         return;
     }
     if !services.http {
@@ -280,7 +289,7 @@ async fn accept_connection(
         run_connection(server, tls, five_tuple(Transport::Tls), first_bytes, limits).await;
     } else {
         let prefixed = http::Prefixed::new(first_bytes, tls);
-        http::serve_connection(listener.http.clone(), prefixed, client).await;
+        http::serve_connection(listener.http_api(), prefixed, client).await;
     }
 }
 

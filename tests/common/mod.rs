@@ -24,6 +24,7 @@ use hmac::{Hmac, Mac};
 use sha1::Sha1;
 
 pub mod coturn;
+pub mod signal;
 
 pub const REALM: &str = "test.local";
 pub const SECRET: &str = "integration-test-secret";

@@ -1,0 +1,282 @@
+//! WebSocket signaling (`GET /ws`): rooms of peers that exchange offers,
+//! answers and candidates through icegate, with TURN credentials from the
+//! same credential store as the relay. The protocol is `docs/signaling.md`.
+
+mod hub;
+pub(crate) mod protocol;
+mod session;
+pub(crate) mod token;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, watch};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use crate::config::{Config, SignalAuth, SignalConfig};
+use crate::ice;
+use crate::server::{Server, unix_now};
+use hub::Hub;
+use token::{Claims, TokenError, TokenVerifier};
+
+/// Frames larger than this many times `max-message-bytes` are not even read.
+const HARD_SIZE_FACTOR: usize = 4;
+
+/// The signaling endpoint's shared state.
+pub(crate) struct Signaling {
+    hub: Arc<Hub>,
+    verifier: TokenVerifier,
+    config: SignalConfig,
+    turn_config: Config,
+    server: Arc<Server>,
+    stopping: watch::Sender<bool>,
+}
+
+/// An HTTP answer that refuses the upgrade.
+pub(crate) struct Refusal {
+    pub(crate) status: StatusCode,
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
+}
+
+impl Signaling {
+    /// `None` when `[signal]` configures neither keys nor `auth = "none"`.
+    pub(crate) fn new(server: Arc<Server>, config: &Config) -> Option<Arc<Self>> {
+        match config.signal.auth {
+            SignalAuth::Off => {
+                if config.listen.iter().any(|l| l.services.http) {
+                    log::info!(
+                        "signaling is off: set signal.jwt-secrets, signal.jwt-public-keys \
+                         or signal.auth = \"none\" to serve /ws"
+                    );
+                }
+                return None;
+            }
+            SignalAuth::None => log::warn!(
+                "signal.auth = \"none\": anyone who can reach /ws may use signaling \
+                 and get TURN credentials"
+            ),
+            SignalAuth::Jwt => {}
+        }
+        Some(Arc::new(Self {
+            hub: Hub::new(config.signal.limits),
+            verifier: TokenVerifier::new(&config.signal),
+            config: config.signal.clone(),
+            turn_config: config.clone(),
+            server,
+            stopping: watch::Sender::new(false),
+        }))
+    }
+
+    /// Checks a token the way `/ws` does, for other routes that accept it.
+    pub(crate) fn verify(&self, token: Option<&str>) -> Result<Claims, TokenError> {
+        self.verifier.verify(token)
+    }
+
+    /// Closes every connection with 1001.
+    pub(crate) fn stop(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// ICE servers for `user`: STUN URLs, and TURN URLs with REST
+    /// credentials when a REST secret is configured.
+    pub(crate) fn ice_servers_for(&self, user: &str) -> Value {
+        let (stun, _) = ice::urls(&self.turn_config);
+        let minted = {
+            let core = self.server.core();
+            let credentials = core.credentials();
+            credentials.mint(
+                &ice::rest_user(user),
+                credentials.credential_ttl(),
+                unix_now(),
+            )
+        };
+        match minted {
+            Some((username, password)) => {
+                ice::ice_servers(&self.turn_config, &username, &password)["iceServers"].take()
+            }
+            None if stun.is_empty() => json!([]),
+            None => json!([{ "urls": stun }]),
+        }
+    }
+
+    /// Answers `GET /ws`: refuses it with a reason, or switches protocols and
+    /// runs the session on the upgraded connection.
+    pub(crate) fn upgrade(
+        self: &Arc<Self>,
+        mut request: Request<Incoming>,
+        client: IpAddr,
+        token: Option<String>,
+        resume: Option<String>,
+    ) -> Result<Response<Full<Bytes>>, Refusal> {
+        let headers = request.headers();
+        let key = websocket_key(headers)?;
+        let origin = header_text(headers, header::ORIGIN);
+        if let Some(origin) = origin.as_deref()
+            && !self.origin_allowed(origin, header_text(headers, header::HOST).as_deref())
+        {
+            log::info!("signal-refused client={client} reason=origin origin={origin}");
+            return Err(Refusal {
+                status: StatusCode::FORBIDDEN,
+                code: "origin-not-allowed",
+                message: format!("origin {origin} is not in signal.allowed-origins"),
+            });
+        }
+        let claims = match self.config.auth {
+            SignalAuth::None => None,
+            _ => match self.verifier.verify(token.as_deref()) {
+                Ok(claims) => Some(claims),
+                Err(error) => {
+                    log::info!("signal-refused client={client} reason={}", error.name());
+                    return Err(Refusal {
+                        status: StatusCode::UNAUTHORIZED,
+                        code: error.name(),
+                        message: error.message().to_owned(),
+                    });
+                }
+            },
+        };
+        let slot = self.hub.admit(client).map_err(|limit| {
+            log::info!("signal-limit limit={limit} client={client}");
+            Refusal {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "too-many-connections",
+                message: format!("signaling is at its {limit} limit; try again later"),
+            }
+        })?;
+        let user = claims
+            .as_ref()
+            .map_or_else(|| "anonymous".to_owned(), |c| c.sub.clone());
+        let origin = origin.unwrap_or_else(|| "-".to_owned());
+
+        let this = self.clone();
+        tokio::spawn(async move {
+            let upgraded = match hyper::upgrade::on(&mut request).await {
+                Ok(upgraded) => upgraded,
+                Err(error) => {
+                    log::debug!("signaling upgrade from {client} failed: {error}");
+                    return;
+                }
+            };
+            let limits = this.config.limits;
+            let hard_limit = limits.max_message_bytes as usize * HARD_SIZE_FACTOR;
+            let ws_config = WebSocketConfig::default()
+                .max_message_size(Some(hard_limit))
+                .max_frame_size(Some(hard_limit));
+            let ws = WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                Some(ws_config),
+            )
+            .await;
+            let opened = this.hub.open(&user, resume.as_deref());
+            let welcome = protocol::welcome(&protocol::WelcomeFields {
+                user: &user,
+                peer: &opened.peer,
+                resumed: opened.resumed,
+                resume_token: &opened.resume_token,
+                resume_seconds: limits.resume_grace.as_secs(),
+                ice_servers: &this.ice_servers_for(&user),
+            });
+            log::info!(
+                "signal-connect user={user} client={client} origin={origin} resumed={}",
+                opened.resumed
+            );
+            let wake = Arc::new(Notify::new());
+            this.hub.attach(&opened, wake.clone(), welcome);
+            let connection = session::Connection {
+                hub: this.hub.clone(),
+                id: opened.id,
+                outbox: opened.outbox,
+                wake,
+                user,
+                claims,
+                client,
+                limits,
+                slot,
+                stopping: this.stopping.subscribe(),
+            };
+            session::run(ws, connection).await;
+        });
+
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(
+            header::SEC_WEBSOCKET_ACCEPT,
+            HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
+                .unwrap_or_else(|_| unreachable!("base64 is a valid header value")),
+        );
+        Ok(response)
+    }
+
+    /// A browser may connect from icegate's own pages or a listed origin.
+    fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
+        let authority = origin
+            .split_once("://")
+            .map_or(origin, |(_, authority)| authority);
+        host.is_some_and(|host| host.eq_ignore_ascii_case(authority))
+            || self
+                .config
+                .allowed_origins
+                .iter()
+                .any(|allowed| allowed == "*" || allowed.eq_ignore_ascii_case(origin))
+    }
+
+    /// Sessions and rooms right now.
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        self.hub.counts()
+    }
+}
+
+fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|part| part.trim().eq_ignore_ascii_case(token))
+}
+
+/// The `Sec-WebSocket-Key` of a well-formed upgrade request (RFC 6455 §4.2.1).
+fn websocket_key(headers: &HeaderMap) -> Result<String, Refusal> {
+    let upgrade_required = |message: &str| Refusal {
+        status: StatusCode::UPGRADE_REQUIRED,
+        code: "websocket-required",
+        message: message.to_owned(),
+    };
+    if !has_token(headers, header::UPGRADE, "websocket")
+        || !has_token(headers, header::CONNECTION, "upgrade")
+    {
+        return Err(upgrade_required(
+            "/ws speaks WebSocket: send Upgrade: websocket",
+        ));
+    }
+    if header_text(headers, header::SEC_WEBSOCKET_VERSION).as_deref() != Some("13") {
+        return Err(upgrade_required("only WebSocket version 13 is spoken"));
+    }
+    header_text(headers, header::SEC_WEBSOCKET_KEY)
+        .filter(|key| !key.is_empty())
+        .ok_or(Refusal {
+            status: StatusCode::BAD_REQUEST,
+            code: "bad-request",
+            message: "Sec-WebSocket-Key is missing".to_owned(),
+        })
+}

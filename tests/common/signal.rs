@@ -1,0 +1,255 @@
+//! Signaling clients for the tests: tokio-tungstenite's WebSocket client
+//! against the real daemon's `/ws`, JSON in and out, every wait bounded.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::{SECRET, TestDaemon, unix_now};
+
+/// The HS256 secret the signaling tests configure.
+pub const JWT_SECRET: &str = "signaling-test-secret-0123456789abcdef";
+/// The longest a test waits for one message.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// A daemon with a UDP listener for TURN, a plain HTTP listener for `/ws`,
+/// the REST secret and `[signal]` with [`JWT_SECRET`] plus `signal_extra`.
+pub fn signal_config(signal_extra: &str) -> String {
+    format!(
+        r#"realm = "test.local"
+public-host = "127.0.0.1"
+[log]
+level = "debug"
+[[listen]]
+address = "127.0.0.1:0"
+[[listen]]
+address = "127.0.0.1:0"
+transport = "http"
+[relay]
+addresses = ["127.0.0.1"]
+allow-peers = ["127.0.0.0/8"]
+[auth]
+secrets = ["{SECRET}"]
+[signal]
+jwt-secrets = ["{JWT_SECRET}"]
+{signal_extra}
+"#
+    )
+}
+
+/// The address the daemon announced for `transport` ("http", "tls", ...).
+pub fn listener(daemon: &TestDaemon, transport: &str) -> SocketAddr {
+    let prefix = format!("info listening on {transport} ");
+    daemon
+        .log()
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|addr| addr.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no `{prefix}ADDR` line in the log:\n{}", daemon.log()))
+}
+
+/// An HS256 token for `sub`, expiring `valid_for` seconds from now
+/// (negative: already expired), optionally limited to `rooms`.
+pub fn token(secret: &str, sub: &str, valid_for: i64, rooms: Option<&[&str]>) -> String {
+    let mut claims = json!({ "sub": sub, "exp": unix_now() as i64 + valid_for });
+    if let Some(rooms) = rooms {
+        claims["rooms"] = json!(rooms);
+    }
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("encode token")
+}
+
+/// A token for `sub` signed with [`JWT_SECRET`], valid for an hour.
+pub fn token_for(sub: &str) -> String {
+    token(JWT_SECRET, sub, 3600, None)
+}
+
+pub struct SignalClient {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// An upgrade the server refused: the HTTP status and body.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: u16,
+    pub body: String,
+}
+
+impl SignalClient {
+    /// Connects to `ws://ADDR/ws?QUERY` with extra request `headers`.
+    pub async fn connect_with(
+        address: SocketAddr,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Self, Refused> {
+        let url = format!("ws://{address}/ws?{query}");
+        let mut request = url.into_client_request().expect("request");
+        for (name, value) in headers {
+            let name = HeaderName::from_bytes(name.as_bytes()).expect("header name");
+            request
+                .headers_mut()
+                .insert(name, HeaderValue::from_str(value).expect("header value"));
+        }
+        let connecting = tokio_tungstenite::connect_async(request);
+        match tokio::time::timeout(WAIT, connecting)
+            .await
+            .expect("connect in time")
+        {
+            Ok((ws, _)) => Ok(Self { ws }),
+            Err(WsError::Http(response)) => Err(Refused {
+                status: response.status().as_u16(),
+                body: String::from_utf8_lossy(response.body().as_deref().unwrap_or(&[]))
+                    .into_owned(),
+            }),
+            Err(error) => panic!("connecting to {address}: {error}"),
+        }
+    }
+
+    /// Connects with `token` and returns the client and its `welcome`.
+    pub async fn join_server(address: SocketAddr, token: &str) -> (Self, Value) {
+        let mut client = Self::connect_with(address, &format!("token={token}"), &[])
+            .await
+            .expect("upgrade accepted");
+        let welcome = client.expect("welcome").await;
+        (client, welcome)
+    }
+
+    pub fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
+        Self { ws }
+    }
+
+    pub async fn send(&mut self, message: Value) {
+        self.send_text(&message.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::text(text))
+            .await
+            .expect("send a frame");
+    }
+
+    pub async fn send_binary(&mut self, bytes: &[u8]) {
+        self.ws
+            .send(Message::binary(bytes.to_vec()))
+            .await
+            .expect("send a frame");
+    }
+
+    /// The next text message, as JSON; `None` when the server closed.
+    pub async fn next(&mut self) -> Option<Value> {
+        match self.next_event().await {
+            Event::Text(value) => Some(value),
+            Event::Closed(_) => None,
+        }
+    }
+
+    /// The next text message or the close (with its code).
+    pub async fn next_event(&mut self) -> Event {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("no message within {WAIT:?}"));
+            match frame {
+                Some(Ok(Message::Text(text))) => {
+                    return Event::Text(serde_json::from_str(&text).unwrap_or_else(|e| {
+                        panic!("server sent a frame that is not JSON ({e}): {text}")
+                    }));
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Event::Closed(frame.map(|f: CloseFrame| u16::from(f.code)));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Event::Closed(None),
+            }
+        }
+    }
+
+    /// The next message, which must have `type` `kind`.
+    pub async fn expect(&mut self, kind: &str) -> Value {
+        let message = self
+            .next()
+            .await
+            .unwrap_or_else(|| panic!("closed while waiting for {kind}"));
+        assert_eq!(message["type"], kind, "expected {kind}, got {message}");
+        message
+    }
+
+    /// The next message must be an `error` with `code`; returns it.
+    pub async fn expect_error(&mut self, code: &str) -> Value {
+        let message = self.expect("error").await;
+        assert_eq!(message["code"], code, "unexpected error {message}");
+        message
+    }
+
+    /// The next text message if one arrives within `within`.
+    pub async fn poll_for(&mut self, within: Duration) -> Option<Value> {
+        loop {
+            match tokio::time::timeout(within, self.ws.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => return serde_json::from_str(&text).ok(),
+                Ok(Some(Ok(_))) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    /// Nothing arrives for `quiet`.
+    pub async fn expect_silence(&mut self, quiet: Duration) {
+        if let Ok(frame) = tokio::time::timeout(quiet, self.ws.next()).await {
+            panic!("expected nothing, got {frame:?}");
+        }
+    }
+
+    /// Sends a `ping` and waits for its `pong`: the connection works.
+    pub async fn assert_usable(&mut self) {
+        self.send(json!({"type": "ping", "id": "alive?"})).await;
+        let pong = self.expect("pong").await;
+        assert_eq!(pong["id"], "alive?");
+    }
+
+    /// Joins `room` as `peer` and returns the `joined` message.
+    pub async fn join(&mut self, room: &str, peer: &str) -> Value {
+        self.send(json!({"type": "join", "room": room, "peer": peer}))
+            .await;
+        let joined = self.expect("joined").await;
+        assert_eq!(joined["peer"], peer);
+        joined
+    }
+
+    /// Closes with a close frame, as a browser tab that leaves does.
+    pub async fn close(mut self) {
+        let _ = tokio::time::timeout(WAIT, self.ws.close(None)).await;
+        // Read until the server's close reply or the end.
+        let _ = tokio::time::timeout(WAIT, async { while self.ws.next().await.is_some() {} }).await;
+    }
+
+    /// Drops the TCP connection without a close frame, as a network change does.
+    pub fn drop_connection(self) {
+        drop(self.ws);
+    }
+
+    /// The raw stream, to stop reading it (a client that hangs).
+    pub fn into_inner(self) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
+        self.ws
+    }
+}
+
+#[derive(Debug)]
+pub enum Event {
+    Text(Value),
+    /// The close code, if the server sent a close frame.
+    Closed(Option<u16>),
+}

@@ -1,0 +1,476 @@
+//! The signaling endpoint (`GET /ws`) against the real daemon, with
+//! tokio-tungstenite's WebSocket client: presence, signals, resume, every
+//! error and limit, token and origin checks, and the TURN credentials it
+//! hands out used on icegate's own TURN with the `turn` crate's client.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::net::UdpSocket;
+use turn::client::{Client, ClientConfig};
+
+use common::signal::{Event, JWT_SECRET, SignalClient, listener, signal_config, token, token_for};
+use common::{REALM, TestDaemon};
+
+fn start(signal_extra: &str) -> (TestDaemon, SocketAddr) {
+    let daemon = TestDaemon::start(&signal_config(signal_extra));
+    let http = listener(&daemon, "http");
+    (daemon, http)
+}
+
+async fn connect(http: SocketAddr, user: &str) -> (SignalClient, Value) {
+    SignalClient::join_server(http, &token_for(user)).await
+}
+
+#[tokio::test]
+async fn peers_meet_in_a_room_and_exchange_signals() {
+    let (daemon, http) = start("");
+    let (mut alice, welcome) = connect(http, "alice").await;
+    assert_eq!(welcome["user"], "alice");
+    assert_eq!(welcome["resumed"], false);
+    assert!(welcome["peer"].as_str().unwrap().starts_with("p-"));
+    assert!(welcome["resume_token"].as_str().unwrap().starts_with("r1."));
+    assert_eq!(welcome["resume_seconds"], 30);
+    let turn = &welcome["ice_servers"][1];
+    assert!(turn["username"].as_str().unwrap().ends_with(":alice"));
+    assert_eq!(
+        welcome["ice_servers"][0]["urls"][0],
+        format!("stun:127.0.0.1:{}", daemon.udp.port())
+    );
+
+    alice
+        .send(json!({"type": "join", "id": 1, "room": "standup", "peer": "alice-laptop", "metadata": {"name": "Alice"}}))
+        .await;
+    let joined = alice.expect("joined").await;
+    assert_eq!(
+        joined,
+        json!({"type": "joined", "room": "standup", "peer": "alice-laptop", "peers": []})
+    );
+
+    let (mut bob, bob_welcome) = connect(http, "bob").await;
+    // No peer id asked for: the one from welcome.
+    bob.send(json!({"type": "join", "room": "standup"})).await;
+    let joined = bob.expect("joined").await;
+    assert_eq!(joined["peer"], bob_welcome["peer"]);
+    assert_eq!(
+        joined["peers"],
+        json!([{"peer": "alice-laptop", "metadata": {"name": "Alice"}}])
+    );
+    let bob_id = bob_welcome["peer"].as_str().unwrap().to_owned();
+    let announced = alice.expect("peer-joined").await;
+    assert_eq!(
+        announced,
+        json!({"type": "peer-joined", "room": "standup", "peer": bob_id, "metadata": {}})
+    );
+
+    // A targeted signal arrives verbatim, from the sender's peer id.
+    let offer = r#"{"sdp":{"type":"offer","sdp":"v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n"}}"#;
+    alice
+        .send_text(&format!(
+            r#"{{"type":"signal","room":"standup","to":"{bob_id}","data":{offer}}}"#
+        ))
+        .await;
+    let signal = bob.expect("signal").await;
+    assert_eq!(signal["from"], "alice-laptop");
+    assert_eq!(
+        signal["data"],
+        serde_json::from_str::<Value>(offer).unwrap()
+    );
+    assert!(signal.get("broadcast").is_none());
+
+    // A broadcast reaches the others, not the sender.
+    let (mut carol, _) = connect(http, "carol").await;
+    carol.join("standup", "carol").await;
+    alice.expect("peer-joined").await;
+    bob.expect("peer-joined").await;
+    bob.send(json!({"type": "broadcast", "room": "standup", "data": {"status": "muted"}}))
+        .await;
+    for receiver in [&mut alice, &mut carol] {
+        let message = receiver.expect("signal").await;
+        assert_eq!(message["broadcast"], true);
+        assert_eq!(message["from"], bob_id);
+        assert_eq!(message["data"], json!({"status": "muted"}));
+    }
+    bob.expect_silence(Duration::from_millis(300)).await;
+
+    // Leaving and closing are both announced at once.
+    carol
+        .send(json!({"type": "leave", "room": "standup"}))
+        .await;
+    for peer in [&mut alice, &mut bob] {
+        assert_eq!(
+            peer.expect("peer-left").await,
+            json!({"type": "peer-left", "room": "standup", "peer": "carol", "reason": "left"})
+        );
+    }
+    carol.assert_usable().await;
+    bob.close().await;
+    let left = alice.expect("peer-left").await;
+    assert_eq!(
+        (left["peer"].as_str(), left["reason"].as_str()),
+        (Some(bob_id.as_str()), Some("closed"))
+    );
+    // The peer id is free again.
+    carol.join("standup", &bob_id).await;
+    assert!(daemon.wait_for_log("signal-join user=alice room=standup peer=alice-laptop"));
+    assert!(
+        !daemon.log().contains("v=0"),
+        "message contents must not be logged"
+    );
+}
+
+/// The allocation the `turn` crate's client makes with `username` and
+/// `password` on the daemon's UDP listener.
+async fn allocate_with(daemon: &TestDaemon, username: &str, password: &str) {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let client = Client::new(ClientConfig {
+        stun_serv_addr: daemon.udp.to_string(),
+        turn_serv_addr: daemon.udp.to_string(),
+        username: username.to_owned(),
+        password: password.to_owned(),
+        realm: REALM.to_owned(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn: Arc::new(socket),
+        vnet: None,
+    })
+    .await
+    .expect("turn client");
+    client.listen().await.expect("listen");
+    let relay = tokio::time::timeout(Duration::from_secs(5), client.allocate())
+        .await
+        .expect("Allocate answered")
+        .expect("Allocate succeeds with the handed-out credentials");
+    let relayed = webrtc_util::Conn::local_addr(&relay).unwrap();
+    assert_eq!(relayed.ip().to_string(), "127.0.0.1");
+    client.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handed_out_credentials_work_on_icegates_turn() {
+    let (daemon, http) = start("");
+    let (_client, welcome) = connect(http, "dana").await;
+    let turn = &welcome["ice_servers"][1];
+    assert_eq!(
+        turn["urls"][0],
+        format!("turn:127.0.0.1:{}?transport=udp", daemon.udp.port())
+    );
+    allocate_with(
+        &daemon,
+        turn["username"].as_str().unwrap(),
+        turn["credential"].as_str().unwrap(),
+    )
+    .await;
+
+    // /ice-servers takes the same token.
+    let body = http_get(
+        http,
+        "/ice-servers",
+        &format!("Authorization: Bearer {}", token_for("erin")),
+    )
+    .await;
+    let (status, body) = body;
+    assert_eq!(status, 200, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert!(body["username"].as_str().unwrap().ends_with(":erin"));
+    assert_eq!(body["iceTransportPolicy"], "all");
+    allocate_with(
+        &daemon,
+        body["username"].as_str().unwrap(),
+        body["password"].as_str().unwrap(),
+    )
+    .await;
+    let (status, _) = http_get(
+        http,
+        "/ice-servers",
+        &format!(
+            "Authorization: Bearer {}",
+            token("wrong-secret-0123456789abcdef0123456789", "erin", 60, None)
+        ),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(daemon.wait_for_log("allocation-created"));
+}
+
+/// One HTTP/1.1 request over a plain TCP connection: (status, body).
+async fn http_get(address: SocketAddr, path: &str, header: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {address}\r\n{header}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+        .await
+        .expect("response in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test]
+async fn a_dropped_peer_resumes_its_id_within_the_grace_period() {
+    let (_daemon, http) = start("resume-grace = \"2s\"");
+    let (mut alice, _) = connect(http, "alice").await;
+    alice.join("r", "alice").await;
+    let (bob, welcome) = connect(http, "bob").await;
+    let mut bob = bob;
+    bob.join("r", "bob").await;
+    alice.expect("peer-joined").await;
+
+    // The network goes away: no close frame.
+    bob.drop_connection();
+    alice
+        .send(json!({"type": "signal", "room": "r", "to": "bob", "data": {"n": 1}}))
+        .await;
+    alice.expect_silence(Duration::from_millis(500)).await;
+
+    let query = format!(
+        "token={}&resume={}",
+        token_for("bob"),
+        welcome["resume_token"].as_str().unwrap()
+    );
+    let mut bob = SignalClient::connect_with(http, &query, &[]).await.unwrap();
+    let welcome2 = bob.expect("welcome").await;
+    assert_eq!(welcome2["resumed"], true);
+    assert_eq!(welcome2["peer"], welcome["peer"]);
+    assert_ne!(welcome2["resume_token"], welcome["resume_token"]);
+    let joined = bob.expect("joined").await;
+    assert_eq!(joined["peer"], "bob");
+    assert_eq!(joined["peers"][0]["peer"], "alice");
+    // What was sent while it was away is delivered.
+    let queued = bob.expect("signal").await;
+    assert_eq!(queued["data"], json!({"n": 1}));
+    // Nobody saw it leave, even after the grace period.
+    alice.expect_silence(Duration::from_millis(2500)).await;
+    alice
+        .send(json!({"type": "signal", "room": "r", "to": "bob", "data": {"n": 2}}))
+        .await;
+    assert_eq!(bob.expect("signal").await["data"], json!({"n": 2}));
+
+    // A spent resume token, or another user's, starts a new session.
+    let mut again = SignalClient::connect_with(http, &query, &[]).await.unwrap();
+    assert_eq!(again.expect("welcome").await["resumed"], false);
+    let stolen = format!(
+        "token={}&resume={}",
+        token_for("mallory"),
+        welcome2["resume_token"].as_str().unwrap()
+    );
+    let mut thief = SignalClient::connect_with(http, &stolen, &[])
+        .await
+        .unwrap();
+    assert_eq!(thief.expect("welcome").await["resumed"], false);
+
+    // After the grace period the others are told.
+    let resume_token = welcome2["resume_token"].as_str().unwrap().to_owned();
+    bob.drop_connection();
+    let left = alice.expect("peer-left").await;
+    assert_eq!(
+        (left["peer"].as_str(), left["reason"].as_str()),
+        (Some("bob"), Some("closed"))
+    );
+    let late = format!("token={}&resume={resume_token}", token_for("bob"));
+    let mut late = SignalClient::connect_with(http, &late, &[]).await.unwrap();
+    assert_eq!(late.expect("welcome").await["resumed"], false);
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_answering_pings_times_out() {
+    let (daemon, http) = start("ping-interval = \"1s\"\nresume-grace = \"1s\"");
+    let (mut alice, _) = connect(http, "alice").await;
+    alice.join("r", "alice").await;
+    let (mut hung, _) = connect(http, "hung").await;
+    hung.join("r", "hung").await;
+    alice.expect("peer-joined").await;
+    // Stop reading: pings go unanswered. Alice reads, so her client answers.
+    let _stalled = hung.into_inner();
+    let left = alice.expect("peer-left").await;
+    assert_eq!(left["reason"], "timeout");
+    assert_eq!(left["peer"], "hung");
+    alice.assert_usable().await;
+    assert!(daemon.wait_for_log("signal-disconnect user=hung"));
+}
+
+#[tokio::test]
+async fn every_bad_message_gets_an_error_and_the_connection_stays_usable() {
+    let (_daemon, http) =
+        start("max-peers-per-room = 2\nmax-rooms-per-connection = 2\nmax-message-bytes = 1024");
+    let (mut client, _) = connect(http, "alice").await;
+    let cases: &[(&str, &str)] = &[
+        ("{not json", "bad-json"),
+        (r#"["join"]"#, "bad-json"),
+        (r#"{"type":"dance","id":9}"#, "unknown-type"),
+        (r#"{"id":1}"#, "unknown-type"),
+        (r#"{"type":"join"}"#, "missing-field"),
+        (r#"{"type":"join","room":["a"]}"#, "missing-field"),
+        (r#"{"type":"signal","room":"a","to":"b"}"#, "missing-field"),
+        (r#"{"type":"join","room":""}"#, "invalid-field"),
+        (
+            r#"{"type":"join","room":"a","metadata":"x"}"#,
+            "invalid-field",
+        ),
+        (r#"{"type":"leave","room":"nowhere"}"#, "not-in-room"),
+        (
+            r#"{"type":"signal","room":"nowhere","to":"b","data":1}"#,
+            "not-in-room",
+        ),
+        (
+            r#"{"type":"broadcast","room":"nowhere","data":1}"#,
+            "not-in-room",
+        ),
+    ];
+    for (text, code) in cases {
+        client.send_text(text).await;
+        let error = client.expect_error(code).await;
+        assert!(!error["message"].as_str().unwrap().is_empty());
+        client.assert_usable().await;
+    }
+    client.send_text(r#"{"type":"dance","id":9}"#).await;
+    assert_eq!(
+        client.expect_error("unknown-type").await["in_reply_to"],
+        json!({"type": "dance", "id": 9})
+    );
+
+    client.send_binary(b"\x00\x01").await;
+    client.expect_error("binary-not-supported").await;
+    client
+        .send_text(&format!(
+            r#"{{"type":"ping","pad":"{}"}}"#,
+            "x".repeat(2000)
+        ))
+        .await;
+    client.expect_error("message-too-large").await;
+    client.assert_usable().await;
+
+    client.join("a", "me").await;
+    client
+        .send(json!({"type": "join", "room": "a", "id": "again"}))
+        .await;
+    assert_eq!(
+        client.expect_error("already-joined").await["in_reply_to"]["id"],
+        "again"
+    );
+    client
+        .send(json!({"type": "signal", "room": "a", "to": "ghost", "data": {}, "id": 12}))
+        .await;
+    let error = client.expect_error("peer-not-found").await;
+    assert_eq!(error["message"], "no peer ghost in room a");
+    assert_eq!(error["in_reply_to"], json!({"type": "signal", "id": 12}));
+
+    let (mut other, _) = connect(http, "bob").await;
+    other
+        .send(json!({"type": "join", "room": "a", "peer": "me"}))
+        .await;
+    other.expect_error("peer-id-taken").await;
+    other.join("a", "bob").await;
+    client.expect("peer-joined").await;
+    let (mut third, _) = connect(http, "carol").await;
+    third
+        .send(json!({"type": "join", "room": "a", "peer": "carol"}))
+        .await;
+    third.expect_error("room-full").await;
+    third.assert_usable().await;
+
+    client.join("b", "me").await;
+    client.send(json!({"type": "join", "room": "c"})).await;
+    client.expect_error("too-many-rooms").await;
+    client.assert_usable().await;
+
+    // A token limited to some rooms.
+    let limited = token(JWT_SECRET, "dave", 60, Some(&["a"]));
+    let (mut dave, _) = SignalClient::join_server(http, &limited).await;
+    dave.send(json!({"type": "join", "room": "b"})).await;
+    dave.expect_error("room-not-allowed").await;
+    dave.assert_usable().await;
+}
+
+#[tokio::test]
+async fn floods_and_oversized_frames_close_only_the_offender() {
+    let (daemon, http) =
+        start("messages-per-second = 5\nmessage-burst = 10\nmax-message-bytes = 1024");
+    let (mut bystander, _) = connect(http, "bystander").await;
+
+    // A burst beyond the bucket: one rate-limited error, then a close 1008.
+    let (mut flooder, _) = connect(http, "flooder").await;
+    for _ in 0..25 {
+        flooder.send(json!({"type": "ping"})).await;
+    }
+    let mut pongs = 0;
+    let mut errors = 0;
+    let code = loop {
+        match flooder.next_event().await {
+            Event::Text(m) if m["type"] == "pong" => pongs += 1,
+            Event::Text(m) if m["code"] == "rate-limited" => errors += 1,
+            Event::Text(m) => panic!("unexpected {m}"),
+            Event::Closed(code) => break code,
+        }
+    };
+    assert_eq!((pongs, errors, code), (10, 1, Some(1008)));
+    assert!(daemon.wait_for_log("signal-limit limit=messages-per-second user=flooder"));
+
+    // One frame over four times the limit: closed with 1009.
+    let (mut big, _) = connect(http, "big").await;
+    big.send_text(&format!(
+        r#"{{"type":"ping","pad":"{}"}}"#,
+        "x".repeat(5000)
+    ))
+    .await;
+    assert!(matches!(big.next_event().await, Event::Closed(Some(1009))));
+
+    // Three oversized frames in a row: two errors, then 1009.
+    let (mut repeat, _) = connect(http, "repeat").await;
+    let oversized = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(2000));
+    for _ in 0..3 {
+        repeat.send_text(&oversized).await;
+    }
+    repeat.expect_error("message-too-large").await;
+    repeat.expect_error("message-too-large").await;
+    assert!(matches!(
+        repeat.next_event().await,
+        Event::Closed(Some(1009))
+    ));
+
+    bystander.assert_usable().await;
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_is_closed() {
+    let (daemon, http) = start(
+        "messages-per-second = 100000\nmessage-burst = 100000\nmax-queued-bytes = 65536\nresume-grace = \"1s\"",
+    );
+    let (mut sender, _) = connect(http, "sender").await;
+    sender.join("r", "sender").await;
+    let (mut reader, _) = connect(http, "reader").await;
+    reader.join("r", "reader").await;
+    sender.expect("peer-joined").await;
+    let _stalled = reader.into_inner();
+    let payload = "x".repeat(30_000);
+    // Enough to fill the socket buffers and then the queue; bounded.
+    let mut left = None;
+    for _ in 0..2000 {
+        sender
+            .send(json!({"type": "signal", "room": "r", "to": "reader", "data": payload}))
+            .await;
+        left = sender.poll_for(Duration::from_millis(1)).await;
+        if left.is_some() {
+            break;
+        }
+    }
+    let left = match left {
+        Some(left) => left,
+        None => sender.expect("peer-left").await,
+    };
+    assert_eq!(left["type"], "peer-left");
+    assert_eq!(left["peer"], "reader");
+    assert!(daemon.wait_for_log("signal-disconnect user=reader"));
+}

@@ -1,0 +1,2 @@
+// icegate signaling client
+export {};
