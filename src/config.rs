@@ -2073,8 +2073,43 @@ mod tests {
     }
 
     #[test]
+    fn signaling_auth_follows_the_keys() {
+        let with_key = format!(
+            "{MINIMAL}\n[signal]\njwt-secrets = [\"{}\"]\n",
+            "k".repeat(32)
+        );
+        assert_eq!(parse_ok(&with_key).signal.auth, SignalAuth::Jwt);
+        let open = format!("{MINIMAL}\n[signal]\nauth = \"none\"\n");
+        assert_eq!(parse_ok(&open).signal.auth, SignalAuth::None);
+    }
+
+    #[test]
+    fn origins() {
+        for good in [
+            "*",
+            "https://app.example.org",
+            "http://localhost:8080",
+            "https://[::1]:8443",
+        ] {
+            assert!(is_origin(good), "{good}");
+        }
+        for bad in [
+            "app.example.org",
+            "https://",
+            "https://a.org/",
+            "ftp://a.org",
+            "https://a.org:x",
+            "https://u@a.org",
+        ] {
+            assert!(!is_origin(bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn minimal_config_gets_defaults() {
         let config = parse_ok(MINIMAL);
+        assert_eq!(config.signal.auth, SignalAuth::Off);
+        assert_eq!(config.signal.limits, DEFAULT_SIGNAL_LIMITS);
         assert_eq!(config.realm, "icegate");
         assert_eq!(config.public_host, None);
         assert_eq!(config.log.level, LogLevel::Info);

@@ -11,6 +11,7 @@ use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -290,16 +291,29 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let handshake_timeout = api.handshake_timeout;
+    let requested = Arc::new(AtomicBool::new(false));
+    let seen = requested.clone();
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        seen.store(true, Ordering::Relaxed);
         let api = api.clone();
         async move { Ok::<_, Infallible>(api.route(request, peer)) }
     });
-    let served = hyper::server::conn::http1::Builder::new()
+    let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(handshake_timeout)
         .serve_connection(TokioIo::new(io), service)
-        .with_upgrades()
-        .await;
+        .with_upgrades();
+    tokio::pin!(connection);
+    // hyper times out slow headers only once a request has begun; a client
+    // that sends nothing at all is dropped here.
+    let served = match tokio::time::timeout(handshake_timeout, &mut connection).await {
+        Ok(served) => served,
+        Err(_) if !requested.load(Ordering::Relaxed) => {
+            log::debug!("http connection from {peer} sent no request in {handshake_timeout:?}");
+            return;
+        }
+        Err(_) => connection.await,
+    };
     if let Err(error) = served {
         log::debug!("http connection from {peer} ended: {error}");
     }

@@ -474,3 +474,199 @@ async fn a_client_that_does_not_read_is_closed() {
     assert_eq!(left["peer"], "reader");
     assert!(daemon.wait_for_log("signal-disconnect user=reader"));
 }
+
+#[tokio::test]
+async fn tokens_are_checked_before_the_upgrade() {
+    let (daemon, http) = start("");
+    let refused = |query: String| async move {
+        SignalClient::connect_with(http, &query, &[])
+            .await
+            .err()
+            .expect("upgrade refused")
+    };
+    let missing = refused(String::new()).await;
+    assert_eq!(missing.status, 401);
+    assert!(missing.body.contains("token-missing"), "{}", missing.body);
+    let expired = refused(format!("token={}", token(JWT_SECRET, "alice", -120, None))).await;
+    assert_eq!(expired.status, 401);
+    assert!(expired.body.contains("token-expired"), "{}", expired.body);
+    let forged = token("some-other-secret-0123456789abcdefghij", "alice", 60, None);
+    let forged = refused(format!("token={forged}")).await;
+    assert_eq!(forged.status, 401);
+    assert!(
+        forged.body.contains("token-bad-signature"),
+        "{}",
+        forged.body
+    );
+    let garbage = refused("token=not.a.jwt".to_owned()).await;
+    assert_eq!(garbage.status, 401);
+    assert!(daemon.wait_for_log("signal-refused client=127.0.0.1 reason=token-expired"));
+
+    // Clients that can set headers may use Authorization instead.
+    let bearer = format!("Bearer {}", token_for("alice"));
+    let mut client = SignalClient::connect_with(http, "", &[("authorization", &bearer)])
+        .await
+        .expect("bearer token accepted");
+    assert_eq!(client.expect("welcome").await["user"], "alice");
+}
+
+/// An ES256 key pair made with openssl: (private key PEM, public key path).
+fn es256_key(dir: &std::path::Path) -> (Vec<u8>, std::path::PathBuf) {
+    let private = dir.join("jwt.key");
+    let public = dir.join("jwt.pub");
+    for args in [
+        vec![
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            private.to_str().unwrap(),
+        ],
+        vec![
+            "pkcs8",
+            "-topk8",
+            "-nocrypt",
+            "-in",
+            private.to_str().unwrap(),
+            "-out",
+            dir.join("jwt.p8").to_str().unwrap(),
+        ],
+        vec![
+            "ec",
+            "-in",
+            private.to_str().unwrap(),
+            "-pubout",
+            "-out",
+            public.to_str().unwrap(),
+        ],
+    ] {
+        common::run_tool("openssl", &args, dir, "openssl");
+    }
+    (std::fs::read(dir.join("jwt.p8")).unwrap(), public)
+}
+
+#[tokio::test]
+async fn es256_tokens_verify_with_a_configured_public_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (private, public) = es256_key(dir.path());
+    let (_daemon, http) = start(&format!("jwt-public-keys = [\"{}\"]", public.display()));
+    let claims = json!({"sub": "erin", "exp": common::unix_now() + 600});
+    let signed = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ec_pem(&private).unwrap(),
+    )
+    .unwrap();
+    let (_client, welcome) = SignalClient::join_server(http, &signed).await;
+    assert_eq!(welcome["user"], "erin");
+    // The HS256 secret still works beside it.
+    connect(http, "frank").await;
+}
+
+#[tokio::test]
+async fn browser_origins_must_be_icegates_own_or_listed() {
+    let (daemon, http) = start("allowed-origins = [\"https://app.example.org\"]");
+    let query = format!("token={}", token_for("alice"));
+    let evil = SignalClient::connect_with(http, &query, &[("origin", "https://evil.example")])
+        .await
+        .err()
+        .expect("foreign origin refused");
+    assert_eq!(evil.status, 403);
+    assert!(evil.body.contains("origin-not-allowed"));
+    assert!(
+        daemon.wait_for_log(
+            "signal-refused client=127.0.0.1 reason=origin origin=https://evil.example"
+        )
+    );
+    for origin in ["https://app.example.org", &format!("http://{http}")] {
+        let mut client = SignalClient::connect_with(http, &query, &[("origin", origin)])
+            .await
+            .unwrap_or_else(|r| panic!("origin {origin} refused: {r:?}"));
+        client.expect("welcome").await;
+    }
+}
+
+#[tokio::test]
+async fn auth_none_is_explicit_and_signaling_is_off_without_keys() {
+    let daemon = TestDaemon::start(&signal_config("auth = \"none\"").replace("jwt-secrets", "#"));
+    let http = listener(&daemon, "http");
+    assert!(daemon.wait_for_log("warn signal.auth = \"none\""));
+    let mut client = SignalClient::connect_with(http, "", &[])
+        .await
+        .expect("no token needed");
+    let welcome = client.expect("welcome").await;
+    assert_eq!(welcome["user"], "anonymous");
+    assert!(
+        welcome["ice_servers"][1]["username"]
+            .as_str()
+            .unwrap()
+            .ends_with(":anonymous")
+    );
+
+    let off = TestDaemon::start(&signal_config("").replace("jwt-secrets", "#"));
+    let http = listener(&off, "http");
+    let refused = SignalClient::connect_with(http, "", &[])
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(refused.status, 404);
+    assert!(refused.body.contains("signaling-off"));
+    assert!(off.wait_for_log("signaling is off"));
+}
+
+#[tokio::test]
+async fn handshake_connection_limits_and_plain_requests() {
+    let (_daemon, http) = start("max-connections-per-ip = 2\nhandshake-timeout = \"1s\"");
+    let (mut first, _) = connect(http, "a").await;
+    let (_second, _) = connect(http, "b").await;
+    let refused = SignalClient::connect_with(http, &format!("token={}", token_for("c")), &[])
+        .await
+        .err()
+        .expect("third connection refused");
+    assert_eq!(refused.status, 503);
+    first.assert_usable().await;
+    first.close().await;
+    // The slot is free again once the first has gone.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    connect(http, "c").await;
+
+    // GET /ws without the upgrade.
+    let (status, body) = http_get(http, "/ws", "X-Test: 1").await;
+    assert_eq!(status, 426, "{body}");
+
+    // A request that does not finish within handshake-timeout is dropped.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut slow = tokio::net::TcpStream::connect(http).await.unwrap();
+    slow.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(_)) | Ok(Err(_))),
+        "still open 5 s into a 1 s handshake timeout"
+    );
+}
+
+#[tokio::test]
+async fn stopping_icegate_closes_connections_with_going_away() {
+    let (mut daemon, http) = start("");
+    let (mut client, _) = connect(http, "alice").await;
+    client.join("r", "alice").await;
+    let stopping = tokio::task::spawn_blocking(move || {
+        daemon.stop();
+        daemon
+    });
+    assert!(matches!(
+        client.next_event().await,
+        Event::Closed(Some(1001))
+    ));
+    let daemon = stopping.await.unwrap();
+    assert!(
+        daemon
+            .log()
+            .contains("stopping signaling: closing 1 sessions in 1 rooms")
+    );
+}
