@@ -670,3 +670,64 @@ async fn stopping_icegate_closes_connections_with_going_away() {
             .contains("stopping signaling: closing 1 sessions in 1 rooms")
     );
 }
+
+#[tokio::test]
+async fn wss_shares_the_turn_tls_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = "turn.icegate.test";
+    let certs = common::make_test_ca_and_cert(dir.path(), host);
+    let config = format!(
+        r#"realm = "test.local"
+public-host = "{host}"
+[[listen]]
+address = "127.0.0.1:0"
+[[listen]]
+address = "127.0.0.1:0"
+transport = "tls"
+services = ["turn", "http"]
+certificate = "{}"
+private-key = "{}"
+[relay]
+addresses = ["127.0.0.1"]
+allow-peers = ["127.0.0.0/8"]
+[auth]
+secrets = ["{}"]
+[signal]
+jwt-secrets = ["{JWT_SECRET}"]
+"#,
+        certs.cert.display(),
+        certs.key.display(),
+        common::SECRET,
+    );
+    let daemon = TestDaemon::start(&config);
+    let tls_port = daemon.tls.expect("tls listener").port();
+    let connector = tokio_rustls::TlsConnector::from(common::tls_client_config(&certs.ca));
+    let mut clients = Vec::new();
+    for user in ["alice", "bob"] {
+        let tcp = tokio::net::TcpStream::connect(daemon.tls.unwrap())
+            .await
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from(host).unwrap();
+        let tls = connector.connect(name, tcp).await.expect("TLS handshake");
+        let url = format!("wss://{host}:{tls_port}/ws?token={}", token_for(user));
+        let mut client = SignalClient::over(tls, &url).await;
+        let welcome = client.expect("welcome").await;
+        let turns = format!("turns:{host}:{tls_port}?transport=tcp");
+        assert!(
+            welcome["ice_servers"][1]["urls"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(turns)),
+            "{welcome}"
+        );
+        client.join("room", user).await;
+        clients.push(client);
+    }
+    let [alice, bob] = &mut clients[..] else {
+        unreachable!()
+    };
+    alice.expect("peer-joined").await;
+    bob.send(json!({"type": "signal", "room": "room", "to": "alice", "data": "hello over wss"}))
+        .await;
+    assert_eq!(alice.expect("signal").await["data"], "hello over wss");
+}

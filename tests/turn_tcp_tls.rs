@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use serde_json::Value;
 use stun::agent::TransactionId;
 use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};
@@ -309,24 +309,6 @@ fn wait_closed(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
 // TLS with rustls
 
 type TlsStream = StreamOwned<ClientConnection, TcpStream>;
-
-/// A rustls client (ring provider, TLS 1.2 and 1.3) trusting only `ca`,
-/// without session resumption, so that every handshake shows the
-/// certificate the server presents now.
-fn tls_client_config(ca: &Path) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(ca).expect("read the test CA"))
-        .expect("add the test CA");
-    let mut config =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("ring does TLS 1.2 and 1.3")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    config.resumption = rustls::client::Resumption::disabled();
-    Arc::new(config)
-}
 
 /// Connects to `addr` and completes a TLS handshake for HOST.
 fn tls_connect(addr: SocketAddr, config: &Arc<ClientConfig>) -> io::Result<TlsStream> {
@@ -882,7 +864,7 @@ fn garbage_on_a_connection_closes_it_and_the_next_client_is_served() {
         setup.tcp()
     ));
 
-    let config = tls_client_config(&setup.certs.ca);
+    let config = common::tls_client_config(&setup.certs.ca);
     let mut tls = tls_connect(setup.tls(), &config).expect("TLS handshake");
     binding(&mut tls);
     let client = tls.sock.local_addr().unwrap();
@@ -905,7 +887,7 @@ fn garbage_on_a_connection_closes_it_and_the_next_client_is_served() {
 fn tls_client_on_the_plain_tcp_port_is_closed_and_the_next_client_is_served() {
     let mut setup = Setup::start("", "");
     let baseline = setup.baseline_fds();
-    let config = tls_client_config(&setup.certs.ca);
+    let config = common::tls_client_config(&setup.certs.ca);
     let refused = tls_connect(setup.tcp(), &config);
     assert!(refused.is_err(), "a TLS handshake on the plain TCP port");
     setup.expect_log("reason=tls-on-plain-tcp-listener");
@@ -983,7 +965,7 @@ fn frame_larger_than_max_frame_bytes_closes_the_connection() {
         ));
     }
 
-    let config = tls_client_config(&setup.certs.ca);
+    let config = common::tls_client_config(&setup.certs.ca);
     let mut tls = tls_connect(setup.tls(), &config).expect("TLS handshake");
     let client = tls.sock.local_addr().unwrap();
     tls.write_all(&stun_header).unwrap();
@@ -1038,7 +1020,7 @@ fn connection_dropped_mid_frame_leaves_the_daemon_serving() {
     drop(rst);
     setup.expect_log(&format!("connection-closed tcp {rst_client}->"));
 
-    let config = tls_client_config(&setup.certs.ca);
+    let config = common::tls_client_config(&setup.certs.ca);
     let mut tls = tls_connect(setup.tls(), &config).expect("TLS handshake");
     let tls_client = tls.sock.local_addr().unwrap();
     tls.write_all(half).unwrap();
@@ -1182,7 +1164,7 @@ fn silent_connection_is_closed_after_the_handshake_timeout() {
 fn idle_connection_is_closed_after_the_idle_timeout_unless_it_has_an_allocation() {
     let mut setup = Setup::start("", "tls-handshake-timeout = \"1s\"\nidle-timeout = \"2s\"");
     let baseline = setup.baseline_fds();
-    let config = tls_client_config(&setup.certs.ca);
+    let config = common::tls_client_config(&setup.certs.ca);
 
     let mut allocated = connect(setup.tcp());
     allocate(&mut allocated);
@@ -1322,7 +1304,7 @@ fn third_connection_from_one_address_is_refused_at_max_connections_per_ip() {
     let baseline = setup.baseline_fds();
     let mut first = connect(setup.tcp());
     binding(&mut first);
-    let config = tls_client_config(&setup.certs.ca);
+    let config = common::tls_client_config(&setup.certs.ca);
     let mut second = tls_connect(setup.tls(), &config).expect("TLS handshake");
     binding(&mut second);
 
@@ -1388,7 +1370,7 @@ fn assert_binding_once_admitted(addr: SocketAddr, when: &str) {
 fn closed_connections_and_their_allocations_release_every_descriptor() {
     let mut setup = Setup::start("", "");
     let baseline = setup.baseline_fds();
-    let config = tls_client_config(&setup.certs.ca);
+    let config = common::tls_client_config(&setup.certs.ca);
     let mut tcp = Vec::new();
     let mut tls = Vec::new();
     let mut allocations = 0;
@@ -1443,7 +1425,7 @@ fn closed_connections_and_their_allocations_release_every_descriptor() {
 #[test]
 fn sighup_serves_a_renewed_certificate_to_new_connections_only() {
     let setup = Setup::start("", "");
-    let config = tls_client_config(&setup.certs.ca);
+    let config = common::tls_client_config(&setup.certs.ca);
     let leaf_a = pem_certificate(&setup.certs.cert);
     let mut old = tls_connect(setup.tls(), &config).expect("TLS handshake with A");
     assert!(presented_leaf(&old) == leaf_a, "leaf A presented at start");

@@ -231,7 +231,12 @@ impl Hub {
     /// Counts a new connection, or says which limit it would break.
     pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionSlot, &'static str> {
         let mut state = self.lock();
-        if state.connections >= self.limits.max_connections {
+        // Sessions held for a resume count too, up to as many again: a
+        // client that connects and drops in a loop must not pile them up.
+        let held = state.sessions.len().saturating_sub(state.connections as usize);
+        if state.connections >= self.limits.max_connections
+            || held >= self.limits.max_connections as usize
+        {
             return Err("max-connections");
         }
         let from_ip = state.connections_by_ip.entry(ip).or_insert(0);

@@ -275,12 +275,24 @@ where
             }
         }
         Ending::CloseWith(code, why) => {
+            // What is queued (such as the errors that led here) goes out
+            // before the close frame.
+            let queued = match outbox.drain(&wake) {
+                Drained::Send(frames) => frames,
+                Drained::Overflowed | Drained::Superseded => Vec::new(),
+            };
             hub.close(id, &wake, LeaveReason::Closed);
             let frame = CloseFrame {
                 code,
                 reason: why.into(),
             };
-            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, ws.close(Some(frame))).await;
+            let closing = async {
+                for text in queued {
+                    ws.feed(Message::Text(text)).await?;
+                }
+                ws.close(Some(frame)).await
+            };
+            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, closing).await;
             why
         }
         Ending::Superseded => "resumed-elsewhere",

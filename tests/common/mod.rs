@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
+use rustls::pki_types::pem::PemObject;
 use sha1::Sha1;
 
 pub mod coturn;
@@ -596,4 +597,23 @@ impl TestCerts {
             dir.join(format!("{stem}.key")),
         )
     }
+}
+
+/// A rustls client (ring provider, TLS 1.2 and 1.3) trusting only `ca`,
+/// without session resumption, so that every handshake shows the
+/// certificate the server presents now.
+pub fn tls_client_config(ca: &Path) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_file(ca).expect("read the test CA"))
+        .expect("add the test CA");
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring does TLS 1.2 and 1.3")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    Arc::new(config)
 }

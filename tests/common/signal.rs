@@ -7,6 +7,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
@@ -77,8 +78,9 @@ pub fn token_for(sub: &str) -> String {
     token(JWT_SECRET, sub, 3600, None)
 }
 
-pub struct SignalClient {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+/// A WebSocket client, over plain TCP unless made [`SignalClient::from_stream`].
+pub struct SignalClient<S = MaybeTlsStream<TcpStream>> {
+    ws: WebSocketStream<S>,
 }
 
 /// An upgrade the server refused: the HTTP status and body.
@@ -126,8 +128,16 @@ impl SignalClient {
         let welcome = client.expect("welcome").await;
         (client, welcome)
     }
+}
 
-    pub fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
+impl<S: AsyncRead + AsyncWrite + Unpin> SignalClient<S> {
+    /// A client over an established stream (e.g. TLS) whose upgrade to
+    /// `url` is done here.
+    pub async fn over(stream: S, url: &str) -> Self {
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(url, stream))
+            .await
+            .expect("upgrade in time")
+            .expect("upgrade accepted");
         Self { ws }
     }
 
@@ -242,7 +252,7 @@ impl SignalClient {
     }
 
     /// The raw stream, to stop reading it (a client that hangs).
-    pub fn into_inner(self) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
+    pub fn into_inner(self) -> WebSocketStream<S> {
         self.ws
     }
 }
