@@ -64,12 +64,20 @@ public-host = "127.0.0.1"
 address = "127.0.0.1:3478"
 transport = "udp"
 
+# The demo page and signaling, for browser tabs on this machine.
+[[listen]]
+address = "127.0.0.1:8478"
+transport = "http"
+
 [relay]
 addresses = ["127.0.0.1"]
 allow-peers = ["127.0.0.0/8", "::1/128"]
 
 [auth]
 secrets = ["replaced-by-embedded-default"]
+
+[signal]
+auth = "none"
 "#;
 
 // ---------------------------------------------------------------------------------------------
@@ -2150,13 +2158,22 @@ mod tests {
         assert_eq!(config.public_host.as_deref(), Some("127.0.0.1"));
         assert_eq!(
             config.listen,
-            vec![Listen {
-                address: "127.0.0.1:3478".parse().unwrap(),
-                transport: Transport::Udp,
-                tls: None,
-                services: Services::TURN,
-            }]
+            vec![
+                Listen {
+                    address: "127.0.0.1:3478".parse().unwrap(),
+                    transport: Transport::Udp,
+                    tls: None,
+                    services: Services::TURN,
+                },
+                Listen {
+                    address: "127.0.0.1:8478".parse().unwrap(),
+                    transport: Transport::Http,
+                    tls: None,
+                    services: Services::HTTP,
+                }
+            ]
         );
+        assert_eq!(config.signal.auth, SignalAuth::None);
         assert_eq!(
             config.relay.addresses,
             vec!["127.0.0.1".parse::<IpAddr>().unwrap()]

@@ -128,7 +128,7 @@ async fn serve(config: Config, origin: Origin) -> std::io::Result<()> {
         ));
     }
     tokio::spawn(server.clone().run_timers());
-    print_banner(&config, &origin, &server);
+    print_banner(&bound, &origin, &server);
     log::info!(
         "ready realm={} relay-ports={}-{}",
         config.realm,
@@ -164,6 +164,11 @@ fn print_banner(config: &Config, origin: &Origin, server: &Arc<Server>) {
             );
         }
         Origin::Embedded { secret } => {
+            let demo = config
+                .listen
+                .iter()
+                .find(|l| l.transport == Transport::Http)
+                .map_or_else(String::new, |l| l.address.to_string());
             let core = server.core();
             let credentials = core.credentials();
             let ttl = credentials.credential_ttl();
@@ -177,6 +182,8 @@ fn print_banner(config: &Config, origin: &Origin, server: &Arc<Server>) {
                  It listens on loopback only and ALLOWS LOOPBACK PEERS, so two browser tabs on this\n\
                  machine can relay to each other; the shipped config file refuses them.\n\
                  TURN REST secret for this run: {secret}\n\
+                 Demo page, signaling without tokens (loopback only): open\n\
+                 http://{demo}/?room=demo in two tabs.\n\
                  iceServers for user \"demo\", valid {}h:\n{}",
                 env!("CARGO_PKG_VERSION"),
                 ttl.as_secs() / 3600,

@@ -322,6 +322,14 @@ fn run_without_config_prints_ice_servers_allows_loopback_peers_and_answers_stun_
              (`ss -ulpn 'sport = 3478'`) and rerun"
         );
     }
+    let demo: SocketAddr = "127.0.0.1:8478".parse().unwrap();
+    if let Err(error) = std::net::TcpListener::bind(demo) {
+        panic!(
+            "cannot test `icegate run` without --config: TCP {demo}, where its embedded \
+             default config serves the demo page, is taken ({error}); stop whatever holds it \
+             (`ss -tlpn 'sport = 8478'`) and rerun"
+        );
+    }
     let mut child = Command::new(ICEGATE)
         .arg("run")
         .stdin(Stdio::null())
@@ -355,6 +363,19 @@ fn run_without_config_prints_ice_servers_allows_loopback_peers_and_answers_stun_
     assert!(
         banner.to_lowercase().contains("allows loopback peers"),
         "the banner says loopback peers are allowed:\n{banner}"
+    );
+    assert!(
+        banner.contains("http://127.0.0.1:8478/?room=demo"),
+        "the banner names the demo page:\n{banner}"
+    );
+    let page = http_get(demo, "/");
+    assert!(
+        page.starts_with("HTTP/1.1 200"),
+        "GET / answers the page:\n{page}"
+    );
+    assert!(
+        page.to_lowercase().contains("content-type: text/html"),
+        "{page}"
     );
     let servers = trailing_json(&banner);
     let (turn_urls, username, password) = turn_entry(&servers);
@@ -415,4 +436,21 @@ fn run_without_config_prints_ice_servers_allows_loopback_peers_and_answers_stun_
             .unwrap_or_default()
     );
     drop(daemon);
+}
+
+/// One HTTP/1.1 GET over a plain TCP connection; the whole response.
+fn http_get(address: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    response
 }
