@@ -56,17 +56,6 @@ api-keys = ["{API_KEY}"]
     )
 }
 
-/// The address the daemon announced for `transport`.
-fn listener(daemon: &TestDaemon, transport: &str) -> SocketAddr {
-    let prefix = format!("info listening on {transport} ");
-    daemon
-        .log()
-        .lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|addr| addr.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no `{prefix}ADDR` line in the log:\n{}", daemon.log()))
-}
-
 struct Reply {
     status: u16,
     http_version: String,
@@ -168,7 +157,7 @@ fn ice_servers_over_https_carry_credentials_icegate_turn_accepts() {
     let dir = tempfile::tempdir().unwrap();
     let certs = make_test_ca_and_cert(dir.path(), HOST);
     let daemon = TestDaemon::start(&config(&certs, ""));
-    let https = listener(&daemon, "https");
+    let https = daemon.listener("https");
     let url = format!("https://{HOST}:{}/ice-servers?username=carol", https.port());
     let reply = curl(
         &url,
@@ -200,7 +189,7 @@ fn ice_servers_without_a_valid_api_key_get_401_and_with_one_in_the_query_200() {
     let dir = tempfile::tempdir().unwrap();
     let certs = make_test_ca_and_cert(dir.path(), HOST);
     let daemon = TestDaemon::start(&config(&certs, ""));
-    let https = listener(&daemon, "https");
+    let https = daemon.listener("https");
     let base = format!("https://{HOST}:{}/ice-servers", https.port());
     for headers in [&[][..], &["Authorization: Bearer wrong-key-0123456789"][..]] {
         let reply = curl(&base, https, &certs.ca, headers, "GET");
@@ -226,7 +215,7 @@ fn unknown_paths_get_404_and_other_methods_405() {
     let dir = tempfile::tempdir().unwrap();
     let certs = make_test_ca_and_cert(dir.path(), HOST);
     let daemon = TestDaemon::start(&config(&certs, ""));
-    let https = listener(&daemon, "https");
+    let https = daemon.listener("https");
     let origin = format!("https://{HOST}:{}", https.port());
     let missing = curl(
         &format!("{origin}/nothing-here"),
@@ -252,7 +241,7 @@ fn turn_over_tls_and_https_share_one_port() {
     let dir = tempfile::tempdir().unwrap();
     let certs = make_test_ca_and_cert(dir.path(), HOST);
     let daemon = TestDaemon::start(&config(&certs, ""));
-    let shared = listener(&daemon, "tls");
+    let shared = daemon.listener("tls");
 
     // A browser-like client: curl offers ALPN h2 and http/1.1, gets http/1.1.
     let url = format!("https://{HOST}:{}/ice-servers?username=dave", shared.port());
@@ -289,7 +278,7 @@ fn plain_http_listener_believes_forwarded_for_only_from_trusted_proxies() {
         ("", "127.0.0.1"),
     ] {
         let daemon = TestDaemon::start(&config(&certs, trusted));
-        let http = listener(&daemon, "http");
+        let http = daemon.listener("http");
         let url = format!("http://127.0.0.1:{}/ice-servers?username=erin", http.port());
         let reply = curl(
             &url,

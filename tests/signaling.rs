@@ -13,12 +13,12 @@ use serde_json::{Value, json};
 use tokio::net::UdpSocket;
 use turn::client::{Client, ClientConfig};
 
-use common::signal::{Event, JWT_SECRET, SignalClient, listener, signal_config, token, token_for};
+use common::signal::{Event, JWT_SECRET, SignalClient, signal_config, token, token_for};
 use common::{REALM, TestDaemon};
 
 fn start(signal_extra: &str) -> (TestDaemon, SocketAddr) {
     let daemon = TestDaemon::start(&signal_config(signal_extra));
-    let http = listener(&daemon, "http");
+    let http = daemon.listener("http");
     (daemon, http)
 }
 
@@ -220,7 +220,7 @@ async fn http_get(address: SocketAddr, path: &str, header: &str) -> (u16, String
 
 #[tokio::test]
 async fn a_dropped_peer_resumes_its_id_within_the_grace_period() {
-    let (_daemon, http) = start("resume-grace = \"2s\"");
+    let (daemon, http) = start("resume-grace = \"2s\"");
     let (mut alice, _) = connect(http, "alice").await;
     alice.join("r", "alice").await;
     let (bob, welcome) = connect(http, "bob").await;
@@ -228,8 +228,10 @@ async fn a_dropped_peer_resumes_its_id_within_the_grace_period() {
     bob.join("r", "bob").await;
     alice.expect("peer-joined").await;
 
-    // The network goes away: no close frame.
+    // The network goes away: no close frame. (What the server writes in
+    // the moment before it notices is lost with the connection.)
     bob.drop_connection();
+    assert!(daemon.wait_for_log("signal-disconnect user=bob client=127.0.0.1 how=dropped"));
     alice
         .send(json!({"type": "signal", "room": "r", "to": "bob", "data": {"n": 1}}))
         .await;
@@ -591,7 +593,7 @@ async fn browser_origins_must_be_icegates_own_or_listed() {
 #[tokio::test]
 async fn auth_none_is_explicit_and_signaling_is_off_without_keys() {
     let daemon = TestDaemon::start(&signal_config("auth = \"none\"").replace("jwt-secrets", "#"));
-    let http = listener(&daemon, "http");
+    let http = daemon.listener("http");
     assert!(daemon.wait_for_log("warn signal.auth = \"none\""));
     let mut client = SignalClient::connect_with(http, "", &[])
         .await
@@ -606,7 +608,7 @@ async fn auth_none_is_explicit_and_signaling_is_off_without_keys() {
     );
 
     let off = TestDaemon::start(&signal_config("").replace("jwt-secrets", "#"));
-    let http = listener(&off, "http");
+    let http = off.listener("http");
     let refused = SignalClient::connect_with(http, "", &[])
         .await
         .err()

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use common::TestDaemon;
-use common::signal::{JWT_SECRET, SignalClient, listener, signal_config, token, token_for};
+use common::signal::{JWT_SECRET, SignalClient, signal_config, token, token_for};
 
 /// The document's examples: (section, message heading) → example.
 struct Doc {
@@ -136,7 +136,7 @@ async fn every_example_in_the_protocol_document_holds() {
         "public-host = \"turn.example.org\"",
     ) + "[[listen]]\naddress = \"127.0.0.1:0\"\ntransport = \"tcp\"\n";
     let daemon = TestDaemon::start(&config);
-    let http = listener(&daemon, "http");
+    let http = daemon.listener("http");
 
     // welcome: the same fields; ice_servers with stun, then turn over UDP and TCP.
     let (mut alice, welcome) = SignalClient::join_server(http, &token_for("alice")).await;
@@ -233,7 +233,7 @@ async fn every_example_in_the_protocol_document_holds() {
     // The error table, on a daemon with the usable 30 s ping interval.
     let config = signal_config(&LIMITS.replace("ping-interval = \"1s\"", ""));
     let errors = TestDaemon::start(&config);
-    provoke_every_error_code(&doc, listener(&errors, "http")).await;
+    provoke_every_error_code(&doc, errors.listener("http")).await;
     every_limit_key_is_in_the_shipped_config(&doc);
 }
 

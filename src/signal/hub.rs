@@ -233,7 +233,10 @@ impl Hub {
         let mut state = self.lock();
         // Sessions held for a resume count too, up to as many again: a
         // client that connects and drops in a loop must not pile them up.
-        let held = state.sessions.len().saturating_sub(state.connections as usize);
+        let held = state
+            .sessions
+            .len()
+            .saturating_sub(state.connections as usize);
         if state.connections >= self.limits.max_connections
             || held >= self.limits.max_connections as usize
         {

@@ -234,6 +234,16 @@ impl TestDaemon {
         wait_for_line_in(&self.log, needle, limit)
     }
 
+    /// The address the daemon announced for `transport` ("http", "tls", ...).
+    pub fn listener(&self, transport: &str) -> SocketAddr {
+        let prefix = format!("info listening on {transport} ");
+        self.log()
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|addr| addr.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no `{prefix}ADDR` line in the log:\n{}", self.log()))
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::{SECRET, TestDaemon, unix_now};
+use super::{SECRET, unix_now};
 
 /// The HS256 secret the signaling tests configure.
 pub const JWT_SECRET: &str = "signaling-test-secret-0123456789abcdef";
@@ -45,17 +45,6 @@ jwt-secrets = ["{JWT_SECRET}"]
 {signal_extra}
 "#
     )
-}
-
-/// The address the daemon announced for `transport` ("http", "tls", ...).
-pub fn listener(daemon: &TestDaemon, transport: &str) -> SocketAddr {
-    let prefix = format!("info listening on {transport} ");
-    daemon
-        .log()
-        .lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|addr| addr.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no `{prefix}ADDR` line in the log:\n{}", daemon.log()))
 }
 
 /// An HS256 token for `sub`, expiring `valid_for` seconds from now
