@@ -64,13 +64,16 @@ pub(crate) fn rest_user(name: &str) -> String {
         .collect()
 }
 
-/// An RTCConfiguration-ready `{"iceServers": [...]}` object.
+/// An RTCConfiguration-ready `{"iceServers": [...]}` object. An entry
+/// without URLs is left out: browsers reject an empty `urls`.
 pub(crate) fn ice_servers(config: &Config, username: &str, credential: &str) -> Value {
     let (stun, turn) = urls(config);
-    json!({
-        "iceServers": [
-            { "urls": stun },
-            { "urls": turn, "username": username, "credential": credential },
-        ]
-    })
+    let mut servers = Vec::new();
+    if !stun.is_empty() {
+        servers.push(json!({ "urls": stun }));
+    }
+    if !turn.is_empty() {
+        servers.push(json!({ "urls": turn, "username": username, "credential": credential }));
+    }
+    json!({ "iceServers": servers })
 }

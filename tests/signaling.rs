@@ -733,3 +733,17 @@ jwt-secrets = ["{JWT_SECRET}"]
         .await;
     assert_eq!(alice.expect("signal").await["data"], "hello over wss");
 }
+
+#[tokio::test]
+async fn without_a_rest_secret_welcome_offers_stun_only() {
+    let config = signal_config("").replace(
+        &format!("secrets = [\"{}\"]", common::SECRET),
+        "users = [{ name = \"static\", password = \"static-password\" }]",
+    );
+    let daemon = TestDaemon::start(&config);
+    let (_client, welcome) = connect(daemon.listener("http"), "alice").await;
+    assert_eq!(
+        welcome["ice_servers"],
+        json!([{ "urls": [format!("stun:127.0.0.1:{}", daemon.udp.port())] }])
+    );
+}

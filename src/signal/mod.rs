@@ -89,7 +89,6 @@ impl Signaling {
     /// ICE servers for `user`: STUN URLs, and TURN URLs with REST
     /// credentials when a REST secret is configured.
     pub(crate) fn ice_servers_for(&self, user: &str) -> Value {
-        let (stun, _) = ice::urls(&self.turn_config);
         let minted = {
             let core = self.server.core();
             let credentials = core.credentials();
@@ -103,8 +102,14 @@ impl Signaling {
             Some((username, password)) => {
                 ice::ice_servers(&self.turn_config, &username, &password)["iceServers"].take()
             }
-            None if stun.is_empty() => json!([]),
-            None => json!([{ "urls": stun }]),
+            None => {
+                let (stun, _) = ice::urls(&self.turn_config);
+                if stun.is_empty() {
+                    json!([])
+                } else {
+                    json!([{ "urls": stun }])
+                }
+            }
         }
     }
 
