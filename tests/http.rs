@@ -258,12 +258,13 @@ fn turn_over_tls_and_https_share_one_port() {
 
     // A TURN client on the very same port: uclient over TLS (`-t -S`).
     let peer = EchoPeer::start();
+    let ca = certs.ca.display().to_string();
     let run = uclient(
         shared,
         minted_credentials(&username, &password),
         Some(&peer),
         2,
-        &["-t", "-S", "-c"],
+        &["-t", "-S", "-E", &ca, "-c"],
         Duration::from_secs(45),
     );
     assert_uclient_tally(&run, 2);

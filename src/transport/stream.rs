@@ -293,6 +293,23 @@ async fn accept_connection(
     }
 }
 
+/// Writes `bytes` at once, or frame by frame where `frame_ends` marks them.
+async fn write_frames<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    bytes: &[u8],
+    frame_ends: &[usize],
+) -> io::Result<()> {
+    if frame_ends.is_empty() {
+        return writer.write_all(bytes).await;
+    }
+    let mut start = 0;
+    for &end in frame_ends {
+        writer.write_all(&bytes[start..end]).await?;
+        start = end;
+    }
+    Ok(())
+}
+
 /// Why a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Closed {
@@ -331,7 +348,14 @@ async fn run_connection<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     log::debug!("connection-opened {five_tuple}");
-    let outbox = Arc::new(Outbox::new(limits.max_queued_bytes as usize));
+    // Over TLS each message gets its own record, as coturn sends them:
+    // some clients (coturn's own uclient among them) read one message per
+    // record and lose the rest of a record that holds several.
+    let record_per_frame = five_tuple.transport == Transport::Tls;
+    let outbox = Arc::new(Outbox::new(
+        limits.max_queued_bytes as usize,
+        record_per_frame,
+    ));
     let route = ClientRoute::Stream(outbox.clone());
     let (mut reader, mut writer) = tokio::io::split(stream);
     let reading = read_frames(server, &mut reader, received, &five_tuple, &route, limits);
@@ -411,22 +435,27 @@ pub(crate) struct Outbox {
     ready: Notify,
     overflow: Notify,
     max_queued: usize,
+    /// Write each frame on its own instead of all that is queued at once.
+    write_per_frame: bool,
 }
 
 #[derive(Debug, Default)]
 struct OutboxState {
     queue: Vec<u8>,
+    /// Where each frame in `queue` ends.
+    frame_ends: Vec<usize>,
     closed: bool,
     overflowed: bool,
 }
 
 impl Outbox {
-    fn new(max_queued: usize) -> Self {
+    fn new(max_queued: usize, write_per_frame: bool) -> Self {
         Self {
             state: Mutex::new(OutboxState::default()),
             ready: Notify::new(),
             overflow: Notify::new(),
             max_queued,
+            write_per_frame,
         }
     }
 
@@ -456,6 +485,10 @@ impl Outbox {
         }
         state.queue.extend_from_slice(bytes);
         state.queue.extend_from_slice(&[0; 3][..padding]);
+        if self.write_per_frame {
+            let end = state.queue.len();
+            state.frame_ends.push(end);
+        }
         drop(state);
         self.ready.notify_one();
     }
@@ -471,6 +504,7 @@ impl Outbox {
 
     async fn drain_into<W: AsyncWrite + Unpin>(&self, writer: &mut W) -> Closed {
         let mut sending = Vec::new();
+        let mut frame_ends = Vec::new();
         loop {
             let finished = {
                 let mut state = self
@@ -481,6 +515,7 @@ impl Outbox {
                     return Closed::SlowReader;
                 }
                 std::mem::swap(&mut state.queue, &mut sending);
+                std::mem::swap(&mut state.frame_ends, &mut frame_ends);
                 state.closed
             };
             if sending.is_empty() {
@@ -491,7 +526,7 @@ impl Outbox {
                 self.ready.notified().await;
                 continue;
             }
-            let written = match writer.write_all(&sending).await {
+            let written = match write_frames(writer, &sending, &frame_ends).await {
                 Ok(()) => writer.flush().await,
                 Err(error) => Err(error),
             };
@@ -499,6 +534,7 @@ impl Outbox {
                 return Closed::WriteFailed(error.kind());
             }
             sending.clear();
+            frame_ends.clear();
         }
     }
 }
