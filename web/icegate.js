@@ -62,6 +62,8 @@ export class IcegateClient extends EventTarget {
   #token; // a string, or a function returning one (or a promise of one)
   #options;
   #ws = null; // the current WebSocket, if any
+  #live = null; // the WebSocket that got the last welcome
+  #down = false; // lost the connection, reconnecting
   #welcome = null; // the last welcome
   #rooms = new Map(); // room -> { peer, metadata }: what to rejoin
   #pending = new Map(); // request id -> { room, resolve, reject, timer }
@@ -100,7 +102,7 @@ export class IcegateClient extends EventTarget {
 
   /** Whether a connection is open and welcomed. */
   get connected() {
-    return this.#ws !== null && this.#ws.readyState === WebSocket.OPEN && this.#welcome !== null;
+    return this.#ws !== null && this.#ws === this.#live && this.#ws.readyState === WebSocket.OPEN;
   }
 
   /** The rooms joined, each with this client's peer id and metadata. */
@@ -146,6 +148,7 @@ export class IcegateClient extends EventTarget {
   /** Closes for good: the server tells the other peers at once, no reconnect. */
   close() {
     this.#stopped = true;
+    this.#down = false;
     clearTimeout(this.#retryTimer);
     globalThis.removeEventListener?.('online', this.#onOnline);
     this.#queue = [];
@@ -222,6 +225,8 @@ export class IcegateClient extends EventTarget {
   #welcomed(welcome) {
     const first = this.#welcome === null;
     this.#welcome = welcome;
+    this.#live = this.#ws;
+    this.#down = false;
     this.#attempts = 0;
     this.#startPing();
     this.#emit('welcome', welcome);
@@ -288,7 +293,7 @@ export class IcegateClient extends EventTarget {
     msg = { ...msg, id };
     if (this.connected) {
       this.#ws.send(JSON.stringify(msg));
-    } else if (this.#welcome && !this.#stopped && this.#queue.length < this.#options.maxQueued) {
+    } else if (this.#down && this.#queue.length < this.#options.maxQueued) {
       this.#queue.push(msg);
     } else {
       throw new Error('icegate: not connected');
@@ -328,6 +333,7 @@ export class IcegateClient extends EventTarget {
     this.#failPending(new Error('icegate: connection lost'));
     const { reconnect, minDelayMs, maxDelayMs, maxAttempts } = this.#options;
     const again = !this.#stopped && reconnect && this.#attempts < maxAttempts;
+    this.#down = again;
     this.#emit('close', { code, reason, reconnecting: again });
     if (!again) {
       this.#queue = [];
