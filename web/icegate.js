@@ -380,9 +380,11 @@ export class IcegateClient extends EventTarget {
 }
 
 /**
- * Fetches ready-made ICE servers from icegate's `GET /ice-servers` (an API
- * key from `[http] api-keys`; keep it on your server, not in a page).
- * Resolves with the array for RTCPeerConnection's `iceServers`.
+ * Fetches ready-made ICE servers from icegate's `GET /ice-servers`. `token`
+ * is a signaling JWT (the credentials name its user) or an API key from
+ * `[http] api-keys` (keep those on your server, never in a page; `username`
+ * then names the user). Resolves with the array for RTCPeerConnection's
+ * `iceServers`.
  */
 export async function fetchIceServers(baseUrl, token, { username } = {}) {
   const url = new URL('/ice-servers', baseUrl);
