@@ -13,17 +13,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use common::browser::{
+    Report, TURN_HOST, assert_relay_pair, certutil, nss_home_trusting, run_script,
+};
 use common::{PASSWORD, TestCerts, TestConfig, TestDaemon, USER};
 
-/// The name the TURN URLs use; relay.mjs maps it to 127.0.0.1 in Chromium's
-/// resolver, and the test certificate is issued for it.
-const TURN_HOST: &str = "turn.icegate.test";
 /// relay.mjs bounds itself to this (its `--timeout-ms`).
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(40);
 /// Beyond this the script is stuck (its own watchdog failed): kill it.
@@ -32,58 +31,6 @@ const SCRIPT_DEADLINE: Duration = Duration::from_secs(60);
 const GATHER_FOR: Duration = Duration::from_secs(5);
 /// The size of the big DataChannel message relay.mjs sends each way.
 const BIG_MESSAGE: u64 = 65536;
-const CHROMIUM: &str = "/usr/bin/chromium";
-
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
-}
-
-/// Fails with the way to get what these tests need, where it is missing:
-/// they must fail, not pass silently.
-fn require_browser_tools() {
-    let playwright = browser_dir().join("node_modules/playwright-core");
-    assert!(
-        playwright.is_dir(),
-        "{} is missing: run npm ci in tests/browser (`npm ci --prefix tests/browser`)",
-        playwright.display()
-    );
-    assert!(
-        Path::new(CHROMIUM).is_file(),
-        "{CHROMIUM} is missing: run `apt-get install chromium`"
-    );
-}
-
-/// Runs NSS's `certutil` with `args` in `dir`; returns what it printed.
-fn certutil(args: &[&str], dir: &Path) -> String {
-    common::run_tool("certutil", args, dir, "libnss3-tools")
-}
-
-/// A fresh HOME under `dir` whose NSS database (`.pki/nssdb`, where Chromium
-/// on Linux looks) trusts `ca` for TLS servers. Chromium launched with it
-/// accepts certificates the CA issued, as a user who imported it would.
-fn nss_home_trusting(ca: &Path, dir: &Path) -> PathBuf {
-    let home = dir.join("home");
-    let nssdb = home.join(".pki/nssdb");
-    std::fs::create_dir_all(&nssdb).expect("create nssdb dir");
-    let db = format!("sql:{}", nssdb.display());
-    let ca = ca.to_str().expect("utf-8 CA path");
-    certutil(&["-d", &db, "-N", "--empty-password"], dir);
-    certutil(
-        &[
-            "-d",
-            &db,
-            "-A",
-            "-t",
-            "C,,",
-            "-n",
-            "icegate-test-ca",
-            "-i",
-            ca,
-        ],
-        dir,
-    );
-    home
-}
 
 /// What relay.mjs does.
 #[derive(Clone, Copy)]
@@ -94,75 +41,28 @@ enum Mode {
     Gather,
 }
 
-/// relay.mjs's report: its JSON line, and everything it printed.
-struct Report {
-    ok: bool,
-    json: Value,
-    output: String,
-}
-
-impl Report {
-    /// The JSON, or a panic with everything the script said.
-    fn expect_success(&self) -> &Value {
-        assert!(self.ok, "relay.mjs failed:\n{}", self.output);
-        &self.json
-    }
-}
-
 /// `[{urls, username, credential}]`, as a page passes it to RTCPeerConnection.
 fn ice_servers(url: &str, username: &str, credential: &str) -> Value {
     json!([{ "urls": url, "username": username, "credential": credential }])
 }
 
-/// Runs relay.mjs with `ice_servers` and Chromium's HOME set to `home`
-/// (temp files go under it too), and parses the JSON line it prints.
+/// Runs relay.mjs with `ice_servers` and Chromium's HOME set to `home`.
 fn run_relay(mode: Mode, ice_servers: &Value, home: &Path) -> Report {
-    require_browser_tools();
-    let tmp = home.join("tmp");
-    std::fs::create_dir_all(&tmp).expect("create tmp under HOME");
     let mode = match mode {
         Mode::Connect => "connect",
         Mode::Gather => "gather",
     };
-    let mut command = Command::new("node");
-    command
-        .current_dir(browser_dir())
-        .arg("relay.mjs")
-        .args(["--mode", mode])
-        .args(["--ice-servers", &ice_servers.to_string()])
-        .args(["--turn-host", TURN_HOST])
-        .args(["--chromium", CHROMIUM])
-        .args(["--timeout-ms", &SCRIPT_TIMEOUT.as_millis().to_string()])
-        .args(["--gather-ms", &GATHER_FOR.as_millis().to_string()])
-        .env("HOME", home)
-        .env("TMPDIR", &tmp)
-        .env("XDG_CONFIG_HOME", home.join(".config"))
-        .env("XDG_CACHE_HOME", home.join(".cache"))
-        .env_remove("DEBUG");
-    let started = Instant::now();
-    let done = common::run_bounded_in_group(&mut command, SCRIPT_DEADLINE);
-    eprintln!(
-        "relay.mjs --mode {mode} took {:?}, {}",
-        started.elapsed(),
-        done.status
-    );
-    let output = format!(
-        "{}\nstdout:\n{}\nstderr:\n{}",
-        done.status, done.stdout, done.stderr
-    );
-    let json = done
-        .stdout
-        .lines()
-        .rev()
-        .find_map(|line| serde_json::from_str::<Value>(line.trim()).ok())
-        .filter(Value::is_object)
-        .unwrap_or_else(|| panic!("relay.mjs printed no JSON line:\n{output}"));
-    let ok = done.status.success() && json.get("error").is_none();
-    let output = format!(
-        "{output}\nreport:\n{}",
-        serde_json::to_string_pretty(&json).unwrap_or_default()
-    );
-    Report { ok, json, output }
+    let args = [
+        ("--mode", mode.to_owned()),
+        ("--ice-servers", ice_servers.to_string()),
+        ("--turn-host", TURN_HOST.to_owned()),
+        ("--timeout-ms", SCRIPT_TIMEOUT.as_millis().to_string()),
+        ("--gather-ms", GATHER_FOR.as_millis().to_string()),
+    ]
+    .into_iter()
+    .flat_map(|(flag, value)| [flag.to_owned(), value])
+    .collect::<Vec<_>>();
+    run_script("relay.mjs", &args, home, SCRIPT_DEADLINE)
 }
 
 /// The messages `peer` sent must have arrived at `me`, in order and intact,
@@ -209,31 +109,7 @@ fn assert_received(report: &Report, me: &str, peer: &str) {
 fn assert_relayed(report: &Report, url: &str, relay_protocol: &str) {
     for side in ["a", "b"] {
         let pair = &report.json["selected"][side];
-        assert!(
-            pair.is_object(),
-            "{side} has no selected candidate pair:\n{}",
-            report.output
-        );
-        assert_eq!(
-            pair["local"]["candidateType"], "relay",
-            "{side}'s local candidate:\n{}",
-            report.output
-        );
-        assert_eq!(
-            pair["remote"]["candidateType"], "relay",
-            "{side}'s remote candidate:\n{}",
-            report.output
-        );
-        assert_eq!(
-            pair["local"]["relayProtocol"], relay_protocol,
-            "{side}'s local relayProtocol:\n{}",
-            report.output
-        );
-        assert_eq!(
-            pair["local"]["url"], url,
-            "{side}'s relay candidate came from another server:\n{}",
-            report.output
-        );
+        assert_relay_pair(pair, side, url, relay_protocol, &report.output);
     }
 }
 

@@ -16,7 +16,7 @@
 // does). Host names resolve only through --host-resolver-rules: the TURN
 // host (--turn-host, default turn.icegate.test) maps to 127.0.0.1, every
 // other name fails, and ICE server URLs must name that host or a loopback
-// address, so nothing leaves the machine (see resolverRules below).
+// address, so nothing leaves the machine (see resolverRules in chromium.mjs).
 //
 // Exit 0 with the JSON result; on failure a JSON line with "error" and exit 1.
 // The whole run is bounded by --timeout-ms (default 40000) plus at most 4 s
@@ -28,6 +28,8 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { chromium } from 'playwright-core';
+
+import { Harness, checkUrls, chromiumArgs, closeBrowser } from './chromium.mjs';
 
 const { values: opts } = parseArgs({
   options: {
@@ -41,102 +43,20 @@ const { values: opts } = parseArgs({
   },
 });
 
-const started = Date.now();
-const timeoutMs = Number(opts['timeout-ms']);
+const harness = new Harness(Number(opts['timeout-ms']));
 let browser; // the persistent BrowserContext; closing it ends Chromium
 let launching; // the launch, while it is under way
 let userDataDir;
-let finished = false;
 
-function print(obj) {
-  process.stdout.write(`${JSON.stringify({ elapsedMs: Date.now() - started, ...obj })}\n`);
-}
-
-async function cleanup() {
-  if (!browser && launching) {
-    // Timed out while Chromium was starting: wait for it a little, to close it.
-    browser = await Promise.race([launching.catch(() => undefined), sleep(3000)]);
-  }
-  launching = undefined;
-  if (browser) {
-    const b = browser;
-    browser = undefined;
-    // browser.close() normally takes well under a second; never wait long.
-    await Promise.race([b.close().catch(() => {}), sleep(3000)]);
-  }
+harness.cleanup = async () => {
+  const [b, l] = [browser, launching];
+  browser = launching = undefined;
+  await closeBrowser(b, l);
   if (userDataDir) {
     await rm(userDataDir, { recursive: true, force: true }).catch(() => {});
   }
-}
-
-function sleep(ms) {
-  return new Promise((resolve) => setTimeout(resolve, ms).unref());
-}
-
-async function fail(message, extra = {}) {
-  if (finished) return;
-  finished = true;
-  print({ error: message, ...extra });
-  await cleanup();
-  process.exit(1);
-}
-
-// The watchdog: whatever hangs, the script ends within timeoutMs + 4 s.
-setTimeout(() => {
-  fail(`timed out after ${timeoutMs} ms`);
-  // If cleanup itself hangs, still exit; Chromium dies with its pipe.
-  setTimeout(() => process.exit(1), 4000).unref();
-}, timeoutMs).unref();
-process.on('SIGTERM', () => fail('terminated (SIGTERM)'));
-process.on('SIGINT', () => fail('interrupted (SIGINT)'));
-
-// playwright-core 1.65.1's own --disable-features list (chromiumSwitches.ts),
-// less the Windows- and Edge-only entries.
-const PLAYWRIGHT_DISABLED_FEATURES = [
-  'AvoidUnnecessaryBeforeUnloadCheckSync',
-  'DestroyProfileOnBrowserClose',
-  'HttpsUpgrades',
-  'HttpsFirstBalancedModeAutoEnable',
-  'LensOverlay',
-  'MediaRouter',
-  'PaintHolding',
-  'ThirdPartyStoragePartitioning',
-  'AvoidCorsURLLoaderRestartOnRedirect',
-  'OptimizationHints',
-  'NetworkTimeServiceQuerying',
-  'AimEnabled',
-  'PreconnectToSearch',
-];
-
-// What Chromium was seen to do (156): WebRTC's UDP TURN/STUN host lookup
-// goes to the network service's resolver with the name as an FQDN, trailing
-// dot included ("turn.icegate.test."), so a rule for the bare name does not
-// apply to it; without "MAP * ~NOTFOUND" that lookup then goes out as a real
-// DNS query. TCP and TLS TURN connect by the bare name. And "MAP *" also
-// catches IP literals such as 127.0.0.1 in a TCP connect, hence the EXCLUDE.
-function resolverRules(host) {
-  return [
-    `MAP ${host} 127.0.0.1`,
-    `MAP ${host}. 127.0.0.1`,
-    'MAP * ~NOTFOUND',
-    'EXCLUDE localhost',
-    'EXCLUDE 127.0.0.1',
-  ].join(', ');
-}
-
-// Every TURN/STUN URL must name the test host or a loopback address, so
-// that nothing this script does can reach beyond the machine.
-function checkUrls(iceServers, host) {
-  for (const server of iceServers) {
-    for (const url of [].concat(server.urls)) {
-      const m = /^(?:stuns?|turns?):(\[[^\]]*\]|[^:?]+)/.exec(url);
-      const h = m && m[1];
-      if (!h || !(h === host || /^127\.\d+\.\d+\.\d+$/.test(h) || h === '[::1]')) {
-        throw new Error(`ICE server URL ${url} is not on ${host}, 127.0.0.0/8 or [::1]`);
-      }
-    }
-  }
-}
+};
+const fail = (message) => harness.fail(message);
 
 // Runs inside the page: two peers, relay only, signalled directly in JS.
 async function connectInPage({ iceServers, connectTimeoutMs }) {
@@ -376,25 +296,7 @@ async function main() {
   const turnHost = opts['turn-host'];
   checkUrls(iceServers, turnHost);
   userDataDir = await mkdtemp(join(tmpdir(), 'icegate-chromium-'));
-  const args = [
-    '--headless',
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-quic',
-    '--no-first-run',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-    '--disable-domain-reliability',
-    '--no-pings',
-    '--no-proxy-server',
-    // Only the test's TURN host resolves (to loopback); every other name
-    // fails, so nothing leaves the machine.
-    `--host-resolver-rules=${opts['resolver-rules'] ?? resolverRules(turnHost)}`,
-    // Chromium keeps only the last --disable-features, so this one repeats
-    // what playwright-core puts in its own (1.65.1) besides ours.
-    `--disable-features=${[...PLAYWRIGHT_DISABLED_FEATURES, 'WebRtcHideLocalIpsWithMdns'].join(',')}`,
-  ];
+  const args = chromiumArgs(turnHost, opts['resolver-rules']);
   // A persistent context over a fresh temp dir: Chromium's --user-data-dir.
   launching = chromium.launchPersistentContext(userDataDir, {
     executablePath: opts.chromium,
@@ -406,13 +308,13 @@ async function main() {
   });
   browser = await launching;
   launching = undefined;
-  if (finished) return cleanup();
+  if (harness.finished) return harness.cleanup();
   const page = browser.pages()[0] ?? (await browser.newPage());
   const consoleLines = [];
   page.on('console', (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
   page.on('pageerror', (e) => consoleLines.push(`pageerror: ${e}`));
   await page.setContent('<!doctype html><title>icegate relay test</title>');
-  const left = timeoutMs - (Date.now() - started) - 3000;
+  const left = harness.left(3000);
   let result;
   if (opts.mode === 'connect') {
     result = await page.evaluate(connectInPage, { iceServers, connectTimeoutMs: Math.max(1000, left - 2000) });
@@ -420,12 +322,12 @@ async function main() {
     result = await page.evaluate(gatherInPage, { iceServers, gatherMs: Math.min(Number(opts['gather-ms']), left) });
   }
   const browserVersion = browser.browser()?.version();
-  await cleanup();
-  if (finished) return;
-  finished = true;
+  await harness.cleanup();
+  if (harness.finished) return;
+  harness.finished = true;
   // A failure inside the page still reports everything it saw.
   const error = result.pageError ? { error: result.pageError } : {};
-  print({ mode: opts.mode, browserVersion, console: consoleLines, ...result, ...error });
+  harness.print({ mode: opts.mode, browserVersion, console: consoleLines, ...result, ...error });
   process.exit(result.pageError ? 1 : 0);
 }
 

@@ -24,6 +24,7 @@ use hmac::{Hmac, Mac};
 use rustls::pki_types::pem::PemObject;
 use sha1::Sha1;
 
+pub mod browser;
 pub mod coturn;
 pub mod signal;
 
@@ -53,6 +54,13 @@ pub struct TestConfig<'a> {
     pub tcp: bool,
     /// A `tls` listener on 127.0.0.1:0 with this (certificate, private key).
     pub tls: Option<(&'a Path, &'a Path)>,
+    /// The tls listener's `services` (e.g. `["turn", "http"]`); the
+    /// default (TURN only) if empty.
+    pub tls_services: &'a [&'a str],
+    /// `public-host`, the name ICE server URLs carry.
+    pub public_host: Option<&'a str>,
+    /// More tables (e.g. `[signal]`), appended verbatim at the end.
+    pub tables: &'a str,
 }
 
 impl Default for TestConfig<'_> {
@@ -65,6 +73,9 @@ impl Default for TestConfig<'_> {
             auth_extra: "",
             tcp: false,
             tls: None,
+            tls_services: &[],
+            public_host: None,
+            tables: "",
         }
     }
 }
@@ -78,18 +89,22 @@ impl TestConfig<'_> {
             listeners += &listen("transport = \"tcp\"\n");
         }
         if let Some((cert, key)) = self.tls {
+            let services = if self.tls_services.is_empty() {
+                String::new()
+            } else {
+                format!("services = [{}]\n", quoted_list(self.tls_services))
+            };
             listeners += &listen(&format!(
-                "transport = \"tls\"\ncertificate = \"{}\"\nprivate-key = \"{}\"\n",
+                "transport = \"tls\"\n{services}certificate = \"{}\"\nprivate-key = \"{}\"\n",
                 cert.display(),
                 key.display()
             ));
         }
-        let addresses = self
-            .relay_addresses
-            .iter()
-            .map(|address| format!("\"{address}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let addresses = quoted_list(self.relay_addresses);
+        let public_host = self
+            .public_host
+            .map(|host| format!("public-host = \"{host}\"\n"))
+            .unwrap_or_default();
         let allow_peers = if self.allow_loopback {
             "allow-peers = [\"127.0.0.0/8\"]\n"
         } else {
@@ -103,11 +118,12 @@ impl TestConfig<'_> {
         let Self {
             relay_extra,
             auth_extra,
+            tables,
             ..
         } = self;
         format!(
             r#"realm = "{REALM}"
-[log]
+{public_host}[log]
 level = "debug"
 {listeners}[relay]
 addresses = [{addresses}]
@@ -118,9 +134,18 @@ secrets = ["{SECRET}"]
 [[auth.users]]
 name = "{USER}"
 password = "{PASSWORD}"
-"#
+{tables}"#
         )
     }
+}
+
+/// `"a", "b"`, as a TOML list holds strings.
+fn quoted_list(items: &[&str]) -> String {
+    items
+        .iter()
+        .map(|item| format!("\"{item}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// [`TestConfig::default`] with `relay_extra` appended inside `[relay]`.
