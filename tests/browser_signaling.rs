@@ -21,6 +21,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use common::browser::{Report, TURN_HOST, assert_relay_pair, nss_home_trusting, run_script};
+use common::coturn::{EchoPeer, User, assert_uclient_tally, uclient};
 use common::signal::{JWT_SECRET, token_for};
 use common::{TestConfig, TestDaemon};
 
@@ -40,6 +41,7 @@ const SCREENSHOT_ENV: &str = "ICEGATE_DEMO_SCREENSHOT";
 struct Demo {
     daemon: TestDaemon,
     home: PathBuf,
+    ca: PathBuf,
     dir: tempfile::TempDir,
 }
 
@@ -53,11 +55,18 @@ impl Demo {
             tls_services: &["turn", "http"],
             public_host: Some(TURN_HOST),
             tables: &signal,
+            // coturn 4.6's uclient binds channels in the RFC 5766 range.
+            relay_extra: "rfc5766-channel-numbers = true",
             ..TestConfig::default()
         };
         let daemon = TestDaemon::start(&config.render());
         let home = nss_home_trusting(&certs.ca, dir.path());
-        Self { daemon, home, dir }
+        Self {
+            daemon,
+            home,
+            ca: certs.ca,
+            dir,
+        }
     }
 
     fn tls_port(&self) -> u16 {
@@ -233,9 +242,10 @@ fn two_pages_chat_over_turn_udp_with_credentials_from_the_welcome() {
     keep_screenshot(&screenshot);
 }
 
-/// TURN over TLS on the very port that served the page and the WebSocket.
+/// TURN over TLS on the very port that served the page and the WebSocket,
+/// then coturn's uclient relaying over TLS on that port too.
 #[test]
-fn two_pages_chat_over_turn_tls_on_the_signaling_port() {
+fn two_pages_chat_over_turn_tls_on_the_signaling_port_that_uclient_shares() {
     let demo = Demo::start();
     let screenshot = demo.dir.path().join("demo.png");
     let report = demo.chat("tls", &screenshot, &[]);
@@ -243,6 +253,19 @@ fn two_pages_chat_over_turn_tls_on_the_signaling_port() {
     assert_welcomed(&report, |u| u == url);
     assert_chatted(&report);
     assert_relayed(&report, &url, "tls");
+
+    // And coturn's TURN client on that same port, over TLS.
+    let peer = EchoPeer::start();
+    let ca = demo.ca.display().to_string();
+    let run = uclient(
+        demo.daemon.tls.expect("tls listener"),
+        User::Static.args(),
+        Some(&peer),
+        2,
+        &["-t", "-S", "-E", &ca],
+        Duration::from_secs(45),
+    );
+    assert_uclient_tally(&run, 2);
 }
 
 /// Page a reaches icegate through a proxy that then cuts its connections

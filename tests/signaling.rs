@@ -747,3 +747,53 @@ async fn without_a_rest_secret_welcome_offers_stun_only() {
         json!([{ "urls": [format!("stun:127.0.0.1:{}", daemon.udp.port())] }])
     );
 }
+
+#[tokio::test]
+async fn rs256_tokens_and_the_total_connection_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let private = dir.path().join("rsa.key");
+    let public = dir.path().join("rsa.pub");
+    for args in [
+        vec![
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            private.to_str().unwrap(),
+        ],
+        vec![
+            "pkey",
+            "-in",
+            private.to_str().unwrap(),
+            "-pubout",
+            "-out",
+            public.to_str().unwrap(),
+        ],
+    ] {
+        common::run_tool("openssl", &args, dir.path(), "openssl");
+    }
+    let (_daemon, http) = start(&format!(
+        "jwt-public-keys = [\"{}\"]\nmax-connections = 1",
+        public.display()
+    ));
+    let claims = json!({"sub": "gina", "exp": common::unix_now() + 600, "rooms": ["x"]});
+    let signed = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(&private).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let (mut gina, welcome) = SignalClient::join_server(http, &signed).await;
+    assert_eq!(welcome["user"], "gina");
+    gina.join("x", "gina").await;
+    // One connection in total: the next gets 503, even from another user.
+    let refused = SignalClient::connect_with(http, &format!("token={}", token_for("hal")), &[])
+        .await
+        .err()
+        .expect("over max-connections");
+    assert_eq!(refused.status, 503);
+    assert!(refused.body.contains("too-many-connections"));
+    gina.assert_usable().await;
+}
