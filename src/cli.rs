@@ -10,6 +10,7 @@ use crate::auth::CredentialStore;
 use crate::config::{self, Config};
 use crate::daemon::{self, Origin};
 use crate::ice;
+use crate::logging::LogTarget;
 use crate::server::unix_now;
 use crate::signal::token;
 
@@ -35,6 +36,9 @@ enum Command {
     Run {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Where to log: the journal when stderr is connected to it (auto), or one of them.
+        #[arg(long, value_enum, default_value = "auto")]
+        log: LogTarget,
     },
     /// Check a config file: print `ok` or every problem with its key and line.
     CheckConfig {
@@ -69,7 +73,7 @@ enum Command {
 /// Parses the arguments and runs the command.
 pub fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Run { config } => run(config),
+        Command::Run { config, log } => run(config, log),
         Command::CheckConfig { config } => match Config::load(&config) {
             Ok(_) => {
                 println!("ok");
@@ -109,12 +113,12 @@ fn load_or_default(path: Option<PathBuf>) -> Result<(Config, Origin), ExitCode> 
     }
 }
 
-fn run(path: Option<PathBuf>) -> ExitCode {
+fn run(path: Option<PathBuf>, log_target: LogTarget) -> ExitCode {
     let (config, origin) = match load_or_default(path) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
-    match daemon::run(config, origin) {
+    match daemon::run(config, origin, log_target) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             log::error!("{error}");

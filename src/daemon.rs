@@ -1,5 +1,6 @@
-//! Running the daemon: logging, binding every listener, the start banner,
-//! and shutdown on SIGTERM or Ctrl-C.
+//! Running the daemon: binding every listener, the start banner, telling
+//! systemd how it goes (readiness, status, watchdog), and shutdown on
+//! SIGTERM or Ctrl-C.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -7,41 +8,13 @@ use std::sync::Arc;
 use crate::config::{Config, Transport};
 use crate::http::HttpApi;
 use crate::ice;
+use crate::logging::{self, LogTarget, event};
 use crate::server::{Server, unix_now};
 use crate::signal::Signaling;
 use crate::transport::stream::{self, ConnectionTracker, StreamListener};
 use crate::transport::tls::ReloadableCertificate;
 use crate::transport::udp::{self, UdpListener};
-
-/// Plain `level message` lines on stderr; journald adds its own timestamps.
-struct StderrLogger;
-
-impl log::Log for StderrLogger {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= log::max_level()
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        if self.enabled(record.metadata()) && record.target().starts_with("icegate") {
-            let mut stderr = std::io::stderr().lock();
-            let _ = writeln!(
-                stderr,
-                "{} {}",
-                record.level().as_str().to_lowercase(),
-                record.args()
-            );
-        }
-    }
-
-    fn flush(&self) {}
-}
-
-pub(crate) fn init_logging(level: log::LevelFilter) {
-    static LOGGER: StderrLogger = StderrLogger;
-    if log::set_logger(&LOGGER).is_ok() {
-        log::set_max_level(level);
-    }
-}
+use systemd::NotifyState;
 
 /// How the daemon was configured, for the banner.
 pub(crate) enum Origin {
@@ -53,8 +26,8 @@ pub(crate) enum Origin {
 }
 
 /// Binds every listener, prints the banner, serves until SIGTERM or SIGINT.
-pub(crate) fn run(config: Config, origin: Origin) -> std::io::Result<()> {
-    init_logging(config.log.level.into());
+pub(crate) fn run(config: Config, origin: Origin, log_target: LogTarget) -> std::io::Result<()> {
+    logging::init(log_target, config.log.level.into()).map_err(std::io::Error::other)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("icegate")
@@ -129,13 +102,21 @@ async fn serve(config: Config, origin: Origin) -> std::io::Result<()> {
     }
     tokio::spawn(server.clone().run_timers());
     print_banner(&bound, &origin, &server);
-    log::info!(
-        "ready realm={} relay-ports={}-{}",
-        config.realm,
-        config.relay.ports.low,
-        config.relay.ports.high
+    event!(
+        info,
+        "ready",
+        realm = config.realm,
+        relay_ports = format_args!("{}-{}", config.relay.ports.low, config.relay.ports.high)
     );
+    let status = Status {
+        server: server.clone(),
+        tracker: tracker.clone(),
+        signal: signal.clone(),
+    };
+    systemd::notify(&[NotifyState::Ready, NotifyState::Status(&status.line())]);
+    tokio::spawn(status.clone().report());
     wait_for_shutdown(&certificates).await;
+    systemd::notify(&[NotifyState::Stopping]);
     if let Some(signal) = &signal {
         let (sessions, rooms) = signal.counts();
         log::info!("stopping signaling: closing {sessions} sessions in {rooms} rooms");
@@ -231,5 +212,65 @@ async fn wait_for_shutdown(certificates: &[Arc<ReloadableCertificate>]) {
                 reload_certificates(certificates);
             }
         }
+    }
+}
+
+/// What STATUS= tells `systemctl status`, and the watchdog's pulse.
+#[derive(Clone)]
+struct Status {
+    server: Arc<Server>,
+    tracker: Arc<ConnectionTracker>,
+    signal: Option<Arc<Signaling>>,
+}
+
+impl Status {
+    fn line(&self) -> String {
+        let allocations = self.server.core().allocation_count();
+        let connections = self.tracker.open_count();
+        let sessions = self.signal.as_ref().map_or(0, |s| s.counts().0);
+        format!(
+            "{allocations} allocations, {connections} TCP/TLS connections, \
+             {sessions} signaling sessions"
+        )
+    }
+
+    /// Updates STATUS= every few seconds and, when systemd asks for it,
+    /// pets the watchdog from here: a stuck allocation table (its lock
+    /// never free) or a stuck runtime stops the pulse.
+    async fn report(self) {
+        let watchdog = systemd::watchdog_interval();
+        let period = watchdog.map_or(STATUS_PERIOD, |w| (w / 2).min(STATUS_PERIOD));
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let line = self.line();
+            if watchdog.is_some() {
+                systemd::notify(&[NotifyState::Watchdog, NotifyState::Status(&line)]);
+            } else {
+                systemd::notify(&[NotifyState::Status(&line)]);
+            }
+        }
+    }
+}
+
+/// How often STATUS= is refreshed without a watchdog.
+const STATUS_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// sd_notify(3): silent no-ops when not started by systemd.
+mod systemd {
+    pub(super) use sd_notify::NotifyState;
+
+    pub(super) fn notify(states: &[NotifyState<'_>]) {
+        if let Err(error) = sd_notify::notify(false, states) {
+            log::debug!("sd_notify: {error}");
+        }
+    }
+
+    /// WatchdogSec= of the unit, when it set one for this process.
+    pub(super) fn watchdog_interval() -> Option<std::time::Duration> {
+        let mut usec = 0;
+        sd_notify::watchdog_enabled(false, &mut usec)
+            .then(|| std::time::Duration::from_micros(usec))
     }
 }

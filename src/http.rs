@@ -27,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::config::Config;
 use crate::ice;
+use crate::logging::event;
 use crate::server::{Server, unix_now};
 use crate::signal::Signaling;
 
@@ -167,7 +168,12 @@ impl HttpApi {
         } else if let Some(user) = token_user() {
             user
         } else {
-            log::info!("ice-servers-refused client={client} reason=api-key");
+            event!(
+                info,
+                "ice-servers-refused",
+                client = client,
+                reason = "api-key"
+            );
             let mut response = error(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -194,7 +200,7 @@ impl HttpApi {
                 "no TURN REST secret is configured (auth.secrets)",
             );
         };
-        log::info!("ice-servers client={client} user={user}");
+        event!(info, "ice-servers", client = client, user = user);
         let (stun, turn) = ice::urls(&self.config);
         let mut body = ice::ice_servers(&self.config, &username, &password);
         let uris: Vec<&String> = stun.iter().chain(&turn).collect();

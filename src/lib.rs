@@ -19,6 +19,7 @@ mod config;
 mod daemon;
 mod http;
 mod ice;
+mod logging;
 mod policy;
 mod reject;
 mod server;

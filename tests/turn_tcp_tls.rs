@@ -526,7 +526,7 @@ fn assert_every_packet_relayed(setup: &Setup, over: Over, run: &Exited, user: Us
     }
     let closed = || {
         setup.count(&format!("connection-closed {transport} "))
-            + setup.count(&format!("connection-dropped {transport} "))
+            + setup.count(&format!("connection-dropped transport={transport} "))
     };
     let deadline = Instant::now() + Duration::from_secs(5);
     while closed() < opened.len() && Instant::now() < deadline {
@@ -859,7 +859,7 @@ fn garbage_on_a_connection_closes_it_and_the_next_client_is_served() {
         "TCP connection still open after garbage"
     );
     setup.expect_log(&format!(
-        "connection-dropped tcp {}->{} reason=garbage",
+        "connection-dropped transport=tcp client={} server={} reason=garbage",
         tcp.local_addr().unwrap(),
         setup.tcp()
     ));
@@ -872,7 +872,7 @@ fn garbage_on_a_connection_closes_it_and_the_next_client_is_served() {
     tls.flush().unwrap();
     assert_tls_closed(&mut tls, "after garbage");
     setup.expect_log(&format!(
-        "connection-dropped tls {client}->{} reason=garbage",
+        "connection-dropped transport=tls client={client} server={} reason=garbage",
         setup.tls()
     ));
     drop((tcp, tls));
@@ -959,7 +959,7 @@ fn frame_larger_than_max_frame_bytes_closes_the_connection() {
             "connection still open after announcing a 4000-byte frame {header:02x?}"
         );
         setup.expect_log(&format!(
-            "connection-dropped tcp {}->{} reason=frame-too-large",
+            "connection-dropped transport=tcp client={} server={} reason=frame-too-large",
             tcp.local_addr().unwrap(),
             setup.tcp()
         ));
@@ -972,7 +972,7 @@ fn frame_larger_than_max_frame_bytes_closes_the_connection() {
     tls.flush().unwrap();
     assert_tls_closed(&mut tls, "after announcing a 4000-byte frame");
     setup.expect_log(&format!(
-        "connection-dropped tls {client}->{} reason=frame-too-large",
+        "connection-dropped transport=tls client={client} server={} reason=frame-too-large",
         setup.tls()
     ));
     drop(tls);
@@ -1098,7 +1098,7 @@ fn client_that_never_reads_is_dropped_and_others_are_unaffected() {
         "flood: {outcome} after {sent} bytes in {took:?}; other client answered {answered} times"
     );
     setup.expect_log(&format!(
-        "connection-dropped tcp {flood_client}->{} reason=slow-reader",
+        "connection-dropped transport=tcp client={flood_client} server={} reason=slow-reader",
         setup.tcp()
     ));
     assert!(answered > 0, "the other client was never asked");
@@ -1182,12 +1182,12 @@ fn idle_connection_is_closed_after_the_idle_timeout_unless_it_has_an_allocation(
         "idle connection closed after {took:?}, before the 2 s timeout"
     );
     setup.expect_log(&format!(
-        "connection-dropped tcp {}->{} reason=idle-connection",
+        "connection-dropped transport=tcp client={} server={} reason=idle-connection",
         idle.local_addr().unwrap(),
         setup.tcp()
     ));
     setup.expect_log(&format!(
-        "connection-dropped tls {idle_tls_client}->{} reason=idle-connection",
+        "connection-dropped transport=tls client={idle_tls_client} server={} reason=idle-connection",
         setup.tls()
     ));
     assert_tls_closed(&mut idle_tls, "after the idle timeout");
@@ -1243,7 +1243,7 @@ fn connection_whose_allocation_expired_is_closed_after_the_idle_timeout() {
         setup.daemon.log()
     );
     setup.expect_log(&format!(
-        "connection-dropped tcp {}->{} reason=idle-connection",
+        "connection-dropped transport=tcp client={} server={} reason=idle-connection",
         client.local_addr().unwrap(),
         setup.tcp()
     ));

@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use super::protocol::{self, ErrorCode, LeaveReason, PeerEntry, Problem};
 use super::token::Claims;
 use crate::config::SignalLimits;
+use crate::logging::event;
 
 pub(crate) type SessionId = u64;
 
@@ -368,9 +369,11 @@ impl Hub {
             ));
         }
         if session.rooms.len() >= self.limits.max_rooms_per_connection as usize {
-            log::info!(
-                "signal-limit limit=max-rooms-per-connection user={}",
-                session.user
+            event!(
+                info,
+                "signal-limit",
+                limit = "max-rooms-per-connection",
+                user = session.user
             );
             return Err(Problem::new(
                 ErrorCode::TooManyRooms,
@@ -393,9 +396,12 @@ impl Hub {
             ));
         }
         if members >= self.limits.max_peers_per_room as usize {
-            log::info!(
-                "signal-limit limit=max-peers-per-room user={} room={room}",
-                session.user
+            event!(
+                info,
+                "signal-limit",
+                limit = "max-peers-per-room",
+                user = session.user,
+                room = room
             );
             return Err(Problem::new(
                 ErrorCode::RoomFull,
@@ -422,7 +428,7 @@ impl Hub {
             },
         );
         let joined = joined_text(&state.rooms, room, &peer);
-        log::info!("signal-join user={user} room={room} peer={peer}");
+        event!(info, "signal-join", user = user, room = room, peer = peer);
         if let Some(session) = state.sessions.get(&id) {
             session.outbox.push(joined.into());
         }
@@ -437,9 +443,13 @@ impl Hub {
             .rooms
             .remove(room)
             .ok_or_else(|| not_in_room(room))?;
-        log::info!(
-            "signal-leave user={} room={room} peer={peer} reason=left",
-            session.user
+        event!(
+            info,
+            "signal-leave",
+            user = session.user,
+            room = room,
+            peer = peer,
+            reason = "left"
         );
         remove_member(state, room, &peer, LeaveReason::Left);
         Ok(())
@@ -541,10 +551,13 @@ fn end_session(state: &mut HubState, id: SessionId, reason: LeaveReason) {
     };
     state.resume_tokens.remove(&session.resume_token);
     for (room, peer) in &session.rooms {
-        log::info!(
-            "signal-leave user={} room={room} peer={peer} reason={}",
-            session.user,
-            reason.as_str()
+        event!(
+            info,
+            "signal-leave",
+            user = session.user,
+            room = room,
+            peer = peer,
+            reason = reason.as_str()
         );
         remove_member(state, room, peer, reason);
     }

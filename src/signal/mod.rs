@@ -23,6 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::config::{Config, SignalAuth, SignalConfig};
 use crate::ice;
+use crate::logging::event;
 use crate::server::{Server, unix_now};
 use hub::Hub;
 use token::{Claims, TokenError, TokenVerifier};
@@ -128,7 +129,13 @@ impl Signaling {
         if let Some(origin) = origin.as_deref()
             && !self.origin_allowed(origin, header_text(headers, header::HOST).as_deref())
         {
-            log::info!("signal-refused client={client} reason=origin origin={origin}");
+            event!(
+                info,
+                "signal-refused",
+                client = client,
+                reason = "origin",
+                origin = origin
+            );
             return Err(Refusal {
                 status: StatusCode::FORBIDDEN,
                 code: "origin-not-allowed",
@@ -140,7 +147,12 @@ impl Signaling {
             _ => match self.verifier.verify(token.as_deref()) {
                 Ok(claims) => Some(claims),
                 Err(error) => {
-                    log::info!("signal-refused client={client} reason={}", error.name());
+                    event!(
+                        info,
+                        "signal-refused",
+                        client = client,
+                        reason = error.name()
+                    );
                     return Err(Refusal {
                         status: StatusCode::UNAUTHORIZED,
                         code: error.name(),
@@ -150,7 +162,7 @@ impl Signaling {
             },
         };
         let slot = self.hub.admit(client).map_err(|limit| {
-            log::info!("signal-limit limit={limit} client={client}");
+            event!(info, "signal-limit", limit = limit, client = client);
             Refusal {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 code: "too-many-connections",
@@ -191,9 +203,13 @@ impl Signaling {
                 resume_seconds: limits.resume_grace.as_secs(),
                 ice_servers: &this.ice_servers_for(&user),
             });
-            log::info!(
-                "signal-connect user={user} client={client} origin={origin} resumed={}",
-                opened.resumed
+            event!(
+                info,
+                "signal-connect",
+                user = user,
+                client = client,
+                origin = origin,
+                resumed = opened.resumed
             );
             let wake = Arc::new(Notify::new());
             this.hub.attach(&opened, wake.clone(), welcome);

@@ -19,6 +19,7 @@ use super::hub::{ConnectionSlot, Drained, Hub, Outbox, SessionId};
 use super::protocol::{self, ErrorCode, Incoming, LeaveReason, Problem, Request};
 use super::token::Claims;
 use crate::config::SignalLimits;
+use crate::logging::event;
 
 /// Oversized frames in a row after which the connection is closed.
 const OVERSIZED_IN_A_ROW: u32 = 3;
@@ -172,7 +173,7 @@ where
                 let message = match frame {
                     None => break Ending::Dropped(LeaveReason::Closed),
                     Some(Err(WsError::Capacity(_))) => {
-                        log::info!("signal-limit limit=max-message-bytes user={user} client={client}");
+                        event!(info, "signal-limit", limit = "max-message-bytes", user = user, client = client);
                         break Ending::CloseWith(CloseCode::Size, "message too large");
                     }
                     Some(Err(error)) => {
@@ -186,11 +187,11 @@ where
                 let now = Instant::now();
                 if !rate.take(now) {
                     if rate.refused_in_a_row >= limits.message_burst {
-                        log::info!("signal-limit limit=messages-per-second user={user} client={client} closed=1008");
+                        event!(info, "signal-limit", limit = "messages-per-second", user = user, client = client, closed = 1008);
                         break Ending::CloseWith(CloseCode::Policy, "flooding");
                     }
                     if rate.should_warn(now) {
-                        log::info!("signal-limit limit=messages-per-second user={user} client={client}");
+                        event!(info, "signal-limit", limit = "messages-per-second", user = user, client = client);
                         reply(Problem::new(
                             ErrorCode::RateLimited,
                             format!("more than {} messages a second; slow down", limits.messages_per_second),
@@ -207,7 +208,7 @@ where
                 };
                 if text.len() > limits.max_message_bytes as usize {
                     oversized_in_a_row += 1;
-                    log::info!("signal-limit limit=max-message-bytes user={user} client={client}");
+                    event!(info, "signal-limit", limit = "max-message-bytes", user = user, client = client);
                     if oversized_in_a_row >= OVERSIZED_IN_A_ROW {
                         break Ending::CloseWith(CloseCode::Size, "messages too large");
                     }
@@ -297,6 +298,12 @@ where
         }
         Ending::Superseded => "resumed-elsewhere",
     };
-    log::info!("signal-disconnect user={user} client={client} how={how}");
+    event!(
+        info,
+        "signal-disconnect",
+        user = user,
+        client = client,
+        how = how
+    );
     drop(slot);
 }

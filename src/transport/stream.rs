@@ -21,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::{ConnectionLimits, Listen, Services, Transport};
 use crate::http::{self, HttpApi};
+use crate::logging::event;
 use crate::reject::Reject;
 use crate::server::Server;
 use crate::transport::tls::ReloadableCertificate;
@@ -125,6 +126,14 @@ impl ConnectionTracker {
             limits,
             open: Mutex::new((0, HashMap::new())),
         })
+    }
+
+    /// TCP and TLS connections open right now.
+    pub(crate) fn open_count(&self) -> u32 {
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0
     }
 
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Admission> {
@@ -373,7 +382,14 @@ async fn run_connection<S>(
     outbox.finish();
     if let Some(reject) = closed.reject() {
         server.rejects.count(reject);
-        log::info!("connection-dropped {five_tuple} reason={}", reject.name());
+        event!(
+            info,
+            "connection-dropped",
+            transport = five_tuple.transport,
+            client = five_tuple.client,
+            server = five_tuple.server,
+            reason = reject.name()
+        );
     } else {
         log::debug!("connection-closed {five_tuple} ({closed:?})");
     }

@@ -13,6 +13,7 @@ use tokio::net::UdpSocket;
 
 use crate::auth::{CredentialStore, LongTermKey};
 use crate::config::{Config, RelayConfig};
+use crate::logging::event;
 use crate::policy::PeerPolicy;
 use crate::reject::{Reject, RejectCounters};
 use crate::stun;
@@ -140,6 +141,10 @@ impl Core {
         &self.credentials
     }
 
+    pub(crate) fn allocation_count(&self) -> usize {
+        self.table.len()
+    }
+
     /// Handles one STUN message from `five_tuple`. `local_ip` is the address
     /// the client reached, when the listener is bound to a wildcard address.
     pub(crate) fn handle_stun<'a>(
@@ -205,11 +210,12 @@ impl Core {
             Ok(user) => user,
             Err(reject) => {
                 if reject.is_auth_failure() {
-                    log::info!(
-                        "auth-failed reason={} client={} user={:?}",
-                        reject.name(),
-                        five_tuple.client,
-                        username_of(message).unwrap_or("")
+                    event!(
+                        info,
+                        "auth-failed",
+                        reason = reject.name(),
+                        client = five_tuple.client,
+                        user = format_args!("{:?}", username_of(message).unwrap_or(""))
                     );
                 }
                 self.reject(message, reject, None, five_tuple, now, out);
@@ -449,12 +455,13 @@ impl Core {
         }
         finish(&mut reply, message, &user.key);
 
-        log::info!(
-            "allocation-created user={} client={} relay={} lifetime={}s",
-            user.username,
-            five_tuple.client,
-            relayed,
-            lifetime.as_secs()
+        event!(
+            info,
+            "allocation-created",
+            user = user.username,
+            client = five_tuple.client,
+            relay = relayed,
+            lifetime = format_args!("{}s", lifetime.as_secs())
         );
         self.table.insert(allocation);
         Ok(Action::ReplyAndStartRelay(id, task))
@@ -542,11 +549,12 @@ impl Core {
             .by_five_tuple(five_tuple)
             .ok_or(Reject::AllocationMismatch)?;
         allocation.expires = now.instant + lifetime;
-        log::info!(
-            "allocation-refreshed user={} relay={} lifetime={}s",
-            allocation.username,
-            allocation.relayed,
-            lifetime.as_secs()
+        event!(
+            info,
+            "allocation-refreshed",
+            user = allocation.username,
+            relay = allocation.relayed,
+            lifetime = format_args!("{}s", lifetime.as_secs())
         );
         let mut reply = MessageBuilder::reply(out, message, Class::Success);
         reply.add_u32(attr::LIFETIME, saturating_secs(lifetime));
@@ -565,10 +573,12 @@ impl Core {
             return Err(Reject::PeerAddressFamilyMismatch);
         }
         if let Err(refused) = self.policy.check(peer.ip()) {
-            log::info!(
-                "peer-refused client={} peer={} why={refused}",
-                five_tuple.client,
-                peer
+            event!(
+                info,
+                "peer-refused",
+                client = five_tuple.client,
+                peer = peer,
+                why = refused
             );
             return Err(Reject::PeerRefused);
         }
@@ -768,16 +778,21 @@ impl Core {
             return;
         };
         self.ports.release(allocation.relay.bound().port());
-        log::info!(
-            "{event} user={} client={} relay={} age={}s to-peer={}B/{}p from-peer={}B/{}p",
-            allocation.username,
-            allocation.five_tuple.client,
-            allocation.relayed,
-            allocation.created.elapsed().as_secs(),
-            allocation.to_peer.bytes,
-            allocation.to_peer.packets,
-            allocation.from_peer.bytes,
-            allocation.from_peer.packets
+        event!(
+            info,
+            event,
+            user = allocation.username,
+            client = allocation.five_tuple.client,
+            relay = allocation.relayed,
+            age = format_args!("{}s", allocation.created.elapsed().as_secs()),
+            to_peer = format_args!(
+                "{}B/{}p",
+                allocation.to_peer.bytes, allocation.to_peer.packets
+            ),
+            from_peer = format_args!(
+                "{}B/{}p",
+                allocation.from_peer.bytes, allocation.from_peer.packets
+            )
         );
     }
 
