@@ -454,3 +454,26 @@ fn http_get(address: SocketAddr, path: &str) -> String {
     stream.read_to_string(&mut response).expect("read response");
     response
 }
+
+/// Addresses that are not on the host yet (at boot, before DHCP) still bind
+/// (IP_FREEBIND), so icegate listens on every configured address. Nothing
+/// is sent to them: the test only starts and stops the daemon.
+#[test]
+fn listeners_bind_addresses_the_host_does_not_have_yet() {
+    let absent = "192.0.2.77"; // TEST-NET-1, on no interface here
+    let config = common::TestConfig::default().render()
+        + &format!(
+            "[[listen]]\naddress = \"{absent}:0\"\ntransport = \"udp\"\n\
+             [[listen]]\naddress = \"{absent}:0\"\ntransport = \"tcp\"\n"
+        );
+    let mut daemon = common::TestDaemon::start(&config);
+    for transport in ["udp", "tcp"] {
+        let prefix = format!("info listening on {transport} {absent}:");
+        assert!(
+            daemon.log().lines().any(|line| line.starts_with(&prefix)),
+            "no `{prefix}PORT` line; log:\n{}",
+            daemon.log()
+        );
+    }
+    daemon.stop();
+}

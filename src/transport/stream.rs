@@ -101,6 +101,7 @@ fn bind_tcp(address: SocketAddr) -> io::Result<TcpListener> {
     }
     // Restarting must not wait for old connections in TIME_WAIT.
     socket.set_reuse_address(true)?;
+    super::allow_bind_before_address_exists(&socket, address)?;
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     socket.listen(1024)?;

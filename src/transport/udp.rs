@@ -32,6 +32,7 @@ impl UdpListener {
         if address.is_ipv6() {
             socket.set_only_v6(true)?;
         }
+        super::allow_bind_before_address_exists(&socket, address)?;
         socket.set_nonblocking(true)?;
         socket.bind(&address.into())?;
         let state = UdpSocketState::new((&socket).into())?;

@@ -51,6 +51,7 @@ impl RelayHandle {
                 sockopt::set_ip_mtu_discover(&socket, sockopt::Ipv4PathMtuDiscovery::DO)?;
             }
         }
+        crate::transport::allow_bind_before_address_exists(&socket, bind)?;
         socket.set_nonblocking(true)?;
         socket.bind(&bind.into())?;
         let socket = Arc::new(UdpSocket::from_std(socket.into())?);
