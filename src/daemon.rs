@@ -3,9 +3,13 @@
 //! SIGTERM or Ctrl-C.
 
 use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
-use crate::config::{Config, Transport};
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, Listen, Transport};
 use crate::http::HttpApi;
 use crate::ice;
 use crate::logging::{self, LogTarget, event};
@@ -39,99 +43,261 @@ async fn serve(config: Config, origin: Origin) -> std::io::Result<()> {
     let server = Server::new(&config);
     // Bind everything first, so a port that cannot be had fails the start
     // before any client is served.
-    let mut udp_listeners = Vec::new();
-    let mut stream_listeners = Vec::new();
+    let mut bound = Vec::new();
     for listen in &config.listen {
-        match listen.transport {
-            Transport::Udp => {
-                let listener = UdpListener::bind(listen.address).map_err(|error| {
-                    std::io::Error::new(
-                        error.kind(),
-                        format!("cannot listen on udp {}: {error}", listen.address),
-                    )
-                })?;
-                log::info!("listening on udp {}", listener.local_addr());
-                udp_listeners.push(listener);
-            }
-            Transport::Tcp | Transport::Tls | Transport::Http | Transport::Https => {
-                if listen.transport == Transport::Http && !listen.address.ip().is_loopback() {
-                    log::warn!(
-                        "http listener {} is not on loopback: plain HTTP carries credentials; \
-                         put it behind a TLS proxy",
-                        listen.address
-                    );
-                }
-                let listener = StreamListener::bind(listen).map_err(std::io::Error::other)?;
-                log::info!(
-                    "listening on {} {}",
-                    listener.transport(),
-                    listener.local_addr()
-                );
-                stream_listeners.push(listener);
-            }
-        }
+        bound.push((listen.clone(), bind(listen).map_err(std::io::Error::other)?));
     }
-    let certificates: Vec<Arc<ReloadableCertificate>> = stream_listeners
-        .iter()
-        .filter_map(|l| l.certificate().cloned())
-        .collect();
-    // ICE URLs name the ports actually bound (port 0 picks one).
-    let mut bound = config.clone();
-    let mut udp_addresses = udp_listeners.iter().map(|l| l.local_addr());
-    let mut stream_addresses = stream_listeners.iter().map(StreamListener::local_addr);
-    for listen in &mut bound.listen {
-        let address = match listen.transport {
-            Transport::Udp => udp_addresses.next(),
-            _ => stream_addresses.next(),
-        };
-        listen.address = address.unwrap_or(listen.address);
+    let signal = Signaling::new(server.clone(), &config);
+    let mut daemon = Daemon {
+        http: HttpApi::new(server.clone(), signal.clone(), &config),
+        tracker: ConnectionTracker::new(config.connections),
+        signal,
+        server,
+        config,
+        listeners: Vec::new(),
+    };
+    for (listen, listener) in bound {
+        daemon.start(listen, listener);
     }
-    let signal = Signaling::new(server.clone(), &bound);
-    let http_api = HttpApi::new(server.clone(), signal.clone(), &bound);
-    for listener in udp_listeners {
-        tokio::spawn(udp::serve(server.clone(), listener));
-    }
-    let tracker = ConnectionTracker::new(config.connections);
-    for listener in stream_listeners {
-        tokio::spawn(stream::serve(
-            server.clone(),
-            listener,
-            tracker.clone(),
-            http_api.clone(),
-        ));
-    }
-    tokio::spawn(server.clone().run_timers());
-    print_banner(&bound, &origin, &server);
+    daemon.take_up_bound_addresses();
+    tokio::spawn(daemon.server.clone().run_timers());
+    print_banner(&daemon.bound_config(), &origin, &daemon.server);
     event!(
         info,
         "ready",
-        realm = config.realm,
-        relay_ports = format_args!("{}-{}", config.relay.ports.low, config.relay.ports.high)
+        realm = daemon.config.realm,
+        relay_ports = format_args!(
+            "{}-{}",
+            daemon.config.relay.ports.low, daemon.config.relay.ports.high
+        )
     );
     let status = Status {
-        server: server.clone(),
-        tracker: tracker.clone(),
-        signal: signal.clone(),
+        server: daemon.server.clone(),
+        tracker: daemon.tracker.clone(),
+        signal: daemon.signal.clone(),
     };
     systemd::notify(&[NotifyState::Ready, NotifyState::Status(&status.line())]);
     tokio::spawn(status.clone().report());
-    wait_for_shutdown(&certificates).await;
+    wait_for_shutdown(&mut daemon, &origin).await;
     systemd::notify(&[NotifyState::Stopping]);
-    if let Some(signal) = &signal {
-        let (sessions, rooms) = signal.counts();
+    let (sessions, rooms) = daemon.signal.counts();
+    if sessions > 0 {
         log::info!("stopping signaling: closing {sessions} sessions in {rooms} rooms");
-        signal.stop();
+        daemon.signal.stop();
         // Let the close frames go out.
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     let refusals: Vec<String> = crate::reject::Reject::ALL
         .iter()
-        .map(|&r| (r, server.rejects.get(r)))
+        .map(|&r| (r, daemon.server.rejects.get(r)))
         .filter(|&(_, n)| n > 0)
         .map(|(r, n)| format!("{}={n}", r.name()))
         .collect();
     log::info!("stopping; refused or dropped: {}", refusals.join(" "));
     Ok(())
+}
+
+/// A bound socket, before its task starts.
+enum Bound {
+    Udp(Arc<UdpListener>),
+    Stream(StreamListener),
+}
+
+/// Binds one listener and says so in the log.
+fn bind(listen: &Listen) -> Result<Bound, String> {
+    match listen.transport {
+        Transport::Udp => {
+            let listener = UdpListener::bind(listen.address)
+                .map_err(|error| format!("cannot listen on udp {}: {error}", listen.address))?;
+            log::info!("listening on udp {}", listener.local_addr());
+            Ok(Bound::Udp(listener))
+        }
+        Transport::Tcp | Transport::Tls | Transport::Http | Transport::Https => {
+            if listen.transport == Transport::Http && !listen.address.ip().is_loopback() {
+                log::warn!(
+                    "http listener {} is not on loopback: plain HTTP carries credentials; \
+                     put it behind a TLS proxy",
+                    listen.address
+                );
+            }
+            let listener = StreamListener::bind(listen)?;
+            log::info!(
+                "listening on {} {}",
+                listener.transport(),
+                listener.local_addr()
+            );
+            Ok(Bound::Stream(listener))
+        }
+    }
+}
+
+/// A listener being served.
+struct Running {
+    /// As configured (port 0 stays 0 here).
+    listen: Listen,
+    /// As bound.
+    local: SocketAddr,
+    certificate: Option<Arc<ReloadableCertificate>>,
+    task: JoinHandle<()>,
+}
+
+/// Everything a reload may change.
+struct Daemon {
+    server: Arc<Server>,
+    tracker: Arc<ConnectionTracker>,
+    signal: Arc<Signaling>,
+    http: Arc<HttpApi>,
+    /// As configured.
+    config: Config,
+    listeners: Vec<Running>,
+}
+
+impl Daemon {
+    fn start(&mut self, listen: Listen, bound: Bound) {
+        let (local, certificate, task) = match bound {
+            Bound::Udp(listener) => (
+                listener.local_addr(),
+                None,
+                tokio::spawn(udp::serve(self.server.clone(), listener)),
+            ),
+            Bound::Stream(listener) => (
+                listener.local_addr(),
+                listener.certificate().cloned(),
+                tokio::spawn(stream::serve(
+                    self.server.clone(),
+                    listener,
+                    self.tracker.clone(),
+                    self.http.clone(),
+                )),
+            ),
+        };
+        self.listeners.push(Running {
+            listen,
+            local,
+            certificate,
+            task,
+        });
+    }
+
+    /// The config with every listener's bound address (port 0 picks one),
+    /// which ICE URLs must name.
+    fn bound_config(&self) -> Config {
+        let mut bound = self.config.clone();
+        for (running, index) in self
+            .listeners
+            .iter()
+            .zip(pair_listeners(&self.listeners, &self.config.listen))
+        {
+            if let Some(index) = index {
+                bound.listen[index].address = running.local;
+            }
+        }
+        bound
+    }
+
+    /// Hands the bound addresses to what builds URLs from them.
+    fn take_up_bound_addresses(&self) {
+        let bound = self.bound_config();
+        self.http.reconfigure(&bound);
+        self.signal.reconfigure(&bound);
+    }
+
+    /// Re-reads the config file and applies it; on any problem the running
+    /// config stays. Returns what was done, or every problem.
+    fn reload(&mut self, path: &Path) -> Result<String, String> {
+        let config = Config::load(path).map_err(|errors| errors.to_string())?;
+        // Which entry of the new config each running listener is, if any.
+        let matched = pair_listeners(&self.listeners, &config.listen);
+        // New listeners first: a port that cannot be had fails the reload
+        // before anything changed.
+        let mut added = Vec::new();
+        for (index, listen) in config.listen.iter().enumerate() {
+            if !matched.contains(&Some(index)) {
+                added.push((listen.clone(), bind(listen)?));
+            }
+        }
+        // Certificates next: files that check-config accepted may still
+        // change under us; one that fails to load fails the reload.
+        for (running, index) in self.listeners.iter().zip(&matched) {
+            let files = index.and_then(|i| config.listen[i].tls.as_ref());
+            if let (Some(certificate), Some(files)) = (&running.certificate, files) {
+                certificate.reload_from(files.clone()).map_err(|problem| {
+                    format!(
+                        "{} listener {}: {problem}; still serving the previous certificate",
+                        running.listen.transport, running.local
+                    )
+                })?;
+                event!(
+                    info,
+                    "certificate-reloaded",
+                    certificate = files.certificate.display(),
+                    private_key = files.private_key.display()
+                );
+            }
+        }
+        let mut notes = self.server.core().reconfigure(&config, unix_now());
+        self.tracker.set_limits(config.connections);
+        logging::set_level(config.log.level.into());
+        let mut removed = 0;
+        let mut kept = Vec::new();
+        for (running, index) in std::mem::take(&mut self.listeners).into_iter().zip(matched) {
+            let Some(listen) = index.map(|i| &config.listen[i]) else {
+                running.task.abort();
+                if running.listen.transport == Transport::Udp {
+                    self.server.core().end_listener(running.local);
+                }
+                log::info!(
+                    "listener-removed {} {}",
+                    running.listen.transport,
+                    running.local
+                );
+                removed += 1;
+                continue;
+            };
+            if listen.services != running.listen.services {
+                notes.push(format!(
+                    "services of {} {} (a restart applies them)",
+                    listen.transport, running.local
+                ));
+            }
+            kept.push(Running {
+                listen: listen.clone(),
+                ..running
+            });
+        }
+        self.listeners = kept;
+        let added_count = added.len();
+        for (listen, bound) in added {
+            self.start(listen, bound);
+        }
+        self.config = config;
+        self.take_up_bound_addresses();
+        let mut summary = format!("listeners added={added_count} removed={removed}");
+        if !notes.is_empty() {
+            summary.push_str(&format!(
+                "; unchanged until a restart: {}",
+                notes.join(", ")
+            ));
+        }
+        Ok(summary)
+    }
+}
+
+/// For each running listener, the entry of `listen` that is the same socket
+/// (transport and address), each entry taken once: two `127.0.0.1:0`
+/// entries are two listeners.
+fn pair_listeners(running: &[Running], listen: &[Listen]) -> Vec<Option<usize>> {
+    let mut taken = vec![false; listen.len()];
+    running
+        .iter()
+        .map(|r| {
+            let index = listen.iter().enumerate().position(|(i, l)| {
+                !taken[i] && l.transport == r.listen.transport && l.address == r.listen.address
+            })?;
+            taken[index] = true;
+            Some(index)
+        })
+        .collect()
 }
 
 fn print_banner(config: &Config, origin: &Origin, server: &Arc<Server>) {
@@ -175,24 +341,8 @@ fn print_banner(config: &Config, origin: &Origin, server: &Arc<Server>) {
     let _ = stdout.flush();
 }
 
-/// Re-reads every TLS certificate; one that does not load keeps the old one.
-fn reload_certificates(certificates: &[Arc<ReloadableCertificate>]) {
-    for certificate in certificates {
-        let files = certificate.files();
-        match certificate.reload() {
-            Ok(()) => log::info!(
-                "certificate-reloaded certificate={} private-key={}",
-                files.certificate.display(),
-                files.private_key.display()
-            ),
-            Err(problem) => log::error!(
-                "certificate-reload-failed: {problem}; still serving the previous certificate"
-            ),
-        }
-    }
-}
-
-async fn wait_for_shutdown(certificates: &[Arc<ReloadableCertificate>]) {
+/// Reloads on SIGHUP until SIGTERM or Ctrl-C.
+async fn wait_for_shutdown(daemon: &mut Daemon, origin: &Origin) {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(term) => term,
         Err(error) => {
@@ -208,11 +358,36 @@ async fn wait_for_shutdown(certificates: &[Arc<ReloadableCertificate>]) {
             _ = term.recv() => return,
             _ = tokio::signal::ctrl_c() => return,
             Some(()) = async { hangup.as_mut()?.recv().await } => {
-                log::info!("reload requested (SIGHUP): certificates only, the rest of the configuration needs a restart");
-                reload_certificates(certificates);
+                let _ = reload(daemon, origin);
             }
         }
     }
+}
+
+/// One reload, however asked for, logged with its outcome.
+fn reload(daemon: &mut Daemon, origin: &Origin) -> Result<String, String> {
+    let Origin::File(path) = origin else {
+        log::info!("reload requested: the embedded default config has no file to re-read");
+        return Ok("nothing to re-read".to_owned());
+    };
+    systemd::notify(&[NotifyState::Reloading]);
+    let outcome = daemon.reload(Path::new(path));
+    match &outcome {
+        Ok(summary) => event!(info, "reload", result = "ok", detail = summary),
+        Err(problems) => {
+            for problem in problems.lines() {
+                log::error!("reload-failed: {problem}");
+            }
+            event!(
+                error,
+                "reload",
+                result = "failed",
+                detail = "the running configuration stays"
+            );
+        }
+    }
+    systemd::notify(&[NotifyState::Ready]);
+    outcome
 }
 
 /// What STATUS= tells `systemctl status`, and the watchdog's pulse.
@@ -220,14 +395,14 @@ async fn wait_for_shutdown(certificates: &[Arc<ReloadableCertificate>]) {
 struct Status {
     server: Arc<Server>,
     tracker: Arc<ConnectionTracker>,
-    signal: Option<Arc<Signaling>>,
+    signal: Arc<Signaling>,
 }
 
 impl Status {
     fn line(&self) -> String {
         let allocations = self.server.core().allocation_count();
         let connections = self.tracker.open_count();
-        let sessions = self.signal.as_ref().map_or(0, |s| s.counts().0);
+        let sessions = self.signal.counts().0;
         format!(
             "{allocations} allocations, {connections} TCP/TLS connections, \
              {sessions} signaling sessions"

@@ -10,8 +10,8 @@
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -35,25 +35,25 @@ use crate::signal::Signaling;
 const DEMO_PAGE: &str = include_str!("../web/index.html");
 const CLIENT_LIBRARY: &str = include_str!("../web/icegate.js");
 
-/// What the HTTP side needs, built once from the config.
+/// What the HTTP side needs.
 pub(crate) struct HttpApi {
     server: Arc<Server>,
-    signal: Option<Arc<Signaling>>,
+    signal: Arc<Signaling>,
+    settings: RwLock<Arc<HttpSettings>>,
+}
+
+/// The part of the config the routes use; replaced whole on reload.
+struct HttpSettings {
+    /// With the listeners' bound addresses, for ICE URLs.
     config: Config,
     api_keys: Vec<Vec<u8>>,
     trusted_proxies: Vec<IpNet>,
     handshake_timeout: Duration,
 }
 
-impl HttpApi {
-    pub(crate) fn new(
-        server: Arc<Server>,
-        signal: Option<Arc<Signaling>>,
-        config: &Config,
-    ) -> Arc<Self> {
+impl HttpSettings {
+    fn new(config: &Config) -> Arc<Self> {
         Arc::new(Self {
-            server,
-            signal,
             handshake_timeout: config.signal.limits.handshake_timeout,
             config: config.clone(),
             api_keys: config
@@ -94,8 +94,34 @@ impl HttpApi {
             .find_map(|part| part.trim().parse::<IpAddr>().ok())
             .unwrap_or(peer.ip())
     }
+}
+
+impl HttpApi {
+    pub(crate) fn new(server: Arc<Server>, signal: Arc<Signaling>, config: &Config) -> Arc<Self> {
+        Arc::new(Self {
+            server,
+            signal,
+            settings: RwLock::new(HttpSettings::new(config)),
+        })
+    }
+
+    /// Takes up a reloaded config (with the listeners' bound addresses).
+    pub(crate) fn reconfigure(&self, config: &Config) {
+        *self
+            .settings
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = HttpSettings::new(config);
+    }
+
+    fn settings(&self) -> Arc<HttpSettings> {
+        self.settings
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 
     fn route(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+        let settings = self.settings();
         let path = request.uri().path();
         if !matches!(path, "/ice-servers" | "/ws" | "/" | "/icegate.js") {
             return error(StatusCode::NOT_FOUND, "not-found", "no such resource");
@@ -125,15 +151,16 @@ impl HttpApi {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::to_owned);
-        let client = self.client_of(&request, peer);
+        let client = settings.client_of(&request, peer);
         if path == "/ws" {
-            let Some(signal) = &self.signal else {
+            let signal = &self.signal;
+            if !signal.enabled() {
                 return error(
                     StatusCode::NOT_FOUND,
                     "signaling-off",
                     "signaling is not configured ([signal] in the config)",
                 );
-            };
+            }
             let token = query.get("token").or(bearer);
             let resume = query.get("resume");
             return signal
@@ -157,12 +184,15 @@ impl HttpApi {
         let presented = bearer.or_else(|| query.get("key"));
         let token_user = || {
             let token = presented.clone().or_else(|| query.get("token"));
-            let claims = self.signal.as_ref()?.verify(token.as_deref()).ok()?;
+            if !self.signal.enabled() {
+                return None;
+            }
+            let claims = self.signal.verify(token.as_deref()).ok()?;
             Some(claims.sub)
         };
         let user = if presented
             .as_deref()
-            .is_some_and(|key| self.key_is_valid(key))
+            .is_some_and(|key| settings.key_is_valid(key))
         {
             query.get("username").unwrap_or_else(|| "ice".to_owned())
         } else if let Some(user) = token_user() {
@@ -201,8 +231,8 @@ impl HttpApi {
             );
         };
         event!(info, "ice-servers", client = client, user = user);
-        let (stun, turn) = ice::urls(&self.config);
-        let mut body = ice::ice_servers(&self.config, &username, &password);
+        let (stun, turn) = ice::urls(&settings.config);
+        let mut body = ice::ice_servers(&settings.config, &username, &password);
         let uris: Vec<&String> = stun.iter().chain(&turn).collect();
         body["iceTransportPolicy"] = json!("all");
         body["ttl"] = json!(ttl.as_secs());
@@ -296,7 +326,7 @@ pub(crate) async fn serve_connection<S>(api: Arc<HttpApi>, io: S, peer: SocketAd
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let handshake_timeout = api.handshake_timeout;
+    let handshake_timeout = api.settings().handshake_timeout;
     let requested = Arc::new(AtomicBool::new(false));
     let seen = requested.clone();
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {

@@ -6,15 +6,13 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::net::UdpSocket;
-use turn::client::{Client, ClientConfig};
 
+use common::TestDaemon;
 use common::signal::{Event, JWT_SECRET, SignalClient, signal_config, token, token_for};
-use common::{REALM, TestDaemon};
+use common::turn::TurnAllocation;
 
 fn start(signal_extra: &str) -> (TestDaemon, SocketAddr) {
     let daemon = TestDaemon::start(&signal_config(signal_extra));
@@ -123,31 +121,14 @@ async fn peers_meet_in_a_room_and_exchange_signals() {
     );
 }
 
-/// The allocation the `turn` crate's client makes with `username` and
-/// `password` on the daemon's UDP listener.
+/// An allocation by the `turn` crate's client with `username` and
+/// `password` on the daemon's UDP listener, on loopback.
 async fn allocate_with(daemon: &TestDaemon, username: &str, password: &str) {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let client = Client::new(ClientConfig {
-        stun_serv_addr: daemon.udp.to_string(),
-        turn_serv_addr: daemon.udp.to_string(),
-        username: username.to_owned(),
-        password: password.to_owned(),
-        realm: REALM.to_owned(),
-        software: String::new(),
-        rto_in_ms: 0,
-        conn: Arc::new(socket),
-        vnet: None,
-    })
-    .await
-    .expect("turn client");
-    client.listen().await.expect("listen");
-    let relay = tokio::time::timeout(Duration::from_secs(5), client.allocate())
+    let allocation = TurnAllocation::make(daemon.udp, username, password)
         .await
-        .expect("Allocate answered")
         .expect("Allocate succeeds with the handed-out credentials");
-    let relayed = webrtc_util::Conn::local_addr(&relay).unwrap();
-    assert_eq!(relayed.ip().to_string(), "127.0.0.1");
-    client.close().await.unwrap();
+    assert_eq!(allocation.relayed().ip().to_string(), "127.0.0.1");
+    allocation.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

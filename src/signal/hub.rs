@@ -172,8 +172,8 @@ struct Room {
     members: BTreeMap<String, Member>,
 }
 
-#[derive(Default)]
 struct HubState {
+    limits: SignalLimits,
     sessions: HashMap<SessionId, Session>,
     rooms: HashMap<String, Room>,
     resume_tokens: HashMap<String, SessionId>,
@@ -184,7 +184,6 @@ struct HubState {
 
 pub(crate) struct Hub {
     state: Mutex<HubState>,
-    limits: SignalLimits,
 }
 
 /// A connection counted against the limits until it is dropped.
@@ -220,9 +219,21 @@ pub(crate) struct Opened {
 impl Hub {
     pub(crate) fn new(limits: SignalLimits) -> Arc<Self> {
         Arc::new(Self {
-            state: Mutex::new(HubState::default()),
-            limits,
+            state: Mutex::new(HubState {
+                limits,
+                sessions: HashMap::new(),
+                rooms: HashMap::new(),
+                resume_tokens: HashMap::new(),
+                next_session: 0,
+                connections: 0,
+                connections_by_ip: HashMap::new(),
+            }),
         })
+    }
+
+    /// New limits, for what comes next.
+    pub(crate) fn set_limits(&self, limits: SignalLimits) {
+        self.lock().limits = limits;
     }
 
     fn lock(&self) -> MutexGuard<'_, HubState> {
@@ -232,19 +243,18 @@ impl Hub {
     /// Counts a new connection, or says which limit it would break.
     pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionSlot, &'static str> {
         let mut state = self.lock();
+        let limits = state.limits;
         // Sessions held for a resume count too, up to as many again: a
         // client that connects and drops in a loop must not pile them up.
         let held = state
             .sessions
             .len()
             .saturating_sub(state.connections as usize);
-        if state.connections >= self.limits.max_connections
-            || held >= self.limits.max_connections as usize
-        {
+        if state.connections >= limits.max_connections || held >= limits.max_connections as usize {
             return Err("max-connections");
         }
         let from_ip = state.connections_by_ip.entry(ip).or_insert(0);
-        if *from_ip >= self.limits.max_connections_per_ip {
+        if *from_ip >= limits.max_connections_per_ip {
             return Err("max-connections-per-ip");
         }
         *from_ip += 1;
@@ -259,6 +269,7 @@ impl Hub {
     /// is still held, else starts a new one.
     pub(crate) fn open(&self, user: &str, resume_token: Option<&str>) -> Opened {
         let mut state = self.lock();
+        let limits = state.limits;
         let resumable = resume_token
             .and_then(|token| state.resume_tokens.get(token).copied())
             .filter(|id| {
@@ -293,7 +304,7 @@ impl Hub {
         }
         state.next_session += 1;
         let id = state.next_session;
-        let outbox = Arc::new(Outbox::new(self.limits.max_queued_bytes as usize));
+        let outbox = Arc::new(Outbox::new(limits.max_queued_bytes as usize));
         let peer = random_peer_id();
         state.resume_tokens.insert(new_token.clone(), id);
         state.sessions.insert(
@@ -333,6 +344,7 @@ impl Hub {
         peer: Option<String>,
         metadata: Option<&RawValue>,
     ) -> Result<(), Problem> {
+        let limits = self.lock().limits;
         if claims.is_some_and(|c| !c.may_join(room)) {
             return Err(Problem::new(
                 ErrorCode::RoomNotAllowed,
@@ -347,13 +359,13 @@ impl Hub {
                     "\"metadata\" must be a JSON object",
                 ));
             }
-            Some(raw) if raw.get().len() > self.limits.max_metadata_bytes as usize => {
+            Some(raw) if raw.get().len() > limits.max_metadata_bytes as usize => {
                 return Err(Problem::new(
                     ErrorCode::InvalidField,
                     format!(
                         "\"metadata\" is {} bytes, more than the {} allowed",
                         raw.get().len(),
-                        self.limits.max_metadata_bytes
+                        limits.max_metadata_bytes
                     ),
                 ));
             }
@@ -368,7 +380,7 @@ impl Hub {
                 format!("already in room {room}"),
             ));
         }
-        if session.rooms.len() >= self.limits.max_rooms_per_connection as usize {
+        if session.rooms.len() >= limits.max_rooms_per_connection as usize {
             event!(
                 info,
                 "signal-limit",
@@ -379,7 +391,7 @@ impl Hub {
                 ErrorCode::TooManyRooms,
                 format!(
                     "a connection may be in at most {} rooms",
-                    self.limits.max_rooms_per_connection
+                    limits.max_rooms_per_connection
                 ),
             ));
         }
@@ -395,7 +407,7 @@ impl Hub {
                 format!("peer id {peer} is taken in room {room}"),
             ));
         }
-        if members >= self.limits.max_peers_per_room as usize {
+        if members >= limits.max_peers_per_room as usize {
             event!(
                 info,
                 "signal-limit",
@@ -407,7 +419,7 @@ impl Hub {
                 ErrorCode::RoomFull,
                 format!(
                     "room {room} has {} peers, the most allowed",
-                    self.limits.max_peers_per_room
+                    limits.max_peers_per_room
                 ),
             ));
         }

@@ -8,7 +8,7 @@ mod session;
 pub(crate) mod token;
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -34,11 +34,55 @@ const HARD_SIZE_FACTOR: usize = 4;
 /// The signaling endpoint's shared state.
 pub(crate) struct Signaling {
     hub: Arc<Hub>,
-    verifier: TokenVerifier,
-    config: SignalConfig,
-    turn_config: Config,
+    settings: RwLock<Arc<Settings>>,
     server: Arc<Server>,
     stopping: watch::Sender<bool>,
+}
+
+/// What the config says about signaling; replaced whole on reload.
+struct Settings {
+    verifier: TokenVerifier,
+    config: SignalConfig,
+    /// The whole config with the listeners' bound addresses, for ICE URLs.
+    turn_config: Config,
+}
+
+impl Settings {
+    /// A browser may connect from icegate's own pages or a listed origin.
+    fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
+        let authority = origin
+            .split_once("://")
+            .map_or(origin, |(_, authority)| authority);
+        host.is_some_and(|host| host.eq_ignore_ascii_case(authority))
+            || self
+                .config
+                .allowed_origins
+                .iter()
+                .any(|allowed| allowed == "*" || allowed.eq_ignore_ascii_case(origin))
+    }
+
+    fn new(config: &Config) -> Arc<Self> {
+        match config.signal.auth {
+            SignalAuth::Off => {
+                if config.listen.iter().any(|l| l.services.http) {
+                    log::info!(
+                        "signaling is off: set signal.jwt-secrets, signal.jwt-public-keys \
+                         or signal.auth = \"none\" to serve /ws"
+                    );
+                }
+            }
+            SignalAuth::None => log::warn!(
+                "signal.auth = \"none\": anyone who can reach /ws may use signaling \
+                 and get TURN credentials"
+            ),
+            SignalAuth::Jwt => {}
+        }
+        Arc::new(Self {
+            verifier: TokenVerifier::new(&config.signal),
+            config: config.signal.clone(),
+            turn_config: config.clone(),
+        })
+    }
 }
 
 /// An HTTP answer that refuses the upgrade.
@@ -49,37 +93,40 @@ pub(crate) struct Refusal {
 }
 
 impl Signaling {
-    /// `None` when `[signal]` configures neither keys nor `auth = "none"`.
-    pub(crate) fn new(server: Arc<Server>, config: &Config) -> Option<Arc<Self>> {
-        match config.signal.auth {
-            SignalAuth::Off => {
-                if config.listen.iter().any(|l| l.services.http) {
-                    log::info!(
-                        "signaling is off: set signal.jwt-secrets, signal.jwt-public-keys \
-                         or signal.auth = \"none\" to serve /ws"
-                    );
-                }
-                return None;
-            }
-            SignalAuth::None => log::warn!(
-                "signal.auth = \"none\": anyone who can reach /ws may use signaling \
-                 and get TURN credentials"
-            ),
-            SignalAuth::Jwt => {}
-        }
-        Some(Arc::new(Self {
+    pub(crate) fn new(server: Arc<Server>, config: &Config) -> Arc<Self> {
+        Arc::new(Self {
             hub: Hub::new(config.signal.limits),
-            verifier: TokenVerifier::new(&config.signal),
-            config: config.signal.clone(),
-            turn_config: config.clone(),
+            settings: RwLock::new(Settings::new(config)),
             server,
             stopping: watch::Sender::new(false),
-        }))
+        })
+    }
+
+    /// Takes up a reloaded config: keys, origins and limits apply to new
+    /// connections; sessions already open keep going.
+    pub(crate) fn reconfigure(&self, config: &Config) {
+        self.hub.set_limits(config.signal.limits);
+        *self
+            .settings
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Settings::new(config);
+    }
+
+    fn settings(&self) -> Arc<Settings> {
+        self.settings
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Whether `/ws` is served: `[signal]` has keys or `auth = "none"`.
+    pub(crate) fn enabled(&self) -> bool {
+        self.settings().config.auth != SignalAuth::Off
     }
 
     /// Checks a token the way `/ws` does, for other routes that accept it.
     pub(crate) fn verify(&self, token: Option<&str>) -> Result<Claims, TokenError> {
-        self.verifier.verify(token)
+        self.settings().verifier.verify(token)
     }
 
     /// Closes every connection with 1001.
@@ -90,6 +137,7 @@ impl Signaling {
     /// ICE servers for `user`: STUN URLs, and TURN URLs with REST
     /// credentials when a REST secret is configured.
     pub(crate) fn ice_servers_for(&self, user: &str) -> Value {
+        let settings = self.settings();
         let minted = {
             let core = self.server.core();
             let credentials = core.credentials();
@@ -101,10 +149,10 @@ impl Signaling {
         };
         match minted {
             Some((username, password)) => {
-                ice::ice_servers(&self.turn_config, &username, &password)["iceServers"].take()
+                ice::ice_servers(&settings.turn_config, &username, &password)["iceServers"].take()
             }
             None => {
-                let (stun, _) = ice::urls(&self.turn_config);
+                let (stun, _) = ice::urls(&settings.turn_config);
                 if stun.is_empty() {
                     json!([])
                 } else {
@@ -123,11 +171,12 @@ impl Signaling {
         token: Option<String>,
         resume: Option<String>,
     ) -> Result<Response<Full<Bytes>>, Refusal> {
+        let settings = self.settings();
         let headers = request.headers();
         let key = websocket_key(headers)?;
         let origin = header_text(headers, header::ORIGIN);
         if let Some(origin) = origin.as_deref()
-            && !self.origin_allowed(origin, header_text(headers, header::HOST).as_deref())
+            && !settings.origin_allowed(origin, header_text(headers, header::HOST).as_deref())
         {
             event!(
                 info,
@@ -142,9 +191,9 @@ impl Signaling {
                 message: format!("origin {origin} is not in signal.allowed-origins"),
             });
         }
-        let claims = match self.config.auth {
+        let claims = match settings.config.auth {
             SignalAuth::None => None,
-            _ => match self.verifier.verify(token.as_deref()) {
+            _ => match settings.verifier.verify(token.as_deref()) {
                 Ok(claims) => Some(claims),
                 Err(error) => {
                     event!(
@@ -183,7 +232,7 @@ impl Signaling {
                     return;
                 }
             };
-            let limits = this.config.limits;
+            let limits = settings.config.limits;
             let hard_limit = limits.max_message_bytes as usize * HARD_SIZE_FACTOR;
             let ws_config = WebSocketConfig::default()
                 .max_message_size(Some(hard_limit))
@@ -239,19 +288,6 @@ impl Signaling {
                 .unwrap_or_else(|_| unreachable!("base64 is a valid header value")),
         );
         Ok(response)
-    }
-
-    /// A browser may connect from icegate's own pages or a listed origin.
-    fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
-        let authority = origin
-            .split_once("://")
-            .map_or(origin, |(_, authority)| authority);
-        host.is_some_and(|host| host.eq_ignore_ascii_case(authority))
-            || self
-                .config
-                .allowed_origins
-                .iter()
-                .any(|allowed| allowed == "*" || allowed.eq_ignore_ascii_case(origin))
     }
 
     /// Sessions and rooms right now.

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -36,14 +36,23 @@ const READ_CHUNK: usize = 16 * 1024;
 const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
 
 pub(crate) struct StreamListener {
-    listener: TcpListener,
+    socket: TcpListener,
     local: SocketAddr,
     transport: Transport,
     services: Services,
     /// The certificate and acceptor of a `tls` or `https` listener.
     tls: Option<(Arc<ReloadableCertificate>, TlsAcceptor)>,
-    /// Set by [`serve`], once the ICE URLs can name the bound ports.
-    http: Option<Arc<HttpApi>>,
+}
+
+/// What a connection needs of the listener that accepted it. The listening
+/// socket itself stays with the accept loop, so that ending the loop (a
+/// listener removed on reload) closes the port while connections go on.
+struct Endpoint {
+    local: SocketAddr,
+    transport: Transport,
+    services: Services,
+    tls: Option<(Arc<ReloadableCertificate>, TlsAcceptor)>,
+    http: Arc<HttpApi>,
 }
 
 impl StreamListener {
@@ -57,27 +66,20 @@ impl StreamListener {
             }
             None => None,
         };
-        let listener = bind_tcp(listen.address).map_err(|error| {
+        let socket = bind_tcp(listen.address).map_err(|error| {
             format!(
                 "cannot listen on {} {}: {error}",
                 listen.transport, listen.address
             )
         })?;
-        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        let local = socket.local_addr().map_err(|e| e.to_string())?;
         Ok(Self {
-            listener,
+            socket,
             local,
             transport: listen.transport,
             services: listen.services,
             tls,
-            http: None,
         })
-    }
-
-    fn http_api(&self) -> Arc<HttpApi> {
-        self.http
-            .clone()
-            .unwrap_or_else(|| unreachable!("serve sets it before accepting"))
     }
 
     pub(crate) fn local_addr(&self) -> SocketAddr {
@@ -111,7 +113,7 @@ fn bind_tcp(address: SocketAddr) -> io::Result<TcpListener> {
 /// Counts open connections, in total and per client IP, across all stream listeners.
 #[derive(Debug)]
 pub(crate) struct ConnectionTracker {
-    limits: ConnectionLimits,
+    limits: RwLock<ConnectionLimits>,
     open: Mutex<(u32, HashMap<IpAddr, u32>)>,
 }
 
@@ -124,9 +126,24 @@ struct Admission {
 impl ConnectionTracker {
     pub(crate) fn new(limits: ConnectionLimits) -> Arc<Self> {
         Arc::new(Self {
-            limits,
+            limits: RwLock::new(limits),
             open: Mutex::new((0, HashMap::new())),
         })
+    }
+
+    pub(crate) fn limits(&self) -> ConnectionLimits {
+        *self
+            .limits
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// New limits for connections accepted from now on.
+    pub(crate) fn set_limits(&self, limits: ConnectionLimits) {
+        *self
+            .limits
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = limits;
     }
 
     /// TCP and TLS connections open right now.
@@ -144,7 +161,8 @@ impl ConnectionTracker {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (total, per_ip) = &mut *open;
         let from_ip = per_ip.entry(ip).or_default();
-        if *total >= self.limits.max_connections || *from_ip >= self.limits.max_connections_per_ip {
+        let limits = self.limits();
+        if *total >= limits.max_connections || *from_ip >= limits.max_connections_per_ip {
             if *from_ip == 0 {
                 per_ip.remove(&ip);
             }
@@ -180,22 +198,30 @@ impl Drop for Admission {
 /// Accepts connections until the process ends; one accept error never ends it.
 pub(crate) async fn serve(
     server: Arc<Server>,
-    mut listener: StreamListener,
+    listener: StreamListener,
     tracker: Arc<ConnectionTracker>,
     http: Arc<HttpApi>,
 ) {
-    listener.http = Some(http);
-    let listener = Arc::new(listener);
+    let StreamListener {
+        socket,
+        local,
+        transport,
+        services,
+        tls,
+    } = listener;
+    let listener = Arc::new(Endpoint {
+        local,
+        transport,
+        services,
+        tls,
+        http,
+    });
     loop {
-        let (tcp, client) = match listener.listener.accept().await {
+        let (tcp, client) = match socket.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
                 // Out of descriptors or memory: wait instead of spinning.
-                log::warn!(
-                    "{} listener {} accept error: {error}",
-                    listener.transport(),
-                    listener.local
-                );
+                log::warn!("{transport} listener {local} accept error: {error}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -207,7 +233,7 @@ pub(crate) async fn serve(
         };
         let server = server.clone();
         let listener = listener.clone();
-        let limits = tracker.limits;
+        let limits = tracker.limits();
         tokio::spawn(async move {
             accept_connection(&server, &listener, tcp, client, limits).await;
             drop(admission);
@@ -217,7 +243,7 @@ pub(crate) async fn serve(
 
 async fn accept_connection(
     server: &Arc<Server>,
-    listener: &StreamListener,
+    listener: &Endpoint,
     tcp: TcpStream,
     client: SocketAddr,
     limits: ConnectionLimits,
@@ -243,7 +269,7 @@ async fn accept_connection(
     if first[0] != TLS_HANDSHAKE {
         match listener.transport {
             Transport::Http => {
-                http::serve_connection(listener.http_api(), tcp, client).await;
+                http::serve_connection(listener.http.clone(), tcp, client).await;
             }
             // A tls listener serves plain TCP too, as coturn users expect.
             Transport::Tcp | Transport::Tls if listener.services.turn => {
@@ -279,7 +305,7 @@ async fn accept_connection(
     };
     let services = listener.services;
     if !services.turn {
-        http::serve_connection(listener.http_api(), tls, client).await;
+        http::serve_connection(listener.http.clone(), tls, client).await;
         return;
     }
     if !services.http {
@@ -299,7 +325,7 @@ async fn accept_connection(
         run_connection(server, tls, five_tuple(Transport::Tls), first_bytes, limits).await;
     } else {
         let prefixed = http::Prefixed::new(first_bytes, tls);
-        http::serve_connection(listener.http_api(), prefixed, client).await;
+        http::serve_connection(listener.http.clone(), prefixed, client).await;
     }
 }
 

@@ -87,31 +87,27 @@ fn pem_message(path: &Path, error: &rustls::pki_types::pem::Error) -> String {
 /// The certificate a listener presents, replaceable at run time.
 #[derive(Debug)]
 pub(crate) struct ReloadableCertificate {
-    files: TlsFiles,
-    current: RwLock<Arc<CertifiedKey>>,
+    /// The files and what was read from them, swapped together.
+    current: RwLock<(TlsFiles, Arc<CertifiedKey>)>,
 }
 
 impl ReloadableCertificate {
     pub(crate) fn new(files: TlsFiles) -> Result<Arc<Self>, TlsProblem> {
         let current = load_certified_key(&files)?;
         Ok(Arc::new(Self {
-            files,
-            current: RwLock::new(current),
+            current: RwLock::new((files, current)),
         }))
     }
 
-    /// Re-reads the files; on failure the old certificate stays in use.
-    pub(crate) fn reload(&self) -> Result<(), TlsProblem> {
-        let fresh = load_certified_key(&self.files)?;
+    /// Reads `files` (the same or others); on failure the old certificate
+    /// stays in use.
+    pub(crate) fn reload_from(&self, files: TlsFiles) -> Result<(), TlsProblem> {
+        let fresh = load_certified_key(&files)?;
         *self
             .current
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = (files, fresh);
         Ok(())
-    }
-
-    pub(crate) fn files(&self) -> &TlsFiles {
-        &self.files
     }
 
     /// A rustls server config serving this certificate (TLS 1.2 and 1.3),
@@ -139,6 +135,7 @@ impl ResolvesServerCert for ReloadableCertificate {
             self.current
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .1
                 .clone(),
         )
     }

@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use tokio::net::UdpSocket;
 
 use crate::auth::{CredentialStore, LongTermKey};
-use crate::config::{Config, RelayConfig};
+use crate::config::{Config, PortRange, RelayConfig, Transport};
 use crate::logging::event;
 use crate::policy::PeerPolicy;
 use crate::reject::{Reject, RejectCounters};
@@ -68,6 +68,18 @@ struct Limits {
 }
 
 impl Limits {
+    fn of(relay: &RelayConfig) -> Self {
+        Self {
+            default_lifetime: relay.default_lifetime,
+            max_lifetime: relay.max_lifetime,
+            permission_lifetime: relay.permission_lifetime,
+            channel_lifetime: relay.channel_lifetime,
+            max_allocations: relay.max_allocations,
+            max_allocations_per_user: relay.max_allocations_per_user,
+            rfc5766_channel_numbers: relay.rfc5766_channel_numbers,
+        }
+    }
+
     /// RFC 8656 §12 allows 0x4000–0x4FFF; RFC 5766 allowed up to 0x7FFF.
     fn valid_channel(&self, number: u16) -> bool {
         let last = if self.rfc5766_channel_numbers {
@@ -101,6 +113,9 @@ struct Request<'m, 'a> {
 
 pub(crate) struct Core {
     credentials: CredentialStore,
+    nonce_key: [u8; 32],
+    /// The relay port range the pool was made for (a restart changes it).
+    ports_range: PortRange,
     policy: PeerPolicy,
     limits: Limits,
     relay_v4: Option<RelayEndpoint>,
@@ -117,16 +132,10 @@ impl Core {
         let relay = &config.relay;
         Self {
             credentials: CredentialStore::new(&config.realm, &config.auth, nonce_key),
+            nonce_key,
+            ports_range: relay.ports,
             policy: PeerPolicy::new(&relay.allow_peers, &relay.deny_peers),
-            limits: Limits {
-                default_lifetime: relay.default_lifetime,
-                max_lifetime: relay.max_lifetime,
-                permission_lifetime: relay.permission_lifetime,
-                channel_lifetime: relay.channel_lifetime,
-                max_allocations: relay.max_allocations,
-                max_allocations_per_user: relay.max_allocations_per_user,
-                rfc5766_channel_numbers: relay.rfc5766_channel_numbers,
-            },
+            limits: Limits::of(relay),
             relay_v4: endpoint(relay, true),
             relay_v6: endpoint(relay, false),
             table: AllocationTable::default(),
@@ -139,6 +148,61 @@ impl Core {
 
     pub(crate) fn credentials(&self) -> &CredentialStore {
         &self.credentials
+    }
+
+    /// Applies a reloaded config: credentials, peer policy, quotas,
+    /// lifetimes and relay addresses for what comes next. Allocations whose
+    /// user can no longer authenticate with the key it used (a removed
+    /// static user, a removed REST secret, a changed realm) are ended.
+    /// Returns what needs a restart instead.
+    pub(crate) fn reconfigure(&mut self, config: &Config, unix_now: u64) -> Vec<String> {
+        let relay = &config.relay;
+        self.credentials = CredentialStore::new(&config.realm, &config.auth, self.nonce_key);
+        self.policy = PeerPolicy::new(&relay.allow_peers, &relay.deny_peers);
+        self.limits = Limits::of(relay);
+        self.relay_v4 = endpoint(relay, true);
+        self.relay_v6 = endpoint(relay, false);
+        let orphaned: Vec<AllocId> = self
+            .table
+            .iter()
+            .filter(|allocation| {
+                // An expired REST username is no reason: its next Refresh fails anyway.
+                match self.credentials.keys(&allocation.username, unix_now) {
+                    Ok(keys) => !keys.iter().any(|key| *key == allocation.key),
+                    Err(reject) => reject != Reject::ExpiredCredentials,
+                }
+            })
+            .map(|allocation| allocation.id)
+            .collect();
+        for id in orphaned {
+            self.remove(id, "allocation-deleted-user-removed");
+        }
+        let mut needs_restart = Vec::new();
+        if relay.ports != self.ports_range {
+            needs_restart.push(format!(
+                "relay.ports {} (still using {})",
+                relay.ports, self.ports_range
+            ));
+        }
+        needs_restart
+    }
+
+    /// Ends the allocations made through the UDP listener bound to `local`
+    /// (when that listener goes away on reload).
+    pub(crate) fn end_listener(&mut self, local: SocketAddr) {
+        let ended: Vec<AllocId> = self
+            .table
+            .iter()
+            .filter(|a| {
+                a.five_tuple.transport == Transport::Udp
+                    && a.five_tuple.server.port() == local.port()
+                    && (local.ip().is_unspecified() || a.five_tuple.server.ip() == local.ip())
+            })
+            .map(|a| a.id)
+            .collect();
+        for id in ended {
+            self.remove(id, "allocation-deleted-listener-removed");
+        }
     }
 
     pub(crate) fn allocation_count(&self) -> usize {

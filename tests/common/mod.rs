@@ -27,6 +27,7 @@ use sha1::Sha1;
 pub mod browser;
 pub mod coturn;
 pub mod signal;
+pub mod turn;
 
 pub const REALM: &str = "test.local";
 pub const SECRET: &str = "integration-test-secret";
