@@ -10,8 +10,8 @@
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::config::Config;
 use crate::ice;
 use crate::logging::event;
+use crate::reloadable::Reloadable;
 use crate::server::{Server, unix_now};
 use crate::signal::Signaling;
 
@@ -39,7 +40,7 @@ const CLIENT_LIBRARY: &str = include_str!("../web/icegate.js");
 pub(crate) struct HttpApi {
     server: Arc<Server>,
     signal: Arc<Signaling>,
-    settings: RwLock<Arc<HttpSettings>>,
+    settings: Reloadable<HttpSettings>,
 }
 
 /// The part of the config the routes use; replaced whole on reload.
@@ -101,23 +102,17 @@ impl HttpApi {
         Arc::new(Self {
             server,
             signal,
-            settings: RwLock::new(HttpSettings::new(config)),
+            settings: Reloadable::new(HttpSettings::new(config)),
         })
     }
 
     /// Takes up a reloaded config (with the listeners' bound addresses).
     pub(crate) fn reconfigure(&self, config: &Config) {
-        *self
-            .settings
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = HttpSettings::new(config);
+        self.settings.set(HttpSettings::new(config));
     }
 
     fn settings(&self) -> Arc<HttpSettings> {
-        self.settings
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.settings.get()
     }
 
     fn route(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {

@@ -22,6 +22,7 @@ mod ice;
 mod logging;
 mod policy;
 mod reject;
+mod reloadable;
 mod server;
 mod signal;
 mod stun;

@@ -455,15 +455,8 @@ impl Hub {
             .rooms
             .remove(room)
             .ok_or_else(|| not_in_room(room))?;
-        event!(
-            info,
-            "signal-leave",
-            user = session.user,
-            room = room,
-            peer = peer,
-            reason = "left"
-        );
-        remove_member(state, room, &peer, LeaveReason::Left);
+        let user = session.user.clone();
+        leave_room(state, &user, room, &peer, LeaveReason::Left);
         Ok(())
     }
 
@@ -563,19 +556,20 @@ fn end_session(state: &mut HubState, id: SessionId, reason: LeaveReason) {
     };
     state.resume_tokens.remove(&session.resume_token);
     for (room, peer) in &session.rooms {
-        event!(
-            info,
-            "signal-leave",
-            user = session.user,
-            room = room,
-            peer = peer,
-            reason = reason.as_str()
-        );
-        remove_member(state, room, peer, reason);
+        leave_room(state, &session.user, room, peer, reason);
     }
 }
 
-fn remove_member(state: &mut HubState, room: &str, peer: &str, reason: LeaveReason) {
+/// Takes `peer` out of `room`, logged, and tells the others.
+fn leave_room(state: &mut HubState, user: &str, room: &str, peer: &str, reason: LeaveReason) {
+    event!(
+        info,
+        "signal-leave",
+        user = user,
+        room = room,
+        peer = peer,
+        reason = reason.as_str()
+    );
     let Some(entry) = state.rooms.get_mut(room) else {
         return;
     };

@@ -8,7 +8,7 @@ mod session;
 pub(crate) mod token;
 
 use std::net::IpAddr;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use crate::config::{Config, SignalAuth, SignalConfig};
 use crate::ice;
 use crate::logging::event;
+use crate::reloadable::Reloadable;
 use crate::server::{Server, unix_now};
 use hub::Hub;
 use token::{Claims, TokenError, TokenVerifier};
@@ -34,7 +35,7 @@ const HARD_SIZE_FACTOR: usize = 4;
 /// The signaling endpoint's shared state.
 pub(crate) struct Signaling {
     hub: Arc<Hub>,
-    settings: RwLock<Arc<Settings>>,
+    settings: Reloadable<Settings>,
     server: Arc<Server>,
     stopping: watch::Sender<bool>,
 }
@@ -96,7 +97,7 @@ impl Signaling {
     pub(crate) fn new(server: Arc<Server>, config: &Config) -> Arc<Self> {
         Arc::new(Self {
             hub: Hub::new(config.signal.limits),
-            settings: RwLock::new(Settings::new(config)),
+            settings: Reloadable::new(Settings::new(config)),
             server,
             stopping: watch::Sender::new(false),
         })
@@ -106,17 +107,11 @@ impl Signaling {
     /// connections; sessions already open keep going.
     pub(crate) fn reconfigure(&self, config: &Config) {
         self.hub.set_limits(config.signal.limits);
-        *self
-            .settings
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = Settings::new(config);
+        self.settings.set(Settings::new(config));
     }
 
     fn settings(&self) -> Arc<Settings> {
-        self.settings
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.settings.get()
     }
 
     /// Whether `/ws` is served: `[signal]` has keys or `auth = "none"`.
