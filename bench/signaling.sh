@@ -210,16 +210,18 @@ function ratio(a, b) { return (a == "" || b == "" || b + 0 == 0) ? "-" : sprintf
 	s = r["server"]; n = r["n"]
 	if (!((s, n) in seen)) { seen[s, n] = 1; rows[++nrows] = s SUBSEP n; if (!(n in ns)) { ns[n] = 1; nlist[++nn] = n } }
 	runs[s, n]++
+	# how busy the rest of the machine was in the busier of the two signal phases
+	if (r["f_bg_cores"] ~ /^-?[0-9.]+$/ && r["m_bg_cores"] ~ /^-?[0-9.]+$/) r["bg_max"] = (r["f_bg_cores"] > r["m_bg_cores"] + 0) ? r["f_bg_cores"] : r["m_bg_cores"]
 	for (k in r) if (r[k] != "-" && r[k] ~ /^-?[0-9.]+$/) vals[s, n, k] = vals[s, n, k] (vals[s, n, k] == "" ? "" : " ") r[k]
 }
 END {
-	split("conn_ok rss_kb_per_conn conn_cpu_us idle_cpu_pct f_deliv_pct f_p50_ms f_p99_ms f_cpu_us_per_msg m_msgs_per_s m_cpu_us_per_msg m_srv_cores m_gen_cores rss_closed_kb", cols, " ")
-	print "\n| N | server | runs | joined | RSS KB/conn | srv µs/join | idle CPU % | fixed deliv % | p50 ms | p99 ms | srv µs/deliv | max deliv/s | srv µs/deliv at max | srv cores | gen cores | RSS closed MB |"
-	print "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+	split("conn_ok rss_kb_per_conn conn_cpu_us idle_cpu_pct f_deliv_pct f_p50_ms f_p99_ms f_cpu_us_per_msg m_msgs_per_s m_cpu_us_per_msg m_srv_cores m_gen_cores bg_max rss_closed_kb", cols, " ")
+	print "\n| N | server | runs | joined | RSS KB/conn | srv µs/join | idle CPU % | fixed deliv % | p50 ms | p99 ms | srv µs/deliv | max deliv/s | srv µs/deliv at max | srv cores | gen cores | bg cores | RSS closed MB |"
+	print "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 	for (a = 1; a <= nn; a++) for (i = 1; i <= nrows; i++) {
 		split(rows[i], sn, SUBSEP); if (sn[2] != nlist[a]) continue
 		line = "| " sn[2] " | " sn[1] " | " runs[sn[1], sn[2]]
-		for (c = 1; c <= 13; c++) {
+		for (c = 1; c <= 14; c++) {
 			m = median(sn[1] SUBSEP sn[2] SUBSEP cols[c])
 			if (cols[c] == "rss_closed_kb" && m != "") m = m / 1024
 			line = line " | " (cols[c] == "conn_ok" ? (m == "" ? "-" : m) : fmt(m))

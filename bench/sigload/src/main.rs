@@ -229,6 +229,9 @@ struct Counts {
     server_errors: BTreeMap<String, u64>,
     /// Clients that could not join, by reason.
     join_failures: BTreeMap<String, u64>,
+    /// Per joined client, µs from its TCP connect to `welcome`, and from `join` sent to `joined`.
+    welcome_us: Vec<u32>,
+    joined_us: Vec<u32>,
 }
 
 struct State {
@@ -446,8 +449,10 @@ async fn await_type(ws: &mut Ws, want: &str) -> Result<(), String> {
     Err(format!("closed-before-{want}"))
 }
 
-/// Connects client `me`, waits for `welcome`, joins its room and waits for `joined`.
-async fn join_one(o: &Opts, me: u32, room: u32) -> Result<Ws, String> {
+/// Connects client `me`, waits for `welcome`, joins its room and waits for `joined`;
+/// also returns how long each of the two steps took.
+async fn join_one(o: &Opts, me: u32, room: u32) -> Result<(Ws, Duration, Duration), String> {
+    let started = Instant::now();
     let tcp = TcpStream::connect(("127.0.0.1", o.port)).await.map_err(|e| format!("connect-{:?}", e.kind()).to_lowercase())?;
     tcp.set_nodelay(true).map_err(|_| "nodelay".to_owned())?;
     let query = o.token.as_ref().map(|t| format!("?token={t}")).unwrap_or_default();
@@ -457,10 +462,11 @@ async fn join_one(o: &Opts, me: u32, room: u32) -> Result<Ws, String> {
     let config = WebSocketConfig::default().read_buffer_size(8 * 1024);
     let (mut ws, _) = client_async_with_config(url, tcp, Some(config)).await.map_err(|e| failure_kind(&e))?;
     await_type(&mut ws, "welcome").await?;
+    let welcomed = Instant::now();
     let join = serde_json::json!({"type": "join", "id": me, "room": format!("bench-{room}"), "peer": format!("c{me}")});
     ws.send(Message::text(join.to_string())).await.map_err(|e| failure_kind(&e))?;
     await_type(&mut ws, "joined").await?;
-    Ok(ws)
+    Ok((ws, welcomed - started, welcomed.elapsed()))
 }
 
 async fn connect_all(s: &Shared) -> usize {
@@ -475,8 +481,8 @@ async fn connect_all(s: &Shared) -> usize {
             let Ok(_permit) = gate.acquire().await else { return false };
             let room = s.borrow().clients[me as usize].room;
             let limit = (tokio::time::Instant::now() + Duration::from_secs(o.connect_secs)).min(phase_end);
-            let ws = match timeout_at(limit, join_one(&o, me, room)).await {
-                Ok(Ok(ws)) => ws,
+            let (ws, to_welcome, to_joined) = match timeout_at(limit, join_one(&o, me, room)).await {
+                Ok(Ok(joined)) => joined,
                 Ok(Err(why)) => return fail(&s, why),
                 Err(_) => return fail(&s, "timeout".into()),
             };
@@ -488,6 +494,8 @@ async fn connect_all(s: &Shared) -> usize {
                 c.tx = Some(tx);
                 c.ready = true;
                 st.readers += 1;
+                st.counts.welcome_us.push(micros(to_welcome));
+                st.counts.joined_us.push(micros(to_joined));
             }
             spawn_local(write_loop(wr, rx));
             spawn_local(read_loop(s, me, rd));
@@ -501,6 +509,10 @@ async fn connect_all(s: &Shared) -> usize {
         }
     }
     ok
+}
+
+fn micros(d: Duration) -> u32 {
+    u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
 }
 
 fn fail(s: &Shared, why: String) -> bool {
@@ -596,6 +608,12 @@ async fn run(s: Shared, out: Out) {
         let st = s.borrow();
         let why: Vec<String> = st.counts.join_failures.iter().map(|(k, v)| format!("{k}:{v}")).collect();
         put(&out, "conn_fail_why", if why.is_empty() { "-".into() } else { why.join(",") });
+    }
+    {
+        let mut st = s.borrow_mut();
+        let c = &mut st.counts;
+        put_delays(&out, "conn_welcome_", &mut c.welcome_us);
+        put_delays(&out, "conn_joined_", &mut c.joined_us);
     }
     eprintln!("sigload: {ok}/{} clients joined in {:.1} s", o.n, spent.wall);
 
@@ -823,6 +841,13 @@ fn summary(out: &Out) {
         g("conn_per_s"),
         g("conn_cpu_us"),
         g("conn_fail_why")
+    );
+    eprintln!(
+        "               connect to welcome p50 {} ms, p99 {} ms; join to joined p50 {} ms, p99 {} ms",
+        g("conn_welcome_p50_ms"),
+        g("conn_welcome_p99_ms"),
+        g("conn_joined_p50_ms"),
+        g("conn_joined_p99_ms")
     );
     eprintln!(
         "  memory       RSS {} KB before clients, {} KB with them idle: {} KB per connection; {} KB after close; idle CPU {} %",
