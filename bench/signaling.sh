@@ -9,10 +9,11 @@
 #        [--anchors] [--no-pin] [-- SIGLOAD_ARGS...]
 #
 #   -n LIST     connection counts (default "1000 5000 10000")
-#   -r REPS     repetitions of icegate per N (default 1); the table shows medians
+#   -r REPS     repetitions per N, of icegate and of each anchor (default 1); the
+#               table shows medians
 #   -o OUT_DIR  results.txt, configs and logs (default: a fresh dir under /tmp)
 #   --anchors   also run the shared harness (HARNESS, default
-#               ../shared/bench/signaling/run-signaling-anchors.sh) once per N; it is
+#               ../shared/bench/signaling/run-signaling-anchors.sh) for the same N; it is
 #               copied to ANCHOR_DIR (default ~/.cache/icegate-bench/signaling-anchors)
 #               and set up there (npm ci, its generator's build), never in place
 #   --no-pin    no taskset; by default icegate runs on CPU $SERVER_CPUS (1) and the
@@ -22,7 +23,9 @@
 # Environment: CARGO_TARGET_DIR (where icegate and sigload are built), ICEGATE (a
 # binary to use instead of building one), BASE_PORT (18600), SERVER_CPUS, GEN_CPUS,
 # NOFILE (16384, or N + 1024 if larger; capped at the hard limit), QUIET_CORES (0.3)
-# and QUIET_WAIT (20 s): before each run wait until the rest of the machine is idle.
+# and QUIET_WAIT (20 s): before each run wait until the rest of the machine is idle;
+# MAX_BG (e.g. 0.3): leave out of the table runs during which other processes used
+# more cores than this in a signal phase.
 set -uo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -36,7 +39,7 @@ while [[ $# -gt 0 ]]; do
 	--anchors) ANCHORS=1; shift ;;
 	--no-pin) PIN=0; shift ;;
 	--) shift; GEN_ARGS=("$@"); break ;;
-	-h | --help) sed -n '2,26p' "$0"; exit 0 ;;
+	-h | --help) sed -n '2,30p' "$0"; exit 0 ;;
 	*) echo "unknown argument $1 (-h for help)" >&2; exit 2 ;;
 	esac
 done
@@ -182,7 +185,7 @@ if ((ANCHORS)); then
 		((PIN)) || pin_arg=(--no-pin)
 		echo "== anchors (PeerJS, y-webrtc) from $ANCHOR_DIR" >&2
 		# The harness looks for its generator in its own siggen/target.
-		env -u CARGO_TARGET_DIR "$ANCHOR_DIR/run-signaling-anchors.sh" -r 1 -n "$NS" -o "$OUT_DIR/anchors" "${pin_arg[@]}" >"$OUT_DIR/anchors.summary" 2>&1 ||
+		env -u CARGO_TARGET_DIR "$ANCHOR_DIR/run-signaling-anchors.sh" -r "$REPS" -n "$NS" -o "$OUT_DIR/anchors" "${pin_arg[@]}" >"$OUT_DIR/anchors.summary" 2>&1 ||
 			echo "  anchor harness exit $? (see $OUT_DIR/anchors.summary)" >&2
 		ANCHOR_RESULTS=$OUT_DIR/anchors/results.txt
 		[[ -f $ANCHOR_RESULTS ]] || { echo "no anchor results; see $OUT_DIR/anchors.summary" >&2; ANCHOR_RESULTS=""; }
@@ -190,7 +193,7 @@ if ((ANCHORS)); then
 fi
 
 # ---- table: medians per (server, N), then anchor ÷ icegate ----
-awk -v pin="$PIN" '
+awk -v pin="$PIN" -v max_bg="${MAX_BG:-}" '
 function median(key,    n, i, j, t, v) {
 	n = split(vals[key], v, " ")
 	if (n == 0 || vals[key] == "") return ""
@@ -207,19 +210,21 @@ function ratio(a, b) { return (a == "" || b == "" || b + 0 == 0) ? "-" : sprintf
 	delete r
 	for (i = 1; i <= NF; i++) { k = substr($i, 1, index($i, "=") - 1); r[k] = substr($i, index($i, "=") + 1) }
 	if (!("server" in r) || r["pin"] != pin || ("aborted" in r)) { if ("aborted" in r) aborted = aborted "\n  " $0; next }
+	# how busy the rest of the machine was in the busier of the two signal phases
+	if (r["f_bg_cores"] ~ /^-?[0-9.]+$/ && r["m_bg_cores"] ~ /^-?[0-9.]+$/) r["bg_max"] = (r["f_bg_cores"] > r["m_bg_cores"] + 0) ? r["f_bg_cores"] : r["m_bg_cores"]
+	if (max_bg != "" && ("bg_max" in r) && r["bg_max"] > max_bg + 0) { busy++; next }
 	s = r["server"]; n = r["n"]
 	if (!((s, n) in seen)) { seen[s, n] = 1; rows[++nrows] = s SUBSEP n; if (!(n in ns)) { ns[n] = 1; nlist[++nn] = n } }
 	runs[s, n]++
-	# how busy the rest of the machine was in the busier of the two signal phases
-	if (r["f_bg_cores"] ~ /^-?[0-9.]+$/ && r["m_bg_cores"] ~ /^-?[0-9.]+$/) r["bg_max"] = (r["f_bg_cores"] > r["m_bg_cores"] + 0) ? r["f_bg_cores"] : r["m_bg_cores"]
 	for (k in r) if (r[k] != "-" && r[k] ~ /^-?[0-9.]+$/) vals[s, n, k] = vals[s, n, k] (vals[s, n, k] == "" ? "" : " ") r[k]
 }
 END {
 	split("conn_ok rss_kb_per_conn conn_cpu_us idle_cpu_pct f_deliv_pct f_p50_ms f_p99_ms f_cpu_us_per_msg m_msgs_per_s m_cpu_us_per_msg m_srv_cores m_gen_cores bg_max rss_closed_kb", cols, " ")
 	print "\n| N | server | runs | joined | RSS KB/conn | srv µs/join | idle CPU % | fixed deliv % | p50 ms | p99 ms | srv µs/deliv | max deliv/s | srv µs/deliv at max | srv cores | gen cores | bg cores | RSS closed MB |"
 	print "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-	for (a = 1; a <= nn; a++) for (i = 1; i <= nrows; i++) {
-		split(rows[i], sn, SUBSEP); if (sn[2] != nlist[a]) continue
+	for (a = 1; a <= nn; a++) for (pass = 1; pass <= 2; pass++) for (i = 1; i <= nrows; i++) {
+		split(rows[i], sn, SUBSEP) # icegate first, then the anchors
+		if (sn[2] != nlist[a] || (sn[1] == "icegate") != (pass == 1)) continue
 		line = "| " sn[2] " | " sn[1] " | " runs[sn[1], sn[2]]
 		for (c = 1; c <= 14; c++) {
 			m = median(sn[1] SUBSEP sn[2] SUBSEP cols[c])
@@ -247,6 +252,7 @@ END {
 				" | " ratio(median(g "m_msgs_per_s"), median(o "m_msgs_per_s")) " |"
 		}
 	}
+	if (busy) print "\n(" busy " runs left out: other processes used more than " max_bg " cores)"
 	if (aborted != "") print "\naborted runs:" aborted
 }' "$RESULTS" ${ANCHOR_RESULTS:+"$ANCHOR_RESULTS"}
 echo
