@@ -102,8 +102,6 @@ secrets = ["signaling-bench-only-0123456789abcdef"]
 [connections]
 max-connections = $limit
 max-connections-per-ip = $limit
-# Clients idle between phases longer than the default minute at large N.
-idle-timeout = "10m"
 [signal]
 auth = "none"
 max-connections = $limit
