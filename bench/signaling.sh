@@ -39,7 +39,7 @@ while [[ $# -gt 0 ]]; do
 	--anchors) ANCHORS=1; shift ;;
 	--no-pin) PIN=0; shift ;;
 	--) shift; GEN_ARGS=("$@"); break ;;
-	-h | --help) sed -n '2,30p' "$0"; exit 0 ;;
+	-h | --help) sed -n '2,28p' "$0"; exit 0 ;;
 	*) echo "unknown argument $1 (-h for help)" >&2; exit 2 ;;
 	esac
 done
