@@ -29,6 +29,9 @@ use crate::server::{Server, unix_now};
 use hub::Hub;
 use token::{Claims, TokenError, TokenVerifier};
 
+/// What one read from a signaling connection takes at most; larger frames
+/// arrive over several reads.
+const READ_BUFFER_BYTES: usize = 8 * 1024;
 /// Frames larger than this many times `max-message-bytes` are not even read.
 const HARD_SIZE_FACTOR: usize = 4;
 
@@ -229,7 +232,10 @@ impl Signaling {
             };
             let limits = settings.config.limits;
             let hard_limit = limits.max_message_bytes as usize * HARD_SIZE_FACTOR;
+            // tungstenite's default 128 KiB read buffer is allocated and
+            // zeroed per connection and per read; signaling frames are small.
             let ws_config = WebSocketConfig::default()
+                .read_buffer_size(READ_BUFFER_BYTES)
                 .max_message_size(Some(hard_limit))
                 .max_frame_size(Some(hard_limit));
             let ws = WebSocketStream::from_raw_socket(
