@@ -66,21 +66,6 @@ impl Settings {
     }
 
     fn new(config: &Config) -> Arc<Self> {
-        match config.signal.auth {
-            SignalAuth::Off => {
-                if config.listen.iter().any(|l| l.services.http) {
-                    log::info!(
-                        "signaling is off: set signal.jwt-secrets, signal.jwt-public-keys \
-                         or signal.auth = \"none\" to serve /ws"
-                    );
-                }
-            }
-            SignalAuth::None => log::warn!(
-                "signal.auth = \"none\": anyone who can reach /ws may use signaling \
-                 and get TURN credentials"
-            ),
-            SignalAuth::Jwt => {}
-        }
         Arc::new(Self {
             verifier: TokenVerifier::new(&config.signal),
             config: config.signal.clone(),
@@ -106,9 +91,25 @@ impl Signaling {
         })
     }
 
-    /// Takes up a reloaded config: keys, origins and limits apply to new
-    /// connections; sessions already open keep going.
+    /// Takes up the config (at start, with the bound addresses, and on each
+    /// reload): keys, origins and limits apply to new connections; sessions
+    /// already open keep going.
     pub(crate) fn reconfigure(&self, config: &Config) {
+        match config.signal.auth {
+            SignalAuth::Off => {
+                if config.listen.iter().any(|l| l.services.http) {
+                    log::info!(
+                        "signaling is off: set signal.jwt-secrets, signal.jwt-public-keys \
+                         or signal.auth = \"none\" to serve /ws"
+                    );
+                }
+            }
+            SignalAuth::None => log::warn!(
+                "signal.auth = \"none\": anyone who can reach /ws may use signaling \
+                 and get TURN credentials"
+            ),
+            SignalAuth::Jwt => {}
+        }
         self.hub.set_limits(config.signal.limits);
         self.settings.set(Settings::new(config));
     }
