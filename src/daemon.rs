@@ -61,6 +61,7 @@ async fn serve(config: Config, origin: Origin) -> std::io::Result<()> {
     }
     daemon.take_up_bound_addresses();
     tokio::spawn(daemon.server.clone().run_timers());
+    let mut signals = Signals::watch();
     print_banner(&daemon.bound_config(), &origin, &daemon.server);
     event!(
         info,
@@ -78,7 +79,7 @@ async fn serve(config: Config, origin: Origin) -> std::io::Result<()> {
     };
     systemd::notify(&[NotifyState::Ready, NotifyState::Status(&status.line())]);
     tokio::spawn(status.clone().report());
-    wait_for_shutdown(&mut daemon, &origin).await;
+    wait_for_shutdown(&mut signals, &mut daemon, &origin).await;
     systemd::notify(&[NotifyState::Stopping]);
     let (sessions, rooms) = daemon.signal.counts();
     if sessions > 0 {
@@ -341,23 +342,34 @@ fn print_banner(config: &Config, origin: &Origin, server: &Arc<Server>) {
     let _ = stdout.flush();
 }
 
+/// SIGTERM and SIGHUP, watched from before "ready" is announced: a service
+/// manager may send either as soon as it hears it.
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn watch() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate())
+            .inspect_err(|error| log::warn!("cannot watch SIGTERM: {error}"))
+            .ok();
+        // SIGHUP would otherwise end the process (its default action).
+        let hangup = signal(SignalKind::hangup())
+            .inspect_err(|error| log::warn!("cannot watch SIGHUP: {error}"))
+            .ok();
+        Self { term, hangup }
+    }
+}
+
 /// Reloads on SIGHUP until SIGTERM or Ctrl-C.
-async fn wait_for_shutdown(daemon: &mut Daemon, origin: &Origin) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(error) => {
-            log::warn!("cannot watch SIGTERM: {error}");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    // SIGHUP would otherwise end the process (its default action).
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+async fn wait_for_shutdown(signals: &mut Signals, daemon: &mut Daemon, origin: &Origin) {
     loop {
         tokio::select! {
-            _ = term.recv() => return,
+            Some(()) = async { signals.term.as_mut()?.recv().await } => return,
             _ = tokio::signal::ctrl_c() => return,
-            Some(()) = async { hangup.as_mut()?.recv().await } => {
+            Some(()) = async { signals.hangup.as_mut()?.recv().await } => {
                 let _ = reload(daemon, origin);
             }
         }
