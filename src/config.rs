@@ -48,6 +48,10 @@ const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 const DEFAULT_MAX_CONNECTIONS_PER_IP: u32 = 64;
 const DEFAULT_MAX_QUEUED_BYTES: u32 = 256 * 1024;
 const DEFAULT_MAX_FRAME_BYTES: u32 = 16 * 1024;
+/// How long SIGTERM waits for allocations to end (systemd's TimeoutStopSec must be longer).
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+const DEFAULT_ADMIN_ADDRESS: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9641);
 /// The largest frame the stream format can carry: a STUN header plus a 16-bit length.
 const LARGEST_FRAME_BYTES: u32 = 20 + 0xFFFF;
 
@@ -98,6 +102,27 @@ pub(crate) struct Config {
     pub(crate) connections: ConnectionLimits,
     pub(crate) http: HttpConfig,
     pub(crate) signal: SignalConfig,
+    /// How long a SIGTERM drain waits for allocations to end before exiting.
+    pub(crate) shutdown_grace: Duration,
+    pub(crate) admin: AdminConfig,
+}
+
+/// The `[admin]` table: where `/metrics`, `/healthz`, `/allocations`,
+/// `/drain` and `/reload` are served. `Debug` redacts the token.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct AdminConfig {
+    pub(crate) address: SocketAddr,
+    /// A bearer token every request but `/healthz` must present.
+    pub(crate) token: Option<String>,
+}
+
+impl fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("address", &self.address)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// Limits for TCP and TLS connections, each a defence against a client that
@@ -821,6 +846,8 @@ const ROOT_KEYS: &[&str] = &[
     "connections",
     "http",
     "signal",
+    "shutdown-grace",
+    "admin",
 ];
 const LOG_KEYS: &[&str] = &["level"];
 const LISTEN_KEYS: &[&str] = &[
@@ -936,6 +963,8 @@ fn read_config(cx: &mut Ctx<'_>, root: &DeTable<'_>) -> Config {
     let connections = read_connections(cx, &top);
     let http = read_http(cx, &top);
     let signal = read_signal(cx, &top);
+    let shutdown_grace = top.get(cx, "shutdown-grace", DEFAULT_SHUTDOWN_GRACE);
+    let admin = read_admin(cx, &top);
 
     Config {
         realm: realm.value,
@@ -947,6 +976,8 @@ fn read_config(cx: &mut Ctx<'_>, root: &DeTable<'_>) -> Config {
         connections,
         http,
         signal,
+        shutdown_grace: shutdown_grace.value,
+        admin,
     }
 }
 
@@ -1139,6 +1170,34 @@ fn read_http(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> HttpConfig {
     HttpConfig {
         api_keys: values(api_keys.value),
         trusted_proxies: values(trusted_proxies.value),
+    }
+}
+
+const ADMIN_KEYS: &[&str] = &["address", "token"];
+
+fn read_admin(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> AdminConfig {
+    let table = top.section(cx, "admin", ADMIN_KEYS);
+    let address = table.get(cx, "address", DEFAULT_ADMIN_ADDRESS);
+    let token = table.opt::<String>(cx, "token");
+    if let Some(text) = &token.value {
+        // Messages never quote the token.
+        let chars = text.chars().count();
+        let message = if chars < MIN_API_KEY_CHARS {
+            Some(format!(
+                "expected at least {MIN_API_KEY_CHARS} characters, got {chars}"
+            ))
+        } else if !text.bytes().all(|b| b.is_ascii_graphic()) {
+            Some("expected printable ASCII without spaces, as a bearer token is sent".to_owned())
+        } else {
+            None
+        };
+        if let Some(message) = message {
+            cx.report(table.key("token"), token.span.as_ref(), message);
+        }
+    }
+    AdminConfig {
+        address: address.value,
+        token: token.value,
     }
 }
 
@@ -2078,6 +2137,22 @@ mod tests {
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    }
+
+    #[test]
+    fn admin_listener_and_shutdown_grace() {
+        let config = parse_ok(MINIMAL);
+        assert_eq!(config.admin.address, "127.0.0.1:9641".parse().unwrap());
+        assert_eq!(config.admin.token, None);
+        assert_eq!(config.shutdown_grace, Duration::from_secs(30));
+        let token = "admin-token-0123456789";
+        let config = parse_ok(&format!(
+            "shutdown-grace = \"2m\"\n{MINIMAL}[admin]\naddress = \"[::1]:9000\"\ntoken = \"{token}\"\n"
+        ));
+        assert_eq!(config.admin.address, "[::1]:9000".parse().unwrap());
+        assert_eq!(config.admin.token.as_deref(), Some(token));
+        assert_eq!(config.shutdown_grace, Duration::from_secs(120));
+        assert!(!format!("{config:?}").contains(token), "Debug leaks the token");
     }
 
     #[test]

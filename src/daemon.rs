@@ -1,18 +1,22 @@
 //! Running the daemon: binding every listener, the start banner, telling
-//! systemd how it goes (readiness, status, watchdog), and shutdown on
-//! SIGTERM or Ctrl-C.
+//! systemd how it goes (readiness, status, watchdog), reload on SIGHUP or
+//! `POST /reload`, and shutdown on SIGTERM or Ctrl-C after a drain.
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::admin::{self, AdminApi, AdminListener, ReloadReply};
 use crate::config::{Config, Listen, Transport};
+use crate::drain;
 use crate::http::HttpApi;
 use crate::ice;
 use crate::logging::{self, LogTarget, event};
+use crate::metrics::Sources;
 use crate::server::{Server, unix_now};
 use crate::signal::Signaling;
 use crate::transport::stream::{self, ConnectionTracker, StreamListener};
@@ -47,11 +51,26 @@ async fn serve(config: Config, origin: Origin) -> std::io::Result<()> {
     for listen in &config.listen {
         bound.push((listen.clone(), bind(listen).map_err(std::io::Error::other)?));
     }
+    let admin_listener = AdminListener::bind(&config.admin)?;
     let signal = Signaling::new(server.clone(), &config);
+    let tracker = ConnectionTracker::new(config.connections);
+    let (reload_requests, reloads) = mpsc::channel(4);
+    let admin = AdminApi::new(
+        &config.admin,
+        Sources {
+            server: server.clone(),
+            tracker: tracker.clone(),
+            signal: signal.clone(),
+        },
+        reload_requests,
+    );
+    let admin_address = admin_listener.local_addr();
+    tokio::spawn(admin::serve(admin_listener, admin.clone()));
     let mut daemon = Daemon {
         http: HttpApi::new(server.clone(), signal.clone(), &config),
-        tracker: ConnectionTracker::new(config.connections),
+        tracker,
         signal,
+        admin,
         server,
         config,
         listeners: Vec::new(),
@@ -70,7 +89,8 @@ async fn serve(config: Config, origin: Origin) -> std::io::Result<()> {
         relay_ports = format_args!(
             "{}-{}",
             daemon.config.relay.ports.low, daemon.config.relay.ports.high
-        )
+        ),
+        admin = admin_address
     );
     let status = Status {
         server: daemon.server.clone(),
@@ -79,8 +99,14 @@ async fn serve(config: Config, origin: Origin) -> std::io::Result<()> {
     };
     systemd::notify(&[NotifyState::Ready, NotifyState::Status(&status.line())]);
     tokio::spawn(status.clone().report());
-    wait_for_shutdown(&mut signals, &mut daemon, &origin).await;
+    wait_for_shutdown(&mut signals, &mut daemon, &origin, reloads).await;
     systemd::notify(&[NotifyState::Stopping]);
+    drain::until_allocations_end(
+        &daemon.server,
+        daemon.config.shutdown_grace,
+        &mut signals.term,
+    )
+    .await;
     let (sessions, rooms) = daemon.signal.counts();
     if sessions > 0 {
         log::info!("stopping signaling: closing {sessions} sessions in {rooms} rooms");
@@ -148,6 +174,7 @@ struct Daemon {
     tracker: Arc<ConnectionTracker>,
     signal: Arc<Signaling>,
     http: Arc<HttpApi>,
+    admin: Arc<AdminApi>,
     /// As configured.
     config: Config,
     listeners: Vec<Running>,
@@ -238,6 +265,7 @@ impl Daemon {
         }
         let mut notes = self.server.core().reconfigure(&config, unix_now());
         self.tracker.set_limits(config.connections);
+        notes.extend(self.admin.reconfigure(&config.admin));
         logging::set_level(config.log.level.into());
         let mut removed = 0;
         let mut kept = Vec::new();
@@ -363,15 +391,23 @@ impl Signals {
     }
 }
 
-/// Reloads on SIGHUP until SIGTERM or Ctrl-C.
-async fn wait_for_shutdown(signals: &mut Signals, daemon: &mut Daemon, origin: &Origin) {
+/// Reloads on SIGHUP and `POST /reload` until SIGTERM or Ctrl-C.
+async fn wait_for_shutdown(
+    signals: &mut Signals,
+    daemon: &mut Daemon,
+    origin: &Origin,
+    mut reloads: mpsc::Receiver<ReloadReply>,
+) {
     loop {
-        tokio::select! {
+        let reply = tokio::select! {
             Some(()) = async { signals.term.as_mut()?.recv().await } => return,
             _ = tokio::signal::ctrl_c() => return,
-            Some(()) = async { signals.hangup.as_mut()?.recv().await } => {
-                let _ = reload(daemon, origin);
-            }
+            Some(()) = async { signals.hangup.as_mut()?.recv().await } => None,
+            Some(reply) = reloads.recv() => Some(reply),
+        };
+        let outcome = reload(daemon, origin);
+        if let Some(reply) = reply {
+            let _ = reply.send(outcome);
         }
     }
 }
@@ -384,6 +420,7 @@ fn reload(daemon: &mut Daemon, origin: &Origin) -> Result<String, String> {
     };
     systemd::notify(&[NotifyState::Reloading]);
     let outcome = daemon.reload(Path::new(path));
+    daemon.server.metrics.reloaded(outcome.is_ok());
     match &outcome {
         Ok(summary) => event!(info, "reload", result = "ok", detail = summary),
         Err(problems) => {
@@ -415,8 +452,13 @@ impl Status {
         let allocations = self.server.core().allocation_count();
         let connections = self.tracker.open_count();
         let sessions = self.signal.counts().0;
+        let draining = if self.server.is_draining() {
+            "draining: "
+        } else {
+            ""
+        };
         format!(
-            "{allocations} allocations, {connections} TCP/TLS connections, \
+            "{draining}{allocations} allocations, {connections} TCP/TLS connections, \
              {sessions} signaling sessions"
         )
     }

@@ -240,10 +240,10 @@ impl HttpApi {
 
 /// `a=1&b=2` lookups with percent-decoding of the few characters keys and
 /// user names need.
-struct Query<'a>(&'a str);
+pub(crate) struct Query<'a>(pub(crate) &'a str);
 
 impl Query<'_> {
-    fn get(&self, name: &str) -> Option<String> {
+    pub(crate) fn get(&self, name: &str) -> Option<String> {
         self.0
             .split('&')
             .filter_map(|pair| pair.split_once('='))
@@ -296,7 +296,7 @@ fn static_response(body: &'static str, content_type: &'static str) -> Response<F
     response
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
     let headers = response.headers_mut();
@@ -309,7 +309,7 @@ fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
     response
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
     json_response(
         status,
         &json!({ "error": { "code": code, "message": message } }),

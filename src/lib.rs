@@ -14,12 +14,15 @@
 
 pub mod cli;
 
+mod admin;
 mod auth;
 mod config;
 mod daemon;
+mod drain;
 mod http;
 mod ice;
 mod logging;
+mod metrics;
 mod policy;
 mod reject;
 mod reloadable;

@@ -43,6 +43,9 @@ pub(crate) enum Reject {
     NoRelayPort,
     /// A relay socket could not be opened for another reason (500).
     ServerError,
+    /// Allocate while draining (POST /drain or SIGTERM): 508, so that the
+    /// client tries another server at once; existing allocations carry on.
+    Draining,
     /// ChannelData, Send indication or Binding indication for a 5-tuple
     /// without allocation, a channel not bound, or a peer without permission: dropped.
     NoRoute,
@@ -60,7 +63,7 @@ pub(crate) enum Reject {
 }
 
 impl Reject {
-    pub(crate) const ALL: [Self; 24] = [
+    pub(crate) const ALL: [Self; 25] = [
         Self::Garbage,
         Self::BadRequest,
         Self::UnknownAttribute,
@@ -79,6 +82,7 @@ impl Reject {
         Self::TotalQuotaReached,
         Self::NoRelayPort,
         Self::ServerError,
+        Self::Draining,
         Self::NoRoute,
         Self::ConnectionLimit,
         Self::IdleConnection,
@@ -111,7 +115,7 @@ impl Reject {
             Self::PeerAddressFamilyMismatch => (443, "Peer Address Family Mismatch"),
             Self::PeerRefused => (403, "Forbidden"),
             Self::UserQuotaReached | Self::TotalQuotaReached => (486, "Allocation Quota Reached"),
-            Self::NoRelayPort => (508, "Insufficient Capacity"),
+            Self::NoRelayPort | Self::Draining => (508, "Insufficient Capacity"),
             Self::ServerError => (500, "Server Error"),
         })
     }
@@ -137,6 +141,7 @@ impl Reject {
             Self::TotalQuotaReached => "total-quota-reached",
             Self::NoRelayPort => "no-relay-port",
             Self::ServerError => "server-error",
+            Self::Draining => "draining",
             Self::NoRoute => "no-route",
             Self::ConnectionLimit => "connection-limit",
             Self::IdleConnection => "idle-connection",

@@ -1,21 +1,26 @@
 //! The state every listener and relay shares, and the step from a received
 //! datagram to the core's decision and the I/O it asks for.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
+use crate::metrics::{Direction, Framing, Metrics};
 use crate::reject::{Reject, RejectCounters};
 use crate::transport::ClientRoute;
 use crate::transport::FiveTuple;
 use crate::turn::allocation::AllocId;
 use crate::turn::core::{Action, Core, Now};
 use crate::turn::relay;
-use crate::wire::{self, ChannelData, Kind, Message};
+use crate::wire::{self, ChannelData, Class, Kind, Message, Method};
 
 pub(crate) struct Server {
     core: Mutex<Core>,
     pub(crate) rejects: Arc<RejectCounters>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Set by POST /drain or SIGTERM, never cleared.
+    draining: AtomicBool,
 }
 
 impl Server {
@@ -25,7 +30,21 @@ impl Server {
         Arc::new(Self {
             core: Mutex::new(Core::new(config, nonce_key, rejects.clone())),
             rejects,
+            metrics: Arc::default(),
+            draining: AtomicBool::new(false),
         })
+    }
+
+    /// Stops taking new allocations (and, through [`Server::is_draining`],
+    /// new connections); what exists carries on. False if already draining.
+    pub(crate) fn drain(&self) -> bool {
+        let first = !self.draining.swap(true, Ordering::SeqCst);
+        self.core().set_draining();
+        first
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// The core's lock; held for lookups and decisions, never across I/O.
@@ -58,6 +77,8 @@ impl Server {
                     frame.data.len(),
                 );
                 if let Some((socket, peer)) = route {
+                    self.metrics
+                        .relayed(Direction::ToPeer, Framing::ChannelData, frame.data.len());
                     relay::send_to_peer(&socket, frame.data, peer);
                 }
             }
@@ -73,12 +94,23 @@ impl Server {
                 let action = self.core().handle_stun(now(), five_tuple, &message, out);
                 match action {
                     Action::None => {}
-                    Action::Reply => route.send(out),
+                    Action::Reply => {
+                        if message.method == Method::BINDING
+                            && message.class == Class::Request
+                            && is_success(out)
+                        {
+                            self.metrics.binding_answered(five_tuple.transport);
+                        }
+                        route.send(out);
+                    }
                     Action::ReplyAndStartRelay(id, task) => {
+                        self.metrics.allocation_created(five_tuple.transport);
                         route.send(out);
                         tokio::spawn(relay::run(self.clone(), id, task, route.clone()));
                     }
                     Action::ToPeer { socket, peer, data } => {
+                        self.metrics
+                            .relayed(Direction::ToPeer, Framing::Indication, data.len());
                         relay::send_to_peer(&socket, data, peer)
                     }
                 }
@@ -114,6 +146,12 @@ impl Server {
             self.core().handle_timeout(Instant::now());
         }
     }
+}
+
+/// Whether the STUN message in `bytes` is a success response: class bits
+/// C1 C0 (0x0100, 0x0010 of the message type) are 1 0 (RFC 8489 §5).
+fn is_success(bytes: &[u8]) -> bool {
+    bytes.len() >= 2 && u16::from_be_bytes([bytes[0], bytes[1]]) & 0x0110 == 0x0100
 }
 
 pub(crate) fn now() -> Now {

@@ -19,6 +19,7 @@ use super::protocol::{self, ErrorCode, LeaveReason, PeerEntry, Problem};
 use super::token::Claims;
 use crate::config::SignalLimits;
 use crate::logging::event;
+use crate::metrics::{Limit, Metrics};
 
 pub(crate) type SessionId = u64;
 
@@ -41,6 +42,8 @@ struct OutboxState {
     bytes: usize,
     /// The session did not keep up; it is being closed.
     overflowed: bool,
+    /// The operator ended the session; its connection is being closed.
+    ended: bool,
     /// Wakes the task of the attached connection; `None` while held for resume.
     attached: Option<Arc<Notify>>,
 }
@@ -52,6 +55,8 @@ pub(crate) enum Drained {
     Overflowed,
     /// A resumed connection took the session over.
     Superseded,
+    /// The operator ended the session (`DELETE /allocations?user=`).
+    Ended,
 }
 
 impl Outbox {
@@ -61,6 +66,7 @@ impl Outbox {
                 frames: VecDeque::new(),
                 bytes: 0,
                 overflowed: false,
+                ended: false,
                 attached: None,
             }),
             max_bytes,
@@ -96,6 +102,9 @@ impl Outbox {
     /// Everything queued for the connection woken by `wake`.
     pub(crate) fn drain(&self, wake: &Arc<Notify>) -> Drained {
         let mut state = self.lock();
+        if state.ended {
+            return Drained::Ended;
+        }
         if !state
             .attached
             .as_ref()
@@ -147,6 +156,15 @@ impl Outbox {
     pub(crate) fn is_overflowed(&self) -> bool {
         self.lock().overflowed
     }
+
+    /// Tells the attached connection, if any, to close.
+    fn end(&self) {
+        let mut state = self.lock();
+        state.ended = true;
+        if let Some(wake) = &state.attached {
+            wake.notify_one();
+        }
+    }
 }
 
 struct Session {
@@ -184,6 +202,7 @@ struct HubState {
 
 pub(crate) struct Hub {
     state: Mutex<HubState>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// A connection counted against the limits until it is dropped.
@@ -217,7 +236,7 @@ pub(crate) struct Opened {
 }
 
 impl Hub {
-    pub(crate) fn new(limits: SignalLimits) -> Arc<Self> {
+    pub(crate) fn new(limits: SignalLimits, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(HubState {
                 limits,
@@ -228,6 +247,7 @@ impl Hub {
                 connections: 0,
                 connections_by_ip: HashMap::new(),
             }),
+            metrics,
         })
     }
 
@@ -381,6 +401,7 @@ impl Hub {
             ));
         }
         if session.rooms.len() >= limits.max_rooms_per_connection as usize {
+            self.metrics.limit_hit(Limit::SignalMaxRoomsPerConnection);
             event!(
                 info,
                 "signal-limit",
@@ -408,6 +429,7 @@ impl Hub {
             ));
         }
         if members >= limits.max_peers_per_room as usize {
+            self.metrics.limit_hit(Limit::SignalMaxPeersPerRoom);
             event!(
                 info,
                 "signal-limit",
@@ -547,6 +569,31 @@ impl Hub {
     pub(crate) fn counts(&self) -> (usize, usize) {
         let state = self.lock();
         (state.sessions.len(), state.rooms.len())
+    }
+
+    /// Connections, sessions (held ones included) and rooms right now.
+    pub(crate) fn connection_counts(&self) -> (u32, usize, usize) {
+        let state = self.lock();
+        (state.connections, state.sessions.len(), state.rooms.len())
+    }
+
+    /// Ends every session of `user`, held or attached (whose connection is
+    /// then closed); returns how many.
+    pub(crate) fn end_user(&self, user: &str) -> usize {
+        let mut state = self.lock();
+        let ids: Vec<SessionId> = state
+            .sessions
+            .iter()
+            .filter(|(_, session)| &*session.user == user)
+            .map(|(&id, _)| id)
+            .collect();
+        for &id in &ids {
+            if let Some(session) = state.sessions.get(&id) {
+                session.outbox.end();
+            }
+            end_session(&mut state, id, LeaveReason::Closed);
+        }
+        ids.len()
     }
 }
 

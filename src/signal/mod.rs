@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use crate::config::{Config, SignalAuth, SignalConfig};
 use crate::ice;
 use crate::logging::event;
+use crate::metrics::Limit;
 use crate::reloadable::Reloadable;
 use crate::server::{Server, unix_now};
 use hub::Hub;
@@ -84,7 +85,7 @@ pub(crate) struct Refusal {
 impl Signaling {
     pub(crate) fn new(server: Arc<Server>, config: &Config) -> Arc<Self> {
         Arc::new(Self {
-            hub: Hub::new(config.signal.limits),
+            hub: Hub::new(config.signal.limits, server.metrics.clone()),
             settings: Reloadable::new(Settings::new(config)),
             server,
             stopping: watch::Sender::new(false),
@@ -173,6 +174,14 @@ impl Signaling {
         let settings = self.settings();
         let headers = request.headers();
         let key = websocket_key(headers)?;
+        if self.server.is_draining() {
+            event!(info, "signal-refused", client = client, reason = "draining");
+            return Err(Refusal {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "draining",
+                message: "this server is draining; connect to another one".to_owned(),
+            });
+        }
         let origin = header_text(headers, header::ORIGIN);
         if let Some(origin) = origin.as_deref()
             && !settings.origin_allowed(origin, header_text(headers, header::HOST).as_deref())
@@ -210,6 +219,9 @@ impl Signaling {
             },
         };
         let slot = self.hub.admit(client).map_err(|limit| {
+            if let Some(limit) = Limit::signal(limit) {
+                self.server.metrics.limit_hit(limit);
+            }
             event!(info, "signal-limit", limit = limit, client = client);
             Refusal {
                 status: StatusCode::SERVICE_UNAVAILABLE,
@@ -254,6 +266,7 @@ impl Signaling {
                 resume_seconds: limits.resume_grace.as_secs(),
                 ice_servers: &this.ice_servers_for(&user),
             });
+            this.server.metrics.signal_connected();
             event!(
                 info,
                 "signal-connect",
@@ -295,6 +308,16 @@ impl Signaling {
     /// Sessions and rooms right now.
     pub(crate) fn counts(&self) -> (usize, usize) {
         self.hub.counts()
+    }
+
+    /// Connections, sessions (held ones included) and rooms right now.
+    pub(crate) fn connection_counts(&self) -> (u32, usize, usize) {
+        self.hub.connection_counts()
+    }
+
+    /// Ends every signaling session of `user`; returns how many.
+    pub(crate) fn end_user(&self, user: &str) -> usize {
+        self.hub.end_user(user)
     }
 }
 

@@ -20,6 +20,7 @@ use super::protocol::{self, ErrorCode, Incoming, LeaveReason, Problem, Request};
 use super::token::Claims;
 use crate::config::SignalLimits;
 use crate::logging::event;
+use crate::metrics::{Limit, SignalMessage};
 
 /// Oversized frames in a row after which the connection is closed.
 const OVERSIZED_IN_A_ROW: u32 = 3;
@@ -167,12 +168,14 @@ where
                 }
                 Drained::Overflowed => break Ending::CloseWith(CloseCode::Policy, "not reading"),
                 Drained::Superseded => break Ending::Superseded,
+                Drained::Ended => break Ending::CloseWith(CloseCode::Policy, "ended by the operator"),
             },
             frame = ws.next() => {
                 heard = true;
                 let message = match frame {
                     None => break Ending::Dropped(LeaveReason::Closed),
                     Some(Err(WsError::Capacity(_))) => {
+                        hub.metrics.limit_hit(Limit::SignalMaxMessageBytes);
                         event!(info, "signal-limit", limit = "max-message-bytes", user = user, client = client);
                         break Ending::CloseWith(CloseCode::Size, "message too large");
                     }
@@ -186,6 +189,7 @@ where
                 };
                 let now = Instant::now();
                 if !rate.take(now) {
+                    hub.metrics.limit_hit(Limit::SignalMessagesPerSecond);
                     if rate.refused_in_a_row >= limits.message_burst {
                         event!(info, "signal-limit", limit = "messages-per-second", user = user, client = client, closed = 1008);
                         break Ending::CloseWith(CloseCode::Policy, "flooding");
@@ -200,6 +204,7 @@ where
                     continue;
                 }
                 let Message::Text(text) = message else {
+                    hub.metrics.signal_message(SignalMessage::Invalid);
                     reply(Problem::new(
                         ErrorCode::BinaryNotSupported,
                         "binary frames are not part of the protocol; send JSON text frames",
@@ -207,6 +212,7 @@ where
                     continue;
                 };
                 if text.len() > limits.max_message_bytes as usize {
+                    hub.metrics.limit_hit(Limit::SignalMaxMessageBytes);
                     oversized_in_a_row += 1;
                     event!(info, "signal-limit", limit = "max-message-bytes", user = user, client = client);
                     if oversized_in_a_row >= OVERSIZED_IN_A_ROW {
@@ -220,6 +226,14 @@ where
                 }
                 oversized_in_a_row = 0;
                 let incoming = Incoming::parse(&text);
+                hub.metrics.signal_message(match &incoming.request {
+                    Err(_) => SignalMessage::Invalid,
+                    Ok(Request::Join { .. }) => SignalMessage::Join,
+                    Ok(Request::Leave { .. }) => SignalMessage::Leave,
+                    Ok(Request::Signal { .. }) => SignalMessage::Signal,
+                    Ok(Request::Broadcast { .. }) => SignalMessage::Broadcast,
+                    Ok(Request::Ping) => SignalMessage::Ping,
+                });
                 let result = match &incoming.request {
                     Err(problem) => Err(problem.clone()),
                     Ok(Request::Join { room, peer, metadata }) => {
@@ -280,7 +294,7 @@ where
             // before the close frame.
             let queued = match outbox.drain(&wake) {
                 Drained::Send(frames) => frames,
-                Drained::Overflowed | Drained::Superseded => Vec::new(),
+                Drained::Overflowed | Drained::Superseded | Drained::Ended => Vec::new(),
             };
             hub.close(id, &wake, LeaveReason::Closed);
             let frame = CloseFrame {

@@ -22,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::{ConnectionLimits, Listen, Services, Transport};
 use crate::http::{self, HttpApi};
 use crate::logging::event;
+use crate::metrics::Limit;
 use crate::reject::Reject;
 use crate::server::Server;
 use crate::transport::tls::ReloadableCertificate;
@@ -154,7 +155,8 @@ impl ConnectionTracker {
             .0
     }
 
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Admission> {
+    /// A place for a connection from `ip`, or the limit that refuses it.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admission, Limit> {
         let mut open = self
             .open
             .lock()
@@ -162,15 +164,22 @@ impl ConnectionTracker {
         let (total, per_ip) = &mut *open;
         let from_ip = per_ip.entry(ip).or_default();
         let limits = self.limits();
-        if *total >= limits.max_connections || *from_ip >= limits.max_connections_per_ip {
+        let refused = if *total >= limits.max_connections {
+            Some(Limit::MaxConnections)
+        } else if *from_ip >= limits.max_connections_per_ip {
+            Some(Limit::MaxConnectionsPerIp)
+        } else {
+            None
+        };
+        if let Some(limit) = refused {
             if *from_ip == 0 {
                 per_ip.remove(&ip);
             }
-            return None;
+            return Err(limit);
         }
         *total += 1;
         *from_ip += 1;
-        Some(Admission {
+        Ok(Admission {
             tracker: self.clone(),
             ip,
         })
@@ -226,10 +235,14 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        let Some(admission) = tracker.admit(client.ip()) else {
-            server.rejects.count(Reject::ConnectionLimit);
-            log::debug!("connection-refused client={client} reason=connection-limit");
-            continue;
+        let admission = match tracker.admit(client.ip()) {
+            Ok(admission) => admission,
+            Err(limit) => {
+                server.rejects.count(Reject::ConnectionLimit);
+                server.metrics.limit_hit(limit);
+                log::debug!("connection-refused client={client} reason=connection-limit");
+                continue;
+            }
         };
         let server = server.clone();
         let listener = listener.clone();
@@ -291,7 +304,10 @@ async fn accept_connection(
     let mut tls = match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(tcp))
         .await
     {
-        Ok(Ok(tls)) => tls,
+        Ok(Ok(tls)) => {
+            server.metrics.tls_handshake_completed();
+            tls
+        }
         Ok(Err(error)) => {
             server.rejects.count(Reject::TlsHandshakeFailed);
             log::debug!("connection-closed client={client} reason=tls-handshake-failed: {error}");
@@ -383,6 +399,12 @@ async fn run_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    if server.is_draining() {
+        // Draining: TURN connections that exist carry on, new ones are refused.
+        server.rejects.count(Reject::Draining);
+        log::debug!("connection-refused {five_tuple} reason=draining");
+        return;
+    }
     log::debug!("connection-opened {five_tuple}");
     // Over TLS each message gets its own record, as coturn sends them:
     // some clients (coturn's own uclient among them) read one message per

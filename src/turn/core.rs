@@ -125,6 +125,8 @@ pub(crate) struct Core {
     reservations: HashMap<u64, (u16, IpAddr, Instant)>,
     rng: StdRng,
     counters: Arc<RejectCounters>,
+    /// Allocate is refused (508) while draining.
+    draining: bool,
 }
 
 impl Core {
@@ -143,6 +145,7 @@ impl Core {
             reservations: HashMap::new(),
             rng: StdRng::from_os_rng(),
             counters,
+            draining: false,
         }
     }
 
@@ -399,6 +402,9 @@ impl Core {
                 }
                 None => Err(Reject::AllocationMismatch),
             };
+        }
+        if self.draining {
+            return Err(Reject::Draining);
         }
         let transport = message
             .get(attr::REQUESTED_TRANSPORT)
@@ -893,6 +899,32 @@ impl Core {
             }
             None => {}
         }
+    }
+}
+
+/// What the operator does through the admin API.
+impl Core {
+    /// Refuses every new allocation from now on; existing ones carry on.
+    pub(crate) fn set_draining(&mut self) {
+        self.draining = true;
+    }
+
+    pub(crate) fn allocations(&self) -> impl Iterator<Item = &Allocation> {
+        self.table.iter()
+    }
+
+    /// Ends every allocation whose username `matches`; returns how many.
+    pub(crate) fn end_allocations(&mut self, matches: impl Fn(&str) -> bool) -> usize {
+        let ids: Vec<AllocId> = self
+            .table
+            .iter()
+            .filter(|a| matches(&a.username))
+            .map(|a| a.id)
+            .collect();
+        for &id in &ids {
+            self.remove(id, "allocation-ended-by-operator");
+        }
+        ids.len()
     }
 }
 

@@ -14,6 +14,7 @@ use rustix::net::sockopt;
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 
+use crate::metrics::{Direction, Framing};
 use crate::server::Server;
 use crate::transport::ClientRoute;
 use crate::turn::allocation::AllocId;
@@ -156,10 +157,16 @@ fn forward_to_client(
     };
     match channel {
         Some(channel) => {
+            server
+                .metrics
+                .relayed(Direction::FromPeer, Framing::ChannelData, len);
             wire::write_channel_data(scratch, channel, len);
             route.send_channel_data(&scratch[..CHANNEL_DATA_HEADER_LEN + len]);
         }
         None => {
+            server
+                .metrics
+                .relayed(Direction::FromPeer, Framing::Indication, len);
             let data = &scratch[CHANNEL_DATA_HEADER_LEN..CHANNEL_DATA_HEADER_LEN + len];
             route.send_data_indication(peer, data);
         }

@@ -1,0 +1,588 @@
+//! Prometheus metrics. Events are counted where they happen with one atomic
+//! add each (no lock and no allocation, on the relay path too); a collector
+//! reads those counters, the refusal counters of [`crate::reject`] and the
+//! live state (allocations, connections, rooms) at each scrape and encodes
+//! them with `prometheus-client`. No label carries a user name: REST
+//! usernames would grow the label set without bound.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::config::Transport;
+use crate::reject::Reject;
+use crate::server::Server;
+use crate::signal::Signaling;
+use crate::transport::stream::ConnectionTracker;
+
+/// The transports TURN runs over, as metric labels.
+const TURN_TRANSPORTS: [Transport; 3] = [Transport::Udp, Transport::Tcp, Transport::Tls];
+
+fn turn_transport_index(transport: Transport) -> Option<usize> {
+    TURN_TRANSPORTS.iter().position(|&t| t == transport)
+}
+
+/// Which way relayed data went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Direction {
+    ToPeer,
+    FromPeer,
+}
+
+/// How relayed data was framed between client and server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Framing {
+    ChannelData,
+    /// A Send indication (to a peer) or a Data indication (from a peer).
+    Indication,
+}
+
+const DIRECTIONS: [(Direction, &str); 2] = [
+    (Direction::ToPeer, "to_peer"),
+    (Direction::FromPeer, "from_peer"),
+];
+const FRAMINGS: [(Framing, &str); 2] = [
+    (Framing::ChannelData, "channel_data"),
+    (Framing::Indication, "indication"),
+];
+
+fn relay_index(direction: Direction, framing: Framing) -> usize {
+    let d = match direction {
+        Direction::ToPeer => 0,
+        Direction::FromPeer => 1,
+    };
+    let f = match framing {
+        Framing::ChannelData => 0,
+        Framing::Indication => 1,
+    };
+    d * 2 + f
+}
+
+/// A signaling message a client sent, by type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SignalMessage {
+    Join,
+    Leave,
+    Signal,
+    Broadcast,
+    Ping,
+    /// Not JSON, an unknown type, a missing field, or a binary frame.
+    Invalid,
+}
+
+impl SignalMessage {
+    const ALL: [Self; 6] = [
+        Self::Join,
+        Self::Leave,
+        Self::Signal,
+        Self::Broadcast,
+        Self::Ping,
+        Self::Invalid,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Join => "join",
+            Self::Leave => "leave",
+            Self::Signal => "signal",
+            Self::Broadcast => "broadcast",
+            Self::Ping => "ping",
+            Self::Invalid => "invalid",
+        }
+    }
+}
+
+/// A configured limit that refused something, named by its config key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Limit {
+    MaxConnections,
+    MaxConnectionsPerIp,
+    SignalMaxConnections,
+    SignalMaxConnectionsPerIp,
+    SignalMaxRoomsPerConnection,
+    SignalMaxPeersPerRoom,
+    SignalMaxMessageBytes,
+    SignalMessagesPerSecond,
+}
+
+impl Limit {
+    const ALL: [Self; 8] = [
+        Self::MaxConnections,
+        Self::MaxConnectionsPerIp,
+        Self::SignalMaxConnections,
+        Self::SignalMaxConnectionsPerIp,
+        Self::SignalMaxRoomsPerConnection,
+        Self::SignalMaxPeersPerRoom,
+        Self::SignalMaxMessageBytes,
+        Self::SignalMessagesPerSecond,
+    ];
+
+    fn key(self) -> &'static str {
+        match self {
+            Self::MaxConnections => "connections.max-connections",
+            Self::MaxConnectionsPerIp => "connections.max-connections-per-ip",
+            Self::SignalMaxConnections => "signal.max-connections",
+            Self::SignalMaxConnectionsPerIp => "signal.max-connections-per-ip",
+            Self::SignalMaxRoomsPerConnection => "signal.max-rooms-per-connection",
+            Self::SignalMaxPeersPerRoom => "signal.max-peers-per-room",
+            Self::SignalMaxMessageBytes => "signal.max-message-bytes",
+            Self::SignalMessagesPerSecond => "signal.messages-per-second",
+        }
+    }
+
+    /// The `[signal]` limit a `signal-limit` event names ("max-connections", ...).
+    pub(crate) fn signal(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|l| l.key().strip_prefix("signal.") == Some(name))
+    }
+}
+
+/// Limits whose hits are already counted as refusals.
+const LIMIT_REFUSALS: [(&str, Reject); 5] = [
+    ("relay.max-allocations", Reject::TotalQuotaReached),
+    ("relay.max-allocations-per-user", Reject::UserQuotaReached),
+    ("relay.ports", Reject::NoRelayPort),
+    ("connections.max-frame-bytes", Reject::FrameTooLarge),
+    ("connections.max-queued-bytes", Reject::SlowReader),
+];
+
+/// Event counters, shared by every listener, relay and signaling connection.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    allocations_created: [AtomicU64; TURN_TRANSPORTS.len()],
+    relayed_packets: [AtomicU64; 4],
+    relayed_bytes: [AtomicU64; 4],
+    binding_responses: [AtomicU64; TURN_TRANSPORTS.len()],
+    tls_handshakes_ok: AtomicU64,
+    signal_connections_opened: AtomicU64,
+    signal_messages: [AtomicU64; SignalMessage::ALL.len()],
+    limit_hits: [AtomicU64; Limit::ALL.len()],
+    /// Successful, then failed reloads.
+    reloads: [AtomicU64; 2],
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+fn read(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+impl Metrics {
+    /// One packet of `len` payload bytes relayed.
+    pub(crate) fn relayed(&self, direction: Direction, framing: Framing, len: usize) {
+        let i = relay_index(direction, framing);
+        bump(&self.relayed_packets[i], 1);
+        bump(&self.relayed_bytes[i], len as u64);
+    }
+
+    pub(crate) fn allocation_created(&self, transport: Transport) {
+        if let Some(i) = turn_transport_index(transport) {
+            bump(&self.allocations_created[i], 1);
+        }
+    }
+
+    pub(crate) fn binding_answered(&self, transport: Transport) {
+        if let Some(i) = turn_transport_index(transport) {
+            bump(&self.binding_responses[i], 1);
+        }
+    }
+
+    pub(crate) fn tls_handshake_completed(&self) {
+        bump(&self.tls_handshakes_ok, 1);
+    }
+
+    pub(crate) fn signal_connected(&self) {
+        bump(&self.signal_connections_opened, 1);
+    }
+
+    pub(crate) fn signal_message(&self, kind: SignalMessage) {
+        if let Some(i) = SignalMessage::ALL.iter().position(|&k| k == kind) {
+            bump(&self.signal_messages[i], 1);
+        }
+    }
+
+    pub(crate) fn limit_hit(&self, limit: Limit) {
+        if let Some(i) = Limit::ALL.iter().position(|&l| l == limit) {
+            bump(&self.limit_hits[i], 1);
+        }
+    }
+
+    pub(crate) fn reloaded(&self, ok: bool) {
+        bump(&self.reloads[usize::from(!ok)], 1);
+    }
+}
+
+/// What a scrape reads besides the counters.
+pub(crate) struct Sources {
+    pub(crate) server: Arc<Server>,
+    pub(crate) tracker: Arc<ConnectionTracker>,
+    pub(crate) signal: Arc<Signaling>,
+}
+
+impl fmt::Debug for Sources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Sources")
+    }
+}
+
+/// The registry `/metrics` encodes: every metric under `icegate_`.
+pub(crate) fn registry(sources: Sources) -> Registry {
+    let mut registry = Registry::with_prefix("icegate");
+    registry.register_collector(Box::new(sources));
+    registry
+}
+
+/// The two text formats `/metrics` speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// OpenMetrics 1.0, for clients that ask for it (Prometheus does).
+    OpenMetrics,
+    /// The classic Prometheus text format 0.0.4, for every other client.
+    Classic,
+}
+
+impl Format {
+    /// OpenMetrics when the `Accept` header names it.
+    pub(crate) fn for_accept(accept: Option<&str>) -> Self {
+        if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
+            Self::OpenMetrics
+        } else {
+            Self::Classic
+        }
+    }
+
+    pub(crate) fn content_type(self) -> &'static str {
+        match self {
+            Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Self::Classic => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
+
+/// `/metrics`: `registry` encoded in `format`.
+pub(crate) fn render(registry: &Registry, format: Format) -> String {
+    let mut text = String::new();
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut text, registry);
+    match format {
+        Format::OpenMetrics => text,
+        Format::Classic => classic(&text),
+    }
+}
+
+/// OpenMetrics text as the classic format writes it: a counter family is
+/// named with its `_total` suffix in HELP and TYPE, and there is no UNIT or
+/// EOF line. The samples are the same.
+fn classic(openmetrics: &str) -> String {
+    let counters: Vec<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + counters.len() * 12);
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let descriptor = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|prefix| Some((prefix, line.strip_prefix(prefix)?)));
+        match descriptor {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(&name) {
+                    out.push_str("_total");
+                }
+                out.push(' ');
+                out.push_str(tail);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn to_i64(n: impl TryInto<i64>) -> i64 {
+    n.try_into().unwrap_or(i64::MAX)
+}
+
+/// One member per TURN transport.
+fn by_transport<M>(
+    values: [u64; TURN_TRANSPORTS.len()],
+    make: impl Fn(u64) -> M,
+) -> Vec<(Vec<(&'static str, &'static str)>, M)> {
+    TURN_TRANSPORTS
+        .iter()
+        .zip(values)
+        .map(|(t, n)| (vec![("transport", t.as_str())], make(n)))
+        .collect()
+}
+
+fn gauge(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: i64) -> fmt::Result {
+    let metric = ConstGauge::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn counter(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: u64) -> fmt::Result {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+/// A family of one metric per label set.
+fn family<'l, M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    metric_type: MetricType,
+    members: impl IntoIterator<Item = (Vec<(&'static str, &'l str)>, M)>,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
+    for (labels, metric) in members {
+        metric.encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for Sources {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        let server = &self.server;
+        let metrics = &server.metrics;
+        let rejects = &server.rejects;
+        let e = &mut encoder;
+
+        let mut current = [0u64; TURN_TRANSPORTS.len()];
+        for allocation in server.core().allocations() {
+            if let Some(i) = turn_transport_index(allocation.five_tuple.transport) {
+                current[i] += 1;
+            }
+        }
+        family(
+            e,
+            "allocations",
+            "Allocations now, by the transport between client and server",
+            MetricType::Gauge,
+            by_transport(current, |n| ConstGauge::new(to_i64(n))),
+        )?;
+        let created = each(&metrics.allocations_created);
+        family(
+            e,
+            "allocations_created",
+            "Allocations made, by the transport between client and server",
+            MetricType::Counter,
+            by_transport(created, ConstCounter::new),
+        )?;
+        let relay_members = |values: &[AtomicU64; 4]| {
+            let mut members = Vec::new();
+            for (direction, direction_name) in DIRECTIONS {
+                for (framing, framing_name) in FRAMINGS {
+                    let n = read(&values[relay_index(direction, framing)]);
+                    members.push((
+                        vec![("direction", direction_name), ("framing", framing_name)],
+                        ConstCounter::new(n),
+                    ));
+                }
+            }
+            members
+        };
+        family(
+            e,
+            "relayed_packets",
+            "Packets relayed, by direction and by framing between client and server \
+             (ChannelData, or Send and Data indications)",
+            MetricType::Counter,
+            relay_members(&metrics.relayed_packets),
+        )?;
+        family(
+            e,
+            "relayed_bytes",
+            "Payload bytes relayed, by direction and framing",
+            MetricType::Counter,
+            relay_members(&metrics.relayed_bytes),
+        )?;
+        counter(
+            e,
+            "peers_refused",
+            "Permissions and channels refused by the peer address policy",
+            rejects.get(Reject::PeerRefused),
+        )?;
+        family(
+            e,
+            "auth_failures",
+            "TURN requests whose credentials failed, by reason",
+            MetricType::Counter,
+            Reject::ALL
+                .into_iter()
+                .filter(|r| r.is_auth_failure())
+                .map(|r| (vec![("reason", r.name())], ConstCounter::new(rejects.get(r)))),
+        )?;
+        let bindings = each(&metrics.binding_responses);
+        family(
+            e,
+            "stun_binding_responses",
+            "STUN Binding success responses, by transport",
+            MetricType::Counter,
+            by_transport(bindings, ConstCounter::new),
+        )?;
+        family(
+            e,
+            "refusals",
+            "Requests answered with an error, and packets and connections dropped, by reason \
+             (\"challenge\" is the normal first 401 of every client)",
+            MetricType::Counter,
+            Reject::ALL
+                .into_iter()
+                .map(|r| (vec![("reason", r.name())], ConstCounter::new(rejects.get(r)))),
+        )?;
+        family(
+            e,
+            "tls_handshakes",
+            "TLS handshakes, by result",
+            MetricType::Counter,
+            [
+                ("ok", read(&metrics.tls_handshakes_ok)),
+                ("failed", rejects.get(Reject::TlsHandshakeFailed)),
+            ]
+            .map(|(result, n)| (vec![("result", result)], ConstCounter::new(n))),
+        )?;
+        gauge(
+            e,
+            "stream_connections",
+            "TCP and TLS connections open now (TURN and HTTP)",
+            i64::from(self.tracker.open_count()),
+        )?;
+        let (connections, sessions, rooms) = self.signal.connection_counts();
+        gauge(
+            e,
+            "signal_connections",
+            "Signaling WebSocket connections open now",
+            to_i64(connections),
+        )?;
+        gauge(
+            e,
+            "signal_sessions",
+            "Signaling sessions now, with those held for a resume",
+            to_i64(sessions),
+        )?;
+        counter(
+            e,
+            "signal_connections_opened",
+            "Signaling WebSocket connections accepted",
+            read(&metrics.signal_connections_opened),
+        )?;
+        gauge(
+            e,
+            "signal_rooms",
+            "Signaling rooms with at least one peer now",
+            to_i64(rooms),
+        )?;
+        family(
+            e,
+            "signal_messages",
+            "Signaling messages received from clients, by type",
+            MetricType::Counter,
+            SignalMessage::ALL.into_iter().zip(&metrics.signal_messages).map(|(k, n)| {
+                (vec![("type", k.name())], ConstCounter::new(read(n)))
+            }),
+        )?;
+        let counted = Limit::ALL
+            .into_iter()
+            .zip(&metrics.limit_hits)
+            .map(|(limit, n)| (limit.key(), read(n)));
+        let refused = LIMIT_REFUSALS
+            .into_iter()
+            .map(|(key, reject)| (key, rejects.get(reject)));
+        family(
+            e,
+            "limit_hits",
+            "Requests, connections and messages refused by a configured limit, by its key",
+            MetricType::Counter,
+            counted
+                .chain(refused)
+                .map(|(key, n)| (vec![("limit", key)], ConstCounter::new(n))),
+        )?;
+        family(
+            e,
+            "reloads",
+            "Reloads (SIGHUP or POST /reload), by result",
+            MetricType::Counter,
+            [("ok", &metrics.reloads[0]), ("failed", &metrics.reloads[1])]
+                .map(|(result, n)| (vec![("result", result)], ConstCounter::new(read(n)))),
+        )?;
+        gauge(
+            e,
+            "draining",
+            "1 while draining (POST /drain or SIGTERM): new allocations and connections refused",
+            i64::from(server.is_draining()),
+        )?;
+        family(
+            e,
+            "build_info",
+            "The running version",
+            MetricType::Gauge,
+            [(
+                vec![("version", env!("CARGO_PKG_VERSION"))],
+                ConstGauge::new(1),
+            )],
+        )
+    }
+}
+
+fn each<const N: usize>(counters: &[AtomicU64; N]) -> [u64; N] {
+    std::array::from_fn(|i| read(&counters[i]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_label_value_has_its_own_slot() {
+        let mut seen = Vec::new();
+        for (direction, _) in DIRECTIONS {
+            for (framing, _) in FRAMINGS {
+                seen.push(relay_index(direction, framing));
+            }
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, vec![0, 1, 2, 3]);
+        for name in [
+            "max-connections",
+            "max-connections-per-ip",
+            "max-rooms-per-connection",
+            "max-peers-per-room",
+            "max-message-bytes",
+            "messages-per-second",
+        ] {
+            assert!(Limit::signal(name).is_some(), "{name}");
+        }
+        assert_eq!(Limit::signal("max-allocations"), None);
+    }
+
+    #[test]
+    fn classic_text_names_counters_with_their_suffix() {
+        let openmetrics = "# HELP a_b Bees.\n# TYPE a_b counter\na_b_total{x=\"1\"} 2\n\
+                           # HELP a_c Cees now.\n# TYPE a_c gauge\na_c 3\n# EOF\n";
+        assert_eq!(
+            classic(openmetrics),
+            "# HELP a_b_total Bees.\n# TYPE a_b_total counter\na_b_total{x=\"1\"} 2\n\
+             # HELP a_c Cees now.\n# TYPE a_c gauge\na_c 3\n"
+        );
+        assert_eq!(
+            Format::for_accept(Some("application/openmetrics-text;version=1.0.0,text/plain;q=0.5")),
+            Format::OpenMetrics
+        );
+        assert_eq!(Format::for_accept(Some("*/*")), Format::Classic);
+    }
+}
