@@ -1,4 +1,4 @@
-//! The command line: run, check-config, credentials, token, version.
+//! The command line: run, check-config, credentials, token, ctl, version.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,6 +55,8 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Talk to a running daemon's admin listener: status, allocations, kill USER, drain, reload.
+    Ctl(crate::ctl::Ctl),
     /// Mint a signaling token (JWT, HS256 with the first signal.jwt-secrets entry).
     Token {
         #[arg(long)]
@@ -91,6 +93,7 @@ pub fn main() -> ExitCode {
             ttl,
             config,
         } => token(&user, rooms, ttl, config),
+        Command::Ctl(ctl) => crate::ctl::main(ctl),
     }
 }
 

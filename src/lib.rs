@@ -17,6 +17,7 @@ pub mod cli;
 mod admin;
 mod auth;
 mod config;
+mod ctl;
 mod daemon;
 mod drain;
 mod http;

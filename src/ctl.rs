@@ -1,0 +1,383 @@
+//! `icegate ctl`: the admin API (`crate::admin`) from the command line, with
+//! the address and token read from the config file or given outright.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+use crate::config::Config;
+
+/// The config file `ctl` reads the admin address and token from by default.
+const DEFAULT_CONFIG: &str = "/etc/icegate/icegate.toml";
+/// How long one request may take; a reload gets longer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(70);
+/// sysexits.h: the configuration is wrong.
+const EXIT_CONFIG: u8 = 78;
+
+#[derive(Args, Debug)]
+pub(crate) struct Ctl {
+    /// The config file to read `[admin] address` and `token` from
+    /// (default /etc/icegate/icegate.toml, unless --admin is given).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The admin listener, like http://127.0.0.1:9641.
+    #[arg(long, value_name = "URL")]
+    admin: Option<String>,
+    /// The admin token (default: `[admin] token` of the config file).
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum CtlCommand {
+    /// Health, allocations and connections now.
+    Status,
+    /// List allocations, all or one user's.
+    Allocations {
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// End a user's allocations and signaling connections.
+    Kill { user: String },
+    /// Refuse new allocations and connections; existing ones carry on.
+    Drain,
+    /// Reload the configuration, as SIGHUP does, and say how it went.
+    Reload,
+}
+
+/// Where to send requests, and with which token.
+struct Target {
+    base: String,
+    authority: String,
+    token: Option<String>,
+}
+
+/// A failure, as printed before exiting.
+struct Failure {
+    message: String,
+    code: u8,
+}
+
+impl Failure {
+    fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            code: 1,
+        }
+    }
+}
+
+pub(crate) fn main(ctl: Ctl) -> ExitCode {
+    let result = target(&ctl).and_then(|target| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Failure::new(format!("cannot start: {e}")))?;
+        runtime.block_on(run(&target, &ctl.command))
+    });
+    match result {
+        Ok(output) => {
+            print!("{output}");
+            ExitCode::SUCCESS
+        }
+        Err(failure) => {
+            eprintln!("icegate ctl: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn target(ctl: &Ctl) -> Result<Target, Failure> {
+    let config = match (&ctl.config, &ctl.admin) {
+        (None, Some(_)) => None,
+        (path, _) => {
+            let path = path.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+            Some(Config::load(&path).map_err(|errors| Failure {
+                message: format!(
+                    "cannot read the admin address from the config:\n{errors}\n\
+                     (or give it with --admin http://HOST:PORT)"
+                ),
+                code: EXIT_CONFIG,
+            })?)
+        }
+    };
+    let base = match (&ctl.admin, &config) {
+        (Some(url), _) => url.trim_end_matches('/').to_owned(),
+        (None, Some(config)) => format!("http://{}", reachable(config.admin.address)),
+        (None, None) => unreachable!("a config is loaded without --admin"),
+    };
+    let uri: Uri = base
+        .parse()
+        .map_err(|e| Failure::new(format!("--admin {base}: {e}")))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(Failure::new(format!(
+            "--admin {base}: expected an http:// URL like http://127.0.0.1:9641"
+        )));
+    }
+    let Some(authority) = uri.authority().map(|a| a.to_string()) else {
+        return Err(Failure::new(format!("--admin {base}: no host and port")));
+    };
+    let token = ctl
+        .token
+        .clone()
+        .or_else(|| config.and_then(|c| c.admin.token));
+    Ok(Target {
+        base,
+        authority,
+        token,
+    })
+}
+
+/// A wildcard listen address is reached on loopback.
+fn reachable(address: SocketAddr) -> SocketAddr {
+    let ip = match address {
+        SocketAddr::V4(a) if a.ip().is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        SocketAddr::V6(a) if a.ip().is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        other => other.ip(),
+    };
+    SocketAddr::new(ip, address.port())
+}
+
+async fn run(target: &Target, command: &CtlCommand) -> Result<String, Failure> {
+    match command {
+        CtlCommand::Status => status(target).await,
+        CtlCommand::Allocations { user } => {
+            let path = match user {
+                Some(user) => format!("/allocations?user={}", encode(user)),
+                None => "/allocations".to_owned(),
+            };
+            let list = json(request(target, Method::GET, &path).await?)?;
+            Ok(allocation_table(&list))
+        }
+        CtlCommand::Kill { user } => {
+            let path = format!("/allocations?user={}", encode(user));
+            let answer = json(request(target, Method::DELETE, &path).await?)?;
+            Ok(format!(
+                "ended {} allocations and {} signaling sessions of {user}\n",
+                answer["allocations"], answer["signal_sessions"]
+            ))
+        }
+        CtlCommand::Drain => {
+            let answer = json(request(target, Method::POST, "/drain").await?)?;
+            Ok(format!(
+                "draining: new allocations and connections are refused; {} allocations remain\n",
+                answer["allocations"]
+            ))
+        }
+        CtlCommand::Reload => {
+            let answer = json(request(target, Method::POST, "/reload").await?)?;
+            Ok(format!(
+                "reloaded: {}\n",
+                answer["message"].as_str().unwrap_or("")
+            ))
+        }
+    }
+}
+
+async fn status(target: &Target) -> Result<String, Failure> {
+    let health = match request(target, Method::GET, "/healthz").await {
+        Ok(body) => body.trim().to_owned(),
+        Err(failure) if failure.message.contains(" 503 ") => "draining".to_owned(),
+        Err(failure) => return Err(failure),
+    };
+    let metrics = request(target, Method::GET, "/metrics").await?;
+    let sample = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| line.rsplit_once(' '))
+            .filter(|(key, _)| key.split('{').next() == Some(name))
+            .filter_map(|(_, value)| value.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .sum()
+    };
+    let by_transport = |name: &str| -> String {
+        ["udp", "tcp", "tls"]
+            .iter()
+            .map(|t| {
+                let n: u64 = metrics
+                    .lines()
+                    .filter(|l| l.starts_with(&format!("{name}{{transport=\"{t}\"}} ")))
+                    .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+                    .map(|v| v as u64)
+                    .sum();
+                format!("{t} {n}")
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let version = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("icegate_build_info{version=\""))
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or("?");
+    Ok(format!(
+        "icegate {version} at {}: {health}\n\
+         allocations: {} ({})\n\
+         allocations made since start: {}\n\
+         TCP/TLS connections: {}\n\
+         signaling connections: {}, rooms: {}\n",
+        target.base,
+        sample("icegate_allocations"),
+        by_transport("icegate_allocations"),
+        sample("icegate_allocations_created_total"),
+        sample("icegate_stream_connections"),
+        sample("icegate_signal_connections"),
+        sample("icegate_signal_rooms"),
+    ))
+}
+
+fn allocation_table(list: &Value) -> String {
+    let rows = list.as_array().map(Vec::as_slice).unwrap_or_default();
+    if rows.is_empty() {
+        return "no allocations\n".to_owned();
+    }
+    let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    let traffic = |v: &Value| format!("{}B/{}p", v["bytes"], v["packets"]);
+    let mut table = vec![[
+        "USER".to_owned(),
+        "TRANSPORT".to_owned(),
+        "CLIENT".to_owned(),
+        "RELAYED".to_owned(),
+        "AGE".to_owned(),
+        "TO PEER".to_owned(),
+        "FROM PEER".to_owned(),
+    ]];
+    for row in rows {
+        table.push([
+            text(&row["user"]),
+            text(&row["transport"]),
+            text(&row["client"]),
+            text(&row["relayed"]),
+            format!("{}s", row["age_seconds"]),
+            traffic(&row["to_peer"]),
+            traffic(&row["from_peer"]),
+        ]);
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|i| table.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &table {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, &width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Percent-encodes a query value.
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn json(body: String) -> Result<Value, Failure> {
+    serde_json::from_str(&body).map_err(|e| Failure::new(format!("unexpected answer ({e}): {body}")))
+}
+
+/// One request; the body of a 2xx answer, or a failure saying what came back.
+async fn request(target: &Target, method: Method, path: &str) -> Result<String, Failure> {
+    let limit = if path == "/reload" {
+        RELOAD_TIMEOUT
+    } else {
+        REQUEST_TIMEOUT
+    };
+    let url = format!("{}{path}", target.base);
+    tokio::time::timeout(limit, exchange(target, method, path))
+        .await
+        .map_err(|_| Failure::new(format!("{url}: no answer within {limit:?}")))?
+        .map_err(|message| Failure::new(format!("{url}: {message}")))
+}
+
+async fn exchange(target: &Target, method: Method, path: &str) -> Result<String, String> {
+    let tcp = tokio::net::TcpStream::connect(&target.authority)
+        .await
+        .map_err(|e| format!("cannot connect: {e}; is icegate running with this [admin] address?"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, &target.authority)
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    if let Some(token) = &target.token {
+        let value = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| "the token is not a valid header value".to_owned())?;
+        request.headers_mut().insert(header::AUTHORIZATION, value);
+    }
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let body = String::from_utf8_lossy(&body).into_owned();
+    if status.is_success() {
+        return Ok(body);
+    }
+    let why = serde_json::from_str::<Value>(&body)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| body.trim().to_owned());
+    let hint = if status == StatusCode::UNAUTHORIZED {
+        " (give the admin token with --token, or [admin] token in --config)"
+    } else {
+        ""
+    };
+    Err(format!("{} {why}{hint}", status.as_u16()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(encode("alice"), "alice");
+        assert_eq!(encode("a b&c:d"), "a%20b%26c%3Ad");
+    }
+
+    #[test]
+    fn wildcard_admin_addresses_are_reached_on_loopback() {
+        assert_eq!(
+            reachable("0.0.0.0:9641".parse().unwrap()),
+            "127.0.0.1:9641".parse().unwrap()
+        );
+        assert_eq!(
+            reachable("[::]:9641".parse().unwrap()),
+            "[::1]:9641".parse().unwrap()
+        );
+    }
+}
