@@ -36,8 +36,8 @@ use crate::config::AdminConfig;
 use crate::drain;
 use crate::http::{Query, error, json_response};
 use crate::logging::event;
-use crate::reloadable::Reloadable;
 use crate::metrics::{self, Format, Sources};
+use crate::reloadable::Reloadable;
 use crate::server::Server;
 use crate::signal::Signaling;
 use crate::turn::allocation::{Allocation, Traffic};
@@ -335,9 +335,8 @@ pub(crate) async fn serve(listener: AdminListener, api: Arc<AdminApi>) {
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(tcp), service);
-            match tokio::time::timeout(CONNECTION_LIMIT, connection).await {
-                Ok(Err(error)) => log::debug!("admin connection from {peer} ended: {error}"),
-                Ok(Ok(())) | Err(_) => {}
+            if let Ok(Err(error)) = tokio::time::timeout(CONNECTION_LIMIT, connection).await {
+                log::debug!("admin connection from {peer} ended: {error}");
             }
         });
     }

@@ -50,8 +50,7 @@ const DEFAULT_MAX_QUEUED_BYTES: u32 = 256 * 1024;
 const DEFAULT_MAX_FRAME_BYTES: u32 = 16 * 1024;
 /// How long SIGTERM waits for allocations to end (systemd's TimeoutStopSec must be longer).
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-const DEFAULT_ADMIN_ADDRESS: SocketAddr =
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9641);
+const DEFAULT_ADMIN_ADDRESS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9641);
 /// The largest frame the stream format can carry: a STUN header plus a 16-bit length.
 const LARGEST_FRAME_BYTES: u32 = 20 + 0xFFFF;
 
@@ -2152,7 +2151,10 @@ mod tests {
         assert_eq!(config.admin.address, "[::1]:9000".parse().unwrap());
         assert_eq!(config.admin.token.as_deref(), Some(token));
         assert_eq!(config.shutdown_grace, Duration::from_secs(120));
-        assert!(!format!("{config:?}").contains(token), "Debug leaks the token");
+        assert!(
+            !format!("{config:?}").contains(token),
+            "Debug leaks the token"
+        );
     }
 
     #[test]

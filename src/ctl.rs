@@ -103,7 +103,9 @@ fn target(ctl: &Ctl) -> Result<Target, Failure> {
     let config = match (&ctl.config, &ctl.admin) {
         (None, Some(_)) => None,
         (path, _) => {
-            let path = path.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+            let path = path
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
             Some(Config::load(&path).map_err(|errors| Failure {
                 message: format!(
                     "cannot read the admin address from the config:\n{errors}\n\
@@ -193,27 +195,13 @@ async fn status(target: &Target) -> Result<String, Failure> {
         Err(failure) => return Err(failure),
     };
     let metrics = request(target, Method::GET, "/metrics").await?;
-    let sample = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .filter(|line| !line.starts_with('#'))
-            .filter_map(|line| line.rsplit_once(' '))
-            .filter(|(key, _)| key.split('{').next() == Some(name))
-            .filter_map(|(_, value)| value.parse::<f64>().ok())
-            .map(|v| v as u64)
-            .sum()
-    };
+    let sample = |name: &str| sum_of(&metrics, name, |_| true);
     let by_transport = |name: &str| -> String {
         ["udp", "tcp", "tls"]
             .iter()
             .map(|t| {
-                let n: u64 = metrics
-                    .lines()
-                    .filter(|l| l.starts_with(&format!("{name}{{transport=\"{t}\"}} ")))
-                    .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-                    .map(|v| v as u64)
-                    .sum();
-                format!("{t} {n}")
+                let labels = format!("transport=\"{t}\"");
+                format!("{t} {}", sum_of(&metrics, name, |l| l == labels))
             })
             .collect::<Vec<_>>()
             .join(", ")
@@ -237,6 +225,21 @@ async fn status(target: &Target) -> Result<String, Failure> {
         sample("icegate_signal_connections"),
         sample("icegate_signal_rooms"),
     ))
+}
+
+/// The sum of the samples of `name` whose labels (the text between the
+/// braces) pass `labels`, in the classic text format.
+fn sum_of(metrics: &str, name: &str, labels: impl Fn(&str) -> bool) -> u64 {
+    metrics
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.rsplit_once(' '))
+        .filter(|(key, _)| {
+            let (sample, rest) = key.split_once('{').unwrap_or((key, "}"));
+            sample == name && labels(rest.trim_end_matches('}'))
+        })
+        .filter_map(|(_, value)| value.parse::<u64>().ok())
+        .sum()
 }
 
 fn allocation_table(list: &Value) -> String {
@@ -267,7 +270,13 @@ fn allocation_table(list: &Value) -> String {
         ]);
     }
     let widths: Vec<usize> = (0..7)
-        .map(|i| table.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .map(|i| {
+            table
+                .iter()
+                .map(|r| r[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for row in &table {
@@ -296,7 +305,8 @@ fn encode(value: &str) -> String {
 }
 
 fn json(body: String) -> Result<Value, Failure> {
-    serde_json::from_str(&body).map_err(|e| Failure::new(format!("unexpected answer ({e}): {body}")))
+    serde_json::from_str(&body)
+        .map_err(|e| Failure::new(format!("unexpected answer ({e}): {body}")))
 }
 
 /// One request; the body of a 2xx answer, or a failure saying what came back.
@@ -316,7 +326,9 @@ async fn request(target: &Target, method: Method, path: &str) -> Result<String, 
 async fn exchange(target: &Target, method: Method, path: &str) -> Result<String, String> {
     let tcp = tokio::net::TcpStream::connect(&target.authority)
         .await
-        .map_err(|e| format!("cannot connect: {e}; is icegate running with this [admin] address?"))?;
+        .map_err(|e| {
+            format!("cannot connect: {e}; is icegate running with this [admin] address?")
+        })?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .map_err(|e| e.to_string())?;
@@ -362,6 +374,14 @@ async fn exchange(target: &Target, method: Method, path: &str) -> Result<String,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn samples_are_summed_by_name_and_labels() {
+        let metrics = "# TYPE a gauge\na{t=\"udp\"} 2\na{t=\"tcp\"} 3\nab 7\nb 1\n";
+        assert_eq!(sum_of(metrics, "a", |_| true), 5);
+        assert_eq!(sum_of(metrics, "a", |l| l == "t=\"tcp\""), 3);
+        assert_eq!(sum_of(metrics, "b", |_| true), 1);
+    }
 
     #[test]
     fn query_values_are_percent_encoded() {

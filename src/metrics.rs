@@ -425,7 +425,12 @@ impl Collector for Sources {
             Reject::ALL
                 .into_iter()
                 .filter(|r| r.is_auth_failure())
-                .map(|r| (vec![("reason", r.name())], ConstCounter::new(rejects.get(r)))),
+                .map(|r| {
+                    (
+                        vec![("reason", r.name())],
+                        ConstCounter::new(rejects.get(r)),
+                    )
+                }),
         )?;
         let bindings = each(&metrics.binding_responses);
         family(
@@ -441,9 +446,12 @@ impl Collector for Sources {
             "Requests answered with an error, and packets and connections dropped, by reason \
              (\"challenge\" is the normal first 401 of every client)",
             MetricType::Counter,
-            Reject::ALL
-                .into_iter()
-                .map(|r| (vec![("reason", r.name())], ConstCounter::new(rejects.get(r)))),
+            Reject::ALL.into_iter().map(|r| {
+                (
+                    vec![("reason", r.name())],
+                    ConstCounter::new(rejects.get(r)),
+                )
+            }),
         )?;
         family(
             e,
@@ -492,9 +500,10 @@ impl Collector for Sources {
             "signal_messages",
             "Signaling messages received from clients, by type",
             MetricType::Counter,
-            SignalMessage::ALL.into_iter().zip(&metrics.signal_messages).map(|(k, n)| {
-                (vec![("type", k.name())], ConstCounter::new(read(n)))
-            }),
+            SignalMessage::ALL
+                .into_iter()
+                .zip(&metrics.signal_messages)
+                .map(|(k, n)| (vec![("type", k.name())], ConstCounter::new(read(n)))),
         )?;
         let counted = Limit::ALL
             .into_iter()
@@ -580,7 +589,9 @@ mod tests {
              # HELP a_c Cees now.\n# TYPE a_c gauge\na_c 3\n"
         );
         assert_eq!(
-            Format::for_accept(Some("application/openmetrics-text;version=1.0.0,text/plain;q=0.5")),
+            Format::for_accept(Some(
+                "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"
+            )),
             Format::OpenMetrics
         );
         assert_eq!(Format::for_accept(Some("*/*")), Format::Classic);

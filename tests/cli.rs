@@ -330,6 +330,14 @@ fn run_without_config_prints_ice_servers_allows_loopback_peers_and_answers_stun_
              (`ss -tlpn 'sport = 8478'`) and rerun"
         );
     }
+    let admin: SocketAddr = "127.0.0.1:9641".parse().unwrap();
+    if let Err(error) = std::net::TcpListener::bind(admin) {
+        panic!(
+            "cannot test `icegate run` without --config: TCP {admin}, where its embedded \
+             default config serves the admin API, is taken ({error}); stop whatever holds it \
+             (`ss -tlpn 'sport = 9641'`) and rerun"
+        );
+    }
     let mut child = Command::new(ICEGATE)
         .arg("run")
         .stdin(Stdio::null())

@@ -9,32 +9,26 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use stun::agent::TransactionId;
-use stun::attributes::{ATTR_MESSAGE_INTEGRITY, ATTR_NONCE, ATTR_REALM, ATTR_USERNAME, AttrType};
-use stun::error_code::ErrorCodeAttribute;
-use stun::fingerprint::FINGERPRINT;
-use stun::integrity::MessageIntegrity;
+use stun::attributes::{ATTR_REALM, AttrType};
 use stun::message::{
-    CLASS_ERROR_RESPONSE, CLASS_INDICATION, CLASS_REQUEST, CLASS_SUCCESS_RESPONSE, Getter,
-    METHOD_ALLOCATE, METHOD_BINDING, METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, METHOD_DATA,
-    METHOD_REFRESH, METHOD_SEND, Message, MessageType, Method, Setter,
+    CLASS_ERROR_RESPONSE, CLASS_INDICATION, CLASS_REQUEST, Getter, METHOD_ALLOCATE, METHOD_BINDING,
+    METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, METHOD_DATA, METHOD_REFRESH, MessageType,
 };
 use stun::textattrs::TextAttribute;
 use stun::uattrs::UnknownAttributes;
-use stun::xoraddr::XorMappedAddress;
+use turn::proto::PROTO_TCP;
 use turn::proto::channum::ChannelNumber;
-use turn::proto::data::Data;
 use turn::proto::lifetime::Lifetime;
-use turn::proto::peeraddr::PeerAddress;
-use turn::proto::relayaddr::RelayedAddress;
 use turn::proto::reqfamily::REQUESTED_FAMILY_IPV6;
 use turn::proto::reqtrans::RequestedTransport;
-use turn::proto::{PROTO_TCP, PROTO_UDP};
 
-use common::{PASSWORD, REALM, SECRET, TestConfig, TestDaemon, USER, unix_now};
+use common::stun_client::{
+    Client, Credentials, READ_TIMEOUT, RawAttribute, Session, alice, assert_challenge,
+    assert_error, assert_success, build, decode, error_of, peer, relayed_of, rest_user,
+    send_indication, text, udp_transport, xor_peer,
+};
+use common::{PASSWORD, TestConfig, TestDaemon, USER, unix_now};
 
-/// The longest any read waits for the daemon.
-const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a test listens to be sure that nothing arrives.
 const SILENCE: Duration = Duration::from_millis(400);
 
@@ -52,334 +46,6 @@ fn config_without_loopback_peers(relay_addresses: &[&str], relay_extra: &str) ->
         ..TestConfig::default()
     }
     .render()
-}
-
-// ---------------------------------------------------------------------------------------------
-// Credentials
-
-#[derive(Clone, Debug)]
-struct Credentials {
-    username: String,
-    password: String,
-}
-
-fn alice() -> Credentials {
-    Credentials {
-        username: USER.to_owned(),
-        password: PASSWORD.to_owned(),
-    }
-}
-
-/// TURN REST credentials for `user` that expire at `expiry` (unix seconds):
-/// username `expiry:user`, password base64(HMAC-SHA1(secret, username)).
-fn rest_user(user: &str, expiry: u64) -> Credentials {
-    let username = format!("{expiry}:{user}");
-    let password = common::rest_password(SECRET, &username);
-    Credentials { username, password }
-}
-
-fn integrity(credentials: &Credentials) -> MessageIntegrity {
-    MessageIntegrity::new_long_term_integrity(
-        credentials.username.clone(),
-        REALM.to_owned(),
-        credentials.password.clone(),
-    )
-}
-
-// ---------------------------------------------------------------------------------------------
-// Messages
-
-/// A raw attribute of any type, for types the `stun` crate has no setter for.
-struct RawAttribute(u16, Vec<u8>);
-
-impl Setter for RawAttribute {
-    fn add_to(&self, m: &mut Message) -> Result<(), stun::Error> {
-        m.add(AttrType(self.0), &self.1);
-        Ok(())
-    }
-}
-
-type Attrs = Vec<Box<dyn Setter>>;
-
-fn udp_transport() -> Box<dyn Setter> {
-    Box::new(RequestedTransport {
-        protocol: PROTO_UDP,
-    })
-}
-
-fn peer(addr: SocketAddr) -> Box<dyn Setter> {
-    Box::new(PeerAddress {
-        ip: addr.ip(),
-        port: addr.port(),
-    })
-}
-
-/// A message with a fresh transaction ID, `attrs`, then FINGERPRINT.
-fn build(method: Method, class: stun::message::MessageClass, attrs: Attrs) -> Message {
-    let mut setters: Attrs = vec![
-        Box::new(TransactionId::new()),
-        Box::new(MessageType::new(method, class)),
-    ];
-    setters.extend(attrs);
-    setters.push(Box::new(FINGERPRINT));
-    let mut message = Message::new();
-    message.build(&setters).expect("build stun message");
-    message
-}
-
-/// A request with long-term credentials: `attrs`, USERNAME, REALM, NONCE,
-/// MESSAGE-INTEGRITY, FINGERPRINT.
-fn build_authenticated(
-    method: Method,
-    attrs: Attrs,
-    credentials: &Credentials,
-    nonce: &str,
-) -> Message {
-    let mut setters: Attrs = vec![
-        Box::new(TransactionId::new()),
-        Box::new(MessageType::new(method, CLASS_REQUEST)),
-    ];
-    setters.extend(attrs);
-    setters.push(Box::new(TextAttribute::new(
-        ATTR_USERNAME,
-        credentials.username.clone(),
-    )));
-    setters.push(Box::new(TextAttribute::new(ATTR_REALM, REALM.to_owned())));
-    setters.push(Box::new(TextAttribute::new(ATTR_NONCE, nonce.to_owned())));
-    setters.push(Box::new(integrity(credentials)));
-    setters.push(Box::new(FINGERPRINT));
-    let mut message = Message::new();
-    message.build(&setters).expect("build stun message");
-    message
-}
-
-fn decode(bytes: &[u8]) -> Option<Message> {
-    let mut message = Message::new();
-    message.raw = bytes.to_vec();
-    message.decode().ok()?;
-    Some(message)
-}
-
-fn error_of(message: &Message) -> Option<(u16, String)> {
-    let mut code = ErrorCodeAttribute::default();
-    code.get_from(message).ok()?;
-    Some((
-        code.code.0,
-        String::from_utf8_lossy(&code.reason).into_owned(),
-    ))
-}
-
-fn text(message: &Message, attr: AttrType) -> Option<String> {
-    TextAttribute::get_from_as(message, attr)
-        .ok()
-        .map(|t| t.text)
-}
-
-#[track_caller]
-fn assert_error(response: &Message, code: u16, what: &str) {
-    assert_eq!(
-        response.typ.class,
-        CLASS_ERROR_RESPONSE,
-        "{what}: expected error {code}, got {} {:?}",
-        response.typ,
-        error_of(response)
-    );
-    let (got, reason) = error_of(response).unwrap_or_else(|| panic!("{what}: no ERROR-CODE"));
-    assert_eq!(
-        got, code,
-        "{what}: expected error {code}, got {got} {reason:?}"
-    );
-}
-
-#[track_caller]
-fn assert_success(response: &Message, what: &str) {
-    assert_eq!(
-        response.typ.class,
-        CLASS_SUCCESS_RESPONSE,
-        "{what}: expected success, got {} {:?}",
-        response.typ,
-        error_of(response)
-    );
-}
-
-/// A 401 or 438 must tell the client how to retry: REALM and a new NONCE.
-#[track_caller]
-fn assert_challenge(response: &Message, code: u16, what: &str) -> String {
-    assert_error(response, code, what);
-    assert_eq!(
-        text(response, ATTR_REALM).as_deref(),
-        Some(REALM),
-        "{what}: REALM"
-    );
-    assert!(
-        !response.contains(ATTR_MESSAGE_INTEGRITY),
-        "{what}: a challenge cannot carry MESSAGE-INTEGRITY"
-    );
-    let nonce = text(response, ATTR_NONCE).unwrap_or_else(|| panic!("{what}: no NONCE"));
-    assert!(!nonce.is_empty(), "{what}: empty NONCE");
-    nonce
-}
-
-fn xor_peer(message: &Message) -> SocketAddr {
-    let mut address = PeerAddress::default();
-    address.get_from(message).expect("XOR-PEER-ADDRESS");
-    SocketAddr::new(address.ip, address.port)
-}
-
-// ---------------------------------------------------------------------------------------------
-// A client over a plain UDP socket
-
-struct Client {
-    socket: UdpSocket,
-    server: SocketAddr,
-}
-
-impl Client {
-    fn new(server: SocketAddr) -> Self {
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind client socket");
-        Self { socket, server }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.socket.local_addr().expect("client address")
-    }
-
-    fn send_raw(&self, bytes: &[u8]) {
-        self.socket
-            .send_to(bytes, self.server)
-            .expect("send to icegate");
-    }
-
-    /// The next datagram from the server within `wait`, or None.
-    fn recv_within(&self, wait: Duration) -> Option<Vec<u8>> {
-        let deadline = Instant::now() + wait;
-        let mut buf = vec![0u8; 65_536];
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            self.socket
-                .set_read_timeout(Some(left))
-                .expect("set read timeout");
-            match self.socket.recv_from(&mut buf) {
-                Ok((len, from)) if from == self.server => return Some(buf[..len].to_vec()),
-                Ok(_) => {}
-                Err(error)
-                    if matches!(
-                        error.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return None;
-                }
-                Err(error) => panic!("receive from icegate: {error}"),
-            }
-        }
-    }
-
-    /// Sends `bytes` and returns the raw response with `transaction`.
-    fn transact_raw(&self, bytes: &[u8], transaction: TransactionId) -> Vec<u8> {
-        self.send_raw(bytes);
-        self.response_to(transaction)
-    }
-
-    /// The raw response with `transaction`, for a request already sent;
-    /// indications and other responses are skipped.
-    fn response_to(&self, transaction: TransactionId) -> Vec<u8> {
-        let deadline = Instant::now() + READ_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Some(reply) = self.recv_within(left) else {
-                panic!("no response from icegate within {READ_TIMEOUT:?}");
-            };
-            if let Some(message) = decode(&reply)
-                && message.transaction_id == transaction
-                && message.typ.class != CLASS_INDICATION
-            {
-                return reply;
-            }
-        }
-    }
-
-    fn transact(&self, request: &Message) -> Message {
-        let reply = self.transact_raw(&request.raw, request.transaction_id);
-        decode(&reply).expect("the stun crate decodes icegate's response")
-    }
-
-    /// Allocate without credentials: the 401 that starts every session.
-    fn challenge(&self) -> String {
-        let request = build(METHOD_ALLOCATE, CLASS_REQUEST, vec![udp_transport()]);
-        assert_challenge(
-            &self.transact(&request),
-            401,
-            "Allocate without credentials",
-        )
-    }
-
-    /// A Binding request whose success response must carry this socket's address.
-    #[track_caller]
-    fn assert_binding_works(&self) {
-        let request = build(METHOD_BINDING, CLASS_REQUEST, vec![]);
-        let response = self.transact(&request);
-        assert_success(&response, "Binding");
-        let mut mapped = XorMappedAddress::default();
-        mapped.get_from(&response).expect("XOR-MAPPED-ADDRESS");
-        assert_eq!(SocketAddr::new(mapped.ip, mapped.port), self.addr());
-    }
-}
-
-/// A client that passed the 401 round trip: it has a nonce and credentials.
-struct Session {
-    client: Client,
-    credentials: Credentials,
-    nonce: String,
-}
-
-impl Session {
-    fn open(server: SocketAddr, credentials: Credentials) -> Self {
-        let client = Client::new(server);
-        let nonce = client.challenge();
-        Self {
-            client,
-            credentials,
-            nonce,
-        }
-    }
-
-    fn request_message(&self, method: Method, attrs: Attrs) -> Message {
-        build_authenticated(method, attrs, &self.credentials, &self.nonce)
-    }
-
-    fn request(&self, method: Method, attrs: Attrs) -> Message {
-        self.client.transact(&self.request_message(method, attrs))
-    }
-
-    /// An Allocate for UDP: the response, success or not.
-    fn try_allocate(&self) -> Message {
-        self.request(METHOD_ALLOCATE, vec![udp_transport()])
-    }
-
-    /// Allocates and returns the relayed address; the response must be a
-    /// success whose MESSAGE-INTEGRITY verifies with the client's key.
-    #[track_caller]
-    fn allocate(&self) -> SocketAddr {
-        let mut response = self.try_allocate();
-        relayed_of(&mut response, &self.credentials)
-    }
-}
-
-/// The XOR-RELAYED-ADDRESS of a successful Allocate response, after checking
-/// its MESSAGE-INTEGRITY.
-#[track_caller]
-fn relayed_of(response: &mut Message, credentials: &Credentials) -> SocketAddr {
-    assert_success(response, "Allocate");
-    integrity(credentials)
-        .check(response)
-        .expect("MESSAGE-INTEGRITY of the Allocate response verifies");
-    let mut relayed = RelayedAddress::default();
-    relayed.get_from(response).expect("XOR-RELAYED-ADDRESS");
-    SocketAddr::new(relayed.ip, relayed.port)
 }
 
 fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
@@ -626,15 +292,6 @@ fn allowing_6to4_and_nat64_prefixes_still_refuses_the_loopback_and_private_hosts
             &format!("CreatePermission {ip} (embeds 8.8.8.8)"),
         );
     }
-}
-
-/// A Send indication to `target` carrying `data`.
-fn send_indication(target: SocketAddr, data: &[u8]) -> Message {
-    build(
-        METHOD_SEND,
-        CLASS_INDICATION,
-        vec![peer(target), Box::new(Data(data.to_vec()))],
-    )
 }
 
 fn loopback_peer() -> UdpSocket {

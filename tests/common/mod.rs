@@ -24,9 +24,11 @@ use hmac::{Hmac, Mac};
 use rustls::pki_types::pem::PemObject;
 use sha1::Sha1;
 
+pub mod admin;
 pub mod browser;
 pub mod coturn;
 pub mod signal;
+pub mod stun_client;
 pub mod turn;
 
 pub const REALM: &str = "test.local";
@@ -62,6 +64,10 @@ pub struct TestConfig<'a> {
     pub public_host: Option<&'a str>,
     /// More tables (e.g. `[signal]`), appended verbatim at the end.
     pub tables: &'a str,
+    /// Keys inside `[admin]`, whose address is 127.0.0.1:0 (e.g. `token = "..."`).
+    pub admin_extra: &'a str,
+    /// The top-level `shutdown-grace` (e.g. "1s"); the default if None.
+    pub shutdown_grace: Option<&'a str>,
 }
 
 impl Default for TestConfig<'_> {
@@ -77,6 +83,8 @@ impl Default for TestConfig<'_> {
             tls_services: &[],
             public_host: None,
             tables: "",
+            admin_extra: "",
+            shutdown_grace: None,
         }
     }
 }
@@ -116,15 +124,20 @@ impl TestConfig<'_> {
         } else {
             format!("[connections]\n{}\n", self.connections_extra)
         };
+        let shutdown_grace = self
+            .shutdown_grace
+            .map(|grace| format!("shutdown-grace = \"{grace}\"\n"))
+            .unwrap_or_default();
         let Self {
             relay_extra,
             auth_extra,
             tables,
+            admin_extra,
             ..
         } = self;
         format!(
             r#"realm = "{REALM}"
-{public_host}[log]
+{shutdown_grace}{public_host}[log]
 level = "debug"
 {listeners}[relay]
 addresses = [{addresses}]
@@ -135,6 +148,9 @@ secrets = ["{SECRET}"]
 [[auth.users]]
 name = "{USER}"
 password = "{PASSWORD}"
+[admin]
+address = "127.0.0.1:0"
+{admin_extra}
 {tables}"#
         )
     }
@@ -166,16 +182,25 @@ pub struct TestDaemon {
     pub tcp: Option<SocketAddr>,
     /// The first `tls` listener's bound address, if the config has one.
     pub tls: Option<SocketAddr>,
+    /// The admin listener's bound address.
+    pub admin: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
     pub config_path: PathBuf,
 }
 
 impl TestDaemon {
-    /// Starts icegate with `config` and waits (at most 10 s) until it is ready.
+    /// Starts icegate with `config` and waits (at most 10 s) until it is
+    /// ready. A config without `[admin]` gets one on 127.0.0.1:0, so that
+    /// daemons of tests running side by side do not compete for its port.
     pub fn start(config: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("icegate.toml");
+        let config = if config.contains("[admin]") {
+            config.to_owned()
+        } else {
+            format!("{config}\n[admin]\naddress = \"127.0.0.1:0\"\n")
+        };
         std::fs::write(&config_path, config).expect("write config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_icegate"))
             .arg("run")
@@ -199,6 +224,7 @@ impl TestDaemon {
         let mut udp = None;
         let mut tcp = None;
         let mut tls = None;
+        let mut admin = None;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match lines_rx.recv_timeout(left) {
@@ -207,6 +233,7 @@ impl TestDaemon {
                         ("info listening on udp ", &mut udp),
                         ("info listening on tcp ", &mut tcp),
                         ("info listening on tls ", &mut tls),
+                        ("info listening on admin ", &mut admin),
                     ] {
                         if let Some(addr) = line.strip_prefix(prefix)
                             && slot.is_none()
@@ -232,6 +259,7 @@ impl TestDaemon {
             udp: udp.expect("icegate announced its udp listener"),
             tcp,
             tls,
+            admin: admin.expect("icegate announced its admin listener"),
             log,
             _dir: dir,
             config_path,
@@ -273,6 +301,11 @@ impl TestDaemon {
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits up to `limit` for the daemon to exit on its own.
+    pub fn wait_for_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        wait_within(&mut self.child, limit)
     }
 
     /// The daemon's process id, e.g. for /proc/PID or `kill`.
