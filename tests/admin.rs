@@ -259,6 +259,87 @@ fn peer_attr(peer: &UdpSocket) -> Box<dyn stun::message::Setter> {
     common::stun_client::peer(addr_of(peer))
 }
 
+#[test]
+fn tls_handshakes_are_counted_by_result_and_stun_over_tls_by_transport() {
+    const HOST: &str = "turn.icegate.test";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let certs = common::make_test_ca_and_cert(dir.path(), HOST);
+    let config = TestConfig {
+        tls: Some((&certs.cert, &certs.key)),
+        ..TestConfig::default()
+    }
+    .render();
+    let daemon = TestDaemon::start(&config);
+    let address = daemon.tls.expect("tls listener");
+    let before = Scrape::of(&daemon, None);
+
+    // A handshake that completes, then a Binding over it.
+    let mut tcp = TcpStream::connect(address).expect("connect");
+    tcp.set_read_timeout(Some(READ_TIMEOUT)).expect("timeout");
+    let mut tls = rustls::ClientConnection::new(
+        common::tls_client_config(&certs.ca),
+        rustls::pki_types::ServerName::try_from(HOST).expect("name"),
+    )
+    .expect("a rustls client");
+    while tls.is_handshaking() {
+        tls.complete_io(&mut tcp).expect("handshake");
+    }
+    let mut stream = rustls::StreamOwned::new(tls, tcp);
+    let binding = build(METHOD_BINDING, CLASS_REQUEST, vec![]);
+    stream.write_all(&binding.raw).expect("send Binding");
+    let mut header = [0u8; 20];
+    stream.read_exact(&mut header).expect("Binding answered");
+    assert_eq!(&header[..2], &[0x01, 0x01], "a Binding success response");
+    drop(stream);
+    // A handshake that fails: a TLS record that is no ClientHello.
+    let mut broken = TcpStream::connect(address).expect("connect");
+    broken
+        .set_read_timeout(Some(READ_TIMEOUT))
+        .expect("timeout");
+    broken
+        .write_all(&[0x16, 0x03, 0x01, 0x00, 0x04, 0xde, 0xad, 0xbe, 0xef])
+        .expect("send");
+    let mut buf = [0u8; 64];
+    while matches!(broken.read(&mut buf), Ok(n) if n > 0) {}
+
+    let expected: BTreeMap<String, f64> = [
+        (
+            key("icegate_tls_handshakes_total", &[("result", "ok")]),
+            1.0,
+        ),
+        (
+            key("icegate_tls_handshakes_total", &[("result", "failed")]),
+            1.0,
+        ),
+        (
+            key(
+                "icegate_refusals_total",
+                &[("reason", "tls-handshake-failed")],
+            ),
+            1.0,
+        ),
+        (
+            key(
+                "icegate_stun_binding_responses_total",
+                &[("transport", "tls")],
+            ),
+            1.0,
+        ),
+    ]
+    .into_iter()
+    .collect();
+    // The daemon notices the closed connections on its own time: look a few times.
+    let mut changes = BTreeMap::new();
+    for _ in 0..40 {
+        changes = Scrape::of(&daemon, None).changes_since(&before);
+        if changes == expected {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(changes, expected);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signaling_metrics_and_ending_a_users_signaling_sessions() {
     let daemon = TestDaemon::start(&signal_config(""));

@@ -6,7 +6,8 @@
 
 CLASSIC_FILE holds /metrics as served by default (Prometheus text 0.0.4),
 OPENMETRICS_FILE as served to `Accept: application/openmetrics-text`. Both
-must parse, into the same families and samples. Prints one JSON object:
+must parse, into the same families and sample names and labels (the values
+may have moved between the two requests). Prints one JSON object:
 {"families": {name: type}, "samples": [[name, {label: value}, value], ...]}.
 Exits 3 when prometheus-client is not installed, 1 when the texts differ.
 """
@@ -41,8 +42,10 @@ def main():
         openmetrics = f.read()
     kinds, samples = flatten(text_string_to_metric_families(classic))
     om_kinds, om_samples = flatten(openmetrics_families(openmetrics))
-    key = lambda s: (s[0], sorted(s[1].items()))
-    if kinds != om_kinds or sorted(samples, key=key) != sorted(om_samples, key=key):
+    # The two scrapes are moments apart: values may differ, names and labels not.
+    keys = sorted((s[0], sorted(s[1].items())) for s in samples)
+    om_keys = sorted((s[0], sorted(s[1].items())) for s in om_samples)
+    if kinds != om_kinds or keys != om_keys:
         print("the two formats differ:", json.dumps([kinds, om_kinds]), file=sys.stderr)
         sys.exit(1)
     print(json.dumps({"families": kinds, "samples": samples}))
