@@ -355,6 +355,31 @@ fn family<'l, M: EncodeMetric>(
     Ok(())
 }
 
+/// A counter family with one label: one counter per `(label value, count)`.
+fn counters<'l>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    values: impl IntoIterator<Item = (&'l str, u64)>,
+) -> fmt::Result {
+    let members = values
+        .into_iter()
+        .map(|(value, n)| (vec![(label, value)], ConstCounter::new(n)));
+    family(encoder, name, help, MetricType::Counter, members)
+}
+
+/// A counter family with one counter per TURN transport.
+fn transport_counters(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    values: [u64; TURN_TRANSPORTS.len()],
+) -> fmt::Result {
+    let members = by_transport(values, ConstCounter::new);
+    family(encoder, name, help, MetricType::Counter, members)
+}
+
 impl Collector for Sources {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
         let server = &self.server;
@@ -375,13 +400,11 @@ impl Collector for Sources {
             MetricType::Gauge,
             by_transport(current, |n| ConstGauge::new(to_i64(n))),
         )?;
-        let created = each(&metrics.allocations_created);
-        family(
+        transport_counters(
             e,
             "allocations_created",
             "Allocations made, by the transport between client and server",
-            MetricType::Counter,
-            by_transport(created, ConstCounter::new),
+            each(&metrics.allocations_created),
         )?;
         let relay_members = |values: &[AtomicU64; 4]| {
             let mut members = Vec::new();
@@ -417,52 +440,39 @@ impl Collector for Sources {
             "Permissions and channels refused by the peer address policy",
             rejects.get(Reject::PeerRefused),
         )?;
-        family(
+        counters(
             e,
             "auth_failures",
             "TURN requests whose credentials failed, by reason",
-            MetricType::Counter,
+            "reason",
             Reject::ALL
                 .into_iter()
                 .filter(|r| r.is_auth_failure())
-                .map(|r| {
-                    (
-                        vec![("reason", r.name())],
-                        ConstCounter::new(rejects.get(r)),
-                    )
-                }),
+                .map(|r| (r.name(), rejects.get(r))),
         )?;
-        let bindings = each(&metrics.binding_responses);
-        family(
+        transport_counters(
             e,
             "stun_binding_responses",
             "STUN Binding success responses, by transport",
-            MetricType::Counter,
-            by_transport(bindings, ConstCounter::new),
+            each(&metrics.binding_responses),
         )?;
-        family(
+        counters(
             e,
             "refusals",
             "Requests answered with an error, and packets and connections dropped, by reason \
              (\"challenge\" is the normal first 401 of every client)",
-            MetricType::Counter,
-            Reject::ALL.into_iter().map(|r| {
-                (
-                    vec![("reason", r.name())],
-                    ConstCounter::new(rejects.get(r)),
-                )
-            }),
+            "reason",
+            Reject::ALL.into_iter().map(|r| (r.name(), rejects.get(r))),
         )?;
-        family(
+        counters(
             e,
             "tls_handshakes",
             "TLS handshakes, by result",
-            MetricType::Counter,
+            "result",
             [
                 ("ok", read(&metrics.tls_handshakes_ok)),
                 ("failed", rejects.get(Reject::TlsHandshakeFailed)),
-            ]
-            .map(|(result, n)| (vec![("result", result)], ConstCounter::new(n))),
+            ],
         )?;
         gauge(
             e,
@@ -495,15 +505,15 @@ impl Collector for Sources {
             "Signaling rooms with at least one peer now",
             to_i64(rooms),
         )?;
-        family(
+        counters(
             e,
             "signal_messages",
             "Signaling messages received from clients, by type",
-            MetricType::Counter,
+            "type",
             SignalMessage::ALL
                 .into_iter()
                 .zip(&metrics.signal_messages)
-                .map(|(k, n)| (vec![("type", k.name())], ConstCounter::new(read(n)))),
+                .map(|(kind, n)| (kind.name(), read(n))),
         )?;
         let counted = Limit::ALL
             .into_iter()
@@ -512,22 +522,22 @@ impl Collector for Sources {
         let refused = LIMIT_REFUSALS
             .into_iter()
             .map(|(key, reject)| (key, rejects.get(reject)));
-        family(
+        counters(
             e,
             "limit_hits",
             "Requests, connections and messages refused by a configured limit, by its key",
-            MetricType::Counter,
-            counted
-                .chain(refused)
-                .map(|(key, n)| (vec![("limit", key)], ConstCounter::new(n))),
+            "limit",
+            counted.chain(refused),
         )?;
-        family(
+        counters(
             e,
             "reloads",
             "Reloads (SIGHUP or POST /reload), by result",
-            MetricType::Counter,
-            [("ok", &metrics.reloads[0]), ("failed", &metrics.reloads[1])]
-                .map(|(result, n)| (vec![("result", result)], ConstCounter::new(read(n)))),
+            "result",
+            [
+                ("ok", read(&metrics.reloads[0])),
+                ("failed", read(&metrics.reloads[1])),
+            ],
         )?;
         gauge(
             e,

@@ -25,8 +25,8 @@ use turn::proto::lifetime::Lifetime;
 use common::admin::{Answer, Scrape, key, request};
 use common::signal::{Event, SignalClient, signal_config, token_for};
 use common::stun_client::{
-    Credentials, READ_TIMEOUT, Session, alice, assert_error, assert_success, build, decode,
-    rest_user, send_indication,
+    Credentials, READ_TIMEOUT, Session, alice, alice_with, assert_error, assert_success, build,
+    decode, rest_user, send_indication,
 };
 use common::{Finished, SECRET, TestConfig, TestDaemon, USER, run_bounded, unix_now};
 
@@ -37,11 +37,7 @@ const SILENCE: Duration = Duration::from_millis(400);
 const EXIT_WAIT: Duration = Duration::from_secs(15);
 
 fn loopback_peer() -> UdpSocket {
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind peer");
-    socket
-        .set_read_timeout(Some(READ_TIMEOUT))
-        .expect("read timeout");
-    socket
+    common::stun_client::loopback_peer(READ_TIMEOUT)
 }
 
 fn addr_of(socket: &UdpSocket) -> SocketAddr {
@@ -78,11 +74,7 @@ fn relays_both_ways(session: &Session, relayed: SocketAddr, peer: &UdpSocket, da
         .client
         .send_raw(&send_indication(addr_of(peer), data).raw);
     assert_eq!(peer_receives(peer), (data.to_vec(), relayed));
-    peer.send_to(data, relayed).expect("peer answers");
-    let reply = session
-        .client
-        .recv_within(READ_TIMEOUT)
-        .expect("the client receives the answer");
+    let reply = peer_to_client(session, peer, relayed, data);
     let message = decode(&reply).expect("a STUN message");
     assert_eq!(
         (message.typ.method, message.typ.class),
@@ -91,6 +83,31 @@ fn relays_both_ways(session: &Session, relayed: SocketAddr, peer: &UdpSocket, da
     let mut got = Data::default();
     got.get_from(&message).expect("DATA");
     assert_eq!(got.0, data);
+}
+
+/// The peer sends `data` to the relayed address; returns what the client receives.
+#[track_caller]
+fn peer_to_client(
+    session: &Session,
+    peer: &UdpSocket,
+    relayed: SocketAddr,
+    data: &[u8],
+) -> Vec<u8> {
+    peer.send_to(data, relayed).expect("peer sends");
+    session
+        .client
+        .recv_within(READ_TIMEOUT)
+        .expect("the client receives what the peer sent")
+}
+
+type Labels<'a> = &'a [(&'a str, &'a str)];
+
+/// The changes a test expects, as [`Scrape::changes_since`] lists them.
+fn deltas(entries: &[(&str, Labels<'_>, f64)]) -> BTreeMap<String, f64> {
+    entries
+        .iter()
+        .map(|&(name, labels, n)| (key(name, labels), n))
+        .collect()
 }
 
 fn get(daemon: &TestDaemon, path: &str) -> Answer {
@@ -143,11 +160,7 @@ fn metrics_move_by_exactly_what_was_relayed_refused_and_answered() {
         assert_eq!(peer_receives(&peer), (data.to_vec(), relayed));
     }
     for _ in 0..3 {
-        peer.send_to(b"0123456789", relayed).expect("peer sends");
-        let reply = session
-            .client
-            .recv_within(READ_TIMEOUT)
-            .expect("Data indication");
+        let reply = peer_to_client(&session, &peer, relayed, b"0123456789");
         assert_eq!(decode(&reply).expect("STUN").typ.method, METHOD_DATA);
     }
     // A channel: four ChannelData of 3 bytes out, two of 6 bytes back.
@@ -161,12 +174,8 @@ fn metrics_move_by_exactly_what_was_relayed_refused_and_answered() {
         assert_eq!(peer_receives(&peer), (vec![i, i, i], relayed));
     }
     for _ in 0..2 {
-        peer.send_to(b"sixsix", relayed).expect("peer sends");
-        let reply = session
-            .client
-            .recv_within(READ_TIMEOUT)
-            .expect("ChannelData");
-        assert_eq!(&reply[..4], &[0x40, 0x00, 0x00, 0x06]);
+        let reply = peer_to_client(&session, &peer, relayed, b"sixsix");
+        assert_eq!(&reply[..4], &[0x40, 0x00, 0x00, 0x06], "ChannelData");
     }
     // One Binding answered.
     session.client.assert_binding_works();
@@ -179,71 +188,37 @@ fn metrics_move_by_exactly_what_was_relayed_refused_and_answered() {
     );
     assert_error(&refused, 403, "CreatePermission to 192.0.2.1");
     // One more challenge, then a wrong password.
-    let wrong = Session::open(
-        daemon.udp,
-        Credentials {
-            username: USER.to_owned(),
-            password: "not-the-password".to_owned(),
-        },
-    );
+    let wrong = Session::open(daemon.udp, alice_with("not-the-password"));
     assert_error(&wrong.try_allocate(), 401, "Allocate with a wrong password");
 
     let after = Scrape::of(&daemon, None);
-    let to_peer_indication = [("direction", "to_peer"), ("framing", "indication")];
-    let from_peer_indication = [("direction", "from_peer"), ("framing", "indication")];
-    let to_peer_channel = [("direction", "to_peer"), ("framing", "channel_data")];
-    let from_peer_channel = [("direction", "from_peer"), ("framing", "channel_data")];
-    let udp = [("transport", "udp")];
-    let expected: BTreeMap<String, f64> = [
-        (key("icegate_allocations", &udp), 1.0),
-        (key("icegate_allocations_created_total", &udp), 1.0),
-        (
-            key("icegate_relayed_packets_total", &to_peer_indication),
-            2.0,
-        ),
-        (
-            key("icegate_relayed_bytes_total", &to_peer_indication),
-            12.0,
-        ),
-        (
-            key("icegate_relayed_packets_total", &from_peer_indication),
-            3.0,
-        ),
-        (
-            key("icegate_relayed_bytes_total", &from_peer_indication),
-            30.0,
-        ),
-        (key("icegate_relayed_packets_total", &to_peer_channel), 4.0),
-        (key("icegate_relayed_bytes_total", &to_peer_channel), 12.0),
-        (
-            key("icegate_relayed_packets_total", &from_peer_channel),
-            2.0,
-        ),
-        (key("icegate_relayed_bytes_total", &from_peer_channel), 12.0),
-        (key("icegate_stun_binding_responses_total", &udp), 1.0),
-        (key("icegate_peers_refused_total", &[]), 1.0),
-        (
-            key("icegate_refusals_total", &[("reason", "peer-refused")]),
-            1.0,
-        ),
-        (
-            key("icegate_refusals_total", &[("reason", "challenge")]),
-            2.0,
-        ),
-        (
-            key("icegate_refusals_total", &[("reason", "wrong-password")]),
-            1.0,
-        ),
-        (
-            key(
-                "icegate_auth_failures_total",
-                &[("reason", "wrong-password")],
-            ),
-            1.0,
-        ),
-    ]
-    .into_iter()
-    .collect();
+    let udp: &[(&str, &str)] = &[("transport", "udp")];
+    let to_peer_indication: &[(&str, &str)] =
+        &[("direction", "to_peer"), ("framing", "indication")];
+    let from_peer_indication: &[(&str, &str)] =
+        &[("direction", "from_peer"), ("framing", "indication")];
+    let to_peer_channel: &[(&str, &str)] = &[("direction", "to_peer"), ("framing", "channel_data")];
+    let from_peer_channel: &[(&str, &str)] =
+        &[("direction", "from_peer"), ("framing", "channel_data")];
+    let wrong_password: &[(&str, &str)] = &[("reason", "wrong-password")];
+    let expected = deltas(&[
+        ("icegate_allocations", udp, 1.0),
+        ("icegate_allocations_created_total", udp, 1.0),
+        ("icegate_relayed_packets_total", to_peer_indication, 2.0),
+        ("icegate_relayed_bytes_total", to_peer_indication, 12.0),
+        ("icegate_relayed_packets_total", from_peer_indication, 3.0),
+        ("icegate_relayed_bytes_total", from_peer_indication, 30.0),
+        ("icegate_relayed_packets_total", to_peer_channel, 4.0),
+        ("icegate_relayed_bytes_total", to_peer_channel, 12.0),
+        ("icegate_relayed_packets_total", from_peer_channel, 2.0),
+        ("icegate_relayed_bytes_total", from_peer_channel, 12.0),
+        ("icegate_stun_binding_responses_total", udp, 1.0),
+        ("icegate_peers_refused_total", &[], 1.0),
+        ("icegate_refusals_total", &[("reason", "peer-refused")], 1.0),
+        ("icegate_refusals_total", &[("reason", "challenge")], 2.0),
+        ("icegate_refusals_total", wrong_password, 1.0),
+        ("icegate_auth_failures_total", wrong_password, 1.0),
+    ]);
     assert_eq!(after.changes_since(&before), expected);
     assert_eq!(after.get("icegate_draining", &[]), 0.0);
     assert_eq!(
@@ -302,32 +277,14 @@ fn tls_handshakes_are_counted_by_result_and_stun_over_tls_by_transport() {
     let mut buf = [0u8; 64];
     while matches!(broken.read(&mut buf), Ok(n) if n > 0) {}
 
-    let expected: BTreeMap<String, f64> = [
-        (
-            key("icegate_tls_handshakes_total", &[("result", "ok")]),
-            1.0,
-        ),
-        (
-            key("icegate_tls_handshakes_total", &[("result", "failed")]),
-            1.0,
-        ),
-        (
-            key(
-                "icegate_refusals_total",
-                &[("reason", "tls-handshake-failed")],
-            ),
-            1.0,
-        ),
-        (
-            key(
-                "icegate_stun_binding_responses_total",
-                &[("transport", "tls")],
-            ),
-            1.0,
-        ),
-    ]
-    .into_iter()
-    .collect();
+    let failed_handshake: &[(&str, &str)] = &[("reason", "tls-handshake-failed")];
+    let tls: &[(&str, &str)] = &[("transport", "tls")];
+    let expected = deltas(&[
+        ("icegate_tls_handshakes_total", &[("result", "ok")], 1.0),
+        ("icegate_tls_handshakes_total", &[("result", "failed")], 1.0),
+        ("icegate_refusals_total", failed_handshake, 1.0),
+        ("icegate_stun_binding_responses_total", tls, 1.0),
+    ]);
     // The daemon notices the closed connections on its own time: look a few times.
     let mut changes = BTreeMap::new();
     for _ in 0..40 {

@@ -312,32 +312,36 @@ fn exchange(socket: &UdpSocket, server: SocketAddr, request: &Message) -> Messag
     }
 }
 
+/// Fails the test, saying how to fix it, when `address` (`kind` "udp" or
+/// "tcp") is taken: the embedded default config's listener `what` it.
+fn require_free(kind: &str, address: SocketAddr, what: &str) {
+    let taken = if kind == "udp" {
+        UdpSocket::bind(address).err()
+    } else {
+        std::net::TcpListener::bind(address).err()
+    };
+    if let Some(error) = taken {
+        panic!(
+            "cannot test `icegate run` without --config: {kind} {address}, which its embedded \
+             default config {what}, is taken ({error}); stop whatever holds it \
+             (`ss -{}lpn 'sport = {}'`) and rerun",
+            &kind[..1],
+            address.port()
+        );
+    }
+}
+
 #[test]
 fn run_without_config_prints_ice_servers_allows_loopback_peers_and_answers_stun_on_3478() {
     let server: SocketAddr = "127.0.0.1:3478".parse().unwrap();
-    if let Err(error) = UdpSocket::bind(server) {
-        panic!(
-            "cannot test `icegate run` without --config: UDP {server}, which its embedded \
-             default config binds, is taken ({error}); stop whatever holds it \
-             (`ss -ulpn 'sport = 3478'`) and rerun"
-        );
-    }
+    require_free("udp", server, "binds");
     let demo: SocketAddr = "127.0.0.1:8478".parse().unwrap();
-    if let Err(error) = std::net::TcpListener::bind(demo) {
-        panic!(
-            "cannot test `icegate run` without --config: TCP {demo}, where its embedded \
-             default config serves the demo page, is taken ({error}); stop whatever holds it \
-             (`ss -tlpn 'sport = 8478'`) and rerun"
-        );
-    }
-    let admin: SocketAddr = "127.0.0.1:9641".parse().unwrap();
-    if let Err(error) = std::net::TcpListener::bind(admin) {
-        panic!(
-            "cannot test `icegate run` without --config: TCP {admin}, where its embedded \
-             default config serves the admin API, is taken ({error}); stop whatever holds it \
-             (`ss -tlpn 'sport = 9641'`) and rerun"
-        );
-    }
+    require_free("tcp", demo, "serves the demo page on");
+    require_free(
+        "tcp",
+        "127.0.0.1:9641".parse().unwrap(),
+        "serves the admin API on",
+    );
     let mut child = Command::new(ICEGATE)
         .arg("run")
         .stdin(Stdio::null())

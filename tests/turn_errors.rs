@@ -23,11 +23,11 @@ use turn::proto::reqfamily::REQUESTED_FAMILY_IPV6;
 use turn::proto::reqtrans::RequestedTransport;
 
 use common::stun_client::{
-    Client, Credentials, READ_TIMEOUT, RawAttribute, Session, alice, assert_challenge,
+    Client, Credentials, READ_TIMEOUT, RawAttribute, Session, alice, alice_with, assert_challenge,
     assert_error, assert_success, build, decode, error_of, peer, relayed_of, rest_user,
     send_indication, text, udp_transport, xor_peer,
 };
-use common::{PASSWORD, TestConfig, TestDaemon, USER, unix_now};
+use common::{PASSWORD, TestConfig, TestDaemon, unix_now};
 
 /// How long a test listens to be sure that nothing arrives.
 const SILENCE: Duration = Duration::from_millis(400);
@@ -76,13 +76,7 @@ fn allocate_without_credentials_gets_401_with_realm_and_nonce() {
 #[test]
 fn wrong_password_gets_401() {
     let daemon = TestDaemon::start(&common::loopback_config(""));
-    let session = Session::open(
-        daemon.udp,
-        Credentials {
-            username: USER.to_owned(),
-            password: "not-alice-password".to_owned(),
-        },
-    );
+    let session = Session::open(daemon.udp, alice_with("not-alice-password"));
     assert_challenge(&session.try_allocate(), 401, "wrong password");
     assert!(daemon.wait_for_log("auth-failed reason=wrong-password"));
     assert!(!daemon.log().contains("allocation-created"));
@@ -295,11 +289,7 @@ fn allowing_6to4_and_nat64_prefixes_still_refuses_the_loopback_and_private_hosts
 }
 
 fn loopback_peer() -> UdpSocket {
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind peer socket");
-    socket
-        .set_read_timeout(Some(SILENCE))
-        .expect("set read timeout");
-    socket
+    common::stun_client::loopback_peer(SILENCE)
 }
 
 #[test]

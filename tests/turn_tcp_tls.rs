@@ -652,28 +652,7 @@ fn uclient_over_plain_tcp_on_the_tls_port_relays_every_packet() {
 
 /// Runs tests/aioice_stun.py with `args` and returns the JSON it prints.
 fn aioice(args: &[String]) -> Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/aioice_stun.py");
-    let done = common::run_bounded(
-        Command::new("python3").arg(&script).args(args),
-        AIOICE_DEADLINE,
-    );
-    assert_ne!(
-        done.status.code(),
-        Some(3),
-        "{}these tests need aioice: run `pip install aioice`",
-        done.stderr
-    );
-    assert!(
-        done.status.success(),
-        "aioice_stun.py {} failed ({}):\n{}{}",
-        args.join(" "),
-        done.status,
-        done.stdout,
-        done.stderr
-    );
-    serde_json::from_str(done.stdout.trim()).unwrap_or_else(|error| {
-        panic!("aioice_stun.py printed no JSON ({error}):\n{}", done.stdout)
-    })
+    common::python_json("aioice_stun.py", args, AIOICE_DEADLINE, "aioice")
 }
 
 /// Arguments that make aioice_stun.py reach `addr` over `transport`,

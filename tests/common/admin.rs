@@ -6,13 +6,11 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{TestDaemon, run_bounded};
+use super::{TestDaemon, python_json};
 
 /// The longest one admin request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -133,28 +131,15 @@ impl Scrape {
         let openmetrics_path = dir.path().join("openmetrics.txt");
         std::fs::write(&classic_path, &classic.body).expect("write");
         std::fs::write(&openmetrics_path, &openmetrics.body).expect("write");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/metrics_parse.py");
-        let done = run_bounded(
-            Command::new("python3")
-                .arg(script)
-                .arg(&classic_path)
-                .arg(&openmetrics_path),
+        let parsed = python_json(
+            "metrics_parse.py",
+            &[
+                classic_path.display().to_string(),
+                openmetrics_path.display().to_string(),
+            ],
             PARSE_DEADLINE,
+            "prometheus-client",
         );
-        assert_ne!(
-            done.status.code(),
-            Some(3),
-            "{}these tests need prometheus-client: `python3 -m pip install prometheus-client`",
-            done.stderr
-        );
-        assert!(
-            done.status.success(),
-            "the Prometheus parsers refused /metrics ({}):\n{}\nclassic:\n{}",
-            done.stderr,
-            done.status,
-            classic.body
-        );
-        let parsed: Value = serde_json::from_str(&done.stdout).expect("parser output is JSON");
         let families = parsed["families"]
             .as_object()
             .expect("families")

@@ -537,6 +537,37 @@ fn kill_group(pgid: u32) {
     }
 }
 
+/// Runs `tests/SCRIPT` with python3 and `args` (at most `limit`), failing
+/// the test with its output unless it succeeds, and returns the JSON it
+/// prints. A script exits 3 when its PyPI `package` is missing.
+pub fn python_json(
+    script: &str,
+    args: &[String],
+    limit: Duration,
+    package: &str,
+) -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(script);
+    let done = run_bounded(Command::new("python3").arg(&path).args(args), limit);
+    assert_ne!(
+        done.status.code(),
+        Some(3),
+        "{}these tests need {package}: run `python3 -m pip install {package}`",
+        done.stderr
+    );
+    assert!(
+        done.status.success(),
+        "{script} {} failed ({}):\n{}{}",
+        args.join(" "),
+        done.status,
+        done.stdout,
+        done.stderr
+    );
+    serde_json::from_str(done.stdout.trim())
+        .unwrap_or_else(|error| panic!("{script} printed no JSON ({error}):\n{}", done.stdout))
+}
+
 /// Runs `program args` in `dir` (at most 20 s), failing the test with its
 /// output unless it succeeds, and returns its stdout. `package` is what to
 /// install where the program is missing.

@@ -44,6 +44,14 @@ pub fn alice() -> Credentials {
     }
 }
 
+/// The static user with another password.
+pub fn alice_with(password: &str) -> Credentials {
+    Credentials {
+        username: USER.to_owned(),
+        password: password.to_owned(),
+    }
+}
+
 /// TURN REST credentials for `user` that expire at `expiry` (unix seconds):
 /// username `expiry:user`, password base64(HMAC-SHA1(secret, username)).
 pub fn rest_user(user: &str, expiry: u64) -> Credentials {
@@ -363,4 +371,13 @@ pub fn send_indication(target: SocketAddr, data: &[u8]) -> Message {
         CLASS_INDICATION,
         vec![peer(target), Box::new(Data(data.to_vec()))],
     )
+}
+
+/// A peer socket on 127.0.0.1 whose reads give up after `read_timeout`.
+pub fn loopback_peer(read_timeout: Duration) -> UdpSocket {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind peer socket");
+    socket
+        .set_read_timeout(Some(read_timeout))
+        .expect("set read timeout");
+    socket
 }
