@@ -76,6 +76,7 @@ missing_tools() {
         "nsenter:apt-get install util-linux" \
         "flock:apt-get install util-linux" \
         "ss:apt-get install iproute2" \
+        "ip:apt-get install iproute2" \
         "dash:apt-get install dash" \
         "man:apt-get install man-db" \
         "strip:apt-get install binutils" \

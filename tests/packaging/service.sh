@@ -9,13 +9,17 @@
 #     refused a loopback peer by the shipped config (EVENT=peer-refused), a
 #     wrong secret is logged (EVENT=auth-failed); `journalctl -u icegate
 #     EVENT=ready` finds the start, with the version and syslog identifier;
-#   - with tests/packaging/loopback.toml as the local config: TURN over UDP and
-#     over TCP on port 443 relays every packet to turnutils_peer;
-#   - a relay session spans `systemctl reload` with a good config (MainPID
-#     kept) and with a broken one (reload fails, the process keeps serving),
-#     and every one of its packets comes back;
+#   - tests/packaging/loopback.toml as the local config, applied by
+#     `systemctl reload` (same MainPID; it adds a listener on port 443, which
+#     needs CAP_NET_BIND_SERVICE): TURN over UDP and over TCP on 443 relays
+#     every packet to turnutils_peer;
+#   - a relay session spans `systemctl reload` with a good config that adds a
+#     user (MainPID kept; the user can relay after it) and with a broken one
+#     (the reload fails before the daemon sees it, the process keeps
+#     serving), and every one of its packets comes back;
 #   - upgrade to NEW.deb restarts the service and keeps the local config and
-#     the secret; stop exits 0; remove stops it; purge removes config, secret,
+#     the secret; a listener on an address that comes up after the start
+#     answers once it does; stop exits 0; remove stops it; purge removes config, secret,
 #     state and unit.
 # The coturn package in the root provides the client tools; its own service is masked.
 set -euo pipefail
@@ -26,6 +30,7 @@ NEW=${1:?usage: service.sh NEW.deb OLD.deb}
 OLD=${2:?usage: service.sh NEW.deb OLD.deb}
 OVERRIDE=$PKGTEST_DIR/loopback.toml
 PEER_PORT=3480
+ALICE=alice-password-$$
 LONG_PID=
 
 finish() {
@@ -43,19 +48,14 @@ log "container booted in $(($(date +%s) - t0)) s"
 prop() { in_ct systemctl show -P "$1" "$UNIT" 2>/dev/null || true; }
 # Journal positions are entry counts: journalctl --after-cursor combined with
 # field matches skips the first match (systemd 252).
-# jcount [FIELD=VALUE]: how many entries of the unit (with that field) so far.
+# jcount FIELD=VALUE...: how many entries of the unit with those fields so far.
 jcount() { in_ct journalctl -u "$UNIT" -o json --no-pager "$@" 2>/dev/null | wc -l; }
-# journal_since N [FIELD=VALUE]: the unit's entries (with that field) after the first N, as JSON.
-journal_since() {
-    local n=$1
-    shift
-    in_ct journalctl -u "$UNIT" -o json --no-pager "$@" 2>/dev/null | tail -n +$((n + 1))
-}
-# journal_has FIELD=VALUE [N]: more than N entries (default 0) with that field, within ~10 s.
+# journal_has N FIELD=VALUE...: more than N such entries, within ~10 s.
 journal_has() {
-    local i
+    local n=$1 i
+    shift
     for i in $(seq 1 50); do
-        [ "$(jcount "$1")" -gt "${2:-0}" ] && return 0
+        [ "$(jcount "$@")" -gt "$n" ] && return 0
         sleep 0.2
     done
     return 1
@@ -112,7 +112,7 @@ check "listening tcp 3478" sh -c "nsenter -t $LEADER -n -- ss -Hltn 'sport = :34
 check_eq "secret owner and mode" "root:icegate 640" "$(stat_in_root "$SECRET")"
 check_eq "config owner and mode" "root:icegate 640" "$(stat_in_root "$CONFIG")"
 
-check "journalctl -u icegate EVENT=ready" journal_has EVENT=ready
+check "journalctl -u icegate EVENT=ready" journal_has 0 EVENT=ready
 ready=$(in_ct journalctl -u "$UNIT" -o export --no-pager EVENT=ready 2>/dev/null || true)
 check_match "ready entry: SYSLOG_IDENTIFIER=icegate" '^SYSLOG_IDENTIFIER=icegate$' "$ready"
 check_match "ready entry: ICEGATE_VERSION=" '^ICEGATE_VERSION=[0-9]' "$ready"
@@ -127,17 +127,22 @@ c=$(jcount EVENT=peer-refused)
 # uclient picks outside what the shipped config accepts).
 uclient refused.log -s -u bob -W "$(secret)" -e 127.0.0.1 -r "$PEER_PORT" -c -n 5 127.0.0.1 || true
 check "the shipped config refuses a loopback peer (journalctl -u icegate EVENT=peer-refused)" \
-    journal_has EVENT=peer-refused "$c"
+    journal_has "$c" EVENT=peer-refused
 c=$(jcount EVENT=auth-failed)
 uclient wrong.log -u bob -W not-the-generated-secret -e 127.0.0.1 -c -n 5 127.0.0.1 || true
-check "a wrong secret fails (journalctl -u icegate EVENT=auth-failed)" journal_has EVENT=auth-failed "$c"
+check "a wrong secret fails (journalctl -u icegate EVENT=auth-failed)" journal_has "$c" EVENT=auth-failed
 
-# --- The local config for relaying on loopback
+# --- The local config for relaying on loopback, applied by a reload
+pid=$(prop MainPID)
 cat "$OVERRIDE" >"$TEST_ROOT$CONFIG" # in place: keeps owner and mode
-check "icegate check-config on the local config" in_ct runuser -u "$NAME" -- "$BIN" check-config --config "$CONFIG"
-check "systemctl restart with the local config" in_ct systemctl restart "$UNIT"
-check "active/running again" wait_active
-check "listening tcp 443 as user icegate" sh -c "nsenter -t $LEADER -n -- ss -Hltn 'sport = :443' | grep -q ."
+check "icegate check-config on the local config, as user icegate" \
+    in_ct runuser -u "$NAME" -- "$BIN" check-config --config "$CONFIG"
+c=$(jcount EVENT=reload RESULT=ok)
+check "systemctl reload with the local config" in_ct systemctl reload "$UNIT"
+check "the daemon applied it (EVENT=reload RESULT=ok)" journal_has "$c" EVENT=reload RESULT=ok
+check_eq "MainPID kept by the reload" "$pid" "$(prop MainPID)"
+check "the reload added a listener on tcp 443 (CAP_NET_BIND_SERVICE)" \
+    sh -c "nsenter -t $LEADER -n -- ss -Hltn 'sport = :443' | grep -q ."
 check "turnutils_peer echoing on 127.0.0.1:$PEER_PORT" \
     in_ct systemd-run --quiet --unit=pkgtest-peer /usr/bin/turnutils_peer -L 127.0.0.1 -p "$PEER_PORT"
 sleep 0.5
@@ -150,24 +155,25 @@ check_eq "TURN over TCP on port 443: 2 sessions x 50 messages, none lost" \
     "100 100 0" "$(tally "$TEST_ROOT/root/pkgtest/tcp.log")"
 
 # --- Reloads while a relay session runs (one allocation, 400 messages 25 ms apart: ~10 s)
-pid=$(prop MainPID)
 c=$(jcount EVENT=allocation-created)
 in_ct timeout 90 turnutils_uclient -u bob -W "$(secret)" -e 127.0.0.1 -r "$PEER_PORT" -c -m 1 \
     -n 400 -z 25 -l 120 127.0.0.1 >"$TEST_ROOT/root/pkgtest/long.log" 2>&1 &
 LONG_PID=$!
-check "relay session allocated (EVENT=allocation-created)" journal_has EVENT=allocation-created "$c"
+check "relay session allocated (EVENT=allocation-created)" journal_has "$c" EVENT=allocation-created
 sleep 1
-c=$(jcount _PID="$pid")
-printf '\n# local edit\n' >>"$TEST_ROOT$CONFIG"
-check "systemctl reload with a good config" in_ct systemctl reload "$UNIT"
+c=$(jcount EVENT=reload RESULT=ok)
+printf '\n# local edit\n[[auth.users]]\nname = "alice"\npassword = "%s"\n' "$ALICE" >>"$TEST_ROOT$CONFIG"
+check "systemctl reload adding user alice" in_ct systemctl reload "$UNIT"
+check "the daemon applied it (EVENT=reload RESULT=ok)" journal_has "$c" EVENT=reload RESULT=ok
 check_eq "MainPID kept by the reload" "$pid" "$(prop MainPID)"
 check_eq "active after the reload" active "$(prop ActiveState)"
-check_match "the daemon logged the reload" '[Rr]eload' "$(journal_since "$c" _PID="$pid")"
 good=$(cat "$TEST_ROOT$CONFIG")
+c=$(jcount EVENT=reload)
 printf 'broken = [\n' >>"$TEST_ROOT$CONFIG"
 check "systemctl reload with a broken config fails" sh -c "! nsenter -t $LEADER -a -- systemctl reload $UNIT"
 check_eq "MainPID kept after the failed reload" "$pid" "$(prop MainPID)"
 check_eq "active after the failed reload" active "$(prop ActiveState)"
+check_eq "the broken file never reached the daemon (no EVENT=reload)" "$c" "$(jcount EVENT=reload)"
 printf '%s\n' "$good" >"$TEST_ROOT$CONFIG"
 check "the relay session was still running across both reloads" kill -0 "$LONG_PID"
 stun=$(in_ct timeout 20 turnutils_stunclient 127.0.0.1 2>&1 || true)
@@ -179,6 +185,8 @@ check_eq "every packet of the session relayed across the reloads" \
     "400 400 0" "$(tally "$TEST_ROOT/root/pkgtest/long.log")"
 check_eq "MainPID still the same" "$pid" "$(prop MainPID)"
 check "watchdog keep-alives received" test "$(prop WatchdogTimestampMonotonic)" -gt 0
+uclient alice.log -u alice -w "$ALICE" -e 127.0.0.1 -r "$PEER_PORT" -c -m 1 -n 20 127.0.0.1 || true
+check_eq "user alice, added by the reload, relays" "20 20 0" "$(tally "$TEST_ROOT/root/pkgtest/alice.log")"
 
 # --- Upgrade, stop, remove, purge
 stat_before=$(stat_in_root "$CONFIG")
@@ -189,12 +197,16 @@ check "upgrade to $(deb_field "$NEW" Version) (dpkg -i --force-confdef --force-c
 check "active/running after the upgrade" wait_active
 newpid=$(prop MainPID)
 check "the upgrade restarted the service (pid $pid -> $newpid)" test "${newpid:-0}" -gt 0 -a "$newpid" != "$pid"
-check "ready again after the upgrade" journal_has EVENT=ready "$readies"
+check "ready again after the upgrade" journal_has "$readies" EVENT=ready
 check "local config kept" grep -qx '# local edit' "$TEST_ROOT$CONFIG"
 check "local config kept (allow-peers)" grep -q '^allow-peers = \["127.0.0.0/8"\]' "$TEST_ROOT$CONFIG"
 check "the new default beside it as icegate.toml.dpkg-dist" test -e "$TEST_ROOT$CONFIG.dpkg-dist"
 check_eq "config owner and mode kept" "$stat_before" "$(stat_in_root "$CONFIG")"
 check_eq "secret kept" "$secret_before" "$(secret)"
+check "198.51.100.7 is not up yet" sh -c "! nsenter -t $LEADER -n -- ip -o addr show | grep -q 198.51.100.7"
+check "the address comes up after the start" nsenter -t "$LEADER" -n -- ip addr add 198.51.100.7/32 dev lo
+stun=$(in_ct timeout 20 turnutils_stunclient -p 3479 198.51.100.7 2>&1 || true)
+check_match "the listener on it answers STUN (IP_FREEBIND)" 'UDP reflexive addr: 198\.51\.100\.7:' "$stun"
 uclient after.log -u bob -W "$(secret)" -e 127.0.0.1 -r "$PEER_PORT" -c -m 1 -n 20 127.0.0.1 || true
 check_eq "TURN relays after the upgrade" "20 20 0" "$(tally "$TEST_ROOT/root/pkgtest/after.log")"
 
