@@ -161,7 +161,20 @@ in_ct timeout 90 turnutils_uclient -u bob -W "$(secret)" -e 127.0.0.1 -r "$PEER_
     -n 400 -z 25 -l 120 127.0.0.1 >"$TEST_ROOT/root/pkgtest/long.log" 2>&1 &
 LONG_PID=$!
 check "relay session allocated (EVENT=allocation-created)" journal_has "$c" EVENT=allocation-created
-sleep 1
+# Its packets flow before the reloads: one of bob's allocations has carried some.
+relaying() {
+    in_ct "$BIN" ctl allocations --user bob 2>/dev/null |
+        awk 'NR > 1 && $6 != "0B/0p" {found = 1} END {exit !found}'
+}
+wait_relaying() {
+    local i
+    for i in $(seq 1 100); do
+        relaying && return 0
+        sleep 0.2
+    done
+    return 1
+}
+check "the session relays (icegate ctl allocations)" wait_relaying
 c=$(jcount EVENT=reload RESULT=ok)
 printf '\n# local edit\n[[auth.users]]\nname = "alice"\npassword = "%s"\n' "$ALICE" >>"$TEST_ROOT$CONFIG"
 check "systemctl reload adding user alice" in_ct systemctl reload "$UNIT"
