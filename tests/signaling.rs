@@ -659,29 +659,15 @@ async fn wss_shares_the_turn_tls_port() {
     let dir = tempfile::tempdir().unwrap();
     let host = "turn.icegate.test";
     let certs = common::make_test_ca_and_cert(dir.path(), host);
-    let config = format!(
-        r#"realm = "test.local"
-public-host = "{host}"
-[[listen]]
-address = "127.0.0.1:0"
-[[listen]]
-address = "127.0.0.1:0"
-transport = "tls"
-services = ["turn", "http"]
-certificate = "{}"
-private-key = "{}"
-[relay]
-addresses = ["127.0.0.1"]
-allow-peers = ["127.0.0.0/8"]
-[auth]
-secrets = ["{}"]
-[signal]
-jwt-secrets = ["{JWT_SECRET}"]
-"#,
-        certs.cert.display(),
-        certs.key.display(),
-        common::SECRET,
-    );
+    let signal = format!("[signal]\njwt-secrets = [\"{JWT_SECRET}\"]\n");
+    let config = common::TestConfig {
+        tls: Some((&certs.cert, &certs.key)),
+        tls_services: &["turn", "http"],
+        public_host: Some(host),
+        tables: &signal,
+        ..common::TestConfig::default()
+    }
+    .render();
     let daemon = TestDaemon::start(&config);
     let tls_port = daemon.tls.expect("tls listener").port();
     let connector = tokio_rustls::TlsConnector::from(common::tls_client_config(&certs.ca));
@@ -717,10 +703,8 @@ jwt-secrets = ["{JWT_SECRET}"]
 
 #[tokio::test]
 async fn without_a_rest_secret_welcome_offers_stun_only() {
-    let config = signal_config("").replace(
-        &format!("secrets = [\"{}\"]", common::SECRET),
-        "users = [{ name = \"static\", password = \"static-password\" }]",
-    );
+    // The static user stays; the REST secret goes.
+    let config = signal_config("").replace(&format!("secrets = [\"{}\"]", common::SECRET), "");
     let daemon = TestDaemon::start(&config);
     let (_client, welcome) = connect(daemon.listener("http"), "alice").await;
     assert_eq!(

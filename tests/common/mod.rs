@@ -55,6 +55,8 @@ pub struct TestConfig<'a> {
     pub auth_extra: &'a str,
     /// A `tcp` listener on 127.0.0.1:0 besides the UDP one.
     pub tcp: bool,
+    /// A plain `http` listener on 127.0.0.1:0 (for `/ws` and `/ice-servers`).
+    pub http: bool,
     /// A `tls` listener on 127.0.0.1:0 with this (certificate, private key).
     pub tls: Option<(&'a Path, &'a Path)>,
     /// The tls listener's `services` (e.g. `["turn", "http"]`); the
@@ -79,6 +81,7 @@ impl Default for TestConfig<'_> {
             connections_extra: "",
             auth_extra: "",
             tcp: false,
+            http: false,
             tls: None,
             tls_services: &[],
             public_host: None,
@@ -96,6 +99,9 @@ impl TestConfig<'_> {
         let mut listeners = listen("");
         if self.tcp {
             listeners += &listen("transport = \"tcp\"\n");
+        }
+        if self.http {
+            listeners += &listen("transport = \"http\"\n");
         }
         if let Some((cert, key)) = self.tls {
             let services = if self.tls_services.is_empty() {

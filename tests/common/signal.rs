@@ -15,36 +15,25 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::{SECRET, unix_now};
+use super::{TestConfig, unix_now};
 
 /// The HS256 secret the signaling tests configure.
 pub const JWT_SECRET: &str = "signaling-test-secret-0123456789abcdef";
 /// The longest a test waits for one message.
 pub const WAIT: Duration = Duration::from_secs(5);
 
-/// A daemon with a UDP listener for TURN, a plain HTTP listener for `/ws`,
-/// the REST secret and `[signal]` with [`JWT_SECRET`] plus `signal_extra`.
+/// A daemon config with a UDP listener for TURN, a plain HTTP listener for
+/// `/ws`, public host 127.0.0.1, and `[signal]` with [`JWT_SECRET`] plus
+/// `signal_extra` (on top of [`TestConfig::default`]).
 pub fn signal_config(signal_extra: &str) -> String {
-    format!(
-        r#"realm = "test.local"
-public-host = "127.0.0.1"
-[log]
-level = "debug"
-[[listen]]
-address = "127.0.0.1:0"
-[[listen]]
-address = "127.0.0.1:0"
-transport = "http"
-[relay]
-addresses = ["127.0.0.1"]
-allow-peers = ["127.0.0.0/8"]
-[auth]
-secrets = ["{SECRET}"]
-[signal]
-jwt-secrets = ["{JWT_SECRET}"]
-{signal_extra}
-"#
-    )
+    let signal = format!("[signal]\njwt-secrets = [\"{JWT_SECRET}\"]\n{signal_extra}\n");
+    TestConfig {
+        http: true,
+        public_host: Some("127.0.0.1"),
+        tables: &signal,
+        ..TestConfig::default()
+    }
+    .render()
 }
 
 /// An HS256 token for `sub`, expiring `valid_for` seconds from now
