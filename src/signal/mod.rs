@@ -32,7 +32,7 @@ use token::{Claims, TokenError, TokenVerifier};
 
 /// What one read from a signaling connection takes at most; larger frames
 /// arrive over several reads.
-const READ_BUFFER_BYTES: usize = 8 * 1024;
+const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Frames larger than this many times `max-message-bytes` are not even read.
 const HARD_SIZE_FACTOR: usize = 4;
 
@@ -166,7 +166,7 @@ impl Signaling {
     /// runs the session on the upgraded connection.
     pub(crate) fn upgrade(
         self: &Arc<Self>,
-        mut request: Request<Incoming>,
+        request: Request<Incoming>,
         client: IpAddr,
         token: Option<String>,
         resume: Option<String>,
@@ -236,7 +236,8 @@ impl Signaling {
 
         let this = self.clone();
         tokio::spawn(async move {
-            let upgraded = match hyper::upgrade::on(&mut request).await {
+            // By value: the request's headers are not kept for the session's life.
+            let upgraded = match hyper::upgrade::on(request).await {
                 Ok(upgraded) => upgraded,
                 Err(error) => {
                     log::debug!("signaling upgrade from {client} failed: {error}");
