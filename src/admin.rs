@@ -28,13 +28,13 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
-use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::auth;
 use crate::config::AdminConfig;
 use crate::drain;
-use crate::http::{Query, error, json_response};
+use crate::http::{Query, bearer_token, error, is_one_of, json_response};
 use crate::logging::event;
 use crate::metrics::{self, Format, Sources};
 use crate::reloadable::Reloadable;
@@ -127,13 +127,10 @@ impl AdminApi {
         let Some(token) = token.as_ref() else {
             return true;
         };
-        let presented = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        bool::from(token.ct_eq(presented.as_bytes()))
+        is_one_of(
+            bearer_token(request).unwrap_or(""),
+            std::slice::from_ref(token),
+        )
     }
 
     async fn route(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
@@ -274,12 +271,9 @@ fn token_bytes(config: &AdminConfig) -> Option<Vec<u8>> {
 }
 
 /// Whether an allocation's `username` is `user`'s: the name itself, or a
-/// TURN REST username `EXPIRY:user`.
+/// TURN REST username for it.
 fn user_matches(username: &str, user: &str) -> bool {
-    username == user
-        || username.split_once(':').is_some_and(|(expiry, name)| {
-            name == user && !expiry.is_empty() && expiry.bytes().all(|b| b.is_ascii_digit())
-        })
+    username == user || auth::rest_user_part(username) == Some(user)
 }
 
 fn traffic(traffic: Traffic) -> Value {

@@ -198,8 +198,23 @@ pub(crate) fn rest_password(secret: &[u8], username: &str) -> String {
 
 /// The expiry of a REST username: all digits before the first `:`, or after
 /// the last one, or the whole name.
+fn all_digits(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The user part of a TURN REST username, `expiry:user` or `user:expiry`.
+pub(crate) fn rest_user_part(username: &str) -> Option<&str> {
+    match username.split_once(':') {
+        Some((head, tail)) if all_digits(head) => Some(tail),
+        Some(_) => username
+            .rsplit_once(':')
+            .filter(|(_, tail)| all_digits(tail))
+            .map(|(head, _)| head),
+        None => None,
+    }
+}
+
 fn rest_expiry(username: &str) -> Option<u64> {
-    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     let candidate = match username.split_once(':') {
         Some((head, _)) if all_digits(head) => head,
         Some(_) => username.rsplit_once(':').map(|(_, tail)| tail)?,

@@ -68,10 +68,7 @@ impl HttpSettings {
     }
 
     fn key_is_valid(&self, presented: &str) -> bool {
-        // Compare with every key, in constant time, so timing says nothing.
-        self.api_keys.iter().fold(false, |found, key| {
-            found | bool::from(key.ct_eq(presented.as_bytes()))
-        })
+        is_one_of(presented, &self.api_keys)
     }
 
     /// The client a request came from: the peer, or the last address in
@@ -140,12 +137,7 @@ impl HttpApi {
             _ => {}
         }
         let query = Query(request.uri().query().unwrap_or(""));
-        let bearer = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::to_owned);
+        let bearer = bearer_token(&request).map(str::to_owned);
         let client = settings.client_of(&request, peer);
         if path == "/ws" {
             let signal = &self.signal;
@@ -274,6 +266,23 @@ fn percent_decode(text: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether `presented` is one of `secrets`, compared with every one in
+/// constant time so that timing says nothing.
+pub(crate) fn is_one_of(presented: &str, secrets: &[Vec<u8>]) -> bool {
+    secrets.iter().fold(false, |found, secret| {
+        found | bool::from(secret.ct_eq(presented.as_bytes()))
+    })
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header.
+pub(crate) fn bearer_token<B>(request: &Request<B>) -> Option<&str> {
+    request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
 }
 
 fn bearer_challenge() -> HeaderValue {

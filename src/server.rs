@@ -97,7 +97,7 @@ impl Server {
                     Action::Reply => {
                         if message.method == Method::BINDING
                             && message.class == Class::Request
-                            && is_success(out)
+                            && Class::of_message(out) == Some(Class::Success)
                         {
                             self.metrics.binding_answered(five_tuple.transport);
                         }
@@ -146,12 +146,6 @@ impl Server {
             self.core().handle_timeout(Instant::now());
         }
     }
-}
-
-/// Whether the STUN message in `bytes` is a success response: class bits
-/// C1 C0 (0x0100, 0x0010 of the message type) are 1 0 (RFC 8489 §5).
-fn is_success(bytes: &[u8]) -> bool {
-    bytes.len() >= 2 && u16::from_be_bytes([bytes[0], bytes[1]]) & 0x0110 == 0x0100
 }
 
 pub(crate) fn now() -> Now {

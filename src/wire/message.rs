@@ -42,6 +42,24 @@ pub(crate) enum Class {
 }
 
 impl Class {
+    /// The class a message type's C1 and C0 bits say (RFC 8489 §5).
+    fn of_type(kind: u16) -> Self {
+        match kind & 0x0110 {
+            0x000 => Class::Request,
+            0x010 => Class::Indication,
+            0x100 => Class::Success,
+            _ => Class::Error,
+        }
+    }
+
+    /// The class of the STUN message starting `bytes`, without parsing the rest.
+    pub(crate) fn of_message(bytes: &[u8]) -> Option<Self> {
+        Some(Self::of_type(u16::from_be_bytes([
+            *bytes.first()?,
+            *bytes.get(1)?,
+        ])))
+    }
+
     fn bits(self) -> u16 {
         match self {
             Self::Request => 0x000,
@@ -129,12 +147,7 @@ impl<'a> Message<'a> {
             return Err(ParseError::BadLength);
         }
         let kind = u16::from_be_bytes([buf[0], buf[1]]);
-        let class = match kind & 0x0110 {
-            0x000 => Class::Request,
-            0x010 => Class::Indication,
-            0x100 => Class::Success,
-            _ => Class::Error,
-        };
+        let class = Class::of_type(kind);
         let method = Method((kind & 0x000F) | ((kind & 0x00E0) >> 1) | ((kind & 0x3E00) >> 2));
         let mut transaction = [0; 16];
         transaction.copy_from_slice(&buf[4..HEADER_LEN]);
