@@ -60,10 +60,14 @@ pub(crate) enum Reject {
     FrameTooLarge,
     /// A stream client that stopped reading while `max-queued-bytes` waited for it.
     SlowReader,
+    /// A peer datagram too large to reach the client in its framing: a Data
+    /// indication whose STUN length field cannot hold it, or a frame larger
+    /// than the largest UDP datagram to the client's address family. Dropped.
+    TooLargeForClient,
 }
 
 impl Reject {
-    pub(crate) const ALL: [Self; 25] = [
+    pub(crate) const ALL: [Self; 26] = [
         Self::Garbage,
         Self::BadRequest,
         Self::UnknownAttribute,
@@ -89,6 +93,7 @@ impl Reject {
         Self::TlsHandshakeFailed,
         Self::FrameTooLarge,
         Self::SlowReader,
+        Self::TooLargeForClient,
     ];
 
     /// The STUN error code and reason phrase, or None for a silent drop.
@@ -100,7 +105,8 @@ impl Reject {
             | Self::IdleConnection
             | Self::TlsHandshakeFailed
             | Self::FrameTooLarge
-            | Self::SlowReader => return None,
+            | Self::SlowReader
+            | Self::TooLargeForClient => return None,
             Self::BadRequest => (400, "Bad Request"),
             Self::UnknownAttribute => (420, "Unknown Attribute"),
             Self::Challenge
@@ -148,6 +154,7 @@ impl Reject {
             Self::TlsHandshakeFailed => "tls-handshake-failed",
             Self::FrameTooLarge => "frame-too-large",
             Self::SlowReader => "slow-reader",
+            Self::TooLargeForClient => "too-large-for-client",
         }
     }
 

@@ -47,6 +47,16 @@ impl ClientRoute {
         }
     }
 
+    /// The largest frame that reaches the client whole: a UDP datagram's
+    /// payload limit for its address family; streams carry any frame.
+    pub(crate) fn max_frame_len(&self) -> usize {
+        match self {
+            Self::Udp(route) if route.client().is_ipv4() => 65_535 - 20 - 8,
+            Self::Udp(_) => 65_535 - 8,
+            Self::Stream(_) => usize::MAX,
+        }
+    }
+
     /// Sends a ChannelData frame; streams pad it to a multiple of 4 (RFC 8656 §12.5).
     pub(crate) fn send_channel_data(&self, frame: &[u8]) {
         match self {

@@ -79,6 +79,10 @@ impl UdpRoute {
     pub(crate) fn send(&self, bytes: &[u8]) {
         self.listener.send(self.client, self.src_ip, bytes);
     }
+
+    pub(crate) fn client(&self) -> SocketAddr {
+        self.client
+    }
 }
 
 /// Receives datagrams until the process ends; one receive error never ends it.

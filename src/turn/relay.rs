@@ -15,6 +15,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 
 use crate::metrics::{Direction, Framing};
+use crate::reject::Reject;
 use crate::server::Server;
 use crate::transport::ClientRoute;
 use crate::turn::allocation::AllocId;
@@ -155,6 +156,14 @@ fn forward_to_client(
     let Some(channel) = server.route_from_peer(id, peer, len) else {
         return;
     };
+    let framed_len = match channel {
+        Some(_) => Some(CHANNEL_DATA_HEADER_LEN + len),
+        None => wire::data_indication_len(peer, len),
+    };
+    if framed_len.is_none_or(|framed| framed > route.max_frame_len()) {
+        server.rejects.count(Reject::TooLargeForClient);
+        return;
+    }
     match channel {
         Some(channel) => {
             server

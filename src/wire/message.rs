@@ -16,6 +16,8 @@ use super::attr;
 pub(crate) const MAGIC_COOKIE: u32 = 0x2112_A442;
 pub(crate) const HEADER_LEN: usize = 20;
 const ATTR_HEADER_LEN: usize = 4;
+/// The longest body a STUN length field announces: 16 bits, a multiple of 4.
+pub(crate) const MAX_BODY_LEN: usize = 0xFFFC;
 const INTEGRITY_LEN: usize = 20;
 const FINGERPRINT_XOR: u32 = 0x5354_554E;
 
@@ -344,6 +346,15 @@ fn decode_xor_address(value: &[u8], transaction: &TransactionId) -> Option<Socke
     Some(SocketAddr::new(ip, port))
 }
 
+/// The size of a Data indication (XOR-PEER-ADDRESS, DATA) carrying
+/// `data_len` bytes from `peer`, or None when its length field cannot hold it:
+/// the largest datagram an IPv6 peer can send does not fit.
+pub(crate) fn data_indication_len(peer: SocketAddr, data_len: usize) -> Option<usize> {
+    let address_len = if peer.is_ipv4() { 8 } else { 20 };
+    let body = ATTR_HEADER_LEN + address_len + ATTR_HEADER_LEN + data_len.next_multiple_of(4);
+    (body <= MAX_BODY_LEN).then_some(HEADER_LEN + body)
+}
+
 /// Builds one message into a caller-owned buffer (cleared first), so a loop
 /// can reuse one allocation for every reply.
 pub(crate) struct MessageBuilder<'b> {
@@ -433,7 +444,10 @@ impl<'b> MessageBuilder<'b> {
         self.add_u32(attr::FINGERPRINT, fingerprint)
     }
 
+    /// Callers check sizes that depend on received data first
+    /// ([`data_indication_len`]): a wrapped length field breaks stream framing.
     fn set_length(&mut self) {
+        debug_assert!(self.buf.len() - HEADER_LEN <= MAX_BODY_LEN);
         #[expect(clippy::cast_possible_truncation, reason = "messages stay < 64 KiB")]
         let length = (self.buf.len() - HEADER_LEN) as u16;
         self.buf[2..4].copy_from_slice(&length.to_be_bytes());
@@ -460,6 +474,18 @@ fn encode_address(value: &mut [u8; 20], address: SocketAddr) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_indication_fits_only_when_its_length_field_can_say_so() {
+        let v4: SocketAddr = "192.0.2.1:9".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::1]:9".parse().unwrap();
+        assert_eq!(data_indication_len(v4, 170), Some(20 + 12 + 4 + 172));
+        // Every IPv4 datagram fits; the largest IPv6 ones do not.
+        assert_eq!(data_indication_len(v4, 65_507), Some(20 + 0xFFF4));
+        assert_eq!(data_indication_len(v6, 65_504), Some(20 + 0xFFFC));
+        assert_eq!(data_indication_len(v6, 65_505), None);
+        assert_eq!(data_indication_len(v6, 65_527), None);
+    }
 
     fn tid() -> TransactionId {
         let mut t = [7u8; 16];

@@ -13,6 +13,7 @@ mod message;
 pub(crate) use channel_data::{CHANNEL_DATA_HEADER_LEN, ChannelData, write_channel_data};
 pub(crate) use message::{
     Class, HEADER_LEN, MAGIC_COOKIE, Message, MessageBuilder, Method, TransactionId,
+    data_indication_len,
 };
 
 /// What the first byte of a datagram or stream frame says it is (RFC 8656 §12).
