@@ -6,17 +6,17 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::admin::{self, AdminApi, AdminListener, ReloadReply};
+use crate::admin::{self, AdminApi, AdminListener, ReloadReply, Sources};
 use crate::config::{Config, Listen, Transport};
 use crate::drain;
 use crate::http::HttpApi;
 use crate::ice;
 use crate::logging::{self, LogTarget, event};
-use crate::metrics::Sources;
 use crate::server::{Server, unix_now};
 use crate::signal::Signaling;
 use crate::transport::stream::{self, ConnectionTracker, StreamListener};
@@ -263,7 +263,7 @@ impl Daemon {
                 );
             }
         }
-        let mut notes = self.server.core().reconfigure(&config, unix_now());
+        let mut notes = self.server.reconfigure(&config);
         self.tracker.set_limits(config.connections);
         notes.extend(self.admin.reconfigure(&config.admin));
         logging::set_level(config.log.level.into());
@@ -273,7 +273,9 @@ impl Daemon {
             let Some(listen) = index.map(|i| &config.listen[i]) else {
                 running.task.abort();
                 if running.listen.transport == Transport::Udp {
-                    self.server.core().end_listener(running.local);
+                    self.server
+                        .core()
+                        .end_listener(running.local, Instant::now());
                 }
                 log::info!(
                     "listener-removed {} {}",
@@ -345,8 +347,7 @@ fn print_banner(config: &Config, origin: &Origin, server: &Arc<Server>) {
                 .iter()
                 .find(|l| l.transport == Transport::Http)
                 .map_or_else(String::new, |l| l.address.to_string());
-            let core = server.core();
-            let credentials = core.credentials();
+            let credentials = server.credentials();
             let ttl = credentials.credential_ttl();
             let Some((username, password)) = credentials.mint("demo", ttl, unix_now()) else {
                 return;

@@ -203,8 +203,7 @@ impl HttpApi {
         };
         let user = ice::rest_user(&user);
         let minted = {
-            let core = self.server.core();
-            let credentials = core.credentials();
+            let credentials = self.server.credentials();
             let ttl = credentials.credential_ttl();
             credentials
                 .mint(&user, ttl, unix_now())

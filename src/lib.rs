@@ -29,6 +29,7 @@ mod reject;
 mod reloadable;
 mod server;
 mod signal;
+mod socket_options;
 mod stun;
 mod transport;
 mod turn;

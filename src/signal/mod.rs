@@ -139,8 +139,7 @@ impl Signaling {
     pub(crate) fn ice_servers_for(&self, user: &str) -> Value {
         let settings = self.settings();
         let minted = {
-            let core = self.server.core();
-            let credentials = core.credentials();
+            let credentials = self.server.credentials();
             credentials.mint(
                 &ice::rest_user(user),
                 credentials.credential_ttl(),

@@ -1,5 +1,6 @@
 //! Listeners, the addressing they share, and the way back to a client.
 
+pub(crate) mod relay;
 pub(crate) mod stream;
 pub(crate) mod tls;
 pub(crate) mod udp;
@@ -9,20 +10,26 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub(crate) use crate::config::Transport;
+use crate::server::{Handled, Server};
+use crate::turn::FiveTuple;
 use crate::wire::{Class, MessageBuilder, Method, TransactionId, attr};
 
-/// The 5-tuple that identifies a client's allocation (RFC 8656 §2): the
-/// client's address, the server address it reached, and the transport.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct FiveTuple {
-    pub(crate) client: SocketAddr,
-    pub(crate) server: SocketAddr,
-    pub(crate) transport: Transport,
-}
-
-impl std::fmt::Display for FiveTuple {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}->{}", self.transport, self.client, self.server)
+/// Hands one datagram or stream frame from a client to the server and
+/// does what it asks: the reply to `route`, a new relay served for it.
+pub(crate) fn handle_message(
+    server: &Arc<Server>,
+    five_tuple: &FiveTuple,
+    data: &[u8],
+    route: &ClientRoute,
+    out: &mut Vec<u8>,
+) {
+    match server.handle_message(five_tuple, data, out) {
+        Handled::Nothing => {}
+        Handled::Reply => route.send(out),
+        Handled::ReplyAndServeRelay(id, receiver) => {
+            route.send(out);
+            tokio::spawn(relay::run(server.clone(), id, receiver, route.clone()));
+        }
     }
 }
 
@@ -82,22 +89,4 @@ impl ClientRoute {
             self.send(buf);
         });
     }
-}
-
-/// Lets `socket` bind an address this host does not have yet (IP_FREEBIND):
-/// at boot, an address that DHCP or a late interface brings must not leave
-/// icegate listening on fewer addresses than configured.
-pub(crate) fn allow_bind_before_address_exists(
-    socket: &socket2::Socket,
-    address: SocketAddr,
-) -> std::io::Result<()> {
-    if address.ip().is_unspecified() {
-        return Ok(());
-    }
-    if address.is_ipv6() {
-        rustix::net::sockopt::set_ipv6_freebind(socket, true)?;
-    } else {
-        rustix::net::sockopt::set_ip_freebind(socket, true)?;
-    }
-    Ok(())
 }

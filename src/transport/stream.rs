@@ -3,7 +3,7 @@
 //! A stream listener accepts a connection, tells TLS from plain TCP by the
 //! first byte (a TLS ClientHello starts with 0x16, STUN with 0x00–0x03,
 //! ChannelData with 0x40–0x7F), cuts frames by their length fields and
-//! hands each to the same [`Server::handle_message`] the UDP listener uses.
+//! hands each to the same [`super::handle_message`] the UDP listener uses.
 //! Replies and relayed data go through the connection's [`Outbox`], which
 //! one writer drains; a client that stops reading fills it and is dropped.
 //! An allocation made over a connection ends when the connection does.
@@ -25,8 +25,9 @@ use crate::logging::event;
 use crate::metrics::Limit;
 use crate::reject::Reject;
 use crate::server::Server;
+use crate::transport::ClientRoute;
 use crate::transport::tls::ReloadableCertificate;
-use crate::transport::{ClientRoute, FiveTuple};
+use crate::turn::FiveTuple;
 use crate::wire::{self, StreamFrame};
 
 /// First byte of a TLS handshake record.
@@ -104,7 +105,7 @@ fn bind_tcp(address: SocketAddr) -> io::Result<TcpListener> {
     }
     // Restarting must not wait for old connections in TIME_WAIT.
     socket.set_reuse_address(true)?;
-    super::allow_bind_before_address_exists(&socket, address)?;
+    crate::socket_options::allow_bind_before_address_exists(&socket, address)?;
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     socket.listen(1024)?;
@@ -467,7 +468,7 @@ async fn read_frames<R: AsyncRead + Unpin>(
             }
             match wire::stream_frame(pending) {
                 StreamFrame::Complete { message, total } => {
-                    server.handle_message(five_tuple, &pending[..message], route, &mut out);
+                    super::handle_message(server, five_tuple, &pending[..message], route, &mut out);
                     start += total;
                 }
                 StreamFrame::Incomplete => break,

@@ -12,7 +12,8 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 use crate::server::Server;
-use crate::transport::{ClientRoute, FiveTuple, Transport};
+use crate::transport::{ClientRoute, Transport};
+use crate::turn::FiveTuple;
 
 /// Room for the largest datagram, or a GRO batch of smaller ones.
 const SLOT_LEN: usize = 65_536;
@@ -32,7 +33,7 @@ impl UdpListener {
         if address.is_ipv6() {
             socket.set_only_v6(true)?;
         }
-        super::allow_bind_before_address_exists(&socket, address)?;
+        crate::socket_options::allow_bind_before_address_exists(&socket, address)?;
         socket.set_nonblocking(true)?;
         socket.bind(&address.into())?;
         let state = UdpSocketState::new((&socket).into())?;
@@ -128,7 +129,7 @@ pub(crate) async fn serve(server: Arc<Server>, listener: Arc<UdpListener>) {
             // GRO may have joined several datagrams of one sender: split by stride.
             let stride = meta.stride.max(1);
             for datagram in slice[..meta.len].chunks(stride) {
-                server.handle_message(&five_tuple, datagram, &route, &mut out);
+                super::handle_message(&server, &five_tuple, datagram, &route, &mut out);
             }
         }
     }

@@ -6,8 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use crate::auth::LongTermKey;
-use crate::transport::FiveTuple;
-use crate::turn::relay::RelayHandle;
+use crate::turn::FiveTuple;
 use crate::wire::TransactionId;
 
 /// Identifies an allocation for its lifetime; never reused, so a relay task
@@ -43,7 +42,8 @@ pub(crate) struct Allocation {
     pub(crate) five_tuple: FiveTuple,
     pub(crate) username: String,
     pub(crate) key: LongTermKey,
-    pub(crate) relay: RelayHandle,
+    /// The address the relay socket is bound to.
+    pub(crate) bound: SocketAddr,
     /// The address clients and peers are told (may differ from the bound one behind NAT).
     pub(crate) relayed: SocketAddr,
     pub(crate) created: Instant,
@@ -73,7 +73,7 @@ impl Allocation {
         five_tuple: FiveTuple,
         username: String,
         key: LongTermKey,
-        relay: RelayHandle,
+        bound: SocketAddr,
         relayed: SocketAddr,
         now: Instant,
         expires: Instant,
@@ -83,7 +83,7 @@ impl Allocation {
             five_tuple,
             username,
             key,
-            relay,
+            bound,
             relayed,
             created: now,
             expires,
@@ -233,14 +233,14 @@ mod tests {
         let five_tuple = FiveTuple {
             client: "192.0.2.1:1000".parse().unwrap(),
             server: "192.0.2.2:3478".parse().unwrap(),
-            transport: crate::transport::Transport::Udp,
+            transport: crate::config::Transport::Udp,
         };
         Allocation::new(
             AllocId(1),
             five_tuple,
             "alice".into(),
             [0; 16],
-            RelayHandle::detached("192.0.2.2:50000".parse().unwrap()),
+            "192.0.2.2:50000".parse().unwrap(),
             "192.0.2.2:50000".parse().unwrap(),
             now,
             now + Duration::from_secs(600),

@@ -15,8 +15,47 @@
 //!   allocations (RFC 6062), MESSAGE-INTEGRITY-SHA256 and PASSWORD-ALGORITHMS,
 //!   mobility (RFC 8016). Browsers use none of them.
 
+//!
+//! The core is a state machine: bytes, addresses and time come in, replies
+//! and decisions go out. Nothing in here owns a socket, reads a clock or
+//! knows the runtime: the shell passes `now`, binds relay sockets through
+//! [`RelaySockets`] and closes those of the allocations the core reports
+//! as ended.
+
 pub(crate) mod allocation;
 pub(crate) mod core;
+mod methods;
 pub(crate) mod ports;
-pub(crate) mod relay;
 pub(crate) mod table;
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::net::SocketAddr;
+
+use crate::config::Transport;
+pub(crate) use allocation::AllocId;
+
+/// The 5-tuple that identifies a client's allocation (RFC 8656 §2): the
+/// client's address, the server address it reached, and the transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct FiveTuple {
+    pub(crate) client: SocketAddr,
+    pub(crate) server: SocketAddr,
+    pub(crate) transport: Transport,
+}
+
+impl std::fmt::Display for FiveTuple {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}->{}", self.transport, self.client, self.server)
+    }
+}
+
+/// How the core gets a relay socket: the shell binds one for allocation
+/// `id` and keeps it under that id until the core reports the allocation ended.
+pub(crate) trait RelaySockets {
+    /// Binds `address` (port chosen by the core); with `dont_fragment` the
+    /// DF bit goes on what it sends. The error's kind tells a port another
+    /// program holds (`AddrInUse`) from other failures.
+    fn open(&mut self, id: AllocId, address: SocketAddr, dont_fragment: bool) -> io::Result<()>;
+}

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use crate::transport::FiveTuple;
+use crate::turn::FiveTuple;
 use crate::turn::allocation::{AllocId, Allocation};
 
 #[derive(Debug, Default)]

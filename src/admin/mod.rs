@@ -15,11 +15,13 @@
 //! A user `U` matches a static user or signaling user `U` and TURN REST
 //! usernames `EXPIRY:U`.
 
+mod scrape;
+
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -36,11 +38,12 @@ use crate::config::AdminConfig;
 use crate::drain;
 use crate::http::{Query, bearer_token, error, is_one_of, json_response};
 use crate::logging::event;
-use crate::metrics::{self, Format, Sources};
 use crate::reloadable::Reloadable;
 use crate::server::Server;
 use crate::signal::Signaling;
 use crate::turn::allocation::{Allocation, Traffic};
+use scrape::Format;
+pub(crate) use scrape::Sources;
 
 /// A reload asked for over HTTP; the daemon's main loop answers on it.
 pub(crate) type ReloadReply = oneshot::Sender<Result<String, String>>;
@@ -103,7 +106,7 @@ impl AdminApi {
         Arc::new(Self {
             server: sources.server.clone(),
             signal: sources.signal.clone(),
-            registry: metrics::registry(sources),
+            registry: scrape::registry(sources),
             address: config.address,
             token: Reloadable::new(Arc::new(token_bytes(config))),
             reload,
@@ -182,7 +185,7 @@ impl AdminApi {
                     .get(header::ACCEPT)
                     .and_then(|v| v.to_str().ok());
                 let format = Format::for_accept(accept);
-                let body = metrics::render(&self.registry, format);
+                let body = scrape::render(&self.registry, format);
                 let mut response = Response::new(Full::new(Bytes::from(body)));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -223,7 +226,7 @@ impl AdminApi {
         let allocations = self
             .server
             .core()
-            .end_allocations(|username| user_matches(username, &user));
+            .end_allocations(|username| user_matches(username, &user), Instant::now());
         let sessions = self.signal.end_user(&user);
         event!(
             info,
@@ -291,7 +294,7 @@ fn describe(allocation: &Allocation) -> Value {
         "age_seconds": allocation.created.elapsed().as_secs(),
         "expires_in_seconds": allocation
             .expires
-            .saturating_duration_since(std::time::Instant::now())
+            .saturating_duration_since(Instant::now())
             .as_secs(),
         "to_peer": traffic(allocation.to_peer),
         "from_peer": traffic(allocation.from_peer),

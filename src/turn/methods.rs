@@ -1,0 +1,427 @@
+//! The TURN methods (RFC 8656): Allocate, Refresh, CreatePermission,
+//! ChannelBind, and the Send indication, each on an authenticated request.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use rand::Rng;
+
+use super::core::{
+    Action, Core, Now, RESERVATION_LIFETIME, Request, finish, peer_address, saturating_secs,
+};
+use crate::logging::event;
+use crate::reject::Reject;
+use crate::turn::allocation::{AllocId, Allocation, BindCheck};
+use crate::turn::{FiveTuple, RelaySockets};
+use crate::wire::{Class, Message, MessageBuilder, Method, attr};
+
+/// Tries before giving up when ports of the range are taken by other programs.
+const BIND_ATTEMPTS: usize = 8;
+
+/// Which port an Allocate asks for: one reserved earlier by RESERVATION-TOKEN,
+/// an even one (EVEN-PORT), and whether to hold the next one (its R bit).
+#[derive(Clone, Copy)]
+struct RelayPort {
+    reserved: Option<u16>,
+    even: bool,
+    reserve_next: bool,
+}
+
+impl Core {
+    pub(super) fn allocate<'a>(
+        &mut self,
+        request: &Request<'_, 'a>,
+        sockets: &mut impl RelaySockets,
+        out: &mut Vec<u8>,
+    ) -> Result<Action<'a>, Reject> {
+        let Request {
+            now,
+            five_tuple,
+            message,
+            user,
+        } = *request;
+        if let Some(existing) = self.table.by_five_tuple(five_tuple) {
+            return match existing.recent_response(&message.transaction) {
+                Some(previous) => {
+                    out.clear();
+                    out.extend_from_slice(previous);
+                    Ok(Action::Reply)
+                }
+                None => Err(Reject::AllocationMismatch),
+            };
+        }
+        if self.draining {
+            return Err(Reject::Draining);
+        }
+        let transport = message
+            .get(attr::REQUESTED_TRANSPORT)
+            .ok_or(Reject::BadRequest)?;
+        if transport.len() != 4 {
+            return Err(Reject::BadRequest);
+        }
+        if transport[0] != attr::TRANSPORT_UDP {
+            return Err(Reject::UnsupportedTransport);
+        }
+        let even_port = message.get(attr::EVEN_PORT);
+        let token = message.get(attr::RESERVATION_TOKEN);
+        let family = message.get(attr::REQUESTED_ADDRESS_FAMILY);
+        if token.is_some() && (even_port.is_some() || family.is_some()) {
+            return Err(Reject::BadRequest);
+        }
+        let dont_fragment = message.get(attr::DONT_FRAGMENT).is_some();
+
+        if self.table.count_for_user(&user.username) >= self.limits.max_allocations_per_user {
+            return Err(Reject::UserQuotaReached);
+        }
+        if self.table.len() >= self.limits.max_allocations as usize {
+            return Err(Reject::TotalQuotaReached);
+        }
+
+        let (endpoint, reserved_port) = match token {
+            Some(token) => {
+                let token: [u8; 8] = token.try_into().map_err(|_| Reject::BadRequest)?;
+                let (port, bind, _) = self
+                    .reservations
+                    .remove(&u64::from_be_bytes(token))
+                    .ok_or(Reject::NoRelayPort)?;
+                let endpoint = if bind.is_ipv4() {
+                    self.relay_v4
+                } else {
+                    self.relay_v6
+                };
+                (
+                    endpoint.ok_or(Reject::AddressFamilyNotSupported)?,
+                    Some(port),
+                )
+            }
+            None => {
+                let want_v6 = match family {
+                    None => false,
+                    Some([attr::FAMILY_IPV4, ..]) => false,
+                    Some([attr::FAMILY_IPV6, ..]) => true,
+                    Some(_) => return Err(Reject::AddressFamilyNotSupported),
+                };
+                let endpoint = if want_v6 {
+                    self.relay_v6
+                } else {
+                    self.relay_v4
+                };
+                (endpoint.ok_or(Reject::AddressFamilyNotSupported)?, None)
+            }
+        };
+        let advertise_ip = endpoint
+            .advertise
+            .or_else(|| (!endpoint.bind.is_unspecified()).then_some(endpoint.bind))
+            .or_else(|| {
+                let local = five_tuple.server.ip();
+                (local.is_ipv4() == endpoint.bind.is_ipv4() && !local.is_unspecified())
+                    .then_some(local)
+            })
+            .ok_or(Reject::AddressFamilyNotSupported)?;
+
+        let reserve_next = even_port.is_some_and(|v| v.first().is_some_and(|b| b & 0x80 != 0));
+        let id = self.table.next_id();
+        let bound_port = self.open_relay(
+            sockets,
+            id,
+            endpoint.bind,
+            RelayPort {
+                reserved: reserved_port,
+                even: even_port.is_some(),
+                reserve_next,
+            },
+            dont_fragment,
+        )?;
+        let relayed = SocketAddr::new(advertise_ip, bound_port);
+        if self.table.by_relayed(relayed).is_some() {
+            // Two bind addresses advertised as one external address: refuse
+            // rather than deliver one client's peers to another.
+            log::warn!("relayed address {relayed} is already in use");
+            self.ports.release(bound_port);
+            self.ended.push(id);
+            return Err(Reject::ServerError);
+        }
+
+        let lifetime = message
+            .get(attr::LIFETIME)
+            .and_then(attr::u32_value)
+            .map_or(self.limits.default_lifetime, |asked| {
+                Duration::from_secs(u64::from(asked))
+                    .clamp(self.limits.default_lifetime, self.limits.max_lifetime)
+            });
+
+        let mut allocation = Allocation::new(
+            id,
+            *five_tuple,
+            user.username.clone(),
+            user.key,
+            SocketAddr::new(endpoint.bind, bound_port),
+            relayed,
+            now.instant,
+            now.instant + lifetime,
+        );
+
+        let mut reply = MessageBuilder::reply(out, message, Class::Success);
+        reply
+            .add_xor_address(attr::XOR_RELAYED_ADDRESS, relayed)
+            .add_u32(attr::LIFETIME, saturating_secs(lifetime))
+            .add_xor_address(attr::XOR_MAPPED_ADDRESS, five_tuple.client);
+        if reserve_next {
+            let token: u64 = self.rng.random();
+            let expires = now.instant + RESERVATION_LIFETIME;
+            self.reservations
+                .insert(token, (bound_port + 1, endpoint.bind, expires));
+            allocation.reservation = Some((token, bound_port + 1));
+            reply.add(attr::RESERVATION_TOKEN, &token.to_be_bytes());
+        }
+        finish(&mut reply, message, &user.key);
+
+        event!(
+            info,
+            "allocation-created",
+            user = user.username,
+            client = five_tuple.client,
+            relay = relayed,
+            lifetime = format_args!("{}s", lifetime.as_secs())
+        );
+        self.table.insert(allocation);
+        Ok(Action::ReplyAndStartRelay(id))
+    }
+
+    /// Binds a relay socket for allocation `id` on a port from the pool,
+    /// retrying ports that another program holds; returns the port.
+    fn open_relay(
+        &mut self,
+        sockets: &mut impl RelaySockets,
+        id: AllocId,
+        bind_ip: IpAddr,
+        port: RelayPort,
+        dont_fragment: bool,
+    ) -> Result<u16, Reject> {
+        let RelayPort {
+            reserved,
+            even,
+            reserve_next,
+        } = port;
+        let attempts = if reserved.is_some() { 1 } else { BIND_ATTEMPTS };
+        let mut busy = Vec::new();
+        let mut outcome = Err(Reject::NoRelayPort);
+        for _ in 0..attempts {
+            let port = match reserved {
+                Some(port) => port,
+                None if even => match self.ports.take_even(&mut self.rng, reserve_next) {
+                    Some(port) => port,
+                    None => break,
+                },
+                None => match self.ports.take_any(&mut self.rng) {
+                    Some(port) => port,
+                    None => break,
+                },
+            };
+            match sockets.open(id, SocketAddr::new(bind_ip, port), dont_fragment) {
+                Ok(()) => {
+                    outcome = Ok(port);
+                    break;
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
+                    busy.push(port);
+                    if even && reserve_next {
+                        busy.push(port + 1);
+                    }
+                }
+                Err(error) => {
+                    log::warn!("cannot open relay socket on {bind_ip} port {port}: {error}");
+                    self.ports.release(port);
+                    outcome = Err(Reject::ServerError);
+                    break;
+                }
+            }
+        }
+        // Ports other programs hold go back to the pool: they may be free later.
+        for port in busy {
+            self.ports.release(port);
+        }
+        outcome
+    }
+
+    pub(super) fn refresh<'a>(
+        &mut self,
+        request: &Request<'_, 'a>,
+        out: &mut Vec<u8>,
+    ) -> Result<Action<'a>, Reject> {
+        let Request {
+            now,
+            five_tuple,
+            message,
+            user,
+        } = *request;
+        let asked = message.get(attr::LIFETIME).and_then(attr::u32_value);
+        if asked == Some(0) {
+            let id = self
+                .table
+                .id_for(five_tuple)
+                .ok_or(Reject::AllocationMismatch)?;
+            self.remove(id, "allocation-deleted", now.instant);
+            let mut reply = MessageBuilder::reply(out, message, Class::Success);
+            reply.add_u32(attr::LIFETIME, 0);
+            finish(&mut reply, message, &user.key);
+            return Ok(Action::Reply);
+        }
+        let lifetime = asked.map_or(self.limits.default_lifetime, |asked| {
+            Duration::from_secs(u64::from(asked)).min(self.limits.max_lifetime)
+        });
+        let allocation = self
+            .table
+            .by_five_tuple(five_tuple)
+            .ok_or(Reject::AllocationMismatch)?;
+        allocation.expires = now.instant + lifetime;
+        event!(
+            info,
+            "allocation-refreshed",
+            user = allocation.username,
+            relay = allocation.relayed,
+            lifetime = format_args!("{}s", lifetime.as_secs())
+        );
+        let mut reply = MessageBuilder::reply(out, message, Class::Success);
+        reply.add_u32(attr::LIFETIME, saturating_secs(lifetime));
+        finish(&mut reply, message, &user.key);
+        Ok(Action::Reply)
+    }
+
+    /// Checks a peer address for a permission or channel: family, then policy.
+    pub(super) fn check_peer(
+        &self,
+        five_tuple: &FiveTuple,
+        relayed: SocketAddr,
+        peer: SocketAddr,
+    ) -> Result<(), Reject> {
+        if peer.is_ipv4() != relayed.is_ipv4() {
+            return Err(Reject::PeerAddressFamilyMismatch);
+        }
+        if let Err(refused) = self.policy.check(peer.ip()) {
+            event!(
+                info,
+                "peer-refused",
+                client = five_tuple.client,
+                peer = peer,
+                why = refused
+            );
+            return Err(Reject::PeerRefused);
+        }
+        Ok(())
+    }
+
+    pub(super) fn create_permission<'a>(
+        &mut self,
+        request: &Request<'_, 'a>,
+        out: &mut Vec<u8>,
+    ) -> Result<Action<'a>, Reject> {
+        let Request {
+            now,
+            five_tuple,
+            message,
+            user,
+        } = *request;
+        let relayed = self.relayed_of(five_tuple)?;
+        let mut peers = Vec::new();
+        for value in message.all(attr::XOR_PEER_ADDRESS) {
+            let peer = peer_address(message, value).ok_or(Reject::BadRequest)?;
+            self.check_peer(five_tuple, relayed, peer)?;
+            peers.push(peer.ip());
+        }
+        if peers.is_empty() {
+            return Err(Reject::BadRequest);
+        }
+        let until = now.instant + self.limits.permission_lifetime;
+        let allocation = self
+            .table
+            .by_five_tuple(five_tuple)
+            .ok_or(Reject::AllocationMismatch)?;
+        for peer in peers {
+            allocation.permit(peer, until);
+        }
+        let mut reply = MessageBuilder::reply(out, message, Class::Success);
+        finish(&mut reply, message, &user.key);
+        Ok(Action::Reply)
+    }
+
+    pub(super) fn channel_bind<'a>(
+        &mut self,
+        request: &Request<'_, 'a>,
+        out: &mut Vec<u8>,
+    ) -> Result<Action<'a>, Reject> {
+        let Request {
+            now,
+            five_tuple,
+            message,
+            user,
+        } = *request;
+        let relayed = self.relayed_of(five_tuple)?;
+        let channel = message
+            .get(attr::CHANNEL_NUMBER)
+            .filter(|v| v.len() == 4)
+            .map(|v| u16::from_be_bytes([v[0], v[1]]))
+            .filter(|&n| self.limits.valid_channel(n))
+            .ok_or(Reject::BadRequest)?;
+        let peer = message
+            .get(attr::XOR_PEER_ADDRESS)
+            .and_then(|v| peer_address(message, v))
+            .ok_or(Reject::BadRequest)?;
+        self.check_peer(five_tuple, relayed, peer)?;
+        let channel_until = now.instant + self.limits.channel_lifetime;
+        let permission_until = now.instant + self.limits.permission_lifetime;
+        let allocation = self
+            .table
+            .by_five_tuple(five_tuple)
+            .ok_or(Reject::AllocationMismatch)?;
+        if allocation.check_bind(channel, peer, now.instant) == BindCheck::Conflict {
+            return Err(Reject::BadRequest);
+        }
+        allocation.bind(channel, peer, channel_until);
+        allocation.permit(peer.ip(), permission_until);
+        let mut reply = MessageBuilder::reply(out, message, Class::Success);
+        finish(&mut reply, message, &user.key);
+        Ok(Action::Reply)
+    }
+
+    fn relayed_of(&mut self, five_tuple: &FiveTuple) -> Result<SocketAddr, Reject> {
+        self.table
+            .by_five_tuple(five_tuple)
+            .map(|a| a.relayed)
+            .ok_or(Reject::AllocationMismatch)
+    }
+
+    pub(super) fn handle_indication<'a>(
+        &mut self,
+        now: Now,
+        five_tuple: &FiveTuple,
+        message: &Message<'a>,
+    ) -> Action<'a> {
+        if message.method != Method::SEND {
+            // Binding indications are keep-alives; anything else is ignored.
+            return Action::None;
+        }
+        let (Some(peer), Some(data)) = (
+            message
+                .get(attr::XOR_PEER_ADDRESS)
+                .and_then(|v| peer_address(message, v)),
+            message.get(attr::DATA),
+        ) else {
+            self.counters.count(Reject::BadRequest);
+            return Action::None;
+        };
+        let Some(allocation) = self.table.by_five_tuple(five_tuple) else {
+            self.counters.count(Reject::NoRoute);
+            return Action::None;
+        };
+        if !allocation.route_send(peer, now.instant, data.len()) {
+            self.counters.count(Reject::NoRoute);
+            return Action::None;
+        }
+        Action::ToPeer {
+            relay: allocation.id,
+            peer,
+            data,
+        }
+    }
+}
