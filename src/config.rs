@@ -19,7 +19,7 @@ use ipnet::IpNet;
 use toml::Spanned;
 use toml::de::{DeString, DeTable, DeValue};
 
-use crate::transport::tls::{TlsFile, load_certified_key};
+use crate::certificate::{TlsFile, TlsFiles, load_certified_key};
 
 /// Shortest accepted REST secret; shorter ones are guessable offline from one credential.
 const MIN_SECRET_CHARS: usize = 8;
@@ -290,12 +290,6 @@ pub(crate) struct SignalLimits {
     pub(crate) handshake_timeout: Duration,
     pub(crate) ping_interval: Duration,
     pub(crate) resume_grace: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct TlsFiles {
-    pub(crate) certificate: PathBuf,
-    pub(crate) private_key: PathBuf,
 }
 
 /// Transport of a [`Listen`] socket.
