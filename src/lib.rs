@@ -9,13 +9,16 @@
 //! sockets and their receive tasks live in `turn::relay`. Every refusal is a
 //! `reject::Reject`, which picks the STUN error code, the log event and the
 //! counter. `http` serves `/ice-servers`, the demo page and `/ws`, where
-//! `signal` keeps the signaling rooms. `config` reads the TOML file; `cli`
-//! and `daemon` run it all.
+//! `signal` keeps the signaling rooms. `config` reads the TOML file, one
+//! module per table; `certificate` loads a TLS listener's certificate and key
+//! from PEM files, for `config` (which checks them) and `transport` (which
+//! serves them) alike. `cli` and `daemon` run it all.
 
 pub mod cli;
 
 mod admin;
 mod auth;
+mod certificate;
 mod config;
 mod ctl;
 mod daemon;

@@ -1,0 +1,207 @@
+//! The `[relay]` table: where relay sockets bind, which peers they may reach, and how long
+//! allocations, permissions and channels last.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::scalars::PortRange;
+use super::walk::{Ctx, Item, Section, values};
+
+const DEFAULT_PORTS: PortRange = PortRange {
+    low: 49152,
+    high: 65535,
+};
+const DEFAULT_MAX_ALLOCATIONS: u32 = 10_000;
+const DEFAULT_MAX_ALLOCATIONS_PER_USER: u32 = 50;
+// RFC 8656 §3.2, §9 and §12: 600 s allocations, 300 s permissions, 600 s channels.
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
+const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(3600);
+const DEFAULT_PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
+const DEFAULT_CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+const RELAY_KEYS: &[&str] = &[
+    "addresses",
+    "external-addresses",
+    "ports",
+    "allow-peers",
+    "deny-peers",
+    "max-allocations",
+    "max-allocations-per-user",
+    "default-lifetime",
+    "max-lifetime",
+    "permission-lifetime",
+    "channel-lifetime",
+    "rfc5766-channel-numbers",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RelayConfig {
+    /// Where relay sockets bind: at most one address per family, never empty.
+    pub(crate) addresses: Vec<IpAddr>,
+    /// Advertised relayed addresses behind a 1:1 NAT: at most one per family, each for a family
+    /// that `addresses` has.
+    pub(crate) external_addresses: Vec<IpAddr>,
+    pub(crate) ports: PortRange,
+    pub(crate) allow_peers: Vec<IpNet>,
+    pub(crate) deny_peers: Vec<IpNet>,
+    pub(crate) max_allocations: u32,
+    pub(crate) max_allocations_per_user: u32,
+    pub(crate) default_lifetime: Duration,
+    /// At least `default_lifetime`.
+    pub(crate) max_lifetime: Duration,
+    pub(crate) permission_lifetime: Duration,
+    pub(crate) channel_lifetime: Duration,
+    /// Accept channel numbers 0x5000–0x7FFF as RFC 5766 did (older clients
+    /// such as coturn 4.6's turnutils_uclient pick them); RFC 8656 allows 0x4000–0x4FFF.
+    pub(crate) rfc5766_channel_numbers: bool,
+}
+
+pub(super) fn read_relay(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> RelayConfig {
+    let relay = top.section(cx, "relay", RELAY_KEYS);
+
+    let addresses = relay.list::<IpAddr>(cx, "addresses", vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)]);
+    let addresses_key = relay.key("addresses");
+    if addresses.ok && addresses.value.is_empty() {
+        cx.report(
+            &addresses_key,
+            addresses.span.as_ref(),
+            "expected at least one address, e.g. [\"0.0.0.0\"]",
+        );
+    }
+    one_per_family(cx, &addresses_key, &addresses.value);
+
+    let external = relay.list::<IpAddr>(cx, "external-addresses", Vec::new());
+    let external_key = relay.key("external-addresses");
+    one_per_family(cx, &external_key, &external.value);
+    for (i, item) in external.value.iter().enumerate() {
+        let key = format!("{external_key}[{i}]");
+        if item.value.is_unspecified() {
+            let message = format!(
+                "expected an address that peers can reach, got {}",
+                item.value
+            );
+            cx.report(key, item.span.as_ref(), message);
+        } else if addresses.ok
+            && !addresses
+                .value
+                .iter()
+                .any(|a| a.value.is_ipv4() == item.value.is_ipv4())
+        {
+            let message = format!(
+                "expected {addresses_key} to have an {} address for {} to stand for, it has none",
+                family(&item.value),
+                item.value
+            );
+            cx.report(key, item.span.as_ref(), message);
+        }
+    }
+
+    let ports = relay.get(cx, "ports", DEFAULT_PORTS);
+    let allow_peers = relay.list::<IpNet>(cx, "allow-peers", Vec::new());
+    let deny_peers = relay.list::<IpNet>(cx, "deny-peers", Vec::new());
+    let max_allocations = relay.get(cx, "max-allocations", DEFAULT_MAX_ALLOCATIONS);
+    let max_allocations_per_user = relay.get(
+        cx,
+        "max-allocations-per-user",
+        DEFAULT_MAX_ALLOCATIONS_PER_USER,
+    );
+    let default_lifetime = relay.get(cx, "default-lifetime", DEFAULT_LIFETIME);
+    let max_lifetime = relay.get(cx, "max-lifetime", DEFAULT_MAX_LIFETIME);
+    let permission_lifetime = relay.get(cx, "permission-lifetime", DEFAULT_PERMISSION_LIFETIME);
+    let channel_lifetime = relay.get(cx, "channel-lifetime", DEFAULT_CHANNEL_LIFETIME);
+    let rfc5766_channel_numbers = relay.get(cx, "rfc5766-channel-numbers", false);
+
+    if default_lifetime.ok && max_lifetime.ok && max_lifetime.value < default_lifetime.value {
+        // Point at whichever of the two the operator wrote, the maximum first.
+        let (key, span, message) = match &max_lifetime.span {
+            Some(span) => (
+                "max-lifetime",
+                Some(span),
+                format!(
+                    "expected at least relay.default-lifetime ({}), got {}",
+                    humantime::format_duration(default_lifetime.value),
+                    humantime::format_duration(max_lifetime.value)
+                ),
+            ),
+            None => (
+                "default-lifetime",
+                default_lifetime.span.as_ref(),
+                format!(
+                    "expected at most relay.max-lifetime ({}), got {}",
+                    humantime::format_duration(max_lifetime.value),
+                    humantime::format_duration(default_lifetime.value)
+                ),
+            ),
+        };
+        cx.report(relay.key(key), span, message);
+    }
+
+    RelayConfig {
+        addresses: values(addresses.value),
+        external_addresses: values(external.value),
+        ports: ports.value,
+        allow_peers: values(allow_peers.value),
+        deny_peers: values(deny_peers.value),
+        max_allocations: max_allocations.value,
+        max_allocations_per_user: max_allocations_per_user.value,
+        default_lifetime: default_lifetime.value,
+        max_lifetime: max_lifetime.value,
+        permission_lifetime: permission_lifetime.value,
+        channel_lifetime: channel_lifetime.value,
+        rfc5766_channel_numbers: rfc5766_channel_numbers.value,
+    }
+}
+
+fn family(address: &IpAddr) -> &'static str {
+    if address.is_ipv4() { "IPv4" } else { "IPv6" }
+}
+
+/// Report every address after the first of its family.
+fn one_per_family(cx: &mut Ctx<'_>, key: &str, items: &[Item<IpAddr>]) {
+    let mut first_v4: Option<IpAddr> = None;
+    let mut first_v6: Option<IpAddr> = None;
+    for (i, item) in items.iter().enumerate() {
+        let first = if item.value.is_ipv4() {
+            &mut first_v4
+        } else {
+            &mut first_v6
+        };
+        match first {
+            Some(first) => {
+                let message = format!(
+                    "expected at most one {} address, got {first} and {}",
+                    family(&item.value),
+                    item.value
+                );
+                cx.report(format!("{key}[{i}]"), item.span.as_ref(), message);
+            }
+            None => *first = Some(item.value),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::testing::{MINIMAL, parse_err, parse_ok};
+
+    #[test]
+    fn relay_address_families() {
+        let ok = parse_ok(&format!(
+            "{MINIMAL}[relay]\naddresses = [\"0.0.0.0\", \"::\"]\nexternal-addresses = [\"203.0.113.5\", \"2001:db8::5\"]\n"
+        ));
+        assert_eq!(ok.relay.external_addresses.len(), 2);
+        let e = parse_err(&format!(
+            "{MINIMAL}[relay]\naddresses = [\"10.0.0.1\", \"10.0.0.2\"]\nexternal-addresses = [\"2001:db8::5\", \"0.0.0.0\"]\n"
+        ));
+        let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "relay.addresses[1]",
+                "relay.external-addresses[0]",
+                "relay.external-addresses[1]"
+            ]
+        );
+    }
+}
