@@ -49,7 +49,10 @@ async fn serve(config: Config, origin: Origin) -> std::io::Result<()> {
     // before any client is served.
     let mut bound = Vec::new();
     for listen in &config.listen {
-        bound.push((listen.clone(), bind(listen).map_err(std::io::Error::other)?));
+        bound.push((
+            listen.clone(),
+            bind(listen, &config).map_err(std::io::Error::other)?,
+        ));
     }
     let admin_listener = AdminListener::bind(&config.admin)?;
     let signal = Signaling::new(server.clone(), &config);
@@ -131,10 +134,10 @@ enum Bound {
 }
 
 /// Binds one listener and says so in the log.
-fn bind(listen: &Listen) -> Result<Bound, String> {
+fn bind(listen: &Listen, config: &Config) -> Result<Bound, String> {
     match listen.transport {
         Transport::Udp => {
-            let listener = UdpListener::bind(listen.address)
+            let listener = UdpListener::bind(listen.address, config.relay.listener_receive_buffer)
                 .map_err(|error| format!("cannot listen on udp {}: {error}", listen.address))?;
             log::info!("listening on udp {}", listener.local_addr());
             Ok(Bound::Udp(listener))
@@ -241,7 +244,7 @@ impl Daemon {
         let mut added = Vec::new();
         for (index, listen) in config.listen.iter().enumerate() {
             if !matched.contains(&Some(index)) {
-                added.push((listen.clone(), bind(listen)?));
+                added.push((listen.clone(), bind(listen, &config)?));
             }
         }
         // Certificates next: files that check-config accepted may still

@@ -22,6 +22,7 @@ mod certificate;
 mod config;
 mod ctl;
 mod daemon;
+mod datagrams;
 mod drain;
 mod http;
 mod ice;

@@ -172,6 +172,19 @@ impl Metrics {
         bump(&self.relayed_bytes[i], len as u64);
     }
 
+    /// `packets` packets of `bytes` payload bytes in all relayed.
+    pub(crate) fn relayed_many(
+        &self,
+        direction: Direction,
+        framing: Framing,
+        packets: usize,
+        bytes: usize,
+    ) {
+        let i = relay_index(direction, framing);
+        bump(&self.relayed_packets[i], packets as u64);
+        bump(&self.relayed_bytes[i], bytes as u64);
+    }
+
     pub(crate) fn allocation_created(&self, transport: Transport) {
         if let Some(i) = turn_transport_index(transport) {
             bump(&self.allocations_created[i], 1);

@@ -19,3 +19,39 @@ pub(crate) fn allow_bind_before_address_exists(
     }
     Ok(())
 }
+
+/// Takes back what quinn-udp turns on for QUIC and a relay does not want:
+/// DF on every datagram (a relay fragments unless the client asked for
+/// DONT-FRAGMENT), and TOS and a timestamp on every received one, which
+/// nothing reads and every datagram pays for.
+pub(crate) fn relay_defaults(
+    socket: &socket2::Socket,
+    ipv6: bool,
+    dont_fragment: bool,
+) -> std::io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    use rustix::net::sockopt::{
+        Ipv4PathMtuDiscovery, Ipv6PathMtuDiscovery, set_ip_mtu_discover, set_ip_recvtos,
+        set_ipv6_mtu_discover, set_ipv6_recvtclass,
+    };
+    if ipv6 {
+        let discovery = if dont_fragment {
+            Ipv6PathMtuDiscovery::DO
+        } else {
+            Ipv6PathMtuDiscovery::WANT
+        };
+        set_ipv6_mtu_discover(socket, discovery)?;
+        setsockopt(socket, sockopt::Ipv6DontFrag, &dont_fragment)?;
+        set_ipv6_recvtclass(socket, false)?;
+    } else {
+        let discovery = if dont_fragment {
+            Ipv4PathMtuDiscovery::DO
+        } else {
+            Ipv4PathMtuDiscovery::WANT
+        };
+        set_ip_mtu_discover(socket, discovery)?;
+        set_ip_recvtos(socket, false)?;
+    }
+    setsockopt(socket, sockopt::ReceiveTimestampns, &false)?;
+    Ok(())
+}

@@ -20,6 +20,12 @@ const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
 const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(3600);
 const DEFAULT_PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
 const DEFAULT_CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+/// SO_RCVBUF of each relay socket: a burst from a peer waits here for the
+/// task that reads it. The kernel caps it at net.core.rmem_max.
+const DEFAULT_RECEIVE_BUFFER_BYTES: u32 = 1 << 20;
+/// SO_RCVBUF of each UDP listener socket, which every client shares.
+const DEFAULT_LISTENER_RECEIVE_BUFFER_BYTES: u32 = 4 << 20;
+const BUFFER_BYTES: std::ops::RangeInclusive<u32> = 4096..=(256 << 20);
 const RELAY_KEYS: &[&str] = &[
     "addresses",
     "external-addresses",
@@ -33,6 +39,8 @@ const RELAY_KEYS: &[&str] = &[
     "permission-lifetime",
     "channel-lifetime",
     "rfc5766-channel-numbers",
+    "receive-buffer-bytes",
+    "listener-receive-buffer-bytes",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +63,10 @@ pub(crate) struct RelayConfig {
     /// Accept channel numbers 0x5000–0x7FFF as RFC 5766 did (older clients
     /// such as coturn 4.6's turnutils_uclient pick them); RFC 8656 allows 0x4000–0x4FFF.
     pub(crate) rfc5766_channel_numbers: bool,
+    /// SO_RCVBUF of each relay socket.
+    pub(crate) socket_receive_buffer: usize,
+    /// SO_RCVBUF of each UDP listener socket.
+    pub(crate) listener_receive_buffer: usize,
 }
 
 pub(super) fn read_relay(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> RelayConfig {
@@ -111,6 +123,24 @@ pub(super) fn read_relay(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> RelayConfig
     let permission_lifetime = relay.get(cx, "permission-lifetime", DEFAULT_PERMISSION_LIFETIME);
     let channel_lifetime = relay.get(cx, "channel-lifetime", DEFAULT_CHANNEL_LIFETIME);
     let rfc5766_channel_numbers = relay.get(cx, "rfc5766-channel-numbers", false);
+    let mut buffer = |key: &str, default: u32| {
+        let bytes = relay.get(cx, key, default);
+        if bytes.ok && !BUFFER_BYTES.contains(&bytes.value) {
+            let message = format!(
+                "expected a size from {} to {} bytes, got {}",
+                BUFFER_BYTES.start(),
+                BUFFER_BYTES.end(),
+                bytes.value
+            );
+            cx.report(relay.key(key), bytes.span.as_ref(), message);
+        }
+        bytes.value as usize
+    };
+    let socket_receive_buffer = buffer("receive-buffer-bytes", DEFAULT_RECEIVE_BUFFER_BYTES);
+    let listener_receive_buffer = buffer(
+        "listener-receive-buffer-bytes",
+        DEFAULT_LISTENER_RECEIVE_BUFFER_BYTES,
+    );
 
     if default_lifetime.ok && max_lifetime.ok && max_lifetime.value < default_lifetime.value {
         // Point at whichever of the two the operator wrote, the maximum first.
@@ -150,6 +180,8 @@ pub(super) fn read_relay(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> RelayConfig
         permission_lifetime: permission_lifetime.value,
         channel_lifetime: channel_lifetime.value,
         rfc5766_channel_numbers: rfc5766_channel_numbers.value,
+        socket_receive_buffer,
+        listener_receive_buffer,
     }
 }
 

@@ -5,21 +5,23 @@
 
 mod relay_sockets;
 
-use std::ops::{Deref, DerefMut};
+use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut, Range};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::auth::CredentialStore;
 use crate::config::Config;
+use crate::datagrams::Run;
 use crate::metrics::{Direction, Framing, Metrics};
 use crate::reject::{Reject, RejectCounters};
 use crate::reloadable::Reloadable;
 use crate::turn::core::{Action, Core, Now};
 use crate::turn::{AllocId, FiveTuple};
 use crate::wire::{ChannelData, Class, Kind, Message, Method};
-pub(crate) use relay_sockets::RelayReceiver;
-use relay_sockets::{RelaySocketTable, send_to_peer};
+use relay_sockets::RelaySocketTable;
+pub(crate) use relay_sockets::{RelayReceiver, RelaySocket};
 
 pub(crate) struct Server {
     state: Mutex<State>,
@@ -65,6 +67,25 @@ impl Drop for CoreGuard<'_> {
     }
 }
 
+/// A ChannelData message from a client: its payload is `data` of the
+/// receive buffer handed to [`Server::relay_channel_data`] with it.
+#[derive(Clone, Debug)]
+pub(crate) struct ChannelFrame {
+    pub(crate) five_tuple: FiveTuple,
+    pub(crate) channel: u16,
+    pub(crate) data: Range<usize>,
+}
+
+/// Reused from batch to batch by one listener task: where each frame goes.
+#[derive(Debug, Default)]
+pub(crate) struct PeerSends {
+    /// The relay sockets this batch sends from, each once.
+    sockets: Vec<(AllocId, Arc<RelaySocket>)>,
+    /// (index into `sockets`, peer, index of the frame).
+    routed: Vec<(usize, SocketAddr, usize)>,
+    run: Run,
+}
+
 /// What the listener does after [`Server::handle_message`].
 pub(crate) enum Handled {
     Nothing,
@@ -82,7 +103,7 @@ impl Server {
         Arc::new(Self {
             state: Mutex::new(State {
                 core: Core::new(config, credentials.clone(), rejects.clone()),
-                sockets: RelaySocketTable::default(),
+                sockets: RelaySocketTable::new(config.relay.socket_receive_buffer),
             }),
             credentials: Reloadable::new(credentials),
             nonce_key,
@@ -105,7 +126,9 @@ impl Server {
             self.nonce_key,
         ));
         self.credentials.set(credentials.clone());
-        self.core().reconfigure(config, credentials, now())
+        let mut core = self.core();
+        core.0.sockets.receive_buffer = config.relay.socket_receive_buffer;
+        core.reconfigure(config, credentials, now())
     }
 
     /// Stops taking new allocations (and, through [`Server::is_draining`],
@@ -160,7 +183,7 @@ impl Server {
                 if let Some((socket, peer)) = route {
                     self.metrics
                         .relayed(Direction::ToPeer, Framing::ChannelData, frame.data.len());
-                    send_to_peer(&socket, frame.data, peer);
+                    socket.send(frame.data, peer);
                 }
                 Handled::Nothing
             }
@@ -217,10 +240,96 @@ impl Server {
                 drop(guard);
                 self.metrics
                     .relayed(Direction::ToPeer, Framing::Indication, data.len());
-                send_to_peer(&socket, data, peer);
+                socket.send(data, peer);
                 Handled::Nothing
             }
         }
+    }
+
+    /// Relays a batch of ChannelData messages from clients: routed under
+    /// one lock and one clock read, then sent with one system call per
+    /// relay socket, peer and payload size where GSO allows.
+    pub(crate) fn relay_channel_data(
+        &self,
+        buffer: &[u8],
+        frames: &[ChannelFrame],
+        sends: &mut PeerSends,
+    ) {
+        let PeerSends {
+            sockets: used,
+            routed,
+            run,
+        } = sends;
+        used.clear();
+        routed.clear();
+        let now = Instant::now();
+        {
+            let mut state = self.lock();
+            let State { core, sockets } = &mut *state;
+            for (index, frame) in frames.iter().enumerate() {
+                let Some((id, peer)) = core.route_channel_data(
+                    now,
+                    &frame.five_tuple,
+                    frame.channel,
+                    frame.data.len(),
+                ) else {
+                    continue;
+                };
+                let slot = match used.iter().position(|(used_id, _)| *used_id == id) {
+                    Some(slot) => slot,
+                    None => {
+                        let Some(socket) = sockets.get(id) else {
+                            continue;
+                        };
+                        used.push((id, socket.clone()));
+                        used.len() - 1
+                    }
+                };
+                routed.push((slot, peer, index));
+            }
+        }
+        if routed.is_empty() {
+            return;
+        }
+        // Each (socket, peer) in arrival order: one run of datagrams.
+        routed.sort_unstable();
+        let mut bytes = 0;
+        let mut start = 0;
+        while start < routed.len() {
+            let (slot, peer, _) = routed[start];
+            run.clear();
+            let mut end = start;
+            while end < routed.len() && routed[end].0 == slot && routed[end].1 == peer {
+                let data = &buffer[frames[routed[end].2].data.clone()];
+                bytes += data.len();
+                run.push(data);
+                end += 1;
+            }
+            let socket = &used[slot].1;
+            run.send(&socket.state, &socket.socket, peer, None);
+            start = end;
+        }
+        self.metrics
+            .relayed_many(Direction::ToPeer, Framing::ChannelData, routed.len(), bytes);
+    }
+
+    /// Routes a batch of datagrams that peers sent to allocation `id`'s
+    /// relay, under one lock: for each `(peer, len)`, None to drop it, else
+    /// the channel to frame it with, if any.
+    pub(crate) fn route_from_peers(
+        &self,
+        id: AllocId,
+        datagrams: &[(SocketAddr, usize)],
+        routes: &mut Vec<Option<Option<u16>>>,
+    ) {
+        routes.clear();
+        let now = Instant::now();
+        let mut state = self.lock();
+        routes.extend(
+            datagrams
+                .iter()
+                .map(|&(peer, len)| state.core.route_from_peer(id, peer, now, len)),
+        );
     }
 
     pub(crate) fn has_allocation(&self, five_tuple: &FiveTuple) -> bool {
@@ -230,19 +339,6 @@ impl Server {
     /// A TCP/TLS connection ended: its allocation ends with it (RFC 8656 §3.1).
     pub(crate) fn connection_closed(&self, five_tuple: &FiveTuple) {
         self.core().end_connection(five_tuple, Instant::now());
-    }
-
-    /// Data from `peer` at allocation `id`'s relay: None to drop it, else
-    /// the channel to frame it with, if any.
-    pub(crate) fn route_from_peer(
-        &self,
-        id: AllocId,
-        peer: std::net::SocketAddr,
-        len: usize,
-    ) -> Option<Option<u16>> {
-        self.lock()
-            .core
-            .route_from_peer(id, peer, Instant::now(), len)
     }
 
     /// Expires allocations, permissions and channels once a second.

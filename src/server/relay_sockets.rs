@@ -7,23 +7,48 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use rustix::net::sockopt;
+use quinn_udp::UdpSocketState;
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 
 use crate::turn::{AllocId, RelaySockets};
 
+/// One relay socket, read and written in batches (recvmmsg with GRO,
+/// sendmsg with GSO) through quinn-udp.
+#[derive(Debug)]
+pub(crate) struct RelaySocket {
+    pub(crate) socket: UdpSocket,
+    pub(crate) state: UdpSocketState,
+}
+
+impl RelaySocket {
+    /// Sends one datagram to a peer without waiting: a full socket buffer
+    /// drops it, as a congested link would.
+    pub(crate) fn send(&self, data: &[u8], peer: SocketAddr) {
+        let transmit = quinn_udp::Transmit {
+            destination: peer,
+            ecn: None,
+            contents: data,
+            segment_size: None,
+            src_ip: None,
+        };
+        if let Err(error) = self.state.try_send((&self.socket).into(), &transmit) {
+            log::debug!("relay send to {peer} failed: {error}");
+        }
+    }
+}
+
 /// What serves a relay socket's receive side: the socket, and a signal
 /// that fires when the allocation has ended.
 #[derive(Debug)]
 pub(crate) struct RelayReceiver {
-    pub(crate) socket: Arc<UdpSocket>,
+    pub(crate) socket: Arc<RelaySocket>,
     pub(crate) ended: oneshot::Receiver<()>,
 }
 
 #[derive(Debug)]
-struct RelaySocket {
-    socket: Arc<UdpSocket>,
+struct OpenRelay {
+    socket: Arc<RelaySocket>,
     /// Dropped with the socket: ends its receive task.
     _ended: oneshot::Sender<()>,
     /// Held until the shell starts the receive task.
@@ -33,12 +58,21 @@ struct RelaySocket {
 /// Every open relay socket by allocation.
 #[derive(Debug, Default)]
 pub(crate) struct RelaySocketTable {
-    sockets: HashMap<AllocId, RelaySocket>,
+    sockets: HashMap<AllocId, OpenRelay>,
+    /// SO_RCVBUF for new sockets (`relay.socket-receive-buffer`).
+    pub(crate) receive_buffer: usize,
 }
 
 impl RelaySocketTable {
+    pub(crate) fn new(receive_buffer: usize) -> Self {
+        Self {
+            sockets: HashMap::new(),
+            receive_buffer,
+        }
+    }
+
     /// The socket that sends for allocation `id`.
-    pub(crate) fn get(&self, id: AllocId) -> Option<&Arc<UdpSocket>> {
+    pub(crate) fn get(&self, id: AllocId) -> Option<&Arc<RelaySocket>> {
         self.sockets.get(&id).map(|relay| &relay.socket)
     }
 
@@ -54,11 +88,11 @@ impl RelaySocketTable {
 
 impl RelaySockets for RelaySocketTable {
     fn open(&mut self, id: AllocId, address: SocketAddr, dont_fragment: bool) -> io::Result<()> {
-        let socket = bind(address, dont_fragment)?;
+        let socket = Arc::new(bind(address, dont_fragment, self.receive_buffer)?);
         let (ended_tx, ended_rx) = oneshot::channel();
         self.sockets.insert(
             id,
-            RelaySocket {
+            OpenRelay {
                 socket: socket.clone(),
                 _ended: ended_tx,
                 receiver: Some(RelayReceiver {
@@ -71,31 +105,25 @@ impl RelaySockets for RelaySocketTable {
     }
 }
 
-fn bind(address: SocketAddr, dont_fragment: bool) -> io::Result<Arc<UdpSocket>> {
+fn bind(
+    address: SocketAddr,
+    dont_fragment: bool,
+    receive_buffer: usize,
+) -> io::Result<RelaySocket> {
     let domain = socket2::Domain::for_address(address);
     let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
     if address.is_ipv6() {
         socket.set_only_v6(true)?;
     }
-    if dont_fragment {
-        if address.is_ipv6() {
-            sockopt::set_ipv6_mtu_discover(&socket, sockopt::Ipv6PathMtuDiscovery::DO)?;
-        } else {
-            sockopt::set_ip_mtu_discover(&socket, sockopt::Ipv4PathMtuDiscovery::DO)?;
-        }
-    }
     crate::socket_options::allow_bind_before_address_exists(&socket, address)?;
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
-    Ok(Arc::new(UdpSocket::from_std(socket.into())?))
-}
-
-/// Sends to a peer without waiting: a full socket buffer drops the datagram,
-/// as a congested link would. The send goes straight to the socket: tokio's
-/// `try_send_to` refuses until its reactor has seen the new socket writable,
-/// which would lose the first datagram of a fresh allocation.
-pub(crate) fn send_to_peer(socket: &UdpSocket, data: &[u8], peer: SocketAddr) {
-    if let Err(error) = rustix::net::sendto(socket, data, rustix::net::SendFlags::empty(), &peer) {
-        log::debug!("relay send to {peer} failed: {error}");
-    }
+    let state = UdpSocketState::new((&socket).into())?;
+    crate::socket_options::relay_defaults(&socket, address.is_ipv6(), dont_fragment)?;
+    // A burst from a peer outlasts one wake-up of the task that reads it.
+    let _ = state.set_recv_buffer_size((&socket).into(), receive_buffer);
+    Ok(RelaySocket {
+        socket: UdpSocket::from_std(socket.into())?,
+        state,
+    })
 }

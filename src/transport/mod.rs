@@ -5,11 +5,11 @@ pub(crate) mod stream;
 pub(crate) mod tls;
 pub(crate) mod udp;
 
-use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub(crate) use crate::config::Transport;
+use crate::datagrams::Run;
 use crate::server::{Handled, Server};
 use crate::turn::FiveTuple;
 use crate::wire::{Class, MessageBuilder, Method, TransactionId, attr};
@@ -41,10 +41,6 @@ pub(crate) enum ClientRoute {
     Stream(Arc<stream::Outbox>),
 }
 
-thread_local! {
-    static INDICATION: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(2048));
-}
-
 impl ClientRoute {
     /// Sends one STUN message (always a multiple of 4 bytes long).
     pub(crate) fn send(&self, message: &[u8]) {
@@ -64,29 +60,35 @@ impl ClientRoute {
         }
     }
 
-    /// Sends a ChannelData frame; streams pad it to a multiple of 4 (RFC 8656 §12.5).
-    pub(crate) fn send_channel_data(&self, frame: &[u8]) {
-        match self {
-            Self::Udp(route) => route.send(frame),
-            Self::Stream(outbox) => outbox.push_padded(frame),
-        }
+    /// Whether frames go over a stream (ChannelData padded to 4 bytes).
+    pub(crate) fn is_stream(&self) -> bool {
+        matches!(self, Self::Stream(_))
     }
 
-    /// Wraps peer data in a Data indication (RFC 8656 §10.3).
-    pub(crate) fn send_data_indication(&self, peer: SocketAddr, data: &[u8]) {
-        INDICATION.with_borrow_mut(|buf| {
-            let mut transaction = [0u8; 16];
-            transaction[..4].copy_from_slice(&crate::wire::MAGIC_COOKIE.to_be_bytes());
-            transaction[4..].copy_from_slice(&rand::random::<[u8; 12]>());
-            MessageBuilder::new(
-                buf,
-                Method::DATA,
-                Class::Indication,
-                TransactionId(transaction),
-            )
-            .add_xor_address(attr::XOR_PEER_ADDRESS, peer)
-            .add(attr::DATA, data);
-            self.send(buf);
-        });
+    /// Sends a run of messages, each a whole frame.
+    pub(crate) fn send_run(&self, run: &Run) {
+        match self {
+            Self::Udp(route) => route.send_run(run),
+            Self::Stream(outbox) => {
+                for frame in run.iter() {
+                    outbox.push(frame);
+                }
+            }
+        }
     }
+}
+
+/// Writes into `out` a Data indication carrying `data` from `peer` (RFC 8656 §10.3).
+pub(crate) fn data_indication(peer: SocketAddr, data: &[u8], out: &mut Vec<u8>) {
+    let mut transaction = [0u8; 16];
+    transaction[..4].copy_from_slice(&crate::wire::MAGIC_COOKIE.to_be_bytes());
+    transaction[4..].copy_from_slice(&rand::random::<[u8; 12]>());
+    MessageBuilder::new(
+        out,
+        Method::DATA,
+        Class::Indication,
+        TransactionId(transaction),
+    )
+    .add_xor_address(attr::XOR_PEER_ADDRESS, peer)
+    .add(attr::DATA, data);
 }

@@ -1,31 +1,59 @@
 //! The receive side of relay sockets: a task per allocation forwards what
 //! peers send to the client, framed as ChannelData or a Data indication.
 //!
-//! The task waits for readability without owning a buffer and reads into a
-//! per-thread scratch buffer, so an idle allocation costs a socket and a
-//! parked task, not 64 KiB. It ends when the allocation does.
+//! Each wake-up reads a batch (recvmmsg, with GRO joining a peer's
+//! equal-sized datagrams), routes the whole batch under one lock and one
+//! clock read, and sends it to the client as one run (GSO over UDP). The
+//! buffers belong to the worker thread, not the task, so an idle
+//! allocation costs a socket and a parked task.
 
 use std::cell::RefCell;
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::Arc;
 
+use quinn_udp::{BATCH_SIZE, RecvMeta};
+use tokio::io::Interest;
+
+use crate::datagrams::Run;
 use crate::metrics::{Direction, Framing};
 use crate::reject::Reject;
-use crate::server::{RelayReceiver, Server};
+use crate::server::{RelayReceiver, RelaySocket, Server};
 use crate::transport::ClientRoute;
 use crate::turn::AllocId;
 use crate::wire::{self, CHANNEL_DATA_HEADER_LEN};
 
-const SCRATCH_LEN: usize = 65_536 + CHANNEL_DATA_HEADER_LEN;
+/// Room for the largest datagram, or a GRO batch of smaller ones.
+const SLOT_LEN: usize = 65_536;
+/// Batches one task reads before it lets others run.
+const BATCHES_PER_WAKE: usize = 8;
 
-thread_local! {
-    /// Peer data is received at offset 4 so a ChannelData header can be
-    /// written in front of it without a copy.
-    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH_LEN]);
+/// One worker thread's buffers for reading and framing a batch.
+struct Scratch {
+    buffers: Vec<u8>,
+    metas: [RecvMeta; BATCH_SIZE],
+    /// Each datagram: its peer and where it is in `buffers`.
+    datagrams: Vec<(SocketAddr, Range<usize>)>,
+    peers: Vec<(SocketAddr, usize)>,
+    routes: Vec<Option<Option<u16>>>,
+    run: Run,
+    indication: Vec<u8>,
 }
 
-/// Forwards datagrams from peers to the client until the allocation goes away.
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
+        buffers: vec![0; SLOT_LEN * BATCH_SIZE],
+        metas: [RecvMeta::default(); BATCH_SIZE],
+        datagrams: Vec::with_capacity(BATCH_SIZE),
+        peers: Vec::with_capacity(BATCH_SIZE),
+        routes: Vec::with_capacity(BATCH_SIZE),
+        run: Run::default(),
+        indication: Vec::with_capacity(2048),
+    });
+}
+
+/// Forwards datagrams from peers to the client until the allocation ends.
 pub(crate) async fn run(
     server: Arc<Server>,
     id: AllocId,
@@ -36,69 +64,119 @@ pub(crate) async fn run(
     loop {
         tokio::select! {
             _ = &mut ended => return,
-            ready = socket.readable() => {
+            ready = socket.socket.readable() => {
                 if let Err(error) = ready {
                     log::warn!("relay socket for allocation {} failed: {error}", id.0);
                     return;
                 }
             }
         }
-        // Drain what is queued, bounded so one busy relay cannot starve the thread.
-        for _ in 0..64 {
-            let done = SCRATCH.with_borrow_mut(|scratch| {
-                let (len, peer) =
-                    match socket.try_recv_from(&mut scratch[CHANNEL_DATA_HEADER_LEN..]) {
-                        Ok(received) => received,
-                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => return true,
-                        // ICMP errors from earlier sends surface here; they end nothing.
-                        Err(error) => {
-                            log::debug!("relay receive for allocation {} failed: {error}", id.0);
-                            return false;
-                        }
-                    };
-                forward_to_client(&server, id, &route, scratch, len, peer);
-                false
-            });
-            if done {
+        for _ in 0..BATCHES_PER_WAKE {
+            let more = SCRATCH
+                .with_borrow_mut(|scratch| forward_batch(&server, id, &socket, &route, scratch));
+            if !more {
                 break;
             }
         }
     }
 }
 
-fn forward_to_client(
+/// Reads one batch and forwards it; false once the socket has nothing more.
+fn forward_batch(
     server: &Server,
     id: AllocId,
+    socket: &RelaySocket,
     route: &ClientRoute,
-    scratch: &mut [u8],
-    len: usize,
-    peer: SocketAddr,
-) {
-    let Some(channel) = server.route_from_peer(id, peer, len) else {
-        return;
+    scratch: &mut Scratch,
+) -> bool {
+    let Scratch {
+        buffers,
+        metas,
+        datagrams,
+        peers,
+        routes,
+        run,
+        indication,
+    } = scratch;
+    let received = {
+        let mut chunks = buffers.chunks_mut(SLOT_LEN);
+        let mut slices: [IoSliceMut<'_>; BATCH_SIZE] =
+            std::array::from_fn(|_| IoSliceMut::new(chunks.next().expect("BATCH_SIZE slots")));
+        socket.socket.try_io(Interest::READABLE, || {
+            socket
+                .state
+                .recv((&socket.socket).into(), &mut slices, metas)
+        })
     };
-    let framed_len = match channel {
-        Some(_) => Some(CHANNEL_DATA_HEADER_LEN + len),
-        None => wire::data_indication_len(peer, len),
+    let count = match received {
+        Ok(count) => count,
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => return false,
+        // ICMP errors from earlier sends surface here; they end nothing.
+        Err(error) => {
+            log::debug!("relay receive for allocation {} failed: {error}", id.0);
+            return true;
+        }
     };
-    if framed_len.is_none_or(|framed| framed > route.max_frame_len()) {
-        server.rejects.count(Reject::TooLargeForClient);
-        return;
+    datagrams.clear();
+    for (slot, meta) in metas.iter().take(count).enumerate() {
+        // GRO may have joined several datagrams of one peer: split by stride.
+        let stride = meta.stride.max(1);
+        let mut start = slot * SLOT_LEN;
+        let end = start + meta.len;
+        while start < end {
+            let len = stride.min(end - start);
+            datagrams.push((meta.addr, start..start + len));
+            start += len;
+        }
     }
-    match channel {
-        Some(channel) => {
+    peers.clear();
+    peers.extend(datagrams.iter().map(|(peer, data)| (*peer, data.len())));
+    server.route_from_peers(id, peers, routes);
+
+    run.clear();
+    let max_frame = route.max_frame_len();
+    let pad = route.is_stream();
+    let mut relayed = [(0, 0); 2];
+    for ((peer, data), route) in datagrams.iter().zip(routes.iter()) {
+        let Some(channel) = *route else {
+            continue;
+        };
+        let payload = &buffers[data.clone()];
+        let framed_len = match channel {
+            Some(_) => Some(CHANNEL_DATA_HEADER_LEN + payload.len()),
+            None => wire::data_indication_len(*peer, payload.len()),
+        };
+        if framed_len.is_none_or(|framed| framed > max_frame) {
+            server.rejects.count(Reject::TooLargeForClient);
+            continue;
+        }
+        match channel {
+            Some(channel) => {
+                wire::push_channel_data(&mut run.bytes, channel, payload, pad);
+                run.close_datagram();
+                relayed[0].0 += 1;
+                relayed[0].1 += payload.len();
+            }
+            None => {
+                super::data_indication(*peer, payload, indication);
+                run.push(indication);
+                relayed[1].0 += 1;
+                relayed[1].1 += payload.len();
+            }
+        }
+    }
+    if !run.is_empty() {
+        route.send_run(run);
+    }
+    for ((packets, bytes), framing) in relayed
+        .into_iter()
+        .zip([Framing::ChannelData, Framing::Indication])
+    {
+        if packets > 0 {
             server
                 .metrics
-                .relayed(Direction::FromPeer, Framing::ChannelData, len);
-            wire::write_channel_data(scratch, channel, len);
-            route.send_channel_data(&scratch[..CHANNEL_DATA_HEADER_LEN + len]);
-        }
-        None => {
-            server
-                .metrics
-                .relayed(Direction::FromPeer, Framing::Indication, len);
-            let data = &scratch[CHANNEL_DATA_HEADER_LEN..CHANNEL_DATA_HEADER_LEN + len];
-            route.send_data_indication(peer, data);
+                .relayed_many(Direction::FromPeer, framing, packets, bytes);
         }
     }
+    true
 }

@@ -525,16 +525,8 @@ impl Outbox {
         }
     }
 
+    /// Queues one whole frame (ChannelData already padded).
     pub(crate) fn push(&self, bytes: &[u8]) {
-        self.push_with_padding(bytes, 0);
-    }
-
-    /// Queues a ChannelData frame padded to a multiple of 4 bytes.
-    pub(crate) fn push_padded(&self, frame: &[u8]) {
-        self.push_with_padding(frame, frame.len().next_multiple_of(4) - frame.len());
-    }
-
-    fn push_with_padding(&self, bytes: &[u8], padding: usize) {
         let mut state = self
             .state
             .lock()
@@ -542,7 +534,7 @@ impl Outbox {
         if state.closed {
             return;
         }
-        if state.queue.len() + bytes.len() + padding > self.max_queued {
+        if state.queue.len() + bytes.len() > self.max_queued {
             state.closed = true;
             state.overflowed = true;
             drop(state);
@@ -550,7 +542,6 @@ impl Outbox {
             return;
         }
         state.queue.extend_from_slice(bytes);
-        state.queue.extend_from_slice(&[0; 3][..padding]);
         if self.write_per_frame {
             let end = state.queue.len();
             state.frame_ends.push(end);

@@ -1,6 +1,12 @@
-//! UDP listeners: batched receive with the destination address of each
-//! datagram (so wildcard listeners answer from the address the client
+//! UDP listeners: one socket per worker thread on the same address
+//! (SO_REUSEPORT, so the kernel spreads clients across cores and keeps each
+//! client on one socket), batched receive with the destination address of
+//! each datagram (so wildcard listeners answer from the address the client
 //! reached), and non-blocking sends back to clients.
+//!
+//! A batch's ChannelData messages are relayed together ([`Server::relay_channel_data`]);
+//! a STUN message first sends the ChannelData before it, so a client's
+//! messages keep their order.
 
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
@@ -10,47 +16,78 @@ use std::time::Duration;
 use quinn_udp::{BATCH_SIZE, RecvMeta, Transmit, UdpSocketState};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
+use tokio::task::JoinSet;
 
-use crate::server::Server;
+use crate::datagrams::Run;
+use crate::server::{ChannelFrame, PeerSends, Server};
 use crate::transport::{ClientRoute, Transport};
 use crate::turn::FiveTuple;
+use crate::wire::{self, CHANNEL_DATA_HEADER_LEN, ChannelData, Kind};
 
 /// Room for the largest datagram, or a GRO batch of smaller ones.
 const SLOT_LEN: usize = 65_536;
 
+/// One UDP listener: a socket per worker thread, all bound to one address.
 #[derive(Debug)]
 pub(crate) struct UdpListener {
+    sockets: Vec<Arc<ListenerSocket>>,
+    local: SocketAddr,
+}
+
+/// One socket of a listener, and the task that reads it.
+#[derive(Debug)]
+struct ListenerSocket {
     socket: UdpSocket,
     state: UdpSocketState,
     local: SocketAddr,
 }
 
 impl UdpListener {
-    pub(crate) fn bind(address: SocketAddr) -> io::Result<Arc<Self>> {
+    /// Binds `address` once per worker thread; `receive_buffer` is each
+    /// socket's SO_RCVBUF.
+    pub(crate) fn bind(address: SocketAddr, receive_buffer: usize) -> io::Result<Arc<Self>> {
+        let count = std::thread::available_parallelism().map_or(1, usize::from);
+        let first = ListenerSocket::bind(address, receive_buffer, count > 1)?;
+        // Port 0 became a port: the others join it there.
+        let local = first.local;
+        let mut sockets = vec![Arc::new(first)];
+        for _ in 1..count {
+            sockets.push(Arc::new(ListenerSocket::bind(local, receive_buffer, true)?));
+        }
+        Ok(Arc::new(Self { sockets, local }))
+    }
+
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+}
+
+impl ListenerSocket {
+    fn bind(address: SocketAddr, receive_buffer: usize, shared: bool) -> io::Result<Self> {
         let domain = socket2::Domain::for_address(address);
         let socket =
             socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
         if address.is_ipv6() {
             socket.set_only_v6(true)?;
         }
+        if shared {
+            socket.set_reuse_port(true)?;
+        }
         crate::socket_options::allow_bind_before_address_exists(&socket, address)?;
         socket.set_nonblocking(true)?;
         socket.bind(&address.into())?;
         let state = UdpSocketState::new((&socket).into())?;
+        crate::socket_options::relay_defaults(&socket, address.is_ipv6(), false)?;
         // Bursts from many clients arrive between two wake-ups; the kernel's
         // default buffer (~200 KiB) drops them.
-        let _ = state.set_recv_buffer_size((&socket).into(), 4 << 20);
+        let _ = state.set_recv_buffer_size((&socket).into(), receive_buffer);
         let socket = UdpSocket::from_std(socket.into())?;
         let local = socket.local_addr()?;
-        Ok(Arc::new(Self {
+        Ok(Self {
             socket,
             state,
             local,
-        }))
-    }
-
-    pub(crate) fn local_addr(&self) -> SocketAddr {
-        self.local
+        })
     }
 
     fn send(&self, destination: SocketAddr, src_ip: Option<IpAddr>, contents: &[u8]) {
@@ -68,10 +105,10 @@ impl UdpListener {
     }
 }
 
-/// How to reach one UDP client: the listener it spoke to and the address it reached.
+/// How to reach one UDP client: the listener socket it spoke to and the address it reached.
 #[derive(Clone, Debug)]
 pub(crate) struct UdpRoute {
-    listener: Arc<UdpListener>,
+    listener: Arc<ListenerSocket>,
     client: SocketAddr,
     src_ip: Option<IpAddr>,
 }
@@ -84,27 +121,50 @@ impl UdpRoute {
     pub(crate) fn client(&self) -> SocketAddr {
         self.client
     }
+
+    pub(crate) fn send_run(&self, run: &Run) {
+        run.send(
+            &self.listener.state,
+            &self.listener.socket,
+            self.client,
+            self.src_ip,
+        );
+    }
 }
 
-/// Receives datagrams until the process ends; one receive error never ends it.
+/// Serves every socket of the listener until the process ends (or the
+/// listener is removed: aborting this task ends the sockets' tasks).
 pub(crate) async fn serve(server: Arc<Server>, listener: Arc<UdpListener>) {
+    let mut tasks = JoinSet::new();
+    for socket in &listener.sockets {
+        tasks.spawn(serve_socket(server.clone(), socket.clone()));
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Receives datagrams on one socket; one receive error never ends it.
+async fn serve_socket(server: Arc<Server>, listener: Arc<ListenerSocket>) {
     let mut buffers = vec![0u8; SLOT_LEN * BATCH_SIZE];
     let mut metas = [RecvMeta::default(); BATCH_SIZE];
     let mut out = Vec::with_capacity(1500);
+    let mut frames = Vec::with_capacity(BATCH_SIZE);
+    let mut sends = PeerSends::default();
     let wildcard = listener.local.ip().is_unspecified();
     loop {
         if let Err(error) = listener.socket.readable().await {
             log::error!("udp listener {} failed: {error}", listener.local);
             return;
         }
-        let mut chunks = buffers.chunks_mut(SLOT_LEN);
-        let mut slices: [IoSliceMut<'_>; BATCH_SIZE] =
-            std::array::from_fn(|_| IoSliceMut::new(chunks.next().expect("BATCH_SIZE slots")));
-        let received = listener.socket.try_io(Interest::READABLE, || {
-            listener
-                .state
-                .recv((&listener.socket).into(), &mut slices, &mut metas)
-        });
+        let received = {
+            let mut chunks = buffers.chunks_mut(SLOT_LEN);
+            let mut slices: [IoSliceMut<'_>; BATCH_SIZE] =
+                std::array::from_fn(|_| IoSliceMut::new(chunks.next().expect("BATCH_SIZE slots")));
+            listener.socket.try_io(Interest::READABLE, || {
+                listener
+                    .state
+                    .recv((&listener.socket).into(), &mut slices, &mut metas)
+            })
+        };
         let count = match received {
             Ok(count) => count,
             Err(error) => {
@@ -112,7 +172,7 @@ pub(crate) async fn serve(server: Arc<Server>, listener: Arc<UdpListener>) {
                 continue;
             }
         };
-        for (meta, slice) in metas.iter().zip(slices.iter()).take(count) {
+        for (slot, meta) in metas.iter().take(count).enumerate() {
             let src_ip = if wildcard { meta.dst_ip } else { None };
             let server_addr =
                 SocketAddr::new(src_ip.unwrap_or(listener.local.ip()), listener.local.port());
@@ -121,21 +181,51 @@ pub(crate) async fn serve(server: Arc<Server>, listener: Arc<UdpListener>) {
                 server: server_addr,
                 transport: Transport::Udp,
             };
-            let route = ClientRoute::Udp(UdpRoute {
-                listener: listener.clone(),
-                client: meta.addr,
-                src_ip,
-            });
             // GRO may have joined several datagrams of one sender: split by stride.
             let stride = meta.stride.max(1);
-            for datagram in slice[..meta.len].chunks(stride) {
-                super::handle_message(&server, &five_tuple, datagram, &route, &mut out);
+            let slot_start = slot * SLOT_LEN;
+            let mut start = slot_start;
+            while start < slot_start + meta.len {
+                let end = (start + stride).min(slot_start + meta.len);
+                let datagram = &buffers[start..end];
+                match channel_frame(datagram, &five_tuple, start) {
+                    Some(frame) => frames.push(frame),
+                    None => {
+                        // In order: what the client sent before this message goes first.
+                        server.relay_channel_data(&buffers, &frames, &mut sends);
+                        frames.clear();
+                        let route = ClientRoute::Udp(UdpRoute {
+                            listener: listener.clone(),
+                            client: meta.addr,
+                            src_ip,
+                        });
+                        super::handle_message(&server, &five_tuple, datagram, &route, &mut out);
+                    }
+                }
+                start = end;
             }
         }
+        server.relay_channel_data(&buffers, &frames, &mut sends);
+        frames.clear();
     }
 }
 
-async fn handle_recv_error(listener: &UdpListener, error: &io::Error) {
+/// A well-formed ChannelData message at `offset` of the receive buffer,
+/// with its payload's place there; None for anything else.
+fn channel_frame(datagram: &[u8], five_tuple: &FiveTuple, offset: usize) -> Option<ChannelFrame> {
+    if wire::classify(*datagram.first()?) != Kind::ChannelData {
+        return None;
+    }
+    let frame = ChannelData::parse(datagram)?;
+    let start = offset + CHANNEL_DATA_HEADER_LEN;
+    Some(ChannelFrame {
+        five_tuple: *five_tuple,
+        channel: frame.channel,
+        data: start..start + frame.data.len(),
+    })
+}
+
+async fn handle_recv_error(listener: &ListenerSocket, error: &io::Error) {
     match error.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => {}
         // ICMP port unreachable from an earlier reply: a client went away.

@@ -21,13 +21,18 @@ impl<'a> ChannelData<'a> {
     }
 }
 
-/// Writes the 4-byte header in front of `data_len` bytes already placed at
-/// `buf[4..]`, so payloads are received straight into their final position.
-pub(crate) fn write_channel_data(buf: &mut [u8], channel: u16, data_len: usize) {
+/// Appends a ChannelData message carrying `data` (a UDP payload, so under
+/// 64 KiB); `padded` adds the zeros that streams need (RFC 8656 §12.5).
+pub(crate) fn push_channel_data(out: &mut Vec<u8>, channel: u16, data: &[u8], padded: bool) {
     #[expect(clippy::cast_possible_truncation, reason = "udp payloads are < 64 KiB")]
-    let length = data_len as u16;
-    buf[..2].copy_from_slice(&channel.to_be_bytes());
-    buf[2..4].copy_from_slice(&length.to_be_bytes());
+    let length = data.len() as u16;
+    out.extend_from_slice(&channel.to_be_bytes());
+    out.extend_from_slice(&length.to_be_bytes());
+    out.extend_from_slice(data);
+    if padded {
+        let padding = data.len().next_multiple_of(4) - data.len();
+        out.extend_from_slice(&[0; 3][..padding]);
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ pub(crate) mod attr;
 mod channel_data;
 mod message;
 
-pub(crate) use channel_data::{CHANNEL_DATA_HEADER_LEN, ChannelData, write_channel_data};
+pub(crate) use channel_data::{CHANNEL_DATA_HEADER_LEN, ChannelData, push_channel_data};
 pub(crate) use message::{
     Class, HEADER_LEN, MAGIC_COOKIE, Message, MessageBuilder, Method, TransactionId,
     data_indication_len,
