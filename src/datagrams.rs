@@ -1,11 +1,94 @@
-//! Sending a run of datagrams to one destination with as few system calls
-//! as the kernel allows: equal-sized neighbours go out as one UDP GSO send
-//! (quinn-udp falls back to one datagram a call where GSO is missing).
+//! UDP sockets read and written in batches, through quinn-udp: a batch of
+//! datagrams per receive (recvmmsg, with GRO joining one sender's
+//! equal-sized datagrams), and a run of datagrams to one destination with
+//! as few sends as the kernel allows (equal-sized neighbours as one GSO
+//! send; quinn-udp falls back to one datagram a call where GSO is missing).
 
+use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 
-use quinn_udp::{Transmit, UdpSocketState};
+use quinn_udp::{BATCH_SIZE, RecvMeta, Transmit, UdpSocketState};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
+
+/// A bound UDP socket (a listener's or a relay's) with quinn-udp's state.
+#[derive(Debug)]
+pub(crate) struct BatchSocket {
+    io: UdpSocket,
+    state: UdpSocketState,
+}
+
+impl BatchSocket {
+    /// Takes a bound socket; `receive_buffer` is its SO_RCVBUF.
+    pub(crate) fn new(
+        socket: socket2::Socket,
+        dont_fragment: bool,
+        receive_buffer: usize,
+    ) -> io::Result<Self> {
+        socket.set_nonblocking(true)?;
+        let state = UdpSocketState::new((&socket).into())?;
+        let ipv6 = socket.local_addr()?.is_ipv6();
+        crate::socket_options::relay_defaults(&socket, ipv6, dont_fragment)?;
+        // Bursts arrive between two wake-ups of the reader; the kernel's
+        // default buffer (~200 KiB) drops them.
+        let _ = state.set_recv_buffer_size((&socket).into(), receive_buffer);
+        Ok(Self {
+            io: UdpSocket::from_std(socket.into())?,
+            state,
+        })
+    }
+
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.io.local_addr()
+    }
+
+    /// Sends one datagram without waiting (from `src_ip` when the socket
+    /// is bound to a wildcard address). A full send buffer drops it, as a
+    /// congested link would; it goes straight to the socket, so the first
+    /// datagram of a fresh socket is not lost waiting for writability.
+    pub(crate) fn send(&self, destination: SocketAddr, src_ip: Option<IpAddr>, contents: &[u8]) {
+        let transmit = Transmit {
+            destination,
+            ecn: None,
+            contents,
+            segment_size: None,
+            src_ip,
+        };
+        if let Err(error) = self.state.try_send((&self.io).into(), &transmit) {
+            log::debug!("send to {destination} failed: {error}");
+        }
+    }
+
+    /// Waits until datagrams may be waiting.
+    pub(crate) async fn readable(&self) -> io::Result<()> {
+        self.io.readable().await
+    }
+
+    /// Reads up to a batch; 0 when nothing was waiting. A short batch
+    /// means the queue was empty: tokio is told so (as by a WouldBlock,
+    /// which clears its readiness), so the next wait is for new datagrams
+    /// and no read is spent learning that nothing is left. Datagrams that
+    /// arrive meanwhile raise a new edge, and with it readiness again.
+    pub(crate) fn recv(
+        &self,
+        slices: &mut [IoSliceMut<'_>; BATCH_SIZE],
+        metas: &mut [RecvMeta; BATCH_SIZE],
+    ) -> io::Result<usize> {
+        let mut count = 0;
+        let outcome = self.io.try_io(Interest::READABLE, || {
+            count = self.state.recv((&self.io).into(), slices, metas)?;
+            if count < BATCH_SIZE {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(())
+        });
+        match outcome {
+            Ok(()) => Ok(count),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(count),
+            Err(error) => Err(error),
+        }
+    }
+}
 
 /// The most one GSO send may carry: its datagrams share one 16-bit IP length.
 const MAX_GSO_BYTES: usize = 65_000;
@@ -56,12 +139,11 @@ impl Run {
     /// drops what does not fit, as a congested link would.
     pub(crate) fn send(
         &self,
-        state: &UdpSocketState,
-        socket: &UdpSocket,
+        socket: &BatchSocket,
         destination: SocketAddr,
         src_ip: Option<IpAddr>,
     ) {
-        let max_segments = state.max_gso_segments().max(1);
+        let max_segments = socket.state.max_gso_segments().max(1);
         let mut offset = 0;
         let mut i = 0;
         while i < self.lens.len() {
@@ -83,7 +165,7 @@ impl Run {
                 segment_size: (end - i > 1).then_some(len),
                 src_ip,
             };
-            if let Err(error) = state.try_send(socket.into(), &transmit) {
+            if let Err(error) = socket.state.try_send((&socket.io).into(), &transmit) {
                 log::debug!("send to {destination} failed: {error}");
             }
             offset += total;

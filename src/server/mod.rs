@@ -183,7 +183,7 @@ impl Server {
                 if let Some((socket, peer)) = route {
                     self.metrics
                         .relayed(Direction::ToPeer, Framing::ChannelData, frame.data.len());
-                    socket.send(frame.data, peer);
+                    socket.send(peer, None, frame.data);
                 }
                 Handled::Nothing
             }
@@ -240,7 +240,7 @@ impl Server {
                 drop(guard);
                 self.metrics
                     .relayed(Direction::ToPeer, Framing::Indication, data.len());
-                socket.send(data, peer);
+                socket.send(peer, None, data);
                 Handled::Nothing
             }
         }
@@ -306,7 +306,7 @@ impl Server {
                 end += 1;
             }
             let socket = &used[slot].1;
-            run.send(&socket.state, &socket.socket, peer, None);
+            run.send(socket, peer, None);
             start = end;
         }
         self.metrics

@@ -7,36 +7,13 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use quinn_udp::UdpSocketState;
-use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 
+use crate::datagrams::BatchSocket;
 use crate::turn::{AllocId, RelaySockets};
 
-/// One relay socket, read and written in batches (recvmmsg with GRO,
-/// sendmsg with GSO) through quinn-udp.
-#[derive(Debug)]
-pub(crate) struct RelaySocket {
-    pub(crate) socket: UdpSocket,
-    pub(crate) state: UdpSocketState,
-}
-
-impl RelaySocket {
-    /// Sends one datagram to a peer without waiting: a full socket buffer
-    /// drops it, as a congested link would.
-    pub(crate) fn send(&self, data: &[u8], peer: SocketAddr) {
-        let transmit = quinn_udp::Transmit {
-            destination: peer,
-            ecn: None,
-            contents: data,
-            segment_size: None,
-            src_ip: None,
-        };
-        if let Err(error) = self.state.try_send((&self.socket).into(), &transmit) {
-            log::debug!("relay send to {peer} failed: {error}");
-        }
-    }
-}
+/// One relay socket, read and written in batches.
+pub(crate) type RelaySocket = BatchSocket;
 
 /// What serves a relay socket's receive side: the socket, and a signal
 /// that fires when the allocation has ended.
@@ -59,7 +36,7 @@ struct OpenRelay {
 #[derive(Debug, Default)]
 pub(crate) struct RelaySocketTable {
     sockets: HashMap<AllocId, OpenRelay>,
-    /// SO_RCVBUF for new sockets (`relay.socket-receive-buffer`).
+    /// SO_RCVBUF for new sockets (`relay.receive-buffer-bytes`).
     pub(crate) receive_buffer: usize,
 }
 
@@ -116,14 +93,6 @@ fn bind(
         socket.set_only_v6(true)?;
     }
     crate::socket_options::allow_bind_before_address_exists(&socket, address)?;
-    socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
-    let state = UdpSocketState::new((&socket).into())?;
-    crate::socket_options::relay_defaults(&socket, address.is_ipv6(), dont_fragment)?;
-    // A burst from a peer outlasts one wake-up of the task that reads it.
-    let _ = state.set_recv_buffer_size((&socket).into(), receive_buffer);
-    Ok(RelaySocket {
-        socket: UdpSocket::from_std(socket.into())?,
-        state,
-    })
+    BatchSocket::new(socket, dont_fragment, receive_buffer)
 }

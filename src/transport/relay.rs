@@ -8,18 +8,17 @@
 //! allocation costs a socket and a parked task.
 
 use std::cell::RefCell;
-use std::io::{self, IoSliceMut};
+use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
 
 use quinn_udp::{BATCH_SIZE, RecvMeta};
-use tokio::io::Interest;
 
-use crate::datagrams::Run;
+use crate::datagrams::{BatchSocket, Run};
 use crate::metrics::{Direction, Framing};
 use crate::reject::Reject;
-use crate::server::{RelayReceiver, RelaySocket, Server};
+use crate::server::{RelayReceiver, Server};
 use crate::transport::ClientRoute;
 use crate::turn::AllocId;
 use crate::wire::{self, CHANNEL_DATA_HEADER_LEN};
@@ -64,7 +63,7 @@ pub(crate) async fn run(
     loop {
         tokio::select! {
             _ = &mut ended => return,
-            ready = socket.socket.readable() => {
+            ready = socket.readable() => {
                 if let Err(error) = ready {
                     log::warn!("relay socket for allocation {} failed: {error}", id.0);
                     return;
@@ -85,7 +84,7 @@ pub(crate) async fn run(
 fn forward_batch(
     server: &Server,
     id: AllocId,
-    socket: &RelaySocket,
+    socket: &BatchSocket,
     route: &ClientRoute,
     scratch: &mut Scratch,
 ) -> bool {
@@ -102,15 +101,11 @@ fn forward_batch(
         let mut chunks = buffers.chunks_mut(SLOT_LEN);
         let mut slices: [IoSliceMut<'_>; BATCH_SIZE] =
             std::array::from_fn(|_| IoSliceMut::new(chunks.next().expect("BATCH_SIZE slots")));
-        socket.socket.try_io(Interest::READABLE, || {
-            socket
-                .state
-                .recv((&socket.socket).into(), &mut slices, metas)
-        })
+        socket.recv(&mut slices, metas)
     };
     let count = match received {
+        Ok(0) => return false,
         Ok(count) => count,
-        Err(error) if error.kind() == io::ErrorKind::WouldBlock => return false,
         // ICMP errors from earlier sends surface here; they end nothing.
         Err(error) => {
             log::debug!("relay receive for allocation {} failed: {error}", id.0);
@@ -178,5 +173,5 @@ fn forward_batch(
                 .relayed_many(Direction::FromPeer, framing, packets, bytes);
         }
     }
-    true
+    count == BATCH_SIZE
 }

@@ -13,12 +13,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn_udp::{BATCH_SIZE, RecvMeta, Transmit, UdpSocketState};
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
+use quinn_udp::{BATCH_SIZE, RecvMeta};
 use tokio::task::JoinSet;
 
-use crate::datagrams::Run;
+use crate::datagrams::{BatchSocket, Run};
 use crate::server::{ChannelFrame, PeerSends, Server};
 use crate::transport::{ClientRoute, Transport};
 use crate::turn::FiveTuple;
@@ -34,11 +32,10 @@ pub(crate) struct UdpListener {
     local: SocketAddr,
 }
 
-/// One socket of a listener, and the task that reads it.
+/// One socket of a listener.
 #[derive(Debug)]
 struct ListenerSocket {
-    socket: UdpSocket,
-    state: UdpSocketState,
+    socket: BatchSocket,
     local: SocketAddr,
 }
 
@@ -74,34 +71,10 @@ impl ListenerSocket {
             socket.set_reuse_port(true)?;
         }
         crate::socket_options::allow_bind_before_address_exists(&socket, address)?;
-        socket.set_nonblocking(true)?;
         socket.bind(&address.into())?;
-        let state = UdpSocketState::new((&socket).into())?;
-        crate::socket_options::relay_defaults(&socket, address.is_ipv6(), false)?;
-        // Bursts from many clients arrive between two wake-ups; the kernel's
-        // default buffer (~200 KiB) drops them.
-        let _ = state.set_recv_buffer_size((&socket).into(), receive_buffer);
-        let socket = UdpSocket::from_std(socket.into())?;
+        let socket = BatchSocket::new(socket, false, receive_buffer)?;
         let local = socket.local_addr()?;
-        Ok(Self {
-            socket,
-            state,
-            local,
-        })
-    }
-
-    fn send(&self, destination: SocketAddr, src_ip: Option<IpAddr>, contents: &[u8]) {
-        let transmit = Transmit {
-            destination,
-            ecn: None,
-            contents,
-            segment_size: None,
-            src_ip,
-        };
-        // A full send buffer drops the datagram, as a congested link would.
-        if let Err(error) = self.state.try_send((&self.socket).into(), &transmit) {
-            log::debug!("send to {destination} failed: {error}");
-        }
+        Ok(Self { socket, local })
     }
 }
 
@@ -115,7 +88,7 @@ pub(crate) struct UdpRoute {
 
 impl UdpRoute {
     pub(crate) fn send(&self, bytes: &[u8]) {
-        self.listener.send(self.client, self.src_ip, bytes);
+        self.listener.socket.send(self.client, self.src_ip, bytes);
     }
 
     pub(crate) fn client(&self) -> SocketAddr {
@@ -123,12 +96,7 @@ impl UdpRoute {
     }
 
     pub(crate) fn send_run(&self, run: &Run) {
-        run.send(
-            &self.listener.state,
-            &self.listener.socket,
-            self.client,
-            self.src_ip,
-        );
+        run.send(&self.listener.socket, self.client, self.src_ip);
     }
 }
 
@@ -150,8 +118,10 @@ async fn serve_socket(server: Arc<Server>, listener: Arc<ListenerSocket>) {
     let mut frames = Vec::with_capacity(BATCH_SIZE);
     let mut sends = PeerSends::default();
     let wildcard = listener.local.ip().is_unspecified();
+    // After a full batch, read again before waiting: more may be queued.
+    let mut full = false;
     loop {
-        if let Err(error) = listener.socket.readable().await {
+        if !full && let Err(error) = listener.socket.readable().await {
             log::error!("udp listener {} failed: {error}", listener.local);
             return;
         }
@@ -159,19 +129,17 @@ async fn serve_socket(server: Arc<Server>, listener: Arc<ListenerSocket>) {
             let mut chunks = buffers.chunks_mut(SLOT_LEN);
             let mut slices: [IoSliceMut<'_>; BATCH_SIZE] =
                 std::array::from_fn(|_| IoSliceMut::new(chunks.next().expect("BATCH_SIZE slots")));
-            listener.socket.try_io(Interest::READABLE, || {
-                listener
-                    .state
-                    .recv((&listener.socket).into(), &mut slices, &mut metas)
-            })
+            listener.socket.recv(&mut slices, &mut metas)
         };
         let count = match received {
             Ok(count) => count,
             Err(error) => {
+                full = false;
                 handle_recv_error(&listener, &error).await;
                 continue;
             }
         };
+        full = count == BATCH_SIZE;
         for (slot, meta) in metas.iter().take(count).enumerate() {
             let src_ip = if wildcard { meta.dst_ip } else { None };
             let server_addr =
