@@ -6,7 +6,6 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -276,9 +275,7 @@ impl Daemon {
             let Some(listen) = index.map(|i| &config.listen[i]) else {
                 running.task.abort();
                 if running.listen.transport == Transport::Udp {
-                    self.server
-                        .core()
-                        .end_listener(running.local, Instant::now());
+                    self.server.end_listener(running.local);
                 }
                 log::info!(
                     "listener-removed {} {}",
@@ -453,7 +450,7 @@ struct Status {
 
 impl Status {
     fn line(&self) -> String {
-        let allocations = self.server.core().allocation_count();
+        let allocations = self.server.allocation_count();
         let connections = self.tracker.open_count();
         let sessions = self.signal.counts().0;
         let draining = if self.server.is_draining() {

@@ -18,7 +18,7 @@ const POLL: Duration = Duration::from_millis(100);
 /// Starts draining, once; `source` says who asked, for the log.
 pub(crate) fn start(server: &Server, source: &str) {
     if server.drain() {
-        let allocations = server.core().allocation_count();
+        let allocations = server.allocation_count();
         event!(
             info,
             "drain-started",
@@ -42,7 +42,7 @@ pub(crate) async fn until_allocations_end(
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let reason = loop {
-        if server.core().allocation_count() == 0 {
+        if server.allocation_count() == 0 {
             break "allocations-ended";
         }
         tokio::select! {
@@ -52,7 +52,7 @@ pub(crate) async fn until_allocations_end(
             _ = tokio::signal::ctrl_c() => break "signal",
         }
     };
-    let left = server.core().allocation_count();
+    let left = server.allocation_count();
     event!(
         info,
         "drain-ended",

@@ -194,17 +194,17 @@ impl AdminApi {
                 response
             }
             (_, "/allocations") => {
-                let core = self.server.core();
-                let list: Vec<Value> = core
-                    .allocations()
-                    .filter(|a| user.as_deref().is_none_or(|u| user_matches(&a.username, u)))
-                    .map(describe)
-                    .collect();
+                let mut list: Vec<Value> = Vec::new();
+                self.server.for_each_allocation(|a| {
+                    if user.as_deref().is_none_or(|u| user_matches(&a.username, u)) {
+                        list.push(describe(a));
+                    }
+                });
                 json_response(StatusCode::OK, &Value::Array(list))
             }
             (_, "/drain") => {
                 drain::start(&self.server, "admin");
-                let allocations = self.server.core().allocation_count();
+                let allocations = self.server.allocation_count();
                 json_response(
                     StatusCode::OK,
                     &json!({ "draining": true, "allocations": allocations }),
@@ -225,8 +225,7 @@ impl AdminApi {
         };
         let allocations = self
             .server
-            .core()
-            .end_allocations(|username| user_matches(username, &user), Instant::now());
+            .end_allocations(|username| user_matches(username, &user));
         let sessions = self.signal.end_user(&user);
         event!(
             info,

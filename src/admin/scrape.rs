@@ -188,11 +188,11 @@ impl Collector for Sources {
         let e = &mut encoder;
 
         let mut current = [0u64; TURN_TRANSPORTS.len()];
-        for allocation in server.core().allocations() {
+        server.for_each_allocation(|allocation| {
             if let Some(i) = turn_transport_index(allocation.five_tuple.transport) {
                 current[i] += 1;
             }
-        }
+        });
         family(
             e,
             "allocations",

@@ -2,9 +2,16 @@
 //! allocation, and the step from a received datagram or stream frame to the
 //! core's decision and the sends it asks for. Listeners (`transport`) call
 //! in; nothing here knows how a reply reaches the client.
+//!
+//! The allocation table is sharded: a client's 5-tuple hashes to one shard,
+//! whose lock covers its allocations and their relay sockets, and an
+//! allocation id names its shard, so packets of different clients mostly
+//! take different locks. Ports and quotas ([`Shared`]) are shared and
+//! taken only when allocations begin and end.
 
 mod relay_sockets;
 
+use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut, Range};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,14 +24,23 @@ use crate::datagrams::Run;
 use crate::metrics::{Direction, Framing, Metrics};
 use crate::reject::{Reject, RejectCounters};
 use crate::reloadable::Reloadable;
+use crate::turn::allocation::Allocation;
 use crate::turn::core::{Action, Core, Now};
+use crate::turn::shared::Shared;
 use crate::turn::{AllocId, FiveTuple};
 use crate::wire::{ChannelData, Class, Kind, Message, Method};
 use relay_sockets::RelaySocketTable;
 pub(crate) use relay_sockets::{RelayReceiver, RelaySocket};
 
+/// Shards per worker thread: more shards than threads keep two threads
+/// from meeting on one lock.
+const SHARDS_PER_THREAD: usize = 4;
+
 pub(crate) struct Server {
-    state: Mutex<State>,
+    shards: Box<[Mutex<State>]>,
+    /// Picks a client's shard; keyed at random, so no client chooses its shard.
+    shard_hasher: std::hash::RandomState,
+    shared: Arc<Shared>,
     /// The store the core authenticates with, for HTTP and signaling to
     /// mint from without taking the core's lock.
     credentials: Reloadable<CredentialStore>,
@@ -35,13 +51,13 @@ pub(crate) struct Server {
     draining: AtomicBool,
 }
 
-/// The core and the relay sockets of its allocations, under one lock.
+/// One shard: its core and the relay sockets of its allocations, under one lock.
 struct State {
     core: Core,
     sockets: RelaySocketTable,
 }
 
-/// The core, locked. Dropping it closes the relay sockets of allocations
+/// A shard's core, locked. Dropping it closes the relay sockets of allocations
 /// the core ended meanwhile, whoever ended them.
 pub(crate) struct CoreGuard<'a>(MutexGuard<'a, State>);
 
@@ -100,11 +116,27 @@ impl Server {
         let rejects = Arc::new(RejectCounters::default());
         let nonce_key = rand::random();
         let credentials = Arc::new(CredentialStore::new(&config.realm, &config.auth, nonce_key));
+        let shared = Arc::new(Shared::new(config.relay.ports));
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        let count = (threads * SHARDS_PER_THREAD) as u64;
+        let shards = (0..count)
+            .map(|shard| {
+                Mutex::new(State {
+                    core: Core::new(
+                        config,
+                        credentials.clone(),
+                        rejects.clone(),
+                        shared.clone(),
+                        (shard, count),
+                    ),
+                    sockets: RelaySocketTable::new(config.relay.socket_receive_buffer),
+                })
+            })
+            .collect();
         Arc::new(Self {
-            state: Mutex::new(State {
-                core: Core::new(config, credentials.clone(), rejects.clone()),
-                sockets: RelaySocketTable::new(config.relay.socket_receive_buffer),
-            }),
+            shards,
+            shard_hasher: std::hash::RandomState::new(),
+            shared,
             credentials: Reloadable::new(credentials),
             nonce_key,
             rejects,
@@ -126,16 +158,22 @@ impl Server {
             self.nonce_key,
         ));
         self.credentials.set(credentials.clone());
-        let mut core = self.core();
-        core.0.sockets.receive_buffer = config.relay.socket_receive_buffer;
-        core.reconfigure(config, credentials, now())
+        let now = now();
+        let mut needs_restart = Vec::new();
+        for shard in 0..self.shards.len() {
+            let mut core = self.shard(shard);
+            core.0.sockets.receive_buffer = config.relay.socket_receive_buffer;
+            // Every shard sees the same config: one list says it.
+            needs_restart = core.reconfigure(config, credentials.clone(), now);
+        }
+        needs_restart
     }
 
     /// Stops taking new allocations (and, through [`Server::is_draining`],
     /// new connections); what exists carries on. False if already draining.
     pub(crate) fn drain(&self) -> bool {
         let first = !self.draining.swap(true, Ordering::SeqCst);
-        self.core().set_draining();
+        self.shared.set_draining();
         first
     }
 
@@ -143,16 +181,58 @@ impl Server {
         self.draining.load(Ordering::Relaxed)
     }
 
-    /// The core's lock; held for lookups and decisions, never across I/O.
-    pub(crate) fn core(&self) -> CoreGuard<'_> {
-        CoreGuard(self.lock())
+    /// A shard's lock; held for lookups and decisions, never across I/O.
+    fn shard(&self, shard: usize) -> CoreGuard<'_> {
+        CoreGuard(self.lock(shard))
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self, shard: usize) -> MutexGuard<'_, State> {
         // A panic aborts the process (panic = "abort"), so poisoning cannot be observed.
-        self.state
+        self.shards[shard]
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The shard that owns the allocation of `five_tuple`.
+    #[expect(clippy::cast_possible_truncation, reason = "below the shard count")]
+    fn shard_of(&self, five_tuple: &FiveTuple) -> usize {
+        (self.shard_hasher.hash_one(five_tuple) % self.shards.len() as u64) as usize
+    }
+
+    /// The shard that made allocation `id`.
+    #[expect(clippy::cast_possible_truncation, reason = "below the shard count")]
+    fn shard_of_id(&self, id: AllocId) -> usize {
+        (id.0 % self.shards.len() as u64) as usize
+    }
+
+    /// Allocations now, across every shard.
+    pub(crate) fn allocation_count(&self) -> usize {
+        (0..self.shards.len())
+            .map(|shard| self.lock(shard).core.allocation_count())
+            .sum()
+    }
+
+    /// Calls `each` for every allocation, one shard locked at a time.
+    pub(crate) fn for_each_allocation(&self, mut each: impl FnMut(&Allocation)) {
+        for shard in 0..self.shards.len() {
+            self.lock(shard).core.allocations().for_each(&mut each);
+        }
+    }
+
+    /// Ends every allocation whose username `matches`; returns how many.
+    pub(crate) fn end_allocations(&self, matches: impl Fn(&str) -> bool) -> usize {
+        let now = Instant::now();
+        (0..self.shards.len())
+            .map(|shard| self.shard(shard).end_allocations(&matches, now))
+            .sum()
+    }
+
+    /// Ends the allocations made through the UDP listener bound to `local`.
+    pub(crate) fn end_listener(&self, local: SocketAddr) {
+        let now = Instant::now();
+        for shard in 0..self.shards.len() {
+            self.shard(shard).end_listener(local, now);
+        }
     }
 
     /// Handles one datagram or stream frame from a client (exactly one STUN
@@ -170,7 +250,7 @@ impl Server {
                     return Handled::Nothing;
                 };
                 let route = {
-                    let mut state = self.lock();
+                    let mut state = self.lock(self.shard_of(five_tuple));
                     let State { core, sockets } = &mut *state;
                     core.route_channel_data(
                         Instant::now(),
@@ -211,7 +291,7 @@ impl Server {
         message: &Message<'_>,
         out: &mut Vec<u8>,
     ) -> Handled {
-        let mut guard = self.core();
+        let mut guard = self.shard(self.shard_of(five_tuple));
         let State { core, sockets } = &mut *guard.0;
         match core.handle_stun(now(), five_tuple, message, sockets, out) {
             Action::None => Handled::Nothing,
@@ -264,9 +344,15 @@ impl Server {
         routed.clear();
         let now = Instant::now();
         {
-            let mut state = self.lock();
-            let State { core, sockets } = &mut *state;
+            // Neighbouring frames of one shard share one lock.
+            let mut locked: Option<(usize, MutexGuard<'_, State>)> = None;
             for (index, frame) in frames.iter().enumerate() {
+                let shard = self.shard_of(&frame.five_tuple);
+                let state = match &mut locked {
+                    Some((held, state)) if *held == shard => state,
+                    _ => &mut locked.insert((shard, self.lock(shard))).1,
+                };
+                let State { core, sockets } = &mut **state;
                 let Some((id, peer)) = core.route_channel_data(
                     now,
                     &frame.five_tuple,
@@ -324,7 +410,7 @@ impl Server {
     ) {
         routes.clear();
         let now = Instant::now();
-        let mut state = self.lock();
+        let mut state = self.lock(self.shard_of_id(id));
         routes.extend(
             datagrams
                 .iter()
@@ -333,12 +419,15 @@ impl Server {
     }
 
     pub(crate) fn has_allocation(&self, five_tuple: &FiveTuple) -> bool {
-        self.core().has_allocation(five_tuple)
+        self.lock(self.shard_of(five_tuple))
+            .core
+            .has_allocation(five_tuple)
     }
 
     /// A TCP/TLS connection ended: its allocation ends with it (RFC 8656 §3.1).
     pub(crate) fn connection_closed(&self, five_tuple: &FiveTuple) {
-        self.core().end_connection(five_tuple, Instant::now());
+        self.shard(self.shard_of(five_tuple))
+            .end_connection(five_tuple, Instant::now());
     }
 
     /// Expires allocations, permissions and channels once a second.
@@ -347,7 +436,11 @@ impl Server {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            self.core().handle_timeout(Instant::now());
+            let now = Instant::now();
+            for shard in 0..self.shards.len() {
+                self.shard(shard).handle_timeout(now);
+            }
+            self.shared.expire_reservations(now);
         }
     }
 }

@@ -3,13 +3,9 @@
 //! (Allocate, Refresh, CreatePermission, ChannelBind, Send) are in
 //! `methods.rs`.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 
 use crate::auth::{CredentialStore, LongTermKey};
 use crate::config::{Config, PortRange, RelayConfig, Transport};
@@ -18,7 +14,7 @@ use crate::policy::PeerPolicy;
 use crate::reject::{Reject, RejectCounters};
 use crate::stun;
 use crate::turn::allocation::{AllocId, Allocation};
-use crate::turn::ports::PortPool;
+use crate::turn::shared::Shared;
 use crate::turn::table::AllocationTable;
 use crate::turn::{FiveTuple, RelaySockets};
 use crate::wire::{Class, Message, MessageBuilder, Method, attr};
@@ -117,23 +113,23 @@ pub(crate) struct Core {
     pub(super) relay_v4: Option<RelayEndpoint>,
     pub(super) relay_v6: Option<RelayEndpoint>,
     pub(super) table: AllocationTable,
-    pub(super) ports: PortPool,
-    pub(super) reservations: HashMap<u64, (u16, IpAddr, Instant)>,
-    pub(super) rng: StdRng,
+    /// Ports, reservations and quotas, shared with the other shards.
+    pub(super) shared: Arc<Shared>,
     pub(super) counters: Arc<RejectCounters>,
-    /// Allocate is refused (508) while draining.
-    pub(super) draining: bool,
     /// Allocations ended since the shell last asked: their sockets go.
     pub(super) ended: Vec<AllocId>,
 }
 
 impl Core {
-    /// A core that authenticates against `credentials` (shared with the
+    /// Shard `shard` of `shards` (each owns the allocations whose 5-tuples
+    /// hash to it), authenticating against `credentials` (shared with the
     /// HTTP and signaling side, which mint from it).
     pub(crate) fn new(
         config: &Config,
         credentials: Arc<CredentialStore>,
         counters: Arc<RejectCounters>,
+        shared: Arc<Shared>,
+        (shard, shards): (u64, u64),
     ) -> Self {
         let relay = &config.relay;
         Self {
@@ -143,12 +139,9 @@ impl Core {
             limits: Limits::of(relay),
             relay_v4: endpoint(relay, true),
             relay_v6: endpoint(relay, false),
-            table: AllocationTable::default(),
-            ports: PortPool::new(relay.ports),
-            reservations: HashMap::new(),
-            rng: StdRng::from_os_rng(),
+            table: AllocationTable::new(shard, shards),
+            shared,
             counters,
-            draining: false,
             ended: Vec::new(),
         }
     }
@@ -444,7 +437,7 @@ impl Core {
         }
     }
 
-    /// Ends expired allocations, permissions, channels and reservations.
+    /// Ends expired allocations, permissions and channels.
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
         let expired: Vec<AllocId> = self
             .table
@@ -460,14 +453,6 @@ impl Core {
                 allocation.expire(now);
             }
         }
-        let ports = &mut self.ports;
-        self.reservations.retain(|_, (port, _, expires)| {
-            let keep = *expires > now;
-            if !keep {
-                ports.release(*port);
-            }
-            keep
-        });
     }
 
     pub(super) fn remove(&mut self, id: AllocId, event: &str, now: Instant) {
@@ -475,7 +460,8 @@ impl Core {
             return;
         };
         self.ended.push(id);
-        self.ports.release(allocation.bound.port());
+        self.shared
+            .leave(&allocation.username, Some(allocation.bound.port()));
         event!(
             info,
             event,
@@ -532,11 +518,6 @@ impl Core {
 
 /// What the operator does through the admin API.
 impl Core {
-    /// Refuses every new allocation from now on; existing ones carry on.
-    pub(crate) fn set_draining(&mut self) {
-        self.draining = true;
-    }
-
     pub(crate) fn allocations(&self) -> impl Iterator<Item = &Allocation> {
         self.table.iter()
     }

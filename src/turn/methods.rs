@@ -4,8 +4,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use rand::Rng;
-
 use super::core::{
     Action, Core, Now, RESERVATION_LIFETIME, Request, finish, peer_address, saturating_secs,
 };
@@ -17,6 +15,14 @@ use crate::wire::{Class, Message, MessageBuilder, Method, attr};
 
 /// Tries before giving up when ports of the range are taken by other programs.
 const BIND_ATTEMPTS: usize = 8;
+
+/// What an Allocate asked for, read before the quotas let it in.
+struct Admitted<'m> {
+    token: Option<u64>,
+    family: Option<&'m [u8]>,
+    even_port: Option<&'m [u8]>,
+    dont_fragment: bool,
+}
 
 /// Which port an Allocate asks for: one reserved earlier by RESERVATION-TOKEN,
 /// an even one (EVEN-PORT), and whether to hold the next one (its R bit).
@@ -35,10 +41,10 @@ impl Core {
         out: &mut Vec<u8>,
     ) -> Result<Action<'a>, Reject> {
         let Request {
-            now,
             five_tuple,
             message,
             user,
+            ..
         } = *request;
         if let Some(existing) = self.table.by_five_tuple(five_tuple) {
             return match existing.recent_response(&message.transaction) {
@@ -50,7 +56,7 @@ impl Core {
                 None => Err(Reject::AllocationMismatch),
             };
         }
-        if self.draining {
+        if self.shared.is_draining() {
             return Err(Reject::Draining);
         }
         let transport = message
@@ -69,30 +75,68 @@ impl Core {
             return Err(Reject::BadRequest);
         }
         let dont_fragment = message.get(attr::DONT_FRAGMENT).is_some();
-
-        if self.table.count_for_user(&user.username) >= self.limits.max_allocations_per_user {
-            return Err(Reject::UserQuotaReached);
+        let token = match token {
+            Some(token) => Some(u64::from_be_bytes(
+                token.try_into().map_err(|_| Reject::BadRequest)?,
+            )),
+            None => None,
+        };
+        self.shared.admit(
+            &user.username,
+            self.limits.max_allocations_per_user,
+            self.limits.max_allocations,
+        )?;
+        let admitted = Admitted {
+            token,
+            family,
+            even_port,
+            dont_fragment,
+        };
+        let result = self.allocate_admitted(request, admitted, sockets, out);
+        if result.is_err() {
+            self.shared.leave(&user.username, None);
         }
-        if self.table.len() >= self.limits.max_allocations as usize {
-            return Err(Reject::TotalQuotaReached);
-        }
+        result
+    }
 
+    /// The rest of an Allocate once the quotas let it in; an error here
+    /// has given back every port it took.
+    fn allocate_admitted<'a>(
+        &mut self,
+        request: &Request<'_, 'a>,
+        admitted: Admitted<'_>,
+        sockets: &mut impl RelaySockets,
+        out: &mut Vec<u8>,
+    ) -> Result<Action<'a>, Reject> {
+        let Request {
+            now,
+            five_tuple,
+            message,
+            user,
+        } = *request;
+        let Admitted {
+            token,
+            family,
+            even_port,
+            dont_fragment,
+        } = admitted;
         let (endpoint, reserved_port) = match token {
             Some(token) => {
-                let token: [u8; 8] = token.try_into().map_err(|_| Reject::BadRequest)?;
-                let (port, bind, _) = self
-                    .reservations
-                    .remove(&u64::from_be_bytes(token))
+                let reservation = self
+                    .shared
+                    .take_reservation(token)
                     .ok_or(Reject::NoRelayPort)?;
+                let (port, bind) = (reservation.port, reservation.bind);
                 let endpoint = if bind.is_ipv4() {
                     self.relay_v4
                 } else {
                     self.relay_v6
                 };
-                (
-                    endpoint.ok_or(Reject::AddressFamilyNotSupported)?,
-                    Some(port),
-                )
+                let Some(endpoint) = endpoint else {
+                    self.shared.ports().release(port);
+                    return Err(Reject::AddressFamilyNotSupported);
+                };
+                (endpoint, Some(port))
             }
             None => {
                 let want_v6 = match family {
@@ -117,7 +161,16 @@ impl Core {
                 (local.is_ipv4() == endpoint.bind.is_ipv4() && !local.is_unspecified())
                     .then_some(local)
             })
-            .ok_or(Reject::AddressFamilyNotSupported)?;
+            .ok_or(Reject::AddressFamilyNotSupported);
+        let advertise_ip = match advertise_ip {
+            Ok(ip) => ip,
+            Err(reject) => {
+                if let Some(port) = reserved_port {
+                    self.shared.ports().release(port);
+                }
+                return Err(reject);
+            }
+        };
 
         let reserve_next = even_port.is_some_and(|v| v.first().is_some_and(|b| b & 0x80 != 0));
         let id = self.table.next_id();
@@ -137,7 +190,7 @@ impl Core {
             // Two bind addresses advertised as one external address: refuse
             // rather than deliver one client's peers to another.
             log::warn!("relayed address {relayed} is already in use");
-            self.ports.release(bound_port);
+            self.shared.ports().release(bound_port);
             self.ended.push(id);
             return Err(Reject::ServerError);
         }
@@ -167,10 +220,8 @@ impl Core {
             .add_u32(attr::LIFETIME, saturating_secs(lifetime))
             .add_xor_address(attr::XOR_MAPPED_ADDRESS, five_tuple.client);
         if reserve_next {
-            let token: u64 = self.rng.random();
             let expires = now.instant + RESERVATION_LIFETIME;
-            self.reservations
-                .insert(token, (bound_port + 1, endpoint.bind, expires));
+            let token = self.shared.reserve(bound_port + 1, endpoint.bind, expires);
             allocation.reservation = Some((token, bound_port + 1));
             reply.add(attr::RESERVATION_TOKEN, &token.to_be_bytes());
         }
@@ -209,11 +260,11 @@ impl Core {
         for _ in 0..attempts {
             let port = match reserved {
                 Some(port) => port,
-                None if even => match self.ports.take_even(&mut self.rng, reserve_next) {
+                None if even => match self.shared.ports().take_even(reserve_next) {
                     Some(port) => port,
                     None => break,
                 },
-                None => match self.ports.take_any(&mut self.rng) {
+                None => match self.shared.ports().take_any() {
                     Some(port) => port,
                     None => break,
                 },
@@ -231,15 +282,16 @@ impl Core {
                 }
                 Err(error) => {
                     log::warn!("cannot open relay socket on {bind_ip} port {port}: {error}");
-                    self.ports.release(port);
+                    self.shared.ports().release(port);
                     outcome = Err(Reject::ServerError);
                     break;
                 }
             }
         }
         // Ports other programs hold go back to the pool: they may be free later.
+        let mut ports = self.shared.ports();
         for port in busy {
-            self.ports.release(port);
+            ports.release(port);
         }
         outcome
     }

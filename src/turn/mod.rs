@@ -26,6 +26,7 @@ pub(crate) mod allocation;
 pub(crate) mod core;
 mod methods;
 pub(crate) mod ports;
+pub(crate) mod shared;
 pub(crate) mod table;
 #[cfg(test)]
 mod tests;

@@ -12,32 +12,34 @@ pub(crate) struct AllocationTable {
     by_id: HashMap<AllocId, Allocation>,
     by_five_tuple: HashMap<FiveTuple, AllocId>,
     by_relayed: HashMap<SocketAddr, AllocId>,
-    per_user: HashMap<String, u32>,
     next_id: u64,
+    /// Ids go up by the number of shards, so an id names its shard.
+    id_stride: u64,
 }
 
 impl AllocationTable {
+    /// The table of shard `shard` of `shards`: its ids are `shard` modulo `shards`.
+    pub(crate) fn new(shard: u64, shards: u64) -> Self {
+        Self {
+            next_id: shard,
+            id_stride: shards.max(1),
+            ..Self::default()
+        }
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.by_id.len()
     }
 
     pub(crate) fn next_id(&mut self) -> AllocId {
-        self.next_id += 1;
+        self.next_id += self.id_stride;
         AllocId(self.next_id)
-    }
-
-    pub(crate) fn count_for_user(&self, username: &str) -> u32 {
-        self.per_user.get(username).copied().unwrap_or(0)
     }
 
     pub(crate) fn insert(&mut self, allocation: Allocation) {
         let id = allocation.id;
         self.by_five_tuple.insert(allocation.five_tuple, id);
         self.by_relayed.insert(allocation.relayed, id);
-        *self
-            .per_user
-            .entry(allocation.username.clone())
-            .or_default() += 1;
         self.by_id.insert(id, allocation);
     }
 
@@ -45,12 +47,6 @@ impl AllocationTable {
         let allocation = self.by_id.remove(&id)?;
         self.by_five_tuple.remove(&allocation.five_tuple);
         self.by_relayed.remove(&allocation.relayed);
-        if let Some(count) = self.per_user.get_mut(&allocation.username) {
-            *count -= 1;
-            if *count == 0 {
-                self.per_user.remove(&allocation.username);
-            }
-        }
         Some(allocation)
     }
 

@@ -11,6 +11,7 @@ use crate::auth::{CredentialStore, long_term_key};
 use crate::config::{Config, Transport};
 use crate::reject::RejectCounters;
 use crate::turn::core::{Action, Core, Now};
+use crate::turn::shared::Shared;
 use crate::turn::{AllocId, FiveTuple, RelaySockets};
 use crate::wire::{Class, MAGIC_COOKIE, Message, MessageBuilder, Method, TransactionId, attr};
 
@@ -63,6 +64,8 @@ password = "pw"
         &config,
         Arc::new(credentials),
         Arc::new(RejectCounters::default()),
+        Arc::new(Shared::new(config.relay.ports)),
+        (0, 1),
     )
 }
 
@@ -193,12 +196,12 @@ fn expired_allocation_frees_its_5_tuple_and_port() {
     assert_eq!(core.table.len(), 1);
     let id = core.table.id_for(&five_tuple()).unwrap();
     let port = core.table.get(id).unwrap().bound.port();
-    assert!(!core.ports.is_free(port));
+    assert!(!core.shared.port_is_free(port));
     core.handle_timeout(now.instant + Duration::from_secs(599));
     assert_eq!(core.table.len(), 1, "still alive before its lifetime");
     core.handle_timeout(now.instant + Duration::from_secs(601));
     assert_eq!(core.table.len(), 0);
-    assert!(core.ports.is_free(port), "port returned at once");
+    assert!(core.shared.port_is_free(port), "port returned at once");
     assert_eq!(error_code(&allocate(&mut core, now, 2)), None);
 }
 
