@@ -118,10 +118,10 @@ async fn serve_socket(server: Arc<Server>, listener: Arc<ListenerSocket>) {
     let mut frames = Vec::with_capacity(BATCH_SIZE);
     let mut sends = PeerSends::default();
     let wildcard = listener.local.ip().is_unspecified();
-    // After a full batch, read again before waiting: more may be queued.
-    let mut full = false;
     loop {
-        if !full && let Err(error) = listener.socket.readable().await {
+        // After a full batch readiness stays set and this returns at once,
+        // within tokio's budget, so a flood cannot starve the relay tasks.
+        if let Err(error) = listener.socket.readable().await {
             log::error!("udp listener {} failed: {error}", listener.local);
             return;
         }
@@ -134,12 +134,10 @@ async fn serve_socket(server: Arc<Server>, listener: Arc<ListenerSocket>) {
         let count = match received {
             Ok(count) => count,
             Err(error) => {
-                full = false;
                 handle_recv_error(&listener, &error).await;
                 continue;
             }
         };
-        full = count == BATCH_SIZE;
         for (slot, meta) in metas.iter().take(count).enumerate() {
             let src_ip = if wildcard { meta.dst_ip } else { None };
             let server_addr =
