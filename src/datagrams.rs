@@ -9,12 +9,12 @@ use std::net::{IpAddr, SocketAddr};
 
 use quinn_udp::{BATCH_SIZE, RecvMeta, Transmit, UdpSocketState};
 use tokio::io::Interest;
-use tokio::net::UdpSocket;
+use tokio::io::unix::AsyncFd;
 
 /// A bound UDP socket (a listener's or a relay's) with quinn-udp's state.
 #[derive(Debug)]
 pub(crate) struct BatchSocket {
-    io: UdpSocket,
+    io: AsyncFd<std::net::UdpSocket>,
     state: UdpSocketState,
 }
 
@@ -33,13 +33,13 @@ impl BatchSocket {
         // default buffer (~200 KiB) drops them.
         let _ = state.set_recv_buffer_size((&socket).into(), receive_buffer);
         Ok(Self {
-            io: UdpSocket::from_std(socket.into())?,
+            io: readable_only(socket.into())?,
             state,
         })
     }
 
     pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.io.local_addr()
+        self.io.get_ref().local_addr()
     }
 
     /// Sends one datagram without waiting (from `src_ip` when the socket
@@ -54,14 +54,15 @@ impl BatchSocket {
             segment_size: None,
             src_ip,
         };
-        if let Err(error) = self.state.try_send((&self.io).into(), &transmit) {
+        if let Err(error) = self.state.try_send(self.io.get_ref().into(), &transmit) {
             log::debug!("send to {destination} failed: {error}");
         }
     }
 
     /// Waits until datagrams may be waiting.
     pub(crate) async fn readable(&self) -> io::Result<()> {
-        self.io.readable().await
+        self.io.readable().await?.retain_ready();
+        Ok(())
     }
 
     /// Reads up to a batch; 0 when nothing was waiting. A short batch
@@ -75,8 +76,8 @@ impl BatchSocket {
         metas: &mut [RecvMeta; BATCH_SIZE],
     ) -> io::Result<usize> {
         let mut count = 0;
-        let outcome = self.io.try_io(Interest::READABLE, || {
-            count = self.state.recv((&self.io).into(), slices, metas)?;
+        let outcome = self.io.try_io(Interest::READABLE, |socket| {
+            count = self.state.recv(socket.into(), slices, metas)?;
             if count < BATCH_SIZE {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
@@ -165,11 +166,23 @@ impl Run {
                 segment_size: (end - i > 1).then_some(len),
                 src_ip,
             };
-            if let Err(error) = socket.state.try_send((&socket.io).into(), &transmit) {
+            if let Err(error) = socket.state.try_send(socket.io.get_ref().into(), &transmit) {
                 log::debug!("send to {destination} failed: {error}");
             }
             offset += total;
             i = end;
         }
     }
+}
+
+/// Registers `socket` for reads only: sends never wait for room, and a
+/// registration for writes would report every send's freed buffer as an
+/// event, one more `epoll_wait` per datagram sent.
+#[expect(
+    deprecated,
+    reason = "the safe constructor that takes an Interest; its deprecation is for types \
+              that do not own their descriptor, and a std UdpSocket owns it"
+)]
+fn readable_only(socket: std::net::UdpSocket) -> io::Result<AsyncFd<std::net::UdpSocket>> {
+    AsyncFd::with_interest(socket, Interest::READABLE)
 }

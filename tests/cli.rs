@@ -489,3 +489,37 @@ fn listeners_bind_addresses_the_host_does_not_have_yet() {
     }
     daemon.stop();
 }
+
+/// A UDP listener binds one socket per CPU with SO_REUSEPORT; a second
+/// icegate on a port the first holds must still fail to start, rather than
+/// join the first one's sockets and take some of its clients.
+#[test]
+fn a_second_daemon_on_a_udp_port_in_use_fails_to_start_and_the_first_serves_on() {
+    let first = common::TestDaemon::start(&common::TestConfig::default().render());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("second.toml");
+    let text = common::TestConfig::default().render().replacen(
+        "address = \"127.0.0.1:0\"",
+        &format!("address = \"{}\"", first.udp),
+        1,
+    );
+    std::fs::write(&config, text).expect("write the second config");
+    let second = icegate(&["run", "--config", config.to_str().unwrap()]);
+    assert!(
+        !second.status.success(),
+        "a second daemon started on {}: {}{}",
+        first.udp,
+        second.stdout,
+        second.stderr
+    );
+    assert!(
+        second
+            .stderr
+            .contains(&format!("cannot listen on udp {}", first.udp)),
+        "{}",
+        second.stderr
+    );
+    for _ in 0..20 {
+        common::stun_client::Client::new(first.udp).assert_binding_works();
+    }
+}

@@ -39,19 +39,57 @@ struct ListenerSocket {
     local: SocketAddr,
 }
 
+/// Tries at a port of the kernel's choosing, should another program take
+/// it between the plain bind and the shared ones.
+const EPHEMERAL_ATTEMPTS: usize = 8;
+
 impl UdpListener {
     /// Binds `address` once per worker thread; `receive_buffer` is each
     /// socket's SO_RCVBUF.
     pub(crate) fn bind(address: SocketAddr, receive_buffer: usize) -> io::Result<Arc<Self>> {
         let count = std::thread::available_parallelism().map_or(1, usize::from);
-        let first = ListenerSocket::bind(address, receive_buffer, count > 1)?;
-        // Port 0 became a port: the others join it there.
-        let local = first.local;
-        let mut sockets = vec![Arc::new(first)];
-        for _ in 1..count {
-            sockets.push(Arc::new(ListenerSocket::bind(local, receive_buffer, true)?));
+        let mut attempt = 0;
+        loop {
+            // A plain bind first. SO_REUSEPORT alone would join the sockets
+            // another process of this user (a second icegate) has on the
+            // port and share its clients silently, and for port 0 the
+            // kernel may pick such a port; a plain bind fails or picks a port
+            // no one holds.
+            let plain = bind_socket(address, false)?;
+            if count == 1 {
+                return Ok(Arc::new(Self::of(vec![ListenerSocket::new(
+                    plain,
+                    receive_buffer,
+                )?])));
+            }
+            let local = plain
+                .local_addr()?
+                .as_socket()
+                .ok_or(io::ErrorKind::InvalidInput)?;
+            drop(plain);
+            let shared: io::Result<Vec<ListenerSocket>> = (0..count)
+                .map(|_| ListenerSocket::new(bind_socket(local, true)?, receive_buffer))
+                .collect();
+            match shared {
+                Ok(sockets) => return Ok(Arc::new(Self::of(sockets))),
+                Err(error)
+                    if error.kind() == io::ErrorKind::AddrInUse
+                        && address.port() == 0
+                        && attempt + 1 < EPHEMERAL_ATTEMPTS =>
+                {
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
+            }
         }
-        Ok(Arc::new(Self { sockets, local }))
+    }
+
+    fn of(sockets: Vec<ListenerSocket>) -> Self {
+        let local = sockets[0].local;
+        Self {
+            sockets: sockets.into_iter().map(Arc::new).collect(),
+            local,
+        }
     }
 
     pub(crate) fn local_addr(&self) -> SocketAddr {
@@ -59,19 +97,23 @@ impl UdpListener {
     }
 }
 
+/// A UDP socket bound to `address`; with `shared`, one of a SO_REUSEPORT group.
+fn bind_socket(address: SocketAddr, shared: bool) -> io::Result<socket2::Socket> {
+    let domain = socket2::Domain::for_address(address);
+    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    if address.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    if shared {
+        socket.set_reuse_port(true)?;
+    }
+    crate::socket_options::allow_bind_before_address_exists(&socket, address)?;
+    socket.bind(&address.into())?;
+    Ok(socket)
+}
+
 impl ListenerSocket {
-    fn bind(address: SocketAddr, receive_buffer: usize, shared: bool) -> io::Result<Self> {
-        let domain = socket2::Domain::for_address(address);
-        let socket =
-            socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
-        if address.is_ipv6() {
-            socket.set_only_v6(true)?;
-        }
-        if shared {
-            socket.set_reuse_port(true)?;
-        }
-        crate::socket_options::allow_bind_before_address_exists(&socket, address)?;
-        socket.bind(&address.into())?;
+    fn new(socket: socket2::Socket, receive_buffer: usize) -> io::Result<Self> {
         let socket = BatchSocket::new(socket, false, receive_buffer)?;
         let local = socket.local_addr()?;
         Ok(Self { socket, local })
