@@ -27,8 +27,11 @@ impl BatchSocket {
     ) -> io::Result<Self> {
         socket.set_nonblocking(true)?;
         let state = UdpSocketState::new((&socket).into())?;
-        let ipv6 = socket.local_addr()?.is_ipv6();
-        crate::socket_options::relay_defaults(&socket, ipv6, dont_fragment)?;
+        let local = socket
+            .local_addr()?
+            .as_socket()
+            .ok_or(io::ErrorKind::InvalidInput)?;
+        crate::socket_options::relay_defaults(&socket, local, dont_fragment)?;
         // Bursts arrive between two wake-ups of the reader; the kernel's
         // default buffer (~200 KiB) drops them.
         let _ = state.set_recv_buffer_size((&socket).into(), receive_buffer);

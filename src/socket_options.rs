@@ -23,12 +23,15 @@ pub(crate) fn allow_bind_before_address_exists(
 /// Takes back what quinn-udp turns on for QUIC and a relay does not want:
 /// DF on every datagram (a relay fragments unless the client asked for
 /// DONT-FRAGMENT), and TOS and a timestamp on every received one, which
-/// nothing reads and every datagram pays for.
+/// nothing reads and every datagram pays for; so is the destination
+/// address, where the socket is bound to one address and so knows it.
 pub(crate) fn relay_defaults(
     socket: &socket2::Socket,
-    ipv6: bool,
+    local: SocketAddr,
     dont_fragment: bool,
 ) -> std::io::Result<()> {
+    let ipv6 = local.is_ipv6();
+    let wildcard = local.ip().is_unspecified();
     use nix::sys::socket::{setsockopt, sockopt};
     use rustix::net::sockopt::{
         Ipv4PathMtuDiscovery, Ipv6PathMtuDiscovery, set_ip_mtu_discover, set_ip_recvtos,
@@ -43,6 +46,9 @@ pub(crate) fn relay_defaults(
         set_ipv6_mtu_discover(socket, discovery)?;
         setsockopt(socket, sockopt::Ipv6DontFrag, &dont_fragment)?;
         set_ipv6_recvtclass(socket, false)?;
+        if !wildcard {
+            setsockopt(socket, sockopt::Ipv6RecvPacketInfo, &false)?;
+        }
     } else {
         let discovery = if dont_fragment {
             Ipv4PathMtuDiscovery::DO
@@ -51,6 +57,9 @@ pub(crate) fn relay_defaults(
         };
         set_ip_mtu_discover(socket, discovery)?;
         set_ip_recvtos(socket, false)?;
+        if !wildcard {
+            setsockopt(socket, sockopt::Ipv4PacketInfo, &false)?;
+        }
     }
     setsockopt(socket, sockopt::ReceiveTimestampns, &false)?;
     Ok(())
