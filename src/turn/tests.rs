@@ -1,15 +1,24 @@
 //! The core driven as a state machine: requests as bytes, time as an
-//! argument, relay sockets from a stand-in that records what was bound.
+//! argument (one base `Instant` per test plus offsets in seconds), relay
+//! sockets from a stand-in that records what was bound.
+//!
+//! The shared harness is here; the tests are grouped by concept below.
+
+mod allocate;
+mod auth;
+mod expiry;
+mod malformed;
+mod peers;
 
 use std::collections::HashSet;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::auth::{CredentialStore, long_term_key};
+use crate::auth::{CredentialStore, LongTermKey, long_term_key};
 use crate::config::{Config, Transport};
-use crate::reject::RejectCounters;
+use crate::reject::{Reject, RejectCounters};
 use crate::turn::core::{Action, Core, Now};
 use crate::turn::shared::Shared;
 use crate::turn::{AllocId, FiveTuple, RelaySockets};
@@ -33,17 +42,193 @@ impl RelaySockets for Sockets {
     }
 }
 
+/// Wall-clock seconds at offset zero of every test.
 const UNIX: u64 = 1_800_000_000;
+const REALM: &str = "example.org";
+const SECRET: &str = "rest-secret-value";
 
-fn core() -> Core {
-    core_with("")
+/// A client: its 5-tuple and the credentials it signs with.
+#[derive(Clone)]
+struct Client {
+    five_tuple: FiveTuple,
+    username: String,
+    key: LongTermKey,
 }
 
-/// A core whose `[relay]` table has `relay_extra` added.
-fn core_with(relay_extra: &str) -> Core {
-    let config = Config::parse(
-        &format!(
-            r#"realm = "example.org"
+impl Client {
+    fn new(port: u16, username: &str, password: &str) -> Self {
+        Self {
+            five_tuple: FiveTuple {
+                client: SocketAddr::from(([127, 0, 0, 1], port)),
+                server: "127.0.0.1:3478".parse().unwrap(),
+                transport: Transport::Udp,
+            },
+            username: username.to_owned(),
+            key: long_term_key(username, REALM, password),
+        }
+    }
+
+    /// The same credentials from another client address.
+    fn on_port(&self, port: u16) -> Self {
+        let mut other = self.clone();
+        other.five_tuple.client.set_port(port);
+        other
+    }
+}
+
+/// The static user every test has.
+fn alice() -> Client {
+    Client::new(40000, "alice", "pw")
+}
+
+/// A second static user.
+fn bob() -> Client {
+    Client::new(40001, "bob", "pw-of-bob")
+}
+
+/// A TURN REST user whose username expires at `expiry` (unix seconds).
+fn rest_client(port: u16, user: &str, expiry: u64) -> Client {
+    let username = format!("{expiry}:{user}");
+    let password = crate::auth::rest_password(SECRET.as_bytes(), &username);
+    Client::new(port, &username, &password)
+}
+
+fn peer(text: &str) -> SocketAddr {
+    text.parse().unwrap()
+}
+
+/// What the core told the shell to do, owned so the request bytes can go.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Nothing,
+    Reply,
+    Started(AllocId),
+    ToPeer {
+        relay: AllocId,
+        peer: SocketAddr,
+        data: Vec<u8>,
+    },
+}
+
+impl From<Action<'_>> for Outcome {
+    fn from(action: Action<'_>) -> Self {
+        match action {
+            Action::None => Self::Nothing,
+            Action::Reply => Self::Reply,
+            Action::ReplyAndStartRelay(id) => Self::Started(id),
+            Action::ToPeer { relay, peer, data } => Self::ToPeer {
+                relay,
+                peer,
+                data: data.to_vec(),
+            },
+        }
+    }
+}
+
+/// The bytes the core wrote and what it said to do with them.
+struct Reply {
+    bytes: Vec<u8>,
+    outcome: Outcome,
+}
+
+impl Reply {
+    fn message(&self) -> Message<'_> {
+        Message::parse(&self.bytes).expect("the reply parses")
+    }
+
+    fn get(&self, kind: u16) -> Option<&[u8]> {
+        self.message().get(kind)
+    }
+
+    /// The ERROR-CODE, None for a success.
+    fn code(&self) -> Option<u16> {
+        let value = self.get(attr::ERROR_CODE)?;
+        Some(u16::from(value[2]) * 100 + u16::from(value[3]))
+    }
+
+    fn lifetime(&self) -> Option<u32> {
+        self.get(attr::LIFETIME).and_then(attr::u32_value)
+    }
+
+    fn xor_address(&self, kind: u16) -> Option<SocketAddr> {
+        let message = self.message();
+        message.xor_address(message.get(kind)?)
+    }
+
+    fn nonce(&self) -> String {
+        String::from_utf8(self.get(attr::NONCE).expect("NONCE").to_vec()).unwrap()
+    }
+
+    #[track_caller]
+    fn assert_error(&self, code: u16, what: &str) {
+        assert_eq!(self.outcome, Outcome::Reply, "{what}");
+        assert_eq!(self.code(), Some(code), "{what}");
+    }
+
+    #[track_caller]
+    fn assert_success(&self, what: &str) {
+        assert_eq!(self.code(), None, "{what}");
+        assert_eq!(self.message().class, Class::Success, "{what}");
+    }
+
+    /// The id of the allocation this reply started.
+    #[track_caller]
+    fn started(&self) -> AllocId {
+        match self.outcome {
+            Outcome::Started(id) => id,
+            ref other => panic!("no allocation started: {other:?}, code {:?}", self.code()),
+        }
+    }
+}
+
+fn transaction(n: u32) -> TransactionId {
+    let mut id = [0; 16];
+    id[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+    id[12..].copy_from_slice(&n.to_be_bytes());
+    TransactionId(id)
+}
+
+/// USERNAME, REALM, NONCE and MESSAGE-INTEGRITY, as a client signs.
+fn sign(builder: &mut MessageBuilder<'_>, client: &Client, nonce: &str) {
+    builder
+        .add(attr::USERNAME, client.username.as_bytes())
+        .add(attr::REALM, REALM.as_bytes())
+        .add(attr::NONCE, nonce.as_bytes())
+        .add_integrity(&client.key);
+}
+
+fn udp_transport(builder: &mut MessageBuilder<'_>) {
+    builder.add(attr::REQUESTED_TRANSPORT, &[attr::TRANSPORT_UDP, 0, 0, 0]);
+}
+
+/// A Send indication carrying `data` to `peer`.
+fn send_indication(id: TransactionId, peer: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    MessageBuilder::new(&mut buf, Method::SEND, Class::Indication, id)
+        .add_xor_address(attr::XOR_PEER_ADDRESS, peer)
+        .add(attr::DATA, data);
+    buf
+}
+
+/// One core, its relay sockets and its clock.
+struct Harness {
+    core: Core,
+    sockets: Sockets,
+    start: Instant,
+    last_transaction: u32,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self::with_relay("")
+    }
+
+    /// Users alice and bob, a REST secret, a relay on 127.0.0.1 that may
+    /// reach 127.0.0.0/8 peers, and `relay_extra` added to `[relay]`.
+    fn with_relay(relay_extra: &str) -> Self {
+        let config = Config::parse(
+            &format!(
+                r#"realm = "{REALM}"
 [[listen]]
 address = "127.0.0.1:3478"
 [relay]
@@ -51,234 +236,157 @@ addresses = ["127.0.0.1"]
 allow-peers = ["127.0.0.0/8"]
 {relay_extra}
 [auth]
+secrets = ["{SECRET}"]
 [[auth.users]]
 name = "alice"
 password = "pw"
+[[auth.users]]
+name = "bob"
+password = "pw-of-bob"
 "#
-        ),
-        "test",
-    )
-    .unwrap();
-    let credentials = CredentialStore::new(&config.realm, &config.auth, [1; 32]);
-    Core::new(
-        &config,
-        Arc::new(credentials),
-        Arc::new(RejectCounters::default()),
-        Arc::new(Shared::new(config.relay.ports)),
-        (0, 1),
-    )
-}
-
-fn five_tuple() -> FiveTuple {
-    FiveTuple {
-        client: "127.0.0.1:40000".parse().unwrap(),
-        server: "127.0.0.1:3478".parse().unwrap(),
-        transport: Transport::Udp,
+            ),
+            "test",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let credentials = CredentialStore::new(&config.realm, &config.auth, [1; 32]);
+        Self {
+            core: Core::new(
+                &config,
+                Arc::new(credentials),
+                Arc::new(RejectCounters::default()),
+                Arc::new(Shared::new(config.relay.ports)),
+                (0, 1),
+            ),
+            sockets: Sockets::default(),
+            start: Instant::now(),
+            last_transaction: 0,
+        }
     }
-}
 
-fn transaction(n: u8) -> TransactionId {
-    let mut id = [n; 16];
-    id[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
-    TransactionId(id)
-}
+    /// Both clocks `secs` seconds into the test.
+    fn at(&self, secs: u64) -> Now {
+        Now {
+            instant: self.start + Duration::from_secs(secs),
+            unix: UNIX + secs,
+        }
+    }
 
-/// An authenticated request as a client would build it.
-fn request(
-    method: Method,
-    id: u8,
-    nonce: &str,
-    add: impl FnOnce(&mut MessageBuilder<'_>),
-) -> Vec<u8> {
-    let mut buf = Vec::new();
-    let mut builder = MessageBuilder::new(&mut buf, method, Class::Request, transaction(id));
-    add(&mut builder);
-    builder
-        .add(attr::USERNAME, b"alice")
-        .add(attr::REALM, b"example.org")
-        .add(attr::NONCE, nonce.as_bytes())
-        .add_integrity(&long_term_key("alice", "example.org", "pw"));
-    buf
-}
+    fn transaction(&mut self) -> TransactionId {
+        self.last_transaction += 1;
+        transaction(self.last_transaction)
+    }
 
-fn error_code(reply: &[u8]) -> Option<u16> {
-    let message = Message::parse(reply).unwrap();
-    let value = message.get(attr::ERROR_CODE)?;
-    Some(u16::from(value[2]) * 100 + u16::from(value[3]))
-}
+    fn nonce(&self, client: &Client, now: Now) -> String {
+        self.core
+            .credentials()
+            .nonce(client.five_tuple.client, now.unix)
+    }
 
-fn handle(core: &mut Core, now: Now, bytes: &[u8]) -> (Vec<u8>, bool) {
-    let message = Message::parse(bytes).unwrap();
-    let mut out = Vec::new();
-    let action = core.handle_stun(
-        now,
-        &five_tuple(),
-        &message,
-        &mut Sockets::default(),
-        &mut out,
-    );
-    let started = matches!(action, Action::ReplyAndStartRelay(..));
-    (out, started)
-}
+    /// A request from `client`, signed with a nonce issued at `now`.
+    fn request(
+        &mut self,
+        client: &Client,
+        now: Now,
+        method: Method,
+        add: impl FnOnce(&mut MessageBuilder<'_>),
+    ) -> Vec<u8> {
+        let nonce = self.nonce(client, now);
+        self.request_with_nonce(client, &nonce, method, add)
+    }
 
-fn allocate(core: &mut Core, now: Now, id: u8) -> Vec<u8> {
-    let nonce = core.credentials().nonce(five_tuple().client, now.unix);
-    let bytes = request(Method::ALLOCATE, id, &nonce, |b| {
-        b.add(attr::REQUESTED_TRANSPORT, &[attr::TRANSPORT_UDP, 0, 0, 0]);
-    });
-    handle(core, now, &bytes).0
-}
+    fn request_with_nonce(
+        &mut self,
+        client: &Client,
+        nonce: &str,
+        method: Method,
+        add: impl FnOnce(&mut MessageBuilder<'_>),
+    ) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let mut builder = MessageBuilder::new(&mut buf, method, Class::Request, self.transaction());
+        add(&mut builder);
+        sign(&mut builder, client, nonce);
+        buf
+    }
 
-/// A core with one allocation on `five_tuple()`, the time, and a nonce.
-fn allocated() -> (Core, Now, String) {
-    let mut core = core();
-    let now = Now {
-        instant: Instant::now(),
-        unix: UNIX,
-    };
-    assert_eq!(error_code(&allocate(&mut core, now, 1)), None);
-    let nonce = core.credentials().nonce(five_tuple().client, now.unix);
-    (core, now, nonce)
-}
+    /// A request without MESSAGE-INTEGRITY (nor USERNAME, REALM, NONCE).
+    fn unsigned(&mut self, method: Method, add: impl FnOnce(&mut MessageBuilder<'_>)) -> Vec<u8> {
+        let mut buf = Vec::new();
+        add(&mut MessageBuilder::new(
+            &mut buf,
+            method,
+            Class::Request,
+            self.transaction(),
+        ));
+        buf
+    }
 
-#[test]
-fn relayed_address_is_the_external_address_with_the_bound_port() {
-    let mut core = core_with(r#"external-addresses = ["203.0.113.10"]"#);
-    let now = Now {
-        instant: Instant::now(),
-        unix: UNIX,
-    };
-    let reply = allocate(&mut core, now, 1);
-    let message = Message::parse(&reply).unwrap();
-    let relayed = message
-        .xor_address(message.get(attr::XOR_RELAYED_ADDRESS).unwrap())
-        .unwrap();
-    let id = core.table.id_for(&five_tuple()).unwrap();
-    let bound = core.table.get(id).unwrap().bound;
-    assert_eq!(
-        relayed,
-        SocketAddr::new("203.0.113.10".parse().unwrap(), bound.port())
-    );
-    assert_eq!(bound.ip(), "127.0.0.1".parse::<IpAddr>().unwrap());
-}
+    /// Hands `bytes` (a whole STUN message) from `five_tuple` to the core.
+    fn send(&mut self, now: Now, five_tuple: &FiveTuple, bytes: &[u8]) -> Reply {
+        let message = Message::parse(bytes).expect("the request parses");
+        let mut out = Vec::new();
+        let action = self
+            .core
+            .handle_stun(now, five_tuple, &message, &mut self.sockets, &mut out);
+        Reply {
+            bytes: out,
+            outcome: action.into(),
+        }
+    }
 
-#[test]
-fn nonce_goes_stale_after_its_lifetime() {
-    let mut core = core();
-    let start = Now {
-        instant: Instant::now(),
-        unix: UNIX,
-    };
-    let nonce = core.credentials().nonce(five_tuple().client, start.unix);
-    let bytes = request(Method::ALLOCATE, 1, &nonce, |b| {
-        b.add(attr::REQUESTED_TRANSPORT, &[attr::TRANSPORT_UDP, 0, 0, 0]);
-    });
-    let later = Now {
-        instant: start.instant,
-        unix: UNIX + 601,
-    };
-    let (reply, started) = handle(&mut core, later, &bytes);
-    assert_eq!(error_code(&reply), Some(438));
-    assert!(!started);
-    let (reply, started) = handle(&mut core, start, &bytes);
-    assert_eq!(error_code(&reply), None);
-    assert!(started);
-}
+    /// Builds, signs and sends a request.
+    fn call(
+        &mut self,
+        client: &Client,
+        now: Now,
+        method: Method,
+        add: impl FnOnce(&mut MessageBuilder<'_>),
+    ) -> Reply {
+        let bytes = self.request(client, now, method, add);
+        self.send(now, &client.five_tuple, &bytes)
+    }
 
-#[test]
-fn expired_allocation_frees_its_5_tuple_and_port() {
-    let mut core = core();
-    let now = Now {
-        instant: Instant::now(),
-        unix: UNIX,
-    };
-    assert_eq!(error_code(&allocate(&mut core, now, 1)), None);
-    assert_eq!(core.table.len(), 1);
-    let id = core.table.id_for(&five_tuple()).unwrap();
-    let port = core.table.get(id).unwrap().bound.port();
-    assert!(!core.shared.port_is_free(port));
-    core.handle_timeout(now.instant + Duration::from_secs(599));
-    assert_eq!(core.table.len(), 1, "still alive before its lifetime");
-    core.handle_timeout(now.instant + Duration::from_secs(601));
-    assert_eq!(core.table.len(), 0);
-    assert!(core.shared.port_is_free(port), "port returned at once");
-    assert_eq!(error_code(&allocate(&mut core, now, 2)), None);
-}
+    fn allocate(&mut self, client: &Client, now: Now) -> Reply {
+        self.call(client, now, Method::ALLOCATE, udp_transport)
+    }
 
-#[test]
-fn retransmitted_request_gets_the_same_response() {
-    let mut core = core();
-    let now = Now {
-        instant: Instant::now(),
-        unix: UNIX,
-    };
-    let first = allocate(&mut core, now, 1);
-    assert_eq!(
-        allocate(&mut core, now, 1),
-        first,
-        "same transaction: same answer"
-    );
-    assert_eq!(
-        error_code(&allocate(&mut core, now, 2)),
-        Some(437),
-        "new transaction: mismatch"
-    );
-    let nonce = core.credentials().nonce(five_tuple().client, now.unix);
-    let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
-    let permission = request(Method::CREATE_PERMISSION, 3, &nonce, |b| {
-        b.add_xor_address(attr::XOR_PEER_ADDRESS, peer);
-    });
-    let (reply, _) = handle(&mut core, now, &permission);
-    assert_eq!(error_code(&reply), None);
-    assert_eq!(handle(&mut core, now, &permission).0, reply);
-}
+    /// Allocates for `client` and returns the allocation's id.
+    #[track_caller]
+    fn allocated(&mut self, client: &Client, now: Now) -> AllocId {
+        self.allocate(client, now).started()
+    }
 
-#[test]
-fn permission_lapses_after_its_lifetime_unless_refreshed() {
-    let (mut core, now, nonce) = allocated();
-    let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
-    let permission = request(Method::CREATE_PERMISSION, 2, &nonce, |b| {
-        b.add_xor_address(attr::XOR_PEER_ADDRESS, peer);
-    });
-    handle(&mut core, now, &permission);
-    let id = core.table.id_for(&five_tuple()).unwrap();
-    assert_eq!(core.route_from_peer(id, peer, now.instant, 1), Some(None));
-    let later = now.instant + Duration::from_secs(301);
-    assert_eq!(core.route_from_peer(id, peer, later, 1), None);
-}
+    fn refresh(&mut self, client: &Client, now: Now, lifetime: u32) -> Reply {
+        self.call(client, now, Method::REFRESH, |b| {
+            b.add_u32(attr::LIFETIME, lifetime);
+        })
+    }
 
-#[test]
-fn refresh_with_zero_lifetime_deletes_allocation() {
-    let (mut core, now, nonce) = allocated();
-    let refresh = request(Method::REFRESH, 2, &nonce, |b| {
-        b.add_u32(attr::LIFETIME, 0);
-    });
-    let (reply, _) = handle(&mut core, now, &refresh);
-    assert_eq!(error_code(&reply), None);
-    assert_eq!(core.table.len(), 0);
-    let again = request(Method::REFRESH, 3, &nonce, |b| {
-        b.add_u32(attr::LIFETIME, 600);
-    });
-    assert_eq!(error_code(&handle(&mut core, now, &again).0), Some(437));
-}
+    fn create_permission(&mut self, client: &Client, now: Now, peers: &[SocketAddr]) -> Reply {
+        self.call(client, now, Method::CREATE_PERMISSION, |b| {
+            for &peer in peers {
+                b.add_xor_address(attr::XOR_PEER_ADDRESS, peer);
+            }
+        })
+    }
 
-#[test]
-fn channel_numbers_outside_rfc8656_range_are_refused() {
-    let (mut core, now, nonce) = allocated();
-    let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
-    for (id, number, code) in [
-        (2, 0x3FFF_u16, Some(400)),
-        (3, 0x5000, Some(400)),
-        (4, 0x4FFF, None),
-    ] {
-        let bind = request(Method::CHANNEL_BIND, id, &nonce, |b| {
+    fn channel_bind(&mut self, client: &Client, now: Now, number: u16, peer: SocketAddr) -> Reply {
+        self.call(client, now, Method::CHANNEL_BIND, |b| {
             b.add_u32(attr::CHANNEL_NUMBER, u32::from(number) << 16)
                 .add_xor_address(attr::XOR_PEER_ADDRESS, peer);
-        });
-        assert_eq!(
-            error_code(&handle(&mut core, now, &bind).0),
-            code,
-            "{number:#x}"
-        );
+        })
+    }
+
+    /// The port the relay socket of allocation `id` is bound to.
+    fn bound_port(&self, id: AllocId) -> u16 {
+        self.core
+            .table
+            .get(id)
+            .expect("a live allocation")
+            .bound
+            .port()
+    }
+
+    fn rejected(&self, reject: Reject) -> u64 {
+        self.core.counters.get(reject)
     }
 }
