@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use crate::auth::LongTermKey;
 use crate::turn::FiveTuple;
-use crate::wire::TransactionId;
+use crate::wire::{Method, TransactionId};
 
 /// Identifies an allocation for its lifetime; never reused, so a relay task
 /// holding a stale id finds nothing rather than someone else's allocation.
@@ -53,7 +53,7 @@ pub(crate) struct Allocation {
     permissions: HashMap<IpAddr, Instant>,
     channels: HashMap<u16, Channel>,
     channel_by_peer: HashMap<SocketAddr, u16>,
-    recent: Vec<(TransactionId, Vec<u8>)>,
+    recent: Vec<(TransactionId, Method, Vec<u8>)>,
     pub(crate) to_peer: Traffic,
     pub(crate) from_peer: Traffic,
 }
@@ -207,19 +207,29 @@ impl Allocation {
             .unwrap_or(self.expires)
     }
 
-    /// The response already sent for this transaction, if it is a retransmission.
-    pub(crate) fn recent_response(&self, transaction: &TransactionId) -> Option<&[u8]> {
+    /// The response already sent for this transaction and method, if the
+    /// request is a retransmission (a reused id with another method is not).
+    pub(crate) fn recent_response(
+        &self,
+        transaction: &TransactionId,
+        method: Method,
+    ) -> Option<&[u8]> {
         self.recent
             .iter()
-            .find(|(id, _)| id == transaction)
-            .map(|(_, bytes)| bytes.as_slice())
+            .find(|(id, of, _)| id == transaction && *of == method)
+            .map(|(_, _, bytes)| bytes.as_slice())
     }
 
-    pub(crate) fn remember_response(&mut self, transaction: TransactionId, response: &[u8]) {
+    pub(crate) fn remember_response(
+        &mut self,
+        transaction: TransactionId,
+        method: Method,
+        response: &[u8],
+    ) {
         if self.recent.len() == RECENT_RESPONSES {
             self.recent.remove(0);
         }
-        self.recent.push((transaction, response.to_vec()));
+        self.recent.push((transaction, method, response.to_vec()));
     }
 }
 

@@ -310,7 +310,8 @@ impl Core {
                 );
                 return Action::Reply;
             };
-            if let Some(previous) = allocation.recent_response(&message.transaction) {
+            if let Some(previous) = allocation.recent_response(&message.transaction, message.method)
+            {
                 out.clear();
                 out.extend_from_slice(previous);
                 return Action::Reply;
@@ -331,7 +332,7 @@ impl Core {
         match result {
             Ok(action) => {
                 if let Some(allocation) = self.table.by_five_tuple(five_tuple) {
-                    allocation.remember_response(message.transaction, out);
+                    allocation.remember_response(message.transaction, message.method, out);
                 }
                 action
             }

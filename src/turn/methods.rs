@@ -47,7 +47,7 @@ impl Core {
             ..
         } = *request;
         if let Some(existing) = self.table.by_five_tuple(five_tuple) {
-            return match existing.recent_response(&message.transaction) {
+            return match existing.recent_response(&message.transaction, message.method) {
                 Some(previous) => {
                     out.clear();
                     out.extend_from_slice(previous);
