@@ -155,3 +155,72 @@ fn bursts_cross_the_relay_whole_once_and_in_order_both_ways_and_both_framings() 
         );
     }
 }
+
+/// Many clients at once, each on a thread of its own, sending bursts that
+/// the listener reads as batches spanning several clients, and so several
+/// shards of the allocation table: every round trip completes. (Two
+/// threads taking two shards' locks in opposite orders would stall here.)
+#[test]
+fn many_clients_relaying_bursts_at_once_all_complete_their_round_trips() {
+    const CLIENTS: usize = 16;
+    const ROUNDS: usize = 200;
+    const BURST: usize = 8;
+    let daemon = TestDaemon::start(&TestConfig::default().render());
+    let echo = UdpSocket::bind("127.0.0.1:0").expect("bind echo peer");
+    echo.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    let echoing = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 2048];
+        let mut echoed = 0;
+        while echoed < CLIENTS * ROUNDS * BURST {
+            let Ok((len, from)) = echo.recv_from(&mut buf) else {
+                break;
+            };
+            echo.send_to(&buf[..len], from).expect("echo");
+            echoed += 1;
+        }
+        echoed
+    });
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let server = daemon.udp;
+            std::thread::spawn(move || {
+                let session = Session::open(server, alice());
+                session.allocate();
+                assert_success(
+                    &session.request(
+                        METHOD_CHANNEL_BIND,
+                        vec![Box::new(ChannelNumber(CHANNEL)), peer(echo_addr)],
+                    ),
+                    "ChannelBind",
+                );
+                session
+                    .client
+                    .socket
+                    .set_read_timeout(Some(IO_TIMEOUT))
+                    .unwrap();
+                for round in 0..ROUNDS {
+                    let payloads: Vec<Vec<u8>> = (0..BURST)
+                        .map(|i| datagram(client * 1000 + i, 40 + client))
+                        .collect();
+                    for payload in &payloads {
+                        session.client.send_raw(&channel_data(payload));
+                    }
+                    for payload in &payloads {
+                        assert_eq!(
+                            &next_from_daemon(&session),
+                            payload,
+                            "client {client} round {round}"
+                        );
+                    }
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client
+            .join()
+            .expect("a client thread completes every round trip");
+    }
+    assert_eq!(echoing.join().unwrap(), CLIENTS * ROUNDS * BURST);
+}

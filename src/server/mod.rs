@@ -348,10 +348,12 @@ impl Server {
             let mut locked: Option<(usize, MutexGuard<'_, State>)> = None;
             for (index, frame) in frames.iter().enumerate() {
                 let shard = self.shard_of(&frame.five_tuple);
-                let state = match &mut locked {
-                    Some((held, state)) if *held == shard => state,
-                    _ => &mut locked.insert((shard, self.lock(shard))).1,
-                };
+                // One shard lock at a time: holding one while taking another
+                // would deadlock against a thread taking them the other way round.
+                if locked.as_ref().is_some_and(|(held, _)| *held != shard) {
+                    locked = None;
+                }
+                let (_, state) = locked.get_or_insert_with(|| (shard, self.lock(shard)));
                 let State { core, sockets } = &mut **state;
                 let Some((id, peer)) = core.route_channel_data(
                     now,
