@@ -56,6 +56,16 @@ pub(crate) enum Keys {
 }
 
 impl Keys {
+    /// Whose quota an allocation made with `username` counts against: a
+    /// static user's name, or a REST username's user part, so that minting
+    /// a fresh REST username does not make a fresh user.
+    pub(crate) fn owner<'a>(&self, username: &'a str) -> &'a str {
+        match self {
+            Self::Static(_) => username,
+            Self::Rest(_) => rest_user_part(username).unwrap_or(username),
+        }
+    }
+
     pub(crate) fn iter(&self) -> impl Iterator<Item = &LongTermKey> {
         match self {
             Self::Static(key) => std::slice::from_ref(key).iter(),

@@ -10,9 +10,10 @@
 //!    `::1` stay IPv6 (unspecified, loopback). The IPv6 spelling is not
 //!    consulted again, so allowing an IPv6 prefix such as `::/0` never lets a
 //!    mapped private IPv4 address through.
-//! 2. Embedded IPv4: NAT64 (`64:ff9b::/96`, last 32 bits), 6to4 (`2002::/16`,
-//!    bits 16..48) and Teredo (`2001::/32`, server in bits 32..64, client in
-//!    the last 32 bits inverted) are also checked as those IPv4 addresses.
+//! 2. Embedded IPv4: NAT64 (`64:ff9b::/96`, last 32 bits), IPv4-translated
+//!    SIIT (`::ffff:0:0:0/96`, last 32 bits), 6to4 (`2002::/16`, bits
+//!    16..48) and Teredo (`2001::/32`, server in bits 32..64, client in the
+//!    last 32 bits inverted) are also checked as those IPv4 addresses.
 //!    A peer is refused when its IPv6 address or any embedded IPv4 address is.
 //! 3. Each of those addresses is allowed if an `allow-peers` prefix contains
 //!    it; otherwise it is refused if a `deny-peers` prefix or a built-in
@@ -80,6 +81,7 @@ const DEFAULT_REFUSED_V6: &[(Ipv6Net, &str)] = &[
     (v6_net([0, 0, 0, 0, 0, 0, 0, 1], 128), "loopback"),
     // Unreachable after canonicalisation; kept so the table alone is safe.
     (v6_net([0, 0, 0, 0, 0, 0xffff, 0, 0], 96), "IPv4-mapped"),
+    (SIIT, "IPv4-translated"),
     (NAT64_WELL_KNOWN, "NAT64"),
     (
         v6_net([0x64, 0xff9b, 1, 0, 0, 0, 0, 0], 48),
@@ -106,6 +108,9 @@ const DEFAULT_REFUSED_V6: &[(Ipv6Net, &str)] = &[
     (v6_net([0xff00, 0, 0, 0, 0, 0, 0, 0], 8), "multicast"),
 ];
 
+/// RFC 2765 (SIIT) IPv4-translated addresses, `::ffff:0:a.b.c.d`: the IPv4
+/// address is the last 32 bits.
+const SIIT: Ipv6Net = v6_net([0, 0, 0, 0, 0xffff, 0, 0, 0], 96);
 /// RFC 6052 well-known NAT64 prefix: the IPv4 address is the last 32 bits.
 const NAT64_WELL_KNOWN: Ipv6Net = v6_net([0x64, 0xff9b, 0, 0, 0, 0, 0, 0], 96);
 /// RFC 3056 6to4: the IPv4 address is bits 16..48.
@@ -293,6 +298,8 @@ fn embedded_ipv4(addr: Ipv6Addr) -> [Option<(Embedding, Ipv4Addr)>; 2] {
     let field = |shift: u32| Ipv4Addr::from((bits >> shift) as u32);
     if NAT64_WELL_KNOWN.contains(&addr) {
         [Some((Embedding::Nat64, field(0))), None]
+    } else if SIIT.contains(&addr) {
+        [Some((Embedding::Siit, field(0))), None]
     } else if SIX_TO_FOUR.contains(&addr) {
         [Some((Embedding::SixToFour, field(80))), None]
     } else if TEREDO.contains(&addr) {
@@ -407,6 +414,7 @@ enum Via {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Embedding {
     Nat64,
+    Siit,
     SixToFour,
     TeredoClient,
     TeredoServer,
@@ -416,6 +424,7 @@ impl Embedding {
     fn describe(self) -> &'static str {
         match self {
             Self::Nat64 => "NAT64 of",
+            Self::Siit => "IPv4-translated",
             Self::SixToFour => "6to4 of",
             Self::TeredoClient => "Teredo client",
             Self::TeredoServer => "Teredo server",
@@ -458,6 +467,7 @@ mod tests {
         ("::/128", "unspecified"),
         ("::1/128", "loopback"),
         ("::ffff:0:0/96", "IPv4-mapped"),
+        ("::ffff:0:0:0/96", "IPv4-translated"),
         ("64:ff9b::/96", "NAT64"),
         ("64:ff9b:1::/48", "NAT64, local use"),
         ("100::/64", "discard"),
@@ -545,10 +555,17 @@ mod tests {
     /// A well-known public address used as the Teredo server.
     const TEREDO_SERVER: Ipv4Addr = Ipv4Addr::new(65, 54, 227, 120);
 
-    fn all_encodings(v4: Ipv4Addr) -> [(&'static str, IpAddr); 5] {
+    fn siit(v4: Ipv4Addr) -> IpAddr {
+        let [a, b, c, d] = v4.octets();
+        let (hi, lo) = (u16::from_be_bytes([a, b]), u16::from_be_bytes([c, d]));
+        Ipv6Addr::new(0, 0, 0, 0, 0xffff, 0, hi, lo).into()
+    }
+
+    fn all_encodings(v4: Ipv4Addr) -> [(&'static str, IpAddr); 6] {
         [
             ("mapped", mapped(v4)),
             ("compatible", compatible(v4)),
+            ("IPv4-translated", siit(v4)),
             ("NAT64", nat64(v4)),
             ("6to4", six_to_four(v4, 1, 1)),
             ("Teredo", teredo(TEREDO_SERVER, v4)),
@@ -667,7 +684,10 @@ mod tests {
 
     #[test]
     fn allowing_translation_prefixes_still_refuses_embedded_private_ipv4() {
-        let policy = PeerPolicy::new(&nets(&["2002::/16", "64:ff9b::/96", "2001::/32"]), &[]);
+        let policy = PeerPolicy::new(
+            &nets(&["2002::/16", "64:ff9b::/96", "2001::/32", "::ffff:0:0:0/96"]),
+            &[],
+        );
         for v4 in PRIVATE_SAMPLES {
             for (encoding, addr) in all_encodings(v4) {
                 assert!(policy.check(addr).is_err(), "{encoding} {addr} of {v4}");
@@ -877,6 +897,9 @@ mod tests {
         if let IpAddr::V6(v6) = canonical {
             let s = v6.segments();
             if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4] {
+                addresses.push(v4_from_segments(s[6], s[7]).into());
+            }
+            if s[..4] == [0; 4] && s[4] == 0xffff && s[5] == 0 {
                 addresses.push(v4_from_segments(s[6], s[7]).into());
             }
             if s[0] == 0x2002 {

@@ -41,6 +41,8 @@ pub(crate) struct Allocation {
     pub(crate) id: AllocId,
     pub(crate) five_tuple: FiveTuple,
     pub(crate) username: String,
+    /// Whose quotas the allocation counts against: the user, not the REST username.
+    pub(crate) owner: String,
     pub(crate) key: LongTermKey,
     /// The address the relay socket is bound to.
     pub(crate) bound: SocketAddr,
@@ -81,6 +83,7 @@ impl Allocation {
         Self {
             id,
             five_tuple,
+            owner: username.clone(),
             username,
             key,
             bound,

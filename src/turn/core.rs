@@ -92,6 +92,8 @@ pub(super) const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 /// A client that proved who it is.
 pub(super) struct Authenticated {
     pub(super) username: String,
+    /// Whose quotas count this user's allocations ([`crate::auth::Keys::owner`]).
+    pub(super) owner: String,
     pub(super) key: LongTermKey,
 }
 
@@ -375,6 +377,7 @@ impl Core {
             return if message.integrity_matches(&allocation.key) {
                 Ok(Authenticated {
                     username: username.to_owned(),
+                    owner: allocation.owner.clone(),
                     key: allocation.key,
                 })
             } else {
@@ -388,6 +391,7 @@ impl Core {
             .ok_or(Reject::WrongPassword)?;
         Ok(Authenticated {
             username: username.to_owned(),
+            owner: keys.owner(username).to_owned(),
             key: *key,
         })
     }
@@ -462,7 +466,12 @@ impl Core {
         };
         self.ended.push(id);
         self.shared
-            .leave(&allocation.username, Some(allocation.bound.port()));
+            .leave(&allocation.owner, Some(allocation.bound.port()));
+        // A port held for this allocation's sibling goes with it, so that
+        // allocating and deleting cannot pile up held ports.
+        if let Some((token, _)) = allocation.reservation {
+            self.shared.cancel_reservation(token);
+        }
         event!(
             info,
             event,

@@ -82,7 +82,7 @@ impl Core {
             None => None,
         };
         self.shared.admit(
-            &user.username,
+            &user.owner,
             self.limits.max_allocations_per_user,
             self.limits.max_allocations,
         )?;
@@ -94,7 +94,7 @@ impl Core {
         };
         let result = self.allocate_admitted(request, admitted, sockets, out);
         if result.is_err() {
-            self.shared.leave(&user.username, None);
+            self.shared.leave(&user.owner, None);
         }
         result
     }
@@ -213,6 +213,7 @@ impl Core {
             now.instant,
             now.instant + lifetime,
         );
+        allocation.owner.clone_from(&user.owner);
 
         let mut reply = MessageBuilder::reply(out, message, Class::Success);
         reply

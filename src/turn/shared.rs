@@ -131,6 +131,19 @@ impl Shared {
         self.lock().reservations.remove(&token)
     }
 
+    /// Ends the reservation of `token` if it is still held, freeing its port.
+    pub(crate) fn cancel_reservation(&self, token: u64) {
+        let mut guard = self.lock();
+        let Inner {
+            ports,
+            reservations,
+            ..
+        } = &mut *guard;
+        if let Some(reservation) = reservations.remove(&token) {
+            ports.release(reservation.port);
+        }
+    }
+
     /// Ends reservations whose time is up, freeing their ports.
     pub(crate) fn expire_reservations(&self, now: Instant) {
         let mut guard = self.lock();
