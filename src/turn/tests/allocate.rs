@@ -313,3 +313,18 @@ fn draining_refuses_allocate_with_508_but_existing_allocations_carry_on() {
         .create_permission(&alice(), now, &[peer("127.0.0.1:9")])
         .assert_success("CreatePermission while draining");
 }
+
+#[test]
+fn rest_usernames_minted_apart_count_against_one_users_quota() {
+    let mut harness = Harness::with_relay("max-allocations-per-user = 2");
+    let now = harness.at(0);
+    // /ice-servers and signaling mint a fresh username every second.
+    harness.allocated(&rest_client(40100, "dave", now.unix + 3600), now);
+    harness.allocated(&rest_client(40101, "dave", now.unix + 3601), now);
+    harness
+        .allocate(&rest_client(40102, "dave", now.unix + 3602), now)
+        .assert_error(486, "dave's third allocation, under a third username");
+    assert_eq!(harness.rejected(Reject::UserQuotaReached), 1);
+    harness.allocated(&rest_client(40103, "erin", now.unix + 3600), now);
+    harness.allocated(&alice(), now);
+}

@@ -302,3 +302,19 @@ fn unused_reservation_expires_after_30_s_and_its_port_returns() {
     assert_eq!(harness.bound_port(id), port + 1);
     assert_eq!(harness.core.allocation_count(), 2);
 }
+
+#[test]
+fn a_reservation_ends_with_the_allocation_that_made_it() {
+    // Allocating and deleting must not pile up held ports.
+    let mut harness = Harness::with_relay(r#"ports = "50000-50001""#);
+    let (port, token) = allocate_with_reservation(&mut harness, &alice());
+    harness
+        .refresh(&alice(), harness.at(1), 0)
+        .assert_success("delete");
+    assert!(
+        harness.core.shared.port_is_free(port + 1),
+        "the held port is back at once"
+    );
+    allocate_with_token(&mut harness, &bob(), &token, 2)
+        .assert_error(508, "a token whose allocation ended");
+}
