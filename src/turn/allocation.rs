@@ -199,6 +199,21 @@ impl Allocation {
         }
     }
 
+    /// Drops the permissions and channels of peers `allowed` now refuses;
+    /// returns how many of each went.
+    pub(crate) fn retain_peers(&mut self, allowed: impl Fn(IpAddr) -> bool) -> (usize, usize) {
+        let (permissions, channels) = (self.permissions.len(), self.channels.len());
+        self.permissions.retain(|&ip, _| allowed(ip));
+        self.channels
+            .retain(|_, channel| allowed(channel.peer.ip()));
+        let kept = &self.channels;
+        self.channel_by_peer.retain(|_, n| kept.contains_key(n));
+        (
+            permissions - self.permissions.len(),
+            channels - self.channels.len(),
+        )
+    }
+
     /// The earliest moment a permission or channel of this allocation lapses.
     pub(crate) fn next_expiry(&self) -> Instant {
         let permission = self.permissions.values().copied().min();

@@ -170,6 +170,21 @@ impl Core {
         self.limits = Limits::of(relay);
         self.relay_v4 = endpoint(relay, true);
         self.relay_v6 = endpoint(relay, false);
+        // A tightened policy holds for what was permitted before, at once.
+        let policy = &self.policy;
+        for allocation in self.table.iter_mut() {
+            let (permissions, channels) = allocation.retain_peers(|ip| policy.check(ip).is_ok());
+            if permissions + channels > 0 {
+                event!(
+                    info,
+                    "peers-refused-on-reload",
+                    user = allocation.username,
+                    relay = allocation.relayed,
+                    permissions = permissions,
+                    channels = channels
+                );
+            }
+        }
         let orphaned: Vec<AllocId> = self
             .table
             .iter()

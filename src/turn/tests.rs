@@ -210,6 +210,38 @@ fn send_indication(id: TransactionId, peer: SocketAddr, data: &[u8]) -> Vec<u8> 
     buf
 }
 
+/// The test config (users alice and bob, a REST secret, a relay on
+/// 127.0.0.1) with `relay` as the body of `[relay]` after its addresses.
+fn config_with_relay(relay: &str) -> Config {
+    Config::parse(
+        &format!(
+            r#"realm = "{REALM}"
+[[listen]]
+address = "127.0.0.1:3478"
+[relay]
+addresses = ["127.0.0.1"]
+{relay}
+[auth]
+secrets = ["{SECRET}"]
+[[auth.users]]
+name = "alice"
+password = "pw"
+[[auth.users]]
+name = "bob"
+password = "pw-of-bob"
+"#
+        ),
+        "test",
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Applies `config` as a reload would.
+fn reload(harness: &mut Harness, config: &Config, now: Now) -> Vec<String> {
+    let credentials = CredentialStore::new(&config.realm, &config.auth, [1; 32]);
+    harness.core.reconfigure(config, Arc::new(credentials), now)
+}
+
 /// One core, its relay sockets and its clock.
 struct Harness {
     core: Core,
@@ -226,28 +258,7 @@ impl Harness {
     /// Users alice and bob, a REST secret, a relay on 127.0.0.1 that may
     /// reach 127.0.0.0/8 peers, and `relay_extra` added to `[relay]`.
     fn with_relay(relay_extra: &str) -> Self {
-        let config = Config::parse(
-            &format!(
-                r#"realm = "{REALM}"
-[[listen]]
-address = "127.0.0.1:3478"
-[relay]
-addresses = ["127.0.0.1"]
-allow-peers = ["127.0.0.0/8"]
-{relay_extra}
-[auth]
-secrets = ["{SECRET}"]
-[[auth.users]]
-name = "alice"
-password = "pw"
-[[auth.users]]
-name = "bob"
-password = "pw-of-bob"
-"#
-            ),
-            "test",
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let config = config_with_relay(&format!("allow-peers = [\"127.0.0.0/8\"]\n{relay_extra}"));
         let credentials = CredentialStore::new(&config.realm, &config.auth, [1; 32]);
         Self {
             core: Core::new(

@@ -1,7 +1,7 @@
 //! CreatePermission, ChannelBind and Send: which peers and channel numbers
 //! are accepted (RFC 8656 §9, §10, §11) and what the data plane then routes.
 
-use super::{Harness, Outcome, alice, peer, send_indication};
+use super::{Harness, Outcome, alice, config_with_relay, peer, reload, send_indication};
 use crate::reject::Reject;
 use crate::wire::{Method, attr};
 
@@ -221,4 +221,37 @@ fn send_indication_goes_out_only_to_permitted_peers() {
         "no allocation on that 5-tuple"
     );
     assert_eq!(harness.rejected(Reject::NoRoute), 3);
+}
+
+#[test]
+fn a_reload_that_tightens_the_policy_ends_permissions_and_channels_it_refuses_at_once() {
+    let mut harness = Harness::new();
+    let now = harness.at(0);
+    let id = harness.allocated(&alice(), now);
+    let (kept, refused) = (peer("127.0.0.2:7000"), peer("127.0.0.3:7000"));
+    harness
+        .channel_bind(&alice(), now, 0x4000, refused)
+        .assert_success("channel to 127.0.0.3");
+    harness
+        .create_permission(&alice(), now, &[kept])
+        .assert_success("permission for 127.0.0.2");
+    let later = harness.at(1);
+    let tightened = config_with_relay(r#"allow-peers = ["127.0.0.2/32"]"#);
+    reload(&mut harness, &tightened, later);
+    assert_eq!(
+        harness.core.route_from_peer(id, refused, later.instant, 1),
+        None,
+        "the refused peer's channel and permission are gone"
+    );
+    assert_eq!(
+        harness
+            .core
+            .route_channel_data(later.instant, &alice().five_tuple, 0x4000, 1),
+        None
+    );
+    assert_eq!(
+        harness.core.route_from_peer(id, kept, later.instant, 1),
+        Some(None),
+        "the allowed peer's permission stays"
+    );
 }
