@@ -230,6 +230,13 @@ impl Daemon {
         let bound = self.bound_config();
         self.http.reconfigure(&bound);
         self.signal.reconfigure(&bound);
+        let udp: Vec<SocketAddr> = self
+            .listeners
+            .iter()
+            .filter(|running| running.listen.transport == Transport::Udp)
+            .map(|running| running.local)
+            .collect();
+        self.server.set_listeners(&udp);
     }
 
     /// Re-reads the config file and applies it; on any problem the running

@@ -707,3 +707,23 @@ fn rfc3489_binding_request_gets_mapped_address_of_the_socket() {
     // The same socket speaking RFC 8489 gets the XOR form.
     client.assert_binding_works();
 }
+
+#[test]
+fn icegates_own_listener_is_refused_as_a_peer_though_loopback_is_allowed() {
+    // The listener's port came from port 0: the daemon tells its core.
+    let daemon = TestDaemon::start(&common::loopback_config(""));
+    let session = Session::open(daemon.udp, alice());
+    session.allocate();
+    assert_error(
+        &session.request(METHOD_CREATE_PERMISSION, vec![peer(daemon.udp)]),
+        403,
+        "CreatePermission to icegate's own listener",
+    );
+    assert_success(
+        &session.request(
+            METHOD_CREATE_PERMISSION,
+            vec![peer(SocketAddr::new(daemon.udp.ip(), 9))],
+        ),
+        "CreatePermission to another port of that host",
+    );
+}

@@ -227,6 +227,13 @@ impl Server {
             .sum()
     }
 
+    /// The UDP listeners' bound addresses, which no allocation may relay to.
+    pub(crate) fn set_listeners(&self, listeners: &[SocketAddr]) {
+        for shard in 0..self.shards.len() {
+            self.lock(shard).core.set_listeners(listeners);
+        }
+    }
+
     /// Ends the allocations made through the UDP listener bound to `local`.
     pub(crate) fn end_listener(&self, local: SocketAddr) {
         let now = Instant::now();

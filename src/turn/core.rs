@@ -120,6 +120,9 @@ pub(crate) struct Core {
     pub(super) counters: Arc<RejectCounters>,
     /// Allocations ended since the shell last asked: their sockets go.
     pub(super) ended: Vec<AllocId>,
+    /// The UDP listeners' bound addresses: never a peer, whatever the
+    /// policy allows, so no allocation relays into icegate itself.
+    own_listeners: Vec<SocketAddr>,
 }
 
 impl Core {
@@ -145,7 +148,34 @@ impl Core {
             shared,
             counters,
             ended: Vec::new(),
+            own_listeners: Vec::new(),
         }
+    }
+
+    /// The addresses the UDP listeners are bound to now (after a start or reload).
+    pub(crate) fn set_listeners(&mut self, listeners: &[SocketAddr]) {
+        self.own_listeners = listeners.to_vec();
+    }
+
+    /// Whether `peer` is one of the UDP listeners, as reached at `server`
+    /// (the address the client reached, for listeners on a wildcard address).
+    pub(super) fn is_own_listener(&self, peer: SocketAddr, server: IpAddr) -> bool {
+        self.own_listeners.iter().any(|listener| {
+            listener.port() == peer.port()
+                && (listener.ip() == peer.ip()
+                    || (listener.ip().is_unspecified()
+                        && listener.is_ipv4() == peer.is_ipv4()
+                        && (peer.ip().is_loopback()
+                            || peer.ip() == server
+                            || self.is_relay_address(peer.ip()))))
+        })
+    }
+
+    fn is_relay_address(&self, ip: IpAddr) -> bool {
+        [self.relay_v4, self.relay_v6]
+            .into_iter()
+            .flatten()
+            .any(|endpoint| endpoint.bind == ip || endpoint.advertise == Some(ip))
     }
 
     #[cfg(test)]
@@ -439,6 +469,12 @@ impl Core {
         now: Instant,
         len: usize,
     ) -> Option<Option<u16>> {
+        let allocation = self.table.get_mut(id)?;
+        let server = allocation.five_tuple.server.ip();
+        if self.is_own_listener(peer, server) {
+            self.counters.count(Reject::PeerRefused);
+            return None;
+        }
         let route = self.table.get_mut(id)?.route_from_peer(peer, now, len);
         if route.is_none() {
             self.counters.count(Reject::NoRoute);

@@ -351,6 +351,16 @@ impl Core {
         if peer.is_ipv4() != relayed.is_ipv4() {
             return Err(Reject::PeerAddressFamilyMismatch);
         }
+        if self.is_own_listener(peer, five_tuple.server.ip()) {
+            event!(
+                info,
+                "peer-refused",
+                client = five_tuple.client,
+                peer = peer,
+                why = "an icegate listener"
+            );
+            return Err(Reject::PeerRefused);
+        }
         if let Err(refused) = self.policy.check(peer.ip()) {
             event!(
                 info,
@@ -463,6 +473,10 @@ impl Core {
             self.counters.count(Reject::BadRequest);
             return Action::None;
         };
+        if self.is_own_listener(peer, five_tuple.server.ip()) {
+            self.counters.count(Reject::PeerRefused);
+            return Action::None;
+        }
         let Some(allocation) = self.table.by_five_tuple(five_tuple) else {
             self.counters.count(Reject::NoRoute);
             return Action::None;

@@ -255,3 +255,39 @@ fn a_reload_that_tightens_the_policy_ends_permissions_and_channels_it_refuses_at
         "the allowed peer's permission stays"
     );
 }
+
+#[test]
+fn icegates_own_udp_listeners_are_never_a_peer_whatever_the_policy_allows() {
+    // 127.0.0.0/8 is allowed here, as in the embedded default: without this
+    // rule a client could relay into icegate itself, TURN inside TURN.
+    for listener in ["127.0.0.1:3478", "0.0.0.0:3478"] {
+        let mut harness = Harness::new();
+        harness.core.set_listeners(&[peer(listener)]);
+        let now = harness.at(0);
+        let id = harness.allocated(&alice(), now);
+        let own = peer("127.0.0.1:3478");
+        harness
+            .create_permission(&alice(), now, &[own])
+            .assert_error(403, &format!("CreatePermission to {listener}"));
+        harness
+            .channel_bind(&alice(), now, 0x4000, own)
+            .assert_error(403, &format!("ChannelBind to {listener}"));
+        let other_port = peer("127.0.0.1:3479");
+        harness
+            .create_permission(&alice(), now, &[other_port])
+            .assert_success("the same host on another port");
+        // The permission covers the host; the listener's port stays out both ways.
+        let id_send = harness.transaction();
+        let send = send_indication(id_send, own, b"nested");
+        assert!(matches!(
+            harness.send(now, &alice().five_tuple, &send).outcome,
+            Outcome::Nothing
+        ));
+        assert_eq!(harness.core.route_from_peer(id, own, now.instant, 1), None);
+        assert_eq!(
+            harness.core.route_from_peer(id, other_port, now.instant, 1),
+            Some(None)
+        );
+        assert!(harness.rejected(Reject::PeerRefused) >= 3);
+    }
+}
