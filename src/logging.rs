@@ -75,9 +75,22 @@ struct Fields<'a>(&'a mut String);
 impl<'kvs> VisitSource<'kvs> for Fields<'_> {
     fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), kv::Error> {
         if key.as_str() != "event" {
-            let _ = write!(self.0, " {}={value}", key.as_str().replace('_', "-"));
+            let _ = write!(self.0, " {}=", key.as_str().replace('_', "-"));
+            push_value(self.0, &value.to_string());
         }
         Ok(())
+    }
+}
+
+/// Writes `value` bare when it is one plain word, else quoted with escapes:
+/// clients choose user names, origins and peer ids, and a space or quote in
+/// one must not add a field of its own to the line.
+fn push_value(line: &mut String, value: &str) {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_.:/@[]%+,*~#()&?!".contains(c);
+    if !value.is_empty() && value.chars().all(plain) {
+        line.push_str(value);
+    } else {
+        let _ = write!(line, "{value:?}");
     }
 }
 
@@ -109,4 +122,30 @@ pub(crate) fn init(target: LogTarget, level: log::LevelFilter) -> Result<(), Str
 /// Applies a new level (on reload).
 pub(crate) fn set_level(level: log::LevelFilter) {
     log::set_max_level(level);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(value: &str) -> String {
+        let mut line = String::new();
+        push_value(&mut line, value);
+        line
+    }
+
+    #[test]
+    fn a_value_with_spaces_or_quotes_cannot_forge_a_field() {
+        assert_eq!(field("alice"), "alice");
+        assert_eq!(field("1800000000:alice"), "1800000000:alice");
+        assert_eq!(field("https://app.example"), "https://app.example");
+        assert_eq!(field("[::1]:3478"), "[::1]:3478");
+        assert_eq!(field(""), r#""""#);
+        assert_eq!(
+            field("https://a.example reason=ok"),
+            r#""https://a.example reason=ok""#
+        );
+        assert_eq!(field("x\" user=\"root"), r#""x\" user=\"root""#);
+        assert_eq!(field("line\nbreak"), r#""line\nbreak""#);
+    }
 }

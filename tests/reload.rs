@@ -94,7 +94,7 @@ async fn reload_applies_users_listeners_and_level_and_keeps_what_is_still_allowe
     rewrite(&daemon, &edited);
     let outcome = reload(&daemon, 1);
     assert!(
-        outcome.starts_with("info reload result=ok detail=listeners added=1 removed=1"),
+        outcome.starts_with("info reload result=ok detail=\"listeners added=1 removed=1"),
         "{outcome}"
     );
     assert_eq!(daemon.pid(), pid);

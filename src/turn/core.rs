@@ -338,7 +338,7 @@ impl Core {
                         "auth-failed",
                         reason = reject.name(),
                         client = five_tuple.client,
-                        user = format_args!("{:?}", username_of(message).unwrap_or(""))
+                        user = username_of(message).unwrap_or("")
                     );
                 }
                 self.reject(message, reject, None, five_tuple, now, out);
