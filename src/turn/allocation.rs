@@ -101,6 +101,49 @@ impl Allocation {
         self.permissions.insert(peer, until);
     }
 
+    /// Whether permitting `peers` (distinct) keeps this allocation within
+    /// `max` permissions, lapsed ones forgotten first when it would not.
+    /// Refreshing only permissions it holds always fits.
+    pub(crate) fn has_room_for_permissions(
+        &mut self,
+        peers: &[IpAddr],
+        max: usize,
+        now: Instant,
+    ) -> bool {
+        let fits = |a: &Self| {
+            let new = peers
+                .iter()
+                .filter(|peer| !a.permissions.contains_key(peer))
+                .count();
+            new == 0 || a.permissions.len() + new <= max
+        };
+        fits(self) || {
+            self.expire(now);
+            fits(self)
+        }
+    }
+
+    /// Whether binding `channel` to `peer` keeps this allocation within
+    /// `max` channels, lapsed ones forgotten first when it would not.
+    /// Rebinding a bound channel or peer always fits (it replaces one).
+    pub(crate) fn has_room_for_channel(
+        &mut self,
+        channel: u16,
+        peer: SocketAddr,
+        max: usize,
+        now: Instant,
+    ) -> bool {
+        let fits = |a: &Self| {
+            a.channels.contains_key(&channel)
+                || a.channel_by_peer.contains_key(&peer)
+                || a.channels.len() < max
+        };
+        fits(self) || {
+            self.expire(now);
+            fits(self)
+        }
+    }
+
     pub(crate) fn permits(&self, peer: IpAddr, now: Instant) -> bool {
         self.permissions
             .get(&peer)

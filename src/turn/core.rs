@@ -59,6 +59,8 @@ pub(super) struct Limits {
     pub(super) channel_lifetime: Duration,
     pub(super) max_allocations: u32,
     pub(super) max_allocations_per_user: u32,
+    pub(super) max_permissions_per_allocation: usize,
+    pub(super) max_channels_per_allocation: usize,
     rfc5766_channel_numbers: bool,
 }
 
@@ -71,6 +73,8 @@ impl Limits {
             channel_lifetime: relay.channel_lifetime,
             max_allocations: relay.max_allocations,
             max_allocations_per_user: relay.max_allocations_per_user,
+            max_permissions_per_allocation: relay.max_permissions_per_allocation as usize,
+            max_channels_per_allocation: relay.max_channels_per_allocation as usize,
             rfc5766_channel_numbers: relay.rfc5766_channel_numbers,
         }
     }

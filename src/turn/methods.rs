@@ -384,11 +384,18 @@ impl Core {
         if peers.is_empty() {
             return Err(Reject::BadRequest);
         }
+        peers.sort_unstable();
+        peers.dedup();
         let until = now.instant + self.limits.permission_lifetime;
         let allocation = self
             .table
             .by_five_tuple(five_tuple)
             .ok_or(Reject::AllocationMismatch)?;
+        // All or nothing: a request that would pass the cap adds no peer.
+        let max = self.limits.max_permissions_per_allocation;
+        if !allocation.has_room_for_permissions(&peers, max, now.instant) {
+            return Err(Reject::PermissionQuotaReached);
+        }
         for peer in peers {
             allocation.permit(peer, until);
         }
@@ -428,6 +435,23 @@ impl Core {
             .ok_or(Reject::AllocationMismatch)?;
         if allocation.check_bind(channel, peer, now.instant) == BindCheck::Conflict {
             return Err(Reject::BadRequest);
+        }
+        let limits = &self.limits;
+        if !allocation.has_room_for_channel(
+            channel,
+            peer,
+            limits.max_channels_per_allocation,
+            now.instant,
+        ) {
+            return Err(Reject::ChannelQuotaReached);
+        }
+        // The binding installs a permission too, which the permission cap covers.
+        if !allocation.has_room_for_permissions(
+            &[peer.ip()],
+            limits.max_permissions_per_allocation,
+            now.instant,
+        ) {
+            return Err(Reject::PermissionQuotaReached);
         }
         allocation.bind(channel, peer, channel_until);
         allocation.permit(peer.ip(), permission_until);
