@@ -47,7 +47,12 @@ pub(crate) struct Allocation {
     /// The address clients and peers are told (may differ from the bound one behind NAT).
     pub(crate) relayed: SocketAddr,
     pub(crate) created: Instant,
+    /// Set through `AllocationTable::set_expires`, which keeps the expiry
+    /// timer informed.
     pub(crate) expires: Instant,
+    /// The key of this allocation's entry in the table's expiry schedule:
+    /// at or before its earliest deadline.
+    pub(super) wake_at: Instant,
     /// A port held for a later Allocate with RESERVATION-TOKEN (EVEN-PORT R bit).
     pub(crate) reservation: Option<(u64, u16)>,
     permissions: HashMap<IpAddr, Instant>,
@@ -87,6 +92,7 @@ impl Allocation {
             relayed,
             created: now,
             expires,
+            wake_at: expires,
             reservation: None,
             permissions: HashMap::new(),
             channels: HashMap::new(),

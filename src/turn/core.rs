@@ -442,22 +442,25 @@ impl Core {
         }
     }
 
-    /// Ends expired allocations, permissions and channels.
-    pub(crate) fn handle_timeout(&mut self, now: Instant) {
-        let expired: Vec<AllocId> = self
-            .table
-            .iter()
-            .filter(|a| a.expires <= now)
-            .map(|a| a.id)
-            .collect();
-        for id in expired {
-            self.remove(id, "allocation-expired", now);
-        }
-        for allocation in self.table.iter_mut() {
-            if allocation.next_expiry() <= now {
+    /// Ends expired allocations, permissions and channels. Looks only at
+    /// allocations with something due (see the table's schedule); returns
+    /// how many that was.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) -> usize {
+        let mut visited = 0;
+        while let Some(id) = self.table.pop_due(now) {
+            visited += 1;
+            let allocation = self
+                .table
+                .get_mut(id)
+                .expect("the schedule holds live allocations only");
+            if allocation.expires <= now {
+                self.remove(id, "allocation-expired", now);
+            } else {
                 allocation.expire(now);
+                self.table.reschedule(id);
             }
         }
+        visited
     }
 
     pub(super) fn remove(&mut self, id: AllocId, event: &str, now: Instant) {

@@ -322,11 +322,12 @@ impl Core {
         let lifetime = asked.map_or(self.limits.default_lifetime, |asked| {
             Duration::from_secs(u64::from(asked)).min(self.limits.max_lifetime)
         });
-        let allocation = self
+        let id = self
             .table
-            .by_five_tuple(five_tuple)
+            .id_for(five_tuple)
             .ok_or(Reject::AllocationMismatch)?;
-        allocation.expires = now.instant + lifetime;
+        self.table.set_expires(id, now.instant + lifetime);
+        let allocation = self.table.get(id).ok_or(Reject::AllocationMismatch)?;
         event!(
             info,
             "allocation-refreshed",
@@ -399,6 +400,8 @@ impl Core {
         for peer in peers {
             allocation.permit(peer, until);
         }
+        let id = allocation.id;
+        self.table.wake_by(id, until);
         let mut reply = MessageBuilder::reply(out, message, Class::Success);
         finish(&mut reply, message, &user.key);
         Ok(Action::Reply)
@@ -455,6 +458,8 @@ impl Core {
         }
         allocation.bind(channel, peer, channel_until);
         allocation.permit(peer.ip(), permission_until);
+        let id = allocation.id;
+        self.table.wake_by(id, channel_until.min(permission_until));
         let mut reply = MessageBuilder::reply(out, message, Class::Success);
         finish(&mut reply, message, &user.key);
         Ok(Action::Reply)
