@@ -133,9 +133,17 @@ impl Limit {
 }
 
 /// Limits whose hits are already counted as refusals.
-pub(crate) const LIMIT_REFUSALS: [(&str, Reject); 5] = [
+pub(crate) const LIMIT_REFUSALS: [(&str, Reject); 7] = [
     ("relay.max-allocations", Reject::TotalQuotaReached),
     ("relay.max-allocations-per-user", Reject::UserQuotaReached),
+    (
+        "relay.max-permissions-per-allocation",
+        Reject::PermissionQuotaReached,
+    ),
+    (
+        "relay.max-channels-per-allocation",
+        Reject::ChannelQuotaReached,
+    ),
     ("relay.ports", Reject::NoRelayPort),
     ("connections.max-frame-bytes", Reject::FrameTooLarge),
     ("connections.max-queued-bytes", Reject::SlowReader),

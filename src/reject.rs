@@ -39,6 +39,12 @@ pub(crate) enum Reject {
     UserQuotaReached,
     /// The server already has `max-allocations` allocations (486).
     TotalQuotaReached,
+    /// A CreatePermission or ChannelBind that would give the allocation
+    /// permissions for more than `max-permissions-per-allocation` peers (508).
+    PermissionQuotaReached,
+    /// A ChannelBind that would give the allocation more than
+    /// `max-channels-per-allocation` channels (508).
+    ChannelQuotaReached,
     /// No relay port is free in the configured range (508).
     NoRelayPort,
     /// A relay socket could not be opened for another reason (500).
@@ -67,7 +73,7 @@ pub(crate) enum Reject {
 }
 
 impl Reject {
-    pub(crate) const ALL: [Self; 26] = [
+    pub(crate) const ALL: [Self; 28] = [
         Self::Garbage,
         Self::BadRequest,
         Self::UnknownAttribute,
@@ -84,6 +90,8 @@ impl Reject {
         Self::PeerRefused,
         Self::UserQuotaReached,
         Self::TotalQuotaReached,
+        Self::PermissionQuotaReached,
+        Self::ChannelQuotaReached,
         Self::NoRelayPort,
         Self::ServerError,
         Self::Draining,
@@ -121,7 +129,10 @@ impl Reject {
             Self::PeerAddressFamilyMismatch => (443, "Peer Address Family Mismatch"),
             Self::PeerRefused => (403, "Forbidden"),
             Self::UserQuotaReached | Self::TotalQuotaReached => (486, "Allocation Quota Reached"),
-            Self::NoRelayPort | Self::Draining => (508, "Insufficient Capacity"),
+            Self::PermissionQuotaReached
+            | Self::ChannelQuotaReached
+            | Self::NoRelayPort
+            | Self::Draining => (508, "Insufficient Capacity"),
             Self::ServerError => (500, "Server Error"),
         })
     }
@@ -145,6 +156,8 @@ impl Reject {
             Self::PeerRefused => "peer-refused",
             Self::UserQuotaReached => "user-quota-reached",
             Self::TotalQuotaReached => "total-quota-reached",
+            Self::PermissionQuotaReached => "permission-quota-reached",
+            Self::ChannelQuotaReached => "channel-quota-reached",
             Self::NoRelayPort => "no-relay-port",
             Self::ServerError => "server-error",
             Self::Draining => "draining",

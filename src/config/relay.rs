@@ -2,6 +2,7 @@
 //! allocations, permissions and channels last.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -15,6 +16,16 @@ const DEFAULT_PORTS: PortRange = PortRange {
 };
 const DEFAULT_MAX_ALLOCATIONS: u32 = 10_000;
 const DEFAULT_MAX_ALLOCATIONS_PER_USER: u32 = 50;
+/// A browser permits each remote candidate's address, a handful per peer
+/// connection; 64 leaves room for a client that talks to a dozen peers over
+/// one allocation, while bounding what one client can make the server hold
+/// and the expiry timer walk. coturn has no such cap.
+const DEFAULT_MAX_PERMISSIONS_PER_ALLOCATION: u32 = 64;
+/// Browsers bind one channel per peer they relay to; same reasoning.
+const DEFAULT_MAX_CHANNELS_PER_ALLOCATION: u32 = 64;
+const PERMISSIONS_PER_ALLOCATION: RangeInclusive<u32> = 1..=65536;
+/// RFC 8656 §12 gives 0x1000 channel numbers, RFC 5766 0x4000.
+const CHANNELS_PER_ALLOCATION: RangeInclusive<u32> = 1..=0x4000;
 // RFC 8656 §3.2, §9 and §12: 600 s allocations, 300 s permissions, 600 s channels.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
 const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(3600);
@@ -25,7 +36,7 @@ const DEFAULT_CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
 const DEFAULT_RECEIVE_BUFFER_BYTES: u32 = 1 << 20;
 /// SO_RCVBUF of each UDP listener socket, which every client shares.
 const DEFAULT_LISTENER_RECEIVE_BUFFER_BYTES: u32 = 4 << 20;
-const BUFFER_BYTES: std::ops::RangeInclusive<u32> = 4096..=(256 << 20);
+const BUFFER_BYTES: RangeInclusive<u32> = 4096..=(256 << 20);
 const RELAY_KEYS: &[&str] = &[
     "addresses",
     "external-addresses",
@@ -34,6 +45,8 @@ const RELAY_KEYS: &[&str] = &[
     "deny-peers",
     "max-allocations",
     "max-allocations-per-user",
+    "max-permissions-per-allocation",
+    "max-channels-per-allocation",
     "default-lifetime",
     "max-lifetime",
     "permission-lifetime",
@@ -55,6 +68,10 @@ pub(crate) struct RelayConfig {
     pub(crate) deny_peers: Vec<IpNet>,
     pub(crate) max_allocations: u32,
     pub(crate) max_allocations_per_user: u32,
+    /// Peer addresses one allocation may hold permissions for at once.
+    pub(crate) max_permissions_per_allocation: u32,
+    /// Channels one allocation may have bound at once.
+    pub(crate) max_channels_per_allocation: u32,
     pub(crate) default_lifetime: Duration,
     /// At least `default_lifetime`.
     pub(crate) max_lifetime: Duration,
@@ -118,26 +135,33 @@ pub(super) fn read_relay(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> RelayConfig
         "max-allocations-per-user",
         DEFAULT_MAX_ALLOCATIONS_PER_USER,
     );
+    let max_permissions_per_allocation = bounded(
+        cx,
+        &relay,
+        "max-permissions-per-allocation",
+        DEFAULT_MAX_PERMISSIONS_PER_ALLOCATION,
+        PERMISSIONS_PER_ALLOCATION,
+        COUNT,
+    );
+    let max_channels_per_allocation = bounded(
+        cx,
+        &relay,
+        "max-channels-per-allocation",
+        DEFAULT_MAX_CHANNELS_PER_ALLOCATION,
+        CHANNELS_PER_ALLOCATION,
+        COUNT,
+    );
     let default_lifetime = relay.get(cx, "default-lifetime", DEFAULT_LIFETIME);
     let max_lifetime = relay.get(cx, "max-lifetime", DEFAULT_MAX_LIFETIME);
     let permission_lifetime = relay.get(cx, "permission-lifetime", DEFAULT_PERMISSION_LIFETIME);
     let channel_lifetime = relay.get(cx, "channel-lifetime", DEFAULT_CHANNEL_LIFETIME);
     let rfc5766_channel_numbers = relay.get(cx, "rfc5766-channel-numbers", false);
-    let mut buffer = |key: &str, default: u32| {
-        let bytes = relay.get(cx, key, default);
-        if bytes.ok && !BUFFER_BYTES.contains(&bytes.value) {
-            let message = format!(
-                "expected a size from {} to {} bytes, got {}",
-                BUFFER_BYTES.start(),
-                BUFFER_BYTES.end(),
-                bytes.value
-            );
-            cx.report(relay.key(key), bytes.span.as_ref(), message);
-        }
-        bytes.value as usize
+    let buffer = |cx: &mut Ctx<'_>, key: &str, default: u32| {
+        bounded(cx, &relay, key, default, BUFFER_BYTES, BYTES) as usize
     };
-    let socket_receive_buffer = buffer("receive-buffer-bytes", DEFAULT_RECEIVE_BUFFER_BYTES);
+    let socket_receive_buffer = buffer(cx, "receive-buffer-bytes", DEFAULT_RECEIVE_BUFFER_BYTES);
     let listener_receive_buffer = buffer(
+        cx,
         "listener-receive-buffer-bytes",
         DEFAULT_LISTENER_RECEIVE_BUFFER_BYTES,
     );
@@ -175,6 +199,8 @@ pub(super) fn read_relay(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> RelayConfig
         deny_peers: values(deny_peers.value),
         max_allocations: max_allocations.value,
         max_allocations_per_user: max_allocations_per_user.value,
+        max_permissions_per_allocation,
+        max_channels_per_allocation,
         default_lifetime: default_lifetime.value,
         max_lifetime: max_lifetime.value,
         permission_lifetime: permission_lifetime.value,
@@ -183,6 +209,33 @@ pub(super) fn read_relay(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> RelayConfig
         socket_receive_buffer,
         listener_receive_buffer,
     }
+}
+
+/// How a bounded number is named in an error: ("a size", " bytes").
+type Unit = (&'static str, &'static str);
+const COUNT: Unit = ("a whole number", "");
+const BYTES: Unit = ("a size", " bytes");
+
+/// A number key that must lie in `range`; a problem names the key and its line.
+fn bounded(
+    cx: &mut Ctx<'_>,
+    section: &Section<'_, '_>,
+    key: &str,
+    default: u32,
+    range: RangeInclusive<u32>,
+    (what, unit): Unit,
+) -> u32 {
+    let number = section.get(cx, key, default);
+    if number.ok && !range.contains(&number.value) {
+        let message = format!(
+            "expected {what} from {} to {}{unit}, got {}",
+            range.start(),
+            range.end(),
+            number.value
+        );
+        cx.report(section.key(key), number.span.as_ref(), message);
+    }
+    number.value
 }
 
 fn family(address: &IpAddr) -> &'static str {
@@ -234,6 +287,49 @@ mod tests {
                 "relay.external-addresses[0]",
                 "relay.external-addresses[1]"
             ]
+        );
+    }
+
+    #[test]
+    fn per_allocation_caps() {
+        let defaults = parse_ok(MINIMAL);
+        assert_eq!(defaults.relay.max_permissions_per_allocation, 64);
+        assert_eq!(defaults.relay.max_channels_per_allocation, 64);
+        let ok = parse_ok(&format!(
+            "{MINIMAL}[relay]\nmax-permissions-per-allocation = 65536\nmax-channels-per-allocation = 1\n"
+        ));
+        assert_eq!(ok.relay.max_permissions_per_allocation, 65536);
+        assert_eq!(ok.relay.max_channels_per_allocation, 1);
+        let e = parse_err(&format!(
+            "{MINIMAL}[relay]\nmax-permissions-per-allocation = 65537\nmax-channels-per-allocation = 16385\n"
+        ));
+        let problems: Vec<(&str, Option<usize>, &str)> = e
+            .problems
+            .iter()
+            .map(|p| (p.key.as_str(), p.line, p.message.as_str()))
+            .collect();
+        assert_eq!(
+            problems,
+            vec![
+                (
+                    "relay.max-permissions-per-allocation",
+                    Some(6),
+                    "expected a whole number from 1 to 65536, got 65537"
+                ),
+                (
+                    "relay.max-channels-per-allocation",
+                    Some(7),
+                    "expected a whole number from 1 to 16384, got 16385"
+                ),
+            ]
+        );
+        let e = parse_err(&format!(
+            "{MINIMAL}[relay]\nmax-channels-per-allocation = 0\n"
+        ));
+        assert_eq!(e.problems[0].key, "relay.max-channels-per-allocation");
+        assert_eq!(
+            e.problems[0].message,
+            "expected a whole number from 1 to 4294967295, got 0"
         );
     }
 }

@@ -49,7 +49,12 @@ pub(crate) struct Allocation {
     /// The address clients and peers are told (may differ from the bound one behind NAT).
     pub(crate) relayed: SocketAddr,
     pub(crate) created: Instant,
+    /// Set through `AllocationTable::set_expires`, which keeps the expiry
+    /// timer informed.
     pub(crate) expires: Instant,
+    /// The key of this allocation's entry in the table's expiry schedule:
+    /// at or before its earliest deadline.
+    pub(super) wake_at: Instant,
     /// A port held for a later Allocate with RESERVATION-TOKEN (EVEN-PORT R bit).
     pub(crate) reservation: Option<(u64, u16)>,
     permissions: HashMap<IpAddr, Instant>,
@@ -90,6 +95,7 @@ impl Allocation {
             relayed,
             created: now,
             expires,
+            wake_at: expires,
             reservation: None,
             permissions: HashMap::new(),
             channels: HashMap::new(),
@@ -102,6 +108,49 @@ impl Allocation {
 
     pub(crate) fn permit(&mut self, peer: IpAddr, until: Instant) {
         self.permissions.insert(peer, until);
+    }
+
+    /// Whether permitting `peers` (distinct) keeps this allocation within
+    /// `max` permissions, lapsed ones forgotten first when it would not.
+    /// Refreshing only permissions it holds always fits.
+    pub(crate) fn has_room_for_permissions(
+        &mut self,
+        peers: &[IpAddr],
+        max: usize,
+        now: Instant,
+    ) -> bool {
+        let fits = |a: &Self| {
+            let new = peers
+                .iter()
+                .filter(|peer| !a.permissions.contains_key(peer))
+                .count();
+            new == 0 || a.permissions.len() + new <= max
+        };
+        fits(self) || {
+            self.expire(now);
+            fits(self)
+        }
+    }
+
+    /// Whether binding `channel` to `peer` keeps this allocation within
+    /// `max` channels, lapsed ones forgotten first when it would not.
+    /// Rebinding a bound channel or peer always fits (it replaces one).
+    pub(crate) fn has_room_for_channel(
+        &mut self,
+        channel: u16,
+        peer: SocketAddr,
+        max: usize,
+        now: Instant,
+    ) -> bool {
+        let fits = |a: &Self| {
+            a.channels.contains_key(&channel)
+                || a.channel_by_peer.contains_key(&peer)
+                || a.channels.len() < max
+        };
+        fits(self) || {
+            self.expire(now);
+            fits(self)
+        }
     }
 
     pub(crate) fn permits(&self, peer: IpAddr, now: Instant) -> bool {

@@ -59,6 +59,8 @@ pub(super) struct Limits {
     pub(super) channel_lifetime: Duration,
     pub(super) max_allocations: u32,
     pub(super) max_allocations_per_user: u32,
+    pub(super) max_permissions_per_allocation: usize,
+    pub(super) max_channels_per_allocation: usize,
     rfc5766_channel_numbers: bool,
 }
 
@@ -71,6 +73,8 @@ impl Limits {
             channel_lifetime: relay.channel_lifetime,
             max_allocations: relay.max_allocations,
             max_allocations_per_user: relay.max_allocations_per_user,
+            max_permissions_per_allocation: relay.max_permissions_per_allocation as usize,
+            max_channels_per_allocation: relay.max_channels_per_allocation as usize,
             rfc5766_channel_numbers: relay.rfc5766_channel_numbers,
         }
     }
@@ -493,22 +497,25 @@ impl Core {
         }
     }
 
-    /// Ends expired allocations, permissions and channels.
-    pub(crate) fn handle_timeout(&mut self, now: Instant) {
-        let expired: Vec<AllocId> = self
-            .table
-            .iter()
-            .filter(|a| a.expires <= now)
-            .map(|a| a.id)
-            .collect();
-        for id in expired {
-            self.remove(id, "allocation-expired", now);
-        }
-        for allocation in self.table.iter_mut() {
-            if allocation.next_expiry() <= now {
+    /// Ends expired allocations, permissions and channels. Looks only at
+    /// allocations with something due (see the table's schedule); returns
+    /// how many that was.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) -> usize {
+        let mut visited = 0;
+        while let Some(id) = self.table.pop_due(now) {
+            visited += 1;
+            let allocation = self
+                .table
+                .get_mut(id)
+                .expect("the schedule holds live allocations only");
+            if allocation.expires <= now {
+                self.remove(id, "allocation-expired", now);
+            } else {
                 allocation.expire(now);
+                self.table.reschedule(id);
             }
         }
+        visited
     }
 
     pub(super) fn remove(&mut self, id: AllocId, event: &str, now: Instant) {

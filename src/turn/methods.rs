@@ -323,11 +323,12 @@ impl Core {
         let lifetime = asked.map_or(self.limits.default_lifetime, |asked| {
             Duration::from_secs(u64::from(asked)).min(self.limits.max_lifetime)
         });
-        let allocation = self
+        let id = self
             .table
-            .by_five_tuple(five_tuple)
+            .id_for(five_tuple)
             .ok_or(Reject::AllocationMismatch)?;
-        allocation.expires = now.instant + lifetime;
+        self.table.set_expires(id, now.instant + lifetime);
+        let allocation = self.table.get(id).ok_or(Reject::AllocationMismatch)?;
         event!(
             info,
             "allocation-refreshed",
@@ -395,14 +396,23 @@ impl Core {
         if peers.is_empty() {
             return Err(Reject::BadRequest);
         }
+        peers.sort_unstable();
+        peers.dedup();
         let until = now.instant + self.limits.permission_lifetime;
         let allocation = self
             .table
             .by_five_tuple(five_tuple)
             .ok_or(Reject::AllocationMismatch)?;
+        // All or nothing: a request that would pass the cap adds no peer.
+        let max = self.limits.max_permissions_per_allocation;
+        if !allocation.has_room_for_permissions(&peers, max, now.instant) {
+            return Err(Reject::PermissionQuotaReached);
+        }
         for peer in peers {
             allocation.permit(peer, until);
         }
+        let id = allocation.id;
+        self.table.wake_by(id, until);
         let mut reply = MessageBuilder::reply(out, message, Class::Success);
         finish(&mut reply, message, &user.key);
         Ok(Action::Reply)
@@ -440,8 +450,27 @@ impl Core {
         if allocation.check_bind(channel, peer, now.instant) == BindCheck::Conflict {
             return Err(Reject::BadRequest);
         }
+        let limits = &self.limits;
+        if !allocation.has_room_for_channel(
+            channel,
+            peer,
+            limits.max_channels_per_allocation,
+            now.instant,
+        ) {
+            return Err(Reject::ChannelQuotaReached);
+        }
+        // The binding installs a permission too, which the permission cap covers.
+        if !allocation.has_room_for_permissions(
+            &[peer.ip()],
+            limits.max_permissions_per_allocation,
+            now.instant,
+        ) {
+            return Err(Reject::PermissionQuotaReached);
+        }
         allocation.bind(channel, peer, channel_until);
         allocation.permit(peer.ip(), permission_until);
+        let id = allocation.id;
+        self.table.wake_by(id, channel_until.min(permission_until));
         let mut reply = MessageBuilder::reply(out, message, Class::Success);
         finish(&mut reply, message, &user.key);
         Ok(Action::Reply)

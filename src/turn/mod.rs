@@ -11,6 +11,10 @@
 //!   per-allocation cache of recent responses, not re-executed (§7.2, §7.3).
 //! - A client with an allocation keeps the key it allocated with, so an
 //!   expiring REST username does not break refreshes (as coturn does).
+//! - Permissions and channels per allocation are capped
+//!   (`max-permissions-per-allocation`, `max-channels-per-allocation`):
+//!   past a cap a request that would add one gets 508, which §9 and §11
+//!   allow; coturn has no such cap.
 //! - Not implemented yet: ADDITIONAL-ADDRESS-FAMILY dual allocations, TCP
 //!   allocations (RFC 6062), MESSAGE-INTEGRITY-SHA256 and PASSWORD-ALGORITHMS,
 //!   mobility (RFC 8016). Browsers use none of them.

@@ -1,8 +1,9 @@
-//! The one allocation table every listener shares, indexed by 5-tuple, by
-//! relay socket address and by username.
+//! The allocation table of one shard, indexed by 5-tuple and by relay
+//! socket address, with the schedule the expiry timer works from.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use crate::turn::FiveTuple;
 use crate::turn::allocation::{AllocId, Allocation};
@@ -12,6 +13,13 @@ pub(crate) struct AllocationTable {
     by_id: HashMap<AllocId, Allocation>,
     by_five_tuple: HashMap<FiveTuple, AllocId>,
     by_relayed: HashMap<SocketAddr, AllocId>,
+    /// One entry per allocation, keyed by its `wake_at`: no later than the
+    /// first moment its lifetime, a permission or a channel ends. A deadline
+    /// pushed later (a refresh) leaves the entry early, to be found with
+    /// nothing due and moved; an earlier one moves it at once. So a timer
+    /// tick looks at the entries that are due and nothing else; within a due
+    /// allocation it walks permissions and channels, which the caps bound.
+    schedule: BTreeSet<(Instant, AllocId)>,
     next_id: u64,
     /// Ids go up by the number of shards, so an id names its shard.
     id_stride: u64,
@@ -40,11 +48,13 @@ impl AllocationTable {
         let id = allocation.id;
         self.by_five_tuple.insert(allocation.five_tuple, id);
         self.by_relayed.insert(allocation.relayed, id);
+        self.schedule.insert((allocation.wake_at, id));
         self.by_id.insert(id, allocation);
     }
 
     pub(crate) fn remove(&mut self, id: AllocId) -> Option<Allocation> {
         let allocation = self.by_id.remove(&id)?;
+        self.schedule.remove(&(allocation.wake_at, id));
         self.by_five_tuple.remove(&allocation.five_tuple);
         self.by_relayed.remove(&allocation.relayed);
         Some(allocation)
@@ -72,11 +82,53 @@ impl AllocationTable {
         self.by_id.get(self.by_relayed.get(&relayed)?)
     }
 
+    /// Every allocation, to take permissions and channels away (a reload's
+    /// tighter policy): taking away never makes a deadline earlier, so the
+    /// schedule stays right.
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = &mut Allocation> {
+        self.by_id.values_mut()
+    }
+
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Allocation> {
         self.by_id.values()
     }
 
-    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = &mut Allocation> {
-        self.by_id.values_mut()
+    /// Sets when allocation `id` ends.
+    pub(crate) fn set_expires(&mut self, id: AllocId, expires: Instant) {
+        if let Some(allocation) = self.by_id.get_mut(&id) {
+            allocation.expires = expires;
+        }
+        self.wake_by(id, expires);
+    }
+
+    /// Allocation `id` has something that ends at `deadline` (a permission,
+    /// a channel, its lifetime): the timer looks at it then at the latest.
+    pub(crate) fn wake_by(&mut self, id: AllocId, deadline: Instant) {
+        let Some(allocation) = self.by_id.get_mut(&id) else {
+            return;
+        };
+        if deadline < allocation.wake_at {
+            self.schedule.remove(&(allocation.wake_at, id));
+            self.schedule.insert((deadline, id));
+            allocation.wake_at = deadline;
+        }
+    }
+
+    /// The next allocation whose entry is due at `now`, its entry taken:
+    /// the caller removes it or calls [`Self::reschedule`].
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<AllocId> {
+        let &(at, _) = self.schedule.first()?;
+        if at > now {
+            return None;
+        }
+        self.schedule.pop_first().map(|(_, id)| id)
+    }
+
+    /// Puts allocation `id` back in the schedule at its earliest deadline.
+    pub(crate) fn reschedule(&mut self, id: AllocId) {
+        if let Some(allocation) = self.by_id.get_mut(&id) {
+            allocation.wake_at = allocation.next_expiry();
+            self.schedule.insert((allocation.wake_at, id));
+        }
     }
 }

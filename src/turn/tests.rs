@@ -6,6 +6,7 @@
 
 mod allocate;
 mod auth;
+mod caps;
 mod expiry;
 mod malformed;
 mod peers;

@@ -318,3 +318,45 @@ fn a_reservation_ends_with_the_allocation_that_made_it() {
     allocate_with_token(&mut harness, &bob(), &token, 2)
         .assert_error(508, "a token whose allocation ended");
 }
+
+#[test]
+fn timer_looks_only_at_allocations_with_something_due() {
+    const CLIENTS: u16 = 100;
+    let mut harness = Harness::with_relay("max-allocations-per-user = 1000");
+    let clients: Vec<Client> = (0..CLIENTS).map(|i| alice().on_port(41000 + i)).collect();
+    for client in &clients {
+        harness.allocated(client, harness.at(0));
+        let peers = ["127.0.0.1:9", "127.0.0.2:9", "127.0.0.3:9"].map(peer);
+        harness
+            .create_permission(client, harness.at(0), &peers)
+            .assert_success("three permissions");
+    }
+    let tick = |harness: &mut Harness, secs| harness.core.handle_timeout(harness.at(secs).instant);
+    // Lengthening a lifetime leaves the entry where it was; shortening moves it.
+    harness
+        .refresh(&clients[0], harness.at(100), 3600)
+        .assert_success("longer");
+    harness
+        .refresh(&clients[1], harness.at(100), 60)
+        .assert_success("shorter");
+    for secs in [1, 99, 159] {
+        assert_eq!(tick(&mut harness, secs), 0, "nothing due at {secs}");
+    }
+    assert_eq!(tick(&mut harness, 160), 1, "the shortened allocation");
+    assert_eq!(harness.core.allocation_count(), usize::from(CLIENTS) - 1);
+    for secs in [161, 299] {
+        assert_eq!(tick(&mut harness, secs), 0, "nothing due at {secs}");
+    }
+    assert_eq!(
+        tick(&mut harness, 300),
+        usize::from(CLIENTS) - 1,
+        "every permission lapses"
+    );
+    assert_eq!(harness.core.allocation_count(), usize::from(CLIENTS) - 1);
+    assert_eq!(tick(&mut harness, 599), 0);
+    assert_eq!(tick(&mut harness, 600), usize::from(CLIENTS) - 2);
+    assert_eq!(harness.core.allocation_count(), 1, "the lengthened one");
+    assert_eq!(tick(&mut harness, 3699), 0);
+    assert_eq!(tick(&mut harness, 3700), 1);
+    assert_eq!(harness.core.allocation_count(), 0);
+}
