@@ -418,6 +418,9 @@ fn first_send_indication_on_a_new_allocation_reaches_the_peer() {
     let peer_socket = loopback_peer();
     let target = peer_socket.local_addr().expect("peer address");
     let mut lost = Vec::new();
+    // Every session's socket stays open to the end: a closed one's port could
+    // come back for a later round and find its old allocation (437).
+    let mut sessions = Vec::new();
     for pipelined_allocate in [false, true] {
         for round in 0..ROUNDS {
             let session = Session::open(daemon.udp, alice());
@@ -459,6 +462,7 @@ fn first_send_indication_on_a_new_allocation_reaches_the_peer() {
                 &decode(&reply).expect("CreatePermission response"),
                 "CreatePermission",
             );
+            sessions.push(session);
             match received {
                 Ok((len, from)) => {
                     assert_eq!(&buf[..len], data.as_bytes());
