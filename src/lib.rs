@@ -39,6 +39,7 @@ mod reloadable;
 mod server;
 mod signal;
 mod socket_options;
+mod source;
 mod stun;
 mod transport;
 mod turn;

@@ -217,17 +217,20 @@ impl Signaling {
                 }
             },
         };
-        let slot = self.hub.admit(client).map_err(|limit| {
-            if let Some(limit) = Limit::signal(limit) {
-                self.server.metrics.limit_hit(limit);
-            }
-            event!(info, "signal-limit", limit = limit, client = client);
-            Refusal {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                code: "too-many-connections",
-                message: format!("signaling is at its {limit} limit; try again later"),
-            }
-        })?;
+        let slot = self
+            .hub
+            .admit(crate::source::source_of(client))
+            .map_err(|limit| {
+                if let Some(limit) = Limit::signal(limit) {
+                    self.server.metrics.limit_hit(limit);
+                }
+                event!(info, "signal-limit", limit = limit, client = client);
+                Refusal {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    code: "too-many-connections",
+                    message: format!("signaling is at its {limit} limit; try again later"),
+                }
+            })?;
         let user = claims
             .as_ref()
             .map_or_else(|| "anonymous".to_owned(), |c| c.sub.clone());

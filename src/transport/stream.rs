@@ -236,7 +236,7 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        let admission = match tracker.admit(client.ip()) {
+        let admission = match tracker.admit(crate::source::source_of(client.ip())) {
             Ok(admission) => admission,
             Err(limit) => {
                 server.rejects.count(Reject::ConnectionLimit);
