@@ -133,7 +133,11 @@ impl Limit {
 }
 
 /// Limits whose hits are already counted as refusals.
-pub(crate) const LIMIT_REFUSALS: [(&str, Reject); 7] = [
+pub(crate) const LIMIT_REFUSALS: [(&str, Reject); 8] = [
+    (
+        "connections.unauthenticated-timeout",
+        Reject::UnauthenticatedConnection,
+    ),
     ("relay.max-allocations", Reject::TotalQuotaReached),
     ("relay.max-allocations-per-user", Reject::UserQuotaReached),
     (

@@ -60,6 +60,9 @@ pub(crate) enum Reject {
     /// A TCP/TLS connection closed for silence: nothing before the handshake
     /// timeout, or no allocation and nothing for `idle-timeout`.
     IdleConnection,
+    /// A TCP/TLS connection closed for never allocating within
+    /// `unauthenticated-timeout`, whatever else it sent.
+    UnauthenticatedConnection,
     /// A TLS handshake that failed or did not finish in time.
     TlsHandshakeFailed,
     /// A stream frame larger than `max-frame-bytes`: the connection is closed.
@@ -73,7 +76,7 @@ pub(crate) enum Reject {
 }
 
 impl Reject {
-    pub(crate) const ALL: [Self; 28] = [
+    pub(crate) const ALL: [Self; 29] = [
         Self::Garbage,
         Self::BadRequest,
         Self::UnknownAttribute,
@@ -98,6 +101,7 @@ impl Reject {
         Self::NoRoute,
         Self::ConnectionLimit,
         Self::IdleConnection,
+        Self::UnauthenticatedConnection,
         Self::TlsHandshakeFailed,
         Self::FrameTooLarge,
         Self::SlowReader,
@@ -111,6 +115,7 @@ impl Reject {
             | Self::NoRoute
             | Self::ConnectionLimit
             | Self::IdleConnection
+            | Self::UnauthenticatedConnection
             | Self::TlsHandshakeFailed
             | Self::FrameTooLarge
             | Self::SlowReader
@@ -164,6 +169,7 @@ impl Reject {
             Self::NoRoute => "no-route",
             Self::ConnectionLimit => "connection-limit",
             Self::IdleConnection => "idle-connection",
+            Self::UnauthenticatedConnection => "unauthenticated-connection",
             Self::TlsHandshakeFailed => "tls-handshake-failed",
             Self::FrameTooLarge => "frame-too-large",
             Self::SlowReader => "slow-reader",

@@ -1481,3 +1481,48 @@ fn sighup_serves_a_renewed_certificate_to_new_connections_only() {
     assert_eq!(binding(&mut new), new.sock.local_addr().unwrap());
     assert_eq!(setup.count("certificate-reloaded"), 1, "{log}");
 }
+
+/// Exercises: `unauthenticated-timeout` closes a connection that never
+/// allocates, though its Binding requests keep it from ever being idle; a
+/// connection that allocated stays past it.
+#[test]
+fn connection_that_only_sends_bindings_is_closed_after_the_unauthenticated_timeout() {
+    let mut setup = Setup::start(
+        "",
+        "idle-timeout = \"10s\"\nunauthenticated-timeout = \"1s\"",
+    );
+    let mut allocated = connect(setup.tcp());
+    allocate(&mut allocated);
+    let mut chatty = connect(setup.tcp());
+    let chatty_client = chatty.local_addr().unwrap();
+    let opened = Instant::now();
+    // A Binding every 200 ms: never idle, never allocating.
+    let mut closed_after = None;
+    while opened.elapsed() < Duration::from_secs(6) {
+        let request = binding_request();
+        let sent = chatty.write_all(&request).and_then(|()| chatty.flush());
+        if sent.is_err() || read_stun(&mut chatty).is_err() {
+            closed_after = Some(opened.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let took = closed_after.expect("a Binding-only connection was still open after 6 s");
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed after {took:?}, before the 1 s timeout"
+    );
+    setup.expect_log(&format!(
+        "connection-dropped transport=tcp client={chatty_client} server={} \
+         reason=unauthenticated-connection",
+        setup.tcp()
+    ));
+    assert_eq!(binding(&mut allocated), allocated.local_addr().unwrap());
+    drop((allocated, chatty));
+    let tally = setup.stop();
+    assert_eq!(
+        tally.get("unauthenticated-connection"),
+        Some(&1),
+        "{tally:?}"
+    );
+}

@@ -6,6 +6,9 @@ use super::walk::{Ctx, Section};
 
 const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A TURN client allocates within seconds of connecting; Binding requests
+/// alone must not keep a connection (and its memory) for ever.
+const DEFAULT_UNAUTHENTICATED_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 const DEFAULT_MAX_CONNECTIONS_PER_IP: u32 = 64;
 const DEFAULT_MAX_QUEUED_BYTES: u32 = 256 * 1024;
@@ -15,6 +18,7 @@ const LARGEST_FRAME_BYTES: u32 = 20 + 0xFFFF;
 const CONNECTION_KEYS: &[&str] = &[
     "tls-handshake-timeout",
     "idle-timeout",
+    "unauthenticated-timeout",
     "max-connections",
     "max-connections-per-ip",
     "max-queued-bytes",
@@ -29,6 +33,9 @@ pub(crate) struct ConnectionLimits {
     pub(crate) tls_handshake_timeout: Duration,
     /// A connection without an allocation that sends nothing for this long is closed.
     pub(crate) idle_timeout: Duration,
+    /// A connection that has had no allocation for this long since it
+    /// opened is closed, whatever it sends.
+    pub(crate) unauthenticated_timeout: Duration,
     pub(crate) max_connections: u32,
     pub(crate) max_connections_per_ip: u32,
     /// Bytes waiting to be written to one client; beyond it the client is
@@ -43,6 +50,11 @@ pub(super) fn read_connections(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> Conne
     let tls_handshake_timeout =
         table.get(cx, "tls-handshake-timeout", DEFAULT_TLS_HANDSHAKE_TIMEOUT);
     let idle_timeout = table.get(cx, "idle-timeout", DEFAULT_IDLE_TIMEOUT);
+    let unauthenticated_timeout = table.get(
+        cx,
+        "unauthenticated-timeout",
+        DEFAULT_UNAUTHENTICATED_TIMEOUT,
+    );
     let max_connections = table.get(cx, "max-connections", DEFAULT_MAX_CONNECTIONS);
     let max_connections_per_ip =
         table.get(cx, "max-connections-per-ip", DEFAULT_MAX_CONNECTIONS_PER_IP);
@@ -62,6 +74,7 @@ pub(super) fn read_connections(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> Conne
     ConnectionLimits {
         tls_handshake_timeout: tls_handshake_timeout.value,
         idle_timeout: idle_timeout.value,
+        unauthenticated_timeout: unauthenticated_timeout.value,
         max_connections: max_connections.value,
         max_connections_per_ip: max_connections_per_ip.value,
         max_queued_bytes: max_queued_bytes.value,

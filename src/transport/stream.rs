@@ -371,6 +371,8 @@ enum Closed {
     WriteFailed(io::ErrorKind),
     /// No allocation and nothing received for `idle-timeout`.
     Idle,
+    /// No allocation within `unauthenticated-timeout` of opening.
+    Unauthenticated,
     /// A frame announced more than `max-frame-bytes`.
     FrameTooLarge(usize),
     /// Bytes that are neither STUN nor ChannelData: framing is lost.
@@ -384,6 +386,7 @@ impl Closed {
         match self {
             Self::ByClient | Self::ReadFailed(_) | Self::WriteFailed(_) => None,
             Self::Idle => Some(Reject::IdleConnection),
+            Self::Unauthenticated => Some(Reject::UnauthenticatedConnection),
             Self::FrameTooLarge(_) => Some(Reject::FrameTooLarge),
             Self::Garbage => Some(Reject::Garbage),
             Self::SlowReader => Some(Reject::SlowReader),
@@ -457,6 +460,9 @@ async fn read_frames<R: AsyncRead + Unpin>(
 ) -> Closed {
     let max_frame = limits.max_frame_bytes as usize;
     let mut out = Vec::with_capacity(1500);
+    // Until the connection's first allocation: whatever it sends (Binding
+    // requests, say), it is closed when this passes.
+    let mut must_allocate_by = Some(tokio::time::Instant::now() + limits.unauthenticated_timeout);
     loop {
         let mut start = 0;
         loop {
@@ -477,12 +483,26 @@ async fn read_frames<R: AsyncRead + Unpin>(
         }
         buf.drain(..start);
         buf.reserve(READ_CHUNK);
+        if let Some(deadline) = must_allocate_by {
+            if server.has_allocation(five_tuple) {
+                must_allocate_by = None;
+            } else if tokio::time::Instant::now() >= deadline {
+                return Closed::Unauthenticated;
+            }
+        }
         // Silence is fine while an allocation lives (its data flows the other
         // way); without one, a connection only holds resources.
         let read = loop {
-            match tokio::time::timeout(limits.idle_timeout, reader.read_buf(&mut buf)).await {
+            let mut wait = limits.idle_timeout;
+            if let Some(deadline) = must_allocate_by {
+                wait = wait.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            }
+            match tokio::time::timeout(wait, reader.read_buf(&mut buf)).await {
                 Ok(read) => break read,
-                Err(_) if server.has_allocation(five_tuple) => {}
+                Err(_) if server.has_allocation(five_tuple) => must_allocate_by = None,
+                Err(_) if must_allocate_by.is_some_and(|d| tokio::time::Instant::now() >= d) => {
+                    return Closed::Unauthenticated;
+                }
                 Err(_) => return Closed::Idle,
             }
         };
