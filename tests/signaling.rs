@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
 
 use common::TestDaemon;
 use common::signal::{Event, JWT_SECRET, SignalClient, signal_config, token, token_for};
@@ -424,6 +425,73 @@ async fn floods_and_oversized_frames_close_only_the_offender() {
     ));
 
     bystander.assert_usable().await;
+}
+
+/// Counts what `client` gets until the server closes: WebSocket pongs,
+/// `rate-limited` errors, and the close code.
+async fn pongs_errors_and_close(client: &mut SignalClient) -> (usize, usize, Option<u16>) {
+    let (mut pongs, mut errors) = (0, 0);
+    loop {
+        match client.next_frame().await {
+            Some(Message::Pong(_)) => pongs += 1,
+            Some(Message::Text(text)) => {
+                let m: Value = serde_json::from_str(&text).expect("JSON");
+                assert_eq!(m["code"], "rate-limited", "unexpected {m}");
+                errors += 1;
+            }
+            Some(Message::Close(frame)) => {
+                return (pongs, errors, frame.map(|f| u16::from(f.code)));
+            }
+            Some(_) => {}
+            None => return (pongs, errors, None),
+        }
+    }
+}
+
+#[tokio::test]
+async fn websocket_pings_and_pongs_count_as_messages() {
+    let (daemon, http) = start("messages-per-second = 5\nmessage-burst = 10");
+
+    // Occasional pings are answered, and cost no more than messages.
+    let (mut polite, _) = connect(http, "polite").await;
+    for i in 0..5u8 {
+        polite.send_frame(Message::Ping(vec![i].into())).await;
+        loop {
+            match polite.next_frame().await {
+                Some(Message::Pong(data)) => break assert_eq!(data.as_ref(), [i]),
+                // icegate's own keepalive.
+                Some(Message::Ping(_)) => {}
+                other => panic!("expected a pong, got {other:?}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    polite.assert_usable().await;
+
+    // A ping flood is a message flood: one rate-limited error, then 1008.
+    // A refused ping already read may still be answered, so up to twice
+    // the burst of pongs arrive, never all of them.
+    let (mut flooder, _) = connect(http, "pinger").await;
+    for _ in 0..25 {
+        flooder.send_frame(Message::Ping(Default::default())).await;
+    }
+    let (pongs, errors, code) = pongs_errors_and_close(&mut flooder).await;
+    assert!((10..=20).contains(&pongs), "{pongs} pongs");
+    assert_eq!((errors, code), (1, Some(1008)));
+    assert!(daemon.wait_for_log("signal-limit limit=messages-per-second user=pinger"));
+
+    // So is a flood of pongs nobody asked for.
+    let (mut ponger, _) = connect(http, "ponger").await;
+    for _ in 0..25 {
+        ponger.send_frame(Message::Pong(Default::default())).await;
+    }
+    assert_eq!(
+        pongs_errors_and_close(&mut ponger).await,
+        (0, 1, Some(1008))
+    );
+    assert!(daemon.wait_for_log("signal-limit limit=messages-per-second user=ponger"));
+
+    polite.assert_usable().await;
 }
 
 #[tokio::test]

@@ -123,6 +123,7 @@ where
     let mut rate = RateLimit::new(&limits);
     let mut oversized_in_a_row = 0;
     let mut heard = true;
+    let mut awaiting_pong = false;
     let mut ping =
         tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -184,7 +185,14 @@ where
                         break Ending::Dropped(LeaveReason::Closed);
                     }
                     Some(Ok(Message::Close(_))) => break Ending::Closed,
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                    // The answer to icegate's own ping is free; any other
+                    // control frame costs a message, or pings would make
+                    // icegate answer without bound.
+                    Some(Ok(Message::Pong(_))) if awaiting_pong => {
+                        awaiting_pong = false;
+                        continue;
+                    }
+                    Some(Ok(Message::Frame(_))) => continue,
                     Some(Ok(message)) => message,
                 };
                 let now = Instant::now();
@@ -203,13 +211,18 @@ where
                     }
                     continue;
                 }
-                let Message::Text(text) = message else {
-                    hub.metrics.signal_message(SignalMessage::Invalid);
-                    reply(Problem::new(
-                        ErrorCode::BinaryNotSupported,
-                        "binary frames are not part of the protocol; send JSON text frames",
-                    ), None);
-                    continue;
+                let text = match message {
+                    Message::Text(text) => text,
+                    // tungstenite has already queued the pong.
+                    Message::Ping(_) | Message::Pong(_) => continue,
+                    _ => {
+                        hub.metrics.signal_message(SignalMessage::Invalid);
+                        reply(Problem::new(
+                            ErrorCode::BinaryNotSupported,
+                            "binary frames are not part of the protocol; send JSON text frames",
+                        ), None);
+                        continue;
+                    }
                 };
                 if text.len() > limits.max_message_bytes as usize {
                     hub.metrics.limit_hit(Limit::SignalMaxMessageBytes);
@@ -257,6 +270,7 @@ where
                     break Ending::Dropped(LeaveReason::Timeout);
                 }
                 heard = false;
+                awaiting_pong = true;
                 if ws.send(Message::Ping(Default::default())).await.is_err() {
                     break Ending::Dropped(LeaveReason::Closed);
                 }

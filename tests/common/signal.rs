@@ -137,6 +137,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SignalClient<S> {
             .expect("send a frame");
     }
 
+    /// Sends any frame, such as a WebSocket ping or pong.
+    pub async fn send_frame(&mut self, message: Message) {
+        self.ws.send(message).await.expect("send a frame");
+    }
+
+    /// The next frame of any kind; `None` when the connection ended
+    /// without a close frame.
+    pub async fn next_frame(&mut self) -> Option<Message> {
+        let frame = tokio::time::timeout(WAIT, self.ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("no frame within {WAIT:?}"));
+        frame.and_then(Result::ok)
+    }
+
     /// The next text message, as JSON; `None` when the server closed.
     pub async fn next(&mut self) -> Option<Value> {
         match self.next_event().await {
