@@ -640,6 +640,42 @@ async fn browser_origins_must_be_icegates_own_or_listed() {
 }
 
 #[tokio::test]
+async fn without_tokens_only_loopback_and_listed_origins_pass() {
+    let daemon = TestDaemon::start(
+        &signal_config("auth = \"none\"\nallowed-origins = [\"https://app.example.org\"]")
+            .replace("jwt-secrets", "#"),
+    );
+    let http = daemon.listener("http");
+    let port = http.port();
+
+    // DNS rebinding: a page at evil.example, whose name now resolves to
+    // icegate, sends its own name as both Host and Origin.
+    let rebound = format!("evil.example:{port}");
+    let origin = format!("http://{rebound}");
+    let refused = SignalClient::connect_with(http, "", &[("host", &rebound), ("origin", &origin)])
+        .await
+        .err()
+        .expect("rebound origin refused");
+    assert_eq!(refused.status, 403);
+    assert!(refused.body.contains("origin-not-allowed"));
+    assert!(daemon.wait_for_log(&format!(
+        "signal-refused client=127.0.0.1 reason=origin origin={origin}"
+    )));
+
+    for origin in [
+        format!("http://{http}"),
+        format!("http://localhost:{port}"),
+        format!("http://[::1]:{port}"),
+        "https://app.example.org".to_owned(),
+    ] {
+        let mut client = SignalClient::connect_with(http, "", &[("origin", &origin)])
+            .await
+            .unwrap_or_else(|r| panic!("origin {origin} refused: {r:?}"));
+        client.expect("welcome").await;
+    }
+}
+
+#[tokio::test]
 async fn auth_none_is_explicit_and_signaling_is_off_without_keys() {
     let daemon = TestDaemon::start(&signal_config("auth = \"none\"").replace("jwt-secrets", "#"));
     let http = daemon.listener("http");

@@ -55,15 +55,26 @@ struct Settings {
 impl Settings {
     /// A browser may connect from icegate's own pages or a listed origin.
     fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
-        let authority = origin
-            .split_once("://")
-            .map_or(origin, |(_, authority)| authority);
-        host.is_some_and(|host| host.eq_ignore_ascii_case(authority))
-            || self
-                .config
-                .allowed_origins
-                .iter()
-                .any(|allowed| allowed == "*" || allowed.eq_ignore_ascii_case(origin))
+        let listed = self
+            .config
+            .allowed_origins
+            .iter()
+            .any(|allowed| allowed == "*" || allowed.eq_ignore_ascii_case(origin));
+        if listed {
+            return true;
+        }
+        match self.config.auth {
+            // With no token to check, an Origin equal to the Host proves
+            // nothing: a page whose name an attacker rebinds to this address
+            // sends both. Only pages on a loopback address are icegate's own.
+            SignalAuth::None => is_loopback_origin(origin),
+            SignalAuth::Off | SignalAuth::Jwt => {
+                let authority = origin
+                    .split_once("://")
+                    .map_or(origin, |(_, authority)| authority);
+                host.is_some_and(|host| host.eq_ignore_ascii_case(authority))
+            }
+        }
     }
 
     fn new(config: &Config) -> Arc<Self> {
@@ -324,6 +335,31 @@ impl Signaling {
     }
 }
 
+/// An `http` or `https` origin whose host is `localhost` or a loopback
+/// address literal, such as `http://127.0.0.1:8478` or `http://[::1]:8478`.
+fn is_loopback_origin(origin: &str) -> bool {
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return false;
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(bracketed) => match bracketed.split_once(']') {
+            Some((host, rest)) => (host, rest),
+            None => return false,
+        },
+        None => authority.split_at(authority.find(':').unwrap_or(authority.len())),
+    };
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    port_ok
+        && (host.eq_ignore_ascii_case("localhost")
+            || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()))
+}
+
 fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
     headers
         .get(name)
@@ -364,4 +400,41 @@ fn websocket_key(headers: &HeaderMap) -> Result<String, Refusal> {
             code: "bad-request",
             message: "Sec-WebSocket-Key is missing".to_owned(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_origin;
+
+    #[test]
+    fn loopback_origins() {
+        for good in [
+            "http://127.0.0.1:8478",
+            "https://127.0.0.1",
+            "http://127.5.6.7:80",
+            "http://localhost:8478",
+            "HTTP://LocalHost",
+            "http://[::1]:8478",
+            "https://[::1]",
+        ] {
+            assert!(is_loopback_origin(good), "{good}");
+        }
+        for bad in [
+            "http://evil.example:8478",
+            "http://localhost.evil.example",
+            "http://evil.localhost:8478",
+            "http://192.0.2.1:8478",
+            "http://[2001:db8::1]:8478",
+            "http://127.0.0.1:8478/path",
+            "http://127.0.0.1:",
+            "http://[::1",
+            "ws://127.0.0.1:8478",
+            "file://localhost",
+            "null",
+            "127.0.0.1:8478",
+            "http://127.0.0.1@evil.example",
+        ] {
+            assert!(!is_loopback_origin(bad), "{bad}");
+        }
+    }
 }
