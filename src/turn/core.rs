@@ -318,11 +318,14 @@ impl Core {
             return Action::Reply;
         }
         if message.method == Method::BINDING {
-            let source = source_of(five_tuple.client.ip());
-            if !self
-                .shared
-                .throttle
-                .allow(Bucket::Binding, source, now.instant)
+            // Over UDP a forged source makes the answer a reflection; over
+            // TCP/TLS the source is proven and the connection limits hold.
+            if five_tuple.transport == Transport::Udp
+                && !self.shared.throttle.allow(
+                    Bucket::Binding,
+                    source_of(five_tuple.client.ip()),
+                    now.instant,
+                )
             {
                 self.counters.count(Reject::BindingThrottled);
                 return Action::None;
@@ -362,11 +365,11 @@ impl Core {
                 return self.refuse_unauthenticated(reject, message, five_tuple, now, out);
             }
         };
-        if method == Method::ALLOCATE {
-            self.shared
-                .throttle
-                .user_succeeded(&user.username, now.instant);
-        }
+        self.shared.throttle.authenticated(
+            source_of(five_tuple.client.ip()),
+            (method == Method::ALLOCATE).then_some(user.username.as_str()),
+            now.instant,
+        );
         if method != Method::ALLOCATE {
             let Some(allocation) = self.table.by_five_tuple(five_tuple) else {
                 self.reject(

@@ -53,6 +53,11 @@ impl Tokens {
         }
     }
 
+    fn give_back(&mut self, now: Instant, limit: (u32, u32)) {
+        self.refill(now, limit);
+        self.tokens = (self.tokens + 1.0).min(f64::from(limit.1));
+    }
+
     fn is_full(mut self, now: Instant, limit: (u32, u32)) -> bool {
         self.refill(now, limit);
         self.tokens >= f64::from(limit.1)
@@ -264,10 +269,19 @@ impl Throttle {
         })
     }
 
-    /// A successful login: `user` owes nothing any more.
-    pub(crate) fn user_succeeded(&self, user: &str, now: Instant) {
+    /// A request from `source` authenticated: the challenge that came
+    /// before it is given back, so that clients behind one NAT address
+    /// that do log in are not held to the budget meant for floods. An
+    /// Allocate also clears its user's failures.
+    pub(crate) fn authenticated(&self, source: IpAddr, allocating: Option<&str>, now: Instant) {
         self.with(now, |inner| {
-            inner.users.remove(user);
+            let limit = inner.limit(Bucket::Unauthenticated);
+            if let Some(entry) = inner.sources.get_mut(&source) {
+                entry.unauthenticated.give_back(now, limit);
+            }
+            if let Some(user) = allocating {
+                inner.users.remove(user);
+            }
         });
     }
 

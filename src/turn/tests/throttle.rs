@@ -229,3 +229,20 @@ fn tracked_sources_are_capped_and_swept_once_their_buckets_are_full() {
     assert_eq!(harness.core.shared.throttle.tracked().0, 0);
     assert!(challenged(&mut harness, 5, &from("198.51.100.5:5000")));
 }
+
+#[test]
+fn clients_that_log_in_get_their_challenge_back() {
+    let mut harness = Harness::with_relay(
+        "[throttle]\nunauthenticated-per-second = 1\nunauthenticated-burst = 2\n",
+    );
+    // Many clients behind one address, each challenged and then allocating.
+    for port in 41000..41010 {
+        let client = alice().on_port(port);
+        assert!(
+            challenged(&mut harness, 0, &client.five_tuple),
+            "port {port}"
+        );
+        harness.allocated(&client, harness.at(0));
+    }
+    assert_eq!(harness.rejected(Reject::UnauthenticatedThrottled), 0);
+}
