@@ -10,6 +10,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::config::ThrottleConfig;
+use crate::logging::event;
 
 /// The first backoff of a user; each further period doubles it.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -300,12 +301,22 @@ impl Throttle {
             let unauthenticated = inner.limit(Bucket::Unauthenticated);
             let binding = inner.limit(Bucket::Binding);
             let interval = inner.config.auth_log_interval;
-            inner.sources.retain(|_, source| {
-                !(source.unauthenticated.is_full(now, unauthenticated)
+            inner.sources.retain(|address, source| {
+                let idle = source.unauthenticated.is_full(now, unauthenticated)
                     && source.binding.is_full(now, binding)
                     && source
                         .logged_at
-                        .is_none_or(|at| now.saturating_duration_since(at) >= interval))
+                        .is_none_or(|at| now.saturating_duration_since(at) >= interval);
+                // Lines still folded are not lost with the source.
+                if idle && source.folded > 0 {
+                    event!(
+                        info,
+                        "auth-failed",
+                        source = address,
+                        repeated = source.folded
+                    );
+                }
+                !idle
             });
             let window = inner.config.login_failure_window;
             inner.users.retain(|_, user| {
