@@ -246,3 +246,17 @@ fn clients_that_log_in_get_their_challenge_back() {
     }
     assert_eq!(harness.rejected(Reject::UnauthenticatedThrottled), 0);
 }
+
+#[test]
+fn a_reload_applies_new_limits_to_the_buckets() {
+    let mut harness = Harness::new();
+    let source = from("198.51.100.7:5000");
+    assert_eq!(answered(&mut harness, 0, &source, 3), 3);
+    let config = super::config_with_relay(
+        "[throttle]\nunauthenticated-per-second = 1\nunauthenticated-burst = 4\n",
+    );
+    let now = harness.at(0);
+    super::reload(&mut harness, &config, now);
+    // 17 tokens left from the default burst of 20, now capped at 4.
+    assert_eq!(answered(&mut harness, 0, &source, 10), 4);
+}
