@@ -133,7 +133,7 @@ impl Limit {
 }
 
 /// Limits whose hits are already counted as refusals.
-pub(crate) const LIMIT_REFUSALS: [(&str, Reject); 8] = [
+pub(crate) const LIMIT_REFUSALS: [(&str, Reject); 11] = [
     (
         "connections.unauthenticated-timeout",
         Reject::UnauthenticatedConnection,
@@ -151,6 +151,12 @@ pub(crate) const LIMIT_REFUSALS: [(&str, Reject); 8] = [
     ("relay.ports", Reject::NoRelayPort),
     ("connections.max-frame-bytes", Reject::FrameTooLarge),
     ("connections.max-queued-bytes", Reject::SlowReader),
+    (
+        "throttle.unauthenticated-per-second",
+        Reject::UnauthenticatedThrottled,
+    ),
+    ("throttle.login-failures", Reject::LoginBackoff),
+    ("throttle.binding-per-second", Reject::BindingThrottled),
 ];
 
 /// Event counters, shared by every listener, relay and signaling connection.

@@ -73,10 +73,18 @@ pub(crate) enum Reject {
     /// indication whose STUN length field cannot hold it, or a frame larger
     /// than the largest UDP datagram to the client's address family. Dropped.
     TooLargeForClient,
+    /// A request that would get a 401 or 438 from a source past
+    /// `throttle.unauthenticated-burst`: dropped, so a flood gets no answers.
+    UnauthenticatedThrottled,
+    /// A request naming a user that is backing off after
+    /// `throttle.login-failures` failed logins: dropped.
+    LoginBackoff,
+    /// A Binding request from a source past `throttle.binding-burst`: dropped.
+    BindingThrottled,
 }
 
 impl Reject {
-    pub(crate) const ALL: [Self; 29] = [
+    pub(crate) const ALL: [Self; 32] = [
         Self::Garbage,
         Self::BadRequest,
         Self::UnknownAttribute,
@@ -106,6 +114,9 @@ impl Reject {
         Self::FrameTooLarge,
         Self::SlowReader,
         Self::TooLargeForClient,
+        Self::UnauthenticatedThrottled,
+        Self::LoginBackoff,
+        Self::BindingThrottled,
     ];
 
     /// The STUN error code and reason phrase, or None for a silent drop.
@@ -119,7 +130,10 @@ impl Reject {
             | Self::TlsHandshakeFailed
             | Self::FrameTooLarge
             | Self::SlowReader
-            | Self::TooLargeForClient => return None,
+            | Self::TooLargeForClient
+            | Self::UnauthenticatedThrottled
+            | Self::LoginBackoff
+            | Self::BindingThrottled => return None,
             Self::BadRequest => (400, "Bad Request"),
             Self::UnknownAttribute => (420, "Unknown Attribute"),
             Self::Challenge
@@ -174,6 +188,9 @@ impl Reject {
             Self::FrameTooLarge => "frame-too-large",
             Self::SlowReader => "slow-reader",
             Self::TooLargeForClient => "too-large-for-client",
+            Self::UnauthenticatedThrottled => "unauthenticated-throttled",
+            Self::LoginBackoff => "login-backoff",
+            Self::BindingThrottled => "binding-throttled",
         }
     }
 

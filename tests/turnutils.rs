@@ -14,7 +14,7 @@ use common::coturn::{
     CLIENTS, EchoPeer, Exited, Peers, REST_USER, RFC5766_CHANNELS, Tool, UCLIENT_DEADLINE, User,
     assert_carried_every_message, assert_uclient_tally, uclient, wait_for_deleted,
 };
-use common::{TestDaemon, xor_mapped_address};
+use common::{TestConfig, TestDaemon, xor_mapped_address};
 
 /// stunclient and a failing uclient finish in milliseconds.
 const QUICK_DEADLINE: Duration = Duration::from_secs(10);
@@ -103,7 +103,17 @@ fn uclient_with_rest_secret_relays_every_packet() {
 /// is refused, uclient gives up, the daemon logs why.
 #[test]
 fn uclient_with_wrong_rest_secret_gets_no_allocation() {
-    let daemon = TestDaemon::start(&common::loopback_config(RFC5766_CHANNELS));
+    // uclient retries a refused login many times before it gives up; past
+    // `login-failures` those retries would go unanswered and it would wait
+    // out its timeouts instead. The backoff itself is tested in the core.
+    let daemon = TestDaemon::start(
+        &TestConfig {
+            relay_extra: RFC5766_CHANNELS,
+            tables: "[throttle]\nlogin-failures = 1000\n",
+            ..TestConfig::default()
+        }
+        .render(),
+    );
     let credentials = ["-u", REST_USER, "-W", "not-the-integration-secret"]
         .map(String::from)
         .into();

@@ -29,6 +29,7 @@ mod scalars;
 mod signal;
 #[cfg(test)]
 mod testing;
+mod throttle;
 mod walk;
 
 pub(crate) use self::admin::AdminConfig;
@@ -44,6 +45,7 @@ use self::scalars::{Scalar, expected, string};
 #[cfg(test)]
 pub(crate) use self::signal::DEFAULT_SIGNAL_LIMITS;
 pub(crate) use self::signal::{PublicKeyAlgorithm, SignalAuth, SignalConfig, SignalLimits};
+pub(crate) use self::throttle::{DEFAULT_THROTTLE, ThrottleConfig};
 use self::walk::{ConfigErrors, ConfigProblem, Ctx, Section, column_of, line_of};
 
 /// RFC 8489 §14.9: REALM must be fewer than 128 characters.
@@ -95,6 +97,8 @@ pub(crate) struct Config {
     pub(crate) relay: RelayConfig,
     pub(crate) auth: AuthConfig,
     pub(crate) connections: ConnectionLimits,
+    /// Per-source and per-user rate limits on unauthenticated traffic.
+    pub(crate) throttle: ThrottleConfig,
     pub(crate) http: HttpConfig,
     pub(crate) signal: SignalConfig,
     /// How long a SIGTERM drain waits for allocations to end before exiting.
@@ -251,6 +255,7 @@ const ROOT_KEYS: &[&str] = &[
     "relay",
     "auth",
     "connections",
+    "throttle",
     "http",
     "signal",
     "shutdown-grace",
@@ -294,6 +299,7 @@ fn read_config(cx: &mut Ctx<'_>, root: &DeTable<'_>) -> Config {
     let relay = relay::read_relay(cx, &top);
     let auth = auth::read_auth(cx, &top);
     let connections = connections::read_connections(cx, &top);
+    let throttle = throttle::read_throttle(cx, &top);
     let http = http::read_http(cx, &top);
     let signal = signal::read_signal(cx, &top);
     let shutdown_grace = top.get(cx, "shutdown-grace", DEFAULT_SHUTDOWN_GRACE);
@@ -307,6 +313,7 @@ fn read_config(cx: &mut Ctx<'_>, root: &DeTable<'_>) -> Config {
         relay,
         auth,
         connections,
+        throttle,
         http,
         signal,
         shutdown_grace: shutdown_grace.value,

@@ -12,10 +12,12 @@ use crate::config::{Config, PortRange, RelayConfig, Transport};
 use crate::logging::event;
 use crate::policy::PeerPolicy;
 use crate::reject::{Reject, RejectCounters};
+use crate::source::source_of;
 use crate::stun;
 use crate::turn::allocation::{AllocId, Allocation};
 use crate::turn::shared::Shared;
 use crate::turn::table::AllocationTable;
+use crate::turn::throttle::{AuthLog, Bucket};
 use crate::turn::{FiveTuple, RelaySockets};
 use crate::wire::{Class, Message, MessageBuilder, Method, attr};
 
@@ -141,6 +143,7 @@ impl Core {
         (shard, shards): (u64, u64),
     ) -> Self {
         let relay = &config.relay;
+        shared.throttle.configure(config.throttle);
         Self {
             credentials,
             ports_range: relay.ports,
@@ -200,6 +203,7 @@ impl Core {
     ) -> Vec<String> {
         let relay = &config.relay;
         self.credentials = credentials;
+        self.shared.throttle.configure(config.throttle);
         self.policy = PeerPolicy::new(&relay.allow_peers, &relay.deny_peers);
         self.limits = Limits::of(relay);
         self.relay_v4 = endpoint(relay, true);
@@ -314,6 +318,18 @@ impl Core {
             return Action::Reply;
         }
         if message.method == Method::BINDING {
+            // Over UDP a forged source makes the answer a reflection; over
+            // TCP/TLS the source is proven and the connection limits hold.
+            if five_tuple.transport == Transport::Udp
+                && !self.shared.throttle.allow(
+                    Bucket::Binding,
+                    source_of(five_tuple.client.ip()),
+                    now.instant,
+                )
+            {
+                self.counters.count(Reject::BindingThrottled);
+                return Action::None;
+            }
             stun::answer_binding(message, five_tuple.client, out);
             return Action::Reply;
         }
@@ -333,22 +349,27 @@ impl Core {
             self.reject(message, Reject::BadRequest, None, five_tuple, now, out);
             return Action::Reply;
         }
+        // A client with an allocation proved its key on this 5-tuple, which
+        // no attacker can send from: its refreshes never wait out a backoff.
+        let username = username_of(message);
+        if let Some(name) = username
+            && self.table.id_for(five_tuple).is_none()
+            && self.shared.throttle.user_blocked(name, now.instant)
+        {
+            self.counters.count(Reject::LoginBackoff);
+            return Action::None;
+        }
         let user = match self.authenticate(now, five_tuple, message) {
             Ok(user) => user,
             Err(reject) => {
-                if reject.is_auth_failure() {
-                    event!(
-                        info,
-                        "auth-failed",
-                        reason = reject.name(),
-                        client = five_tuple.client,
-                        user = username_of(message).unwrap_or("")
-                    );
-                }
-                self.reject(message, reject, None, five_tuple, now, out);
-                return Action::Reply;
+                return self.refuse_unauthenticated(reject, message, five_tuple, now, out);
             }
         };
+        self.shared.throttle.authenticated(
+            source_of(five_tuple.client.ip()),
+            (method == Method::ALLOCATE).then_some(user.username.as_str()),
+            now.instant,
+        );
         if method != Method::ALLOCATE {
             let Some(allocation) = self.table.by_five_tuple(five_tuple) else {
                 self.reject(
@@ -392,6 +413,52 @@ impl Core {
                 Action::Reply
             }
         }
+    }
+
+    /// Answers a request that did not authenticate, unless its source is
+    /// past its 401 budget (then nothing is sent, so a flood is not
+    /// amplified); wrong passwords count against the user they name.
+    fn refuse_unauthenticated<'a>(
+        &self,
+        reject: Reject,
+        message: &Message<'_>,
+        five_tuple: &FiveTuple,
+        now: Now,
+        out: &mut Vec<u8>,
+    ) -> Action<'a> {
+        let throttle = &self.shared.throttle;
+        let source = source_of(five_tuple.client.ip());
+        let answered_with_nonce = matches!(reject.error_code(), Some((401 | 438, _)));
+        if answered_with_nonce && !throttle.allow(Bucket::Unauthenticated, source, now.instant) {
+            self.counters.count(Reject::UnauthenticatedThrottled);
+            return Action::None;
+        }
+        let user = username_of(message).unwrap_or("");
+        if matches!(reject, Reject::WrongPassword | Reject::WrongCredentials)
+            && let Some(backoff) = throttle.user_failed(user, now.instant)
+        {
+            event!(
+                info,
+                "auth-backoff",
+                user = user,
+                failures = backoff.failures,
+                backoff = format_args!("{}s", backoff.period.as_secs())
+            );
+        }
+        if reject.is_auth_failure()
+            && let AuthLog::Write { repeated } = throttle.auth_log(source, now.instant)
+        {
+            event!(
+                info,
+                "auth-failed",
+                reason = reject.name(),
+                client = five_tuple.client,
+                user = user,
+                repeated = repeated
+            );
+        }
+        self.reject(message, reject, None, five_tuple, now, out);
+        Action::Reply
     }
 
     fn authenticate(
@@ -501,6 +568,7 @@ impl Core {
     /// allocations with something due (see the table's schedule); returns
     /// how many that was.
     pub(crate) fn handle_timeout(&mut self, now: Instant) -> usize {
+        self.shared.throttle.sweep(now);
         let mut visited = 0;
         while let Some(id) = self.table.pop_due(now) {
             visited += 1;

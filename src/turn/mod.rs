@@ -34,6 +34,7 @@ pub(crate) mod shared;
 pub(crate) mod table;
 #[cfg(test)]
 mod tests;
+pub(crate) mod throttle;
 
 use std::io;
 use std::net::SocketAddr;

@@ -14,6 +14,7 @@ use rand::{Rng, SeedableRng};
 use crate::config::PortRange;
 use crate::reject::Reject;
 use crate::turn::ports::PortPool;
+use crate::turn::throttle::Throttle;
 
 /// The next port held for a later Allocate with RESERVATION-TOKEN.
 #[derive(Clone, Copy, Debug)]
@@ -28,6 +29,8 @@ pub(crate) struct Shared {
     inner: Mutex<Inner>,
     /// Allocate is refused (508) while draining.
     draining: AtomicBool,
+    /// Per-source and per-user limits on unauthenticated traffic, with their own lock.
+    pub(crate) throttle: Throttle,
 }
 
 #[derive(Debug)]
@@ -69,6 +72,7 @@ impl Shared {
                 rng: StdRng::from_os_rng(),
             }),
             draining: AtomicBool::new(false),
+            throttle: Throttle::default(),
         }
     }
 

@@ -10,6 +10,7 @@ mod caps;
 mod expiry;
 mod malformed;
 mod peers;
+mod throttle;
 
 use std::collections::HashSet;
 use std::io;
