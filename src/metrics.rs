@@ -174,7 +174,7 @@ pub(crate) struct Metrics {
     pub(crate) reloads: [AtomicU64; 2],
 }
 
-pub(crate) fn bump(counter: &AtomicU64, by: u64) {
+fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
 }
 

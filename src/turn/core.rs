@@ -167,22 +167,12 @@ impl Core {
     /// Whether `peer` is one of the UDP listeners, as reached at `server`
     /// (the address the client reached, for listeners on a wildcard address).
     pub(super) fn is_own_listener(&self, peer: SocketAddr, server: IpAddr) -> bool {
-        self.own_listeners.iter().any(|listener| {
-            listener.port() == peer.port()
-                && (listener.ip() == peer.ip()
-                    || (listener.ip().is_unspecified()
-                        && listener.is_ipv4() == peer.is_ipv4()
-                        && (peer.ip().is_loopback()
-                            || peer.ip() == server
-                            || self.is_relay_address(peer.ip()))))
-        })
-    }
-
-    fn is_relay_address(&self, ip: IpAddr) -> bool {
-        [self.relay_v4, self.relay_v6]
-            .into_iter()
-            .flatten()
-            .any(|endpoint| endpoint.bind == ip || endpoint.advertise == Some(ip))
+        is_own_listener(
+            &self.own_listeners,
+            [self.relay_v4, self.relay_v6],
+            peer,
+            server,
+        )
     }
 
     #[cfg(test)]
@@ -540,15 +530,24 @@ impl Core {
         now: Instant,
         len: usize,
     ) -> Option<Option<u16>> {
-        let allocation = self.table.get_mut(id)?;
+        // One lookup per datagram: the fields are borrowed apart.
+        let Self {
+            table,
+            own_listeners,
+            relay_v4,
+            relay_v6,
+            counters,
+            ..
+        } = self;
+        let allocation = table.get_mut(id)?;
         let server = allocation.five_tuple.server.ip();
-        if self.is_own_listener(peer, server) {
-            self.counters.count(Reject::PeerRefused);
+        if is_own_listener(own_listeners, [*relay_v4, *relay_v6], peer, server) {
+            counters.count(Reject::PeerRefused);
             return None;
         }
-        let route = self.table.get_mut(id)?.route_from_peer(peer, now, len);
+        let route = allocation.route_from_peer(peer, now, len);
         if route.is_none() {
-            self.counters.count(Reject::NoRoute);
+            counters.count(Reject::NoRoute);
         }
         route
     }
@@ -675,6 +674,32 @@ impl Core {
         }
         ids.len()
     }
+}
+
+/// Whether `peer` is one of the UDP `listeners`, as reached at `server` (the
+/// address the client reached, for listeners on a wildcard address, where
+/// loopback and the relay addresses are this host's too).
+fn is_own_listener(
+    listeners: &[SocketAddr],
+    relays: [Option<RelayEndpoint>; 2],
+    peer: SocketAddr,
+    server: IpAddr,
+) -> bool {
+    let is_relay_address = |ip: IpAddr| {
+        relays
+            .into_iter()
+            .flatten()
+            .any(|endpoint| endpoint.bind == ip || endpoint.advertise == Some(ip))
+    };
+    listeners.iter().any(|listener| {
+        listener.port() == peer.port()
+            && (listener.ip() == peer.ip()
+                || (listener.ip().is_unspecified()
+                    && listener.is_ipv4() == peer.is_ipv4()
+                    && (peer.ip().is_loopback()
+                        || peer.ip() == server
+                        || is_relay_address(peer.ip()))))
+    })
 }
 
 fn endpoint(relay: &RelayConfig, v4: bool) -> Option<RelayEndpoint> {

@@ -342,7 +342,8 @@ impl Core {
         Ok(Action::Reply)
     }
 
-    /// Checks a peer address for a permission or channel: family, then policy.
+    /// Checks a peer address for a permission or channel: family, then
+    /// icegate's own listeners, then policy.
     pub(super) fn check_peer(
         &self,
         five_tuple: &FiveTuple,
@@ -352,27 +353,22 @@ impl Core {
         if peer.is_ipv4() != relayed.is_ipv4() {
             return Err(Reject::PeerAddressFamilyMismatch);
         }
-        if self.is_own_listener(peer, five_tuple.server.ip()) {
-            event!(
-                info,
-                "peer-refused",
-                client = five_tuple.client,
-                peer = peer,
-                why = "an icegate listener"
-            );
-            return Err(Reject::PeerRefused);
-        }
-        if let Err(refused) = self.policy.check(peer.ip()) {
-            event!(
-                info,
-                "peer-refused",
-                client = five_tuple.client,
-                peer = peer,
-                why = refused
-            );
-            return Err(Reject::PeerRefused);
-        }
-        Ok(())
+        let why = if self.is_own_listener(peer, five_tuple.server.ip()) {
+            "an icegate listener".to_owned()
+        } else {
+            match self.policy.check(peer.ip()) {
+                Ok(()) => return Ok(()),
+                Err(refused) => refused.to_string(),
+            }
+        };
+        event!(
+            info,
+            "peer-refused",
+            client = five_tuple.client,
+            peer = peer,
+            why = why
+        );
+        Err(Reject::PeerRefused)
     }
 
     pub(super) fn create_permission<'a>(
