@@ -133,7 +133,7 @@ impl Limit {
 }
 
 /// Limits whose hits are already counted as refusals.
-pub(crate) const LIMIT_REFUSALS: [(&str, Reject); 11] = [
+pub(crate) const LIMIT_REFUSALS: [(&str, Reject); 14] = [
     (
         "connections.unauthenticated-timeout",
         Reject::UnauthenticatedConnection,
@@ -157,6 +157,9 @@ pub(crate) const LIMIT_REFUSALS: [(&str, Reject); 11] = [
     ),
     ("throttle.login-failures", Reject::LoginBackoff),
     ("throttle.binding-per-second", Reject::BindingThrottled),
+    ("relay.max-bps", Reject::AllocationBandwidth),
+    ("relay.max-bps-per-user", Reject::UserBandwidth),
+    ("relay.bps-capacity", Reject::NodeBandwidth),
 ];
 
 /// Event counters, shared by every listener, relay and signaling connection.

@@ -81,10 +81,19 @@ pub(crate) enum Reject {
     LoginBackoff,
     /// A Binding request from a source past `throttle.binding-burst`: dropped.
     BindingThrottled,
+    /// A datagram over its allocation's `relay.max-bps` in its direction: dropped.
+    AllocationBandwidth,
+    /// A datagram over its user's `relay.max-bps-per-user` in its direction: dropped.
+    UserBandwidth,
+    /// A datagram over the node's `relay.bps-capacity`: dropped.
+    NodeBandwidth,
+    /// Allocate within a second of the node dropping data for
+    /// `relay.bps-capacity` (486, as coturn answers at capacity).
+    AtCapacity,
 }
 
 impl Reject {
-    pub(crate) const ALL: [Self; 32] = [
+    pub(crate) const ALL: [Self; 36] = [
         Self::Garbage,
         Self::BadRequest,
         Self::UnknownAttribute,
@@ -117,6 +126,10 @@ impl Reject {
         Self::UnauthenticatedThrottled,
         Self::LoginBackoff,
         Self::BindingThrottled,
+        Self::AllocationBandwidth,
+        Self::UserBandwidth,
+        Self::NodeBandwidth,
+        Self::AtCapacity,
     ];
 
     /// The STUN error code and reason phrase, or None for a silent drop.
@@ -133,7 +146,10 @@ impl Reject {
             | Self::TooLargeForClient
             | Self::UnauthenticatedThrottled
             | Self::LoginBackoff
-            | Self::BindingThrottled => return None,
+            | Self::BindingThrottled
+            | Self::AllocationBandwidth
+            | Self::UserBandwidth
+            | Self::NodeBandwidth => return None,
             Self::BadRequest => (400, "Bad Request"),
             Self::UnknownAttribute => (420, "Unknown Attribute"),
             Self::Challenge
@@ -147,7 +163,9 @@ impl Reject {
             Self::AddressFamilyNotSupported => (440, "Address Family not Supported"),
             Self::PeerAddressFamilyMismatch => (443, "Peer Address Family Mismatch"),
             Self::PeerRefused => (403, "Forbidden"),
-            Self::UserQuotaReached | Self::TotalQuotaReached => (486, "Allocation Quota Reached"),
+            Self::UserQuotaReached | Self::TotalQuotaReached | Self::AtCapacity => {
+                (486, "Allocation Quota Reached")
+            }
             Self::PermissionQuotaReached
             | Self::ChannelQuotaReached
             | Self::NoRelayPort
@@ -191,6 +209,10 @@ impl Reject {
             Self::UnauthenticatedThrottled => "unauthenticated-throttled",
             Self::LoginBackoff => "login-backoff",
             Self::BindingThrottled => "binding-throttled",
+            Self::AllocationBandwidth => "allocation-bandwidth",
+            Self::UserBandwidth => "user-bandwidth",
+            Self::NodeBandwidth => "node-bandwidth",
+            Self::AtCapacity => "at-capacity",
         }
     }
 
@@ -211,8 +233,15 @@ impl Reject {
 }
 
 /// One counter per [`Reject`], shared by every listener and relay.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct RejectCounters([AtomicU64; Reject::ALL.len()]);
+
+// Arrays derive Default only up to 32 elements.
+impl Default for RejectCounters {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
 
 impl RejectCounters {
     pub(crate) fn count(&self, reject: Reject) {

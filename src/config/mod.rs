@@ -24,6 +24,7 @@ mod auth;
 mod connections;
 mod http;
 mod listen;
+mod rate;
 mod relay;
 mod scalars;
 mod signal;
@@ -39,7 +40,8 @@ pub(crate) use self::auth::{AuthConfig, UserCredential};
 pub(crate) use self::connections::ConnectionLimits;
 use self::http::HttpConfig;
 pub(crate) use self::listen::{Listen, Services, Transport};
-pub(crate) use self::relay::RelayConfig;
+pub(crate) use self::rate::ByteRate;
+pub(crate) use self::relay::{BandwidthCaps, RelayConfig};
 pub(crate) use self::scalars::{PortRange, parse_duration};
 use self::scalars::{Scalar, expected, string};
 #[cfg(test)]

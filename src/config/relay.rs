@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use super::rate::ByteRate;
 use super::scalars::PortRange;
 use super::walk::{Ctx, Item, Section, values};
 
@@ -37,6 +38,10 @@ const DEFAULT_RECEIVE_BUFFER_BYTES: u32 = 1 << 20;
 /// SO_RCVBUF of each UDP listener socket, which every client shares.
 const DEFAULT_LISTENER_RECEIVE_BUFFER_BYTES: u32 = 4 << 20;
 const BUFFER_BYTES: RangeInclusive<u32> = 4096..=(256 << 20);
+/// Each direction of one allocation: 40 Mbit/s carries a call with screen
+/// sharing or a dozen received video streams, and keeps one client (or a
+/// stolen credential's one allocation) from taking a whole uplink.
+const DEFAULT_MAX_BPS: ByteRate = ByteRate(Some(5_000_000));
 const RELAY_KEYS: &[&str] = &[
     "addresses",
     "external-addresses",
@@ -54,6 +59,9 @@ const RELAY_KEYS: &[&str] = &[
     "rfc5766-channel-numbers",
     "receive-buffer-bytes",
     "listener-receive-buffer-bytes",
+    "max-bps",
+    "max-bps-per-user",
+    "bps-capacity",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +92,18 @@ pub(crate) struct RelayConfig {
     pub(crate) socket_receive_buffer: usize,
     /// SO_RCVBUF of each UDP listener socket.
     pub(crate) listener_receive_buffer: usize,
+    pub(crate) bandwidth: BandwidthCaps,
+}
+
+/// Bytes per second the relay carries; beyond a cap, datagrams are dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BandwidthCaps {
+    /// Each direction of each allocation.
+    pub(crate) allocation: ByteRate,
+    /// Each direction, across all of one user's allocations.
+    pub(crate) user: ByteRate,
+    /// Both directions of every allocation together; Allocate gets 486 while it is reached.
+    pub(crate) node: ByteRate,
 }
 
 pub(super) fn read_relay(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> RelayConfig {
@@ -166,6 +186,12 @@ pub(super) fn read_relay(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> RelayConfig
         DEFAULT_LISTENER_RECEIVE_BUFFER_BYTES,
     );
 
+    let bandwidth = BandwidthCaps {
+        allocation: relay.get(cx, "max-bps", DEFAULT_MAX_BPS).value,
+        user: relay.get(cx, "max-bps-per-user", ByteRate::UNLIMITED).value,
+        node: relay.get(cx, "bps-capacity", ByteRate::UNLIMITED).value,
+    };
+
     if default_lifetime.ok && max_lifetime.ok && max_lifetime.value < default_lifetime.value {
         // Point at whichever of the two the operator wrote, the maximum first.
         let (key, span, message) = match &max_lifetime.span {
@@ -208,6 +234,7 @@ pub(super) fn read_relay(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> RelayConfig
         rfc5766_channel_numbers: rfc5766_channel_numbers.value,
         socket_receive_buffer,
         listener_receive_buffer,
+        bandwidth,
     }
 }
 
@@ -268,6 +295,7 @@ fn one_per_family(cx: &mut Ctx<'_>, key: &str, items: &[Item<IpAddr>]) {
 
 #[cfg(test)]
 mod tests {
+    use super::ByteRate;
     use crate::config::testing::{MINIMAL, parse_err, parse_ok};
 
     #[test]
@@ -288,6 +316,30 @@ mod tests {
                 "relay.external-addresses[1]"
             ]
         );
+    }
+
+    #[test]
+    fn bandwidth_caps() {
+        let defaults = parse_ok(MINIMAL).relay.bandwidth;
+        assert_eq!(defaults.allocation, ByteRate(Some(5_000_000)));
+        assert_eq!(
+            (defaults.user, defaults.node),
+            (ByteRate(None), ByteRate(None))
+        );
+        let ok = parse_ok(&format!(
+            "{MINIMAL}[relay]\nmax-bps = 125000\nmax-bps-per-user = \"2 Mbit/s\"\nbps-capacity = \"1 Gbit/s\"\n"
+        ))
+        .relay
+        .bandwidth;
+        assert_eq!(ok.allocation, ByteRate(Some(125_000)));
+        assert_eq!(ok.user, ByteRate(Some(250_000)));
+        assert_eq!(ok.node, ByteRate(Some(125_000_000)));
+        let off = parse_ok(&format!("{MINIMAL}[relay]\nmax-bps = \"unlimited\"\n"));
+        assert_eq!(off.relay.bandwidth.allocation, ByteRate::UNLIMITED);
+        let e = parse_err(&format!("{MINIMAL}[relay]\nmax-bps = \"40 Mbps\"\n"));
+        assert_eq!(e.problems[0].key, "relay.max-bps");
+        assert_eq!(e.problems[0].line, Some(6));
+        assert!(e.problems[0].message.starts_with("expected a rate like"));
     }
 
     #[test]

@@ -116,7 +116,7 @@ impl Server {
         let rejects = Arc::new(RejectCounters::default());
         let nonce_key = rand::random();
         let credentials = Arc::new(CredentialStore::new(&config.realm, &config.auth, nonce_key));
-        let shared = Arc::new(Shared::new(config.relay.ports));
+        let shared = Arc::new(Shared::new(config.relay.ports, Instant::now()));
         let threads = std::thread::available_parallelism().map_or(1, usize::from);
         let count = (threads * SHARDS_PER_THREAD) as u64;
         let shards = (0..count)

@@ -3,10 +3,13 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::auth::LongTermKey;
+use crate::reject::Reject;
 use crate::turn::FiveTuple;
+use crate::turn::bandwidth::{Cells, Gate, Way};
 use crate::wire::{Method, TransactionId};
 
 /// Identifies an allocation for its lifetime; never reused, so a relay task
@@ -63,6 +66,10 @@ pub(crate) struct Allocation {
     recent: Vec<(TransactionId, Method, Vec<u8>)>,
     pub(crate) to_peer: Traffic,
     pub(crate) from_peer: Traffic,
+    /// This allocation's `max-bps` state, each direction.
+    bandwidth: Cells,
+    /// Its user's `max-bps-per-user` state, shared with the user's other allocations.
+    pub(crate) user_bandwidth: Arc<Cells>,
 }
 
 /// What a ChannelBind may do to the existing bindings (RFC 8656 §11.2).
@@ -103,6 +110,8 @@ impl Allocation {
             recent: Vec::with_capacity(RECENT_RESPONSES),
             to_peer: Traffic::default(),
             from_peer: Traffic::default(),
+            bandwidth: Cells::default(),
+            user_bandwidth: Arc::default(),
         }
     }
 
@@ -192,49 +201,71 @@ impl Allocation {
         }
     }
 
-    /// The peer a client's ChannelData goes to, when bound and permitted; counts it.
+    /// Counts `len` bytes going `way` if the bandwidth caps let them through.
+    fn pass(&mut self, gate: Gate<'_>, way: Way, now: Instant, len: usize) -> Result<(), Reject> {
+        gate.admit(&self.bandwidth, &self.user_bandwidth, way, now, len)?;
+        match way {
+            Way::ToPeer => self.to_peer.add(len),
+            Way::FromPeer => self.from_peer.add(len),
+        }
+        Ok(())
+    }
+
+    /// The peer a client's ChannelData goes to, when bound, permitted and
+    /// within the bandwidth caps; counts it.
     pub(crate) fn route_channel(
         &mut self,
         channel: u16,
         now: Instant,
         len: usize,
-    ) -> Option<SocketAddr> {
-        let bound = self.channels.get(&channel).filter(|c| c.expires > now)?;
+        gate: Gate<'_>,
+    ) -> Result<SocketAddr, Reject> {
+        let bound = self
+            .channels
+            .get(&channel)
+            .filter(|c| c.expires > now)
+            .ok_or(Reject::NoRoute)?;
         let peer = bound.peer;
         if !self.permits(peer.ip(), now) {
-            return None;
+            return Err(Reject::NoRoute);
         }
-        self.to_peer.add(len);
-        Some(peer)
+        self.pass(gate, Way::ToPeer, now, len)?;
+        Ok(peer)
     }
 
     /// Whether a Send indication to `peer` may go out; counts it.
-    pub(crate) fn route_send(&mut self, peer: SocketAddr, now: Instant, len: usize) -> bool {
+    pub(crate) fn route_send(
+        &mut self,
+        peer: SocketAddr,
+        now: Instant,
+        len: usize,
+        gate: Gate<'_>,
+    ) -> Result<(), Reject> {
         if !self.permits(peer.ip(), now) {
-            return false;
+            return Err(Reject::NoRoute);
         }
-        self.to_peer.add(len);
-        true
+        self.pass(gate, Way::ToPeer, now, len)
     }
 
-    /// For data from `peer`: None when no permission (drop), else the
-    /// channel to frame it with, if one is bound; counts it.
+    /// For data from `peer`: the channel to frame it with, if one is
+    /// bound; refused without a permission or over a cap. Counts it.
     pub(crate) fn route_from_peer(
         &mut self,
         peer: SocketAddr,
         now: Instant,
         len: usize,
-    ) -> Option<Option<u16>> {
+        gate: Gate<'_>,
+    ) -> Result<Option<u16>, Reject> {
         if !self.permits(peer.ip(), now) {
-            return None;
+            return Err(Reject::NoRoute);
         }
-        self.from_peer.add(len);
+        self.pass(gate, Way::FromPeer, now, len)?;
         let channel = self
             .channel_by_peer
             .get(&peer)
             .copied()
             .filter(|n| self.channels.get(n).is_some_and(|c| c.expires > now));
-        Some(channel)
+        Ok(channel)
     }
 
     /// Forgets expired permissions and channels.
@@ -305,6 +336,14 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::config::{BandwidthCaps, ByteRate};
+    use crate::turn::bandwidth::NodeBandwidth;
+
+    const UNLIMITED: BandwidthCaps = BandwidthCaps {
+        allocation: ByteRate::UNLIMITED,
+        user: ByteRate::UNLIMITED,
+        node: ByteRate::UNLIMITED,
+    };
 
     fn allocation(now: Instant) -> Allocation {
         let five_tuple = FiveTuple {
@@ -327,18 +366,24 @@ mod tests {
     #[test]
     fn channel_routes_only_while_bound_and_permitted() {
         let now = Instant::now();
+        let node = NodeBandwidth::new(now);
+        let gate = Gate::new(&UNLIMITED, &node);
         let mut a = allocation(now);
         let peer: SocketAddr = "198.51.100.1:7000".parse().unwrap();
-        assert_eq!(a.route_channel(0x4000, now, 10), None);
+        assert_eq!(a.route_channel(0x4000, now, 10, gate), Err(Reject::NoRoute));
         a.bind(0x4000, peer, now + Duration::from_secs(600));
-        assert_eq!(a.route_channel(0x4000, now, 10), None, "no permission yet");
+        assert_eq!(
+            a.route_channel(0x4000, now, 10, gate),
+            Err(Reject::NoRoute),
+            "no permission yet"
+        );
         a.permit(peer.ip(), now + Duration::from_secs(300));
-        assert_eq!(a.route_channel(0x4000, now, 10), Some(peer));
-        assert_eq!(a.route_from_peer(peer, now, 5), Some(Some(0x4000)));
+        assert_eq!(a.route_channel(0x4000, now, 10, gate), Ok(peer));
+        assert_eq!(a.route_from_peer(peer, now, 5, gate), Ok(Some(0x4000)));
         let later = now + Duration::from_secs(301);
         assert_eq!(
-            a.route_channel(0x4000, later, 10),
-            None,
+            a.route_channel(0x4000, later, 10, gate),
+            Err(Reject::NoRoute),
             "permission lapsed"
         );
         assert_eq!(
@@ -384,6 +429,10 @@ mod tests {
             "expired binding"
         );
         a.expire(later);
-        assert_eq!(a.route_from_peer(p1, later, 1), None);
+        let node = NodeBandwidth::new(now);
+        assert_eq!(
+            a.route_from_peer(p1, later, 1, Gate::new(&UNLIMITED, &node)),
+            Err(Reject::NoRoute)
+        );
     }
 }

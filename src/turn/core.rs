@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::{CredentialStore, LongTermKey};
-use crate::config::{Config, PortRange, RelayConfig, Transport};
+use crate::config::{BandwidthCaps, Config, PortRange, RelayConfig, Transport};
 use crate::logging::event;
 use crate::policy::PeerPolicy;
 use crate::reject::{Reject, RejectCounters};
 use crate::source::source_of;
 use crate::stun;
 use crate::turn::allocation::{AllocId, Allocation};
+use crate::turn::bandwidth::Gate;
 use crate::turn::shared::Shared;
 use crate::turn::table::AllocationTable;
 use crate::turn::throttle::{AuthLog, Bucket};
@@ -64,6 +65,7 @@ pub(super) struct Limits {
     pub(super) max_permissions_per_allocation: usize,
     pub(super) max_channels_per_allocation: usize,
     rfc5766_channel_numbers: bool,
+    pub(super) bandwidth: BandwidthCaps,
 }
 
 impl Limits {
@@ -78,6 +80,7 @@ impl Limits {
             max_permissions_per_allocation: relay.max_permissions_per_allocation as usize,
             max_channels_per_allocation: relay.max_channels_per_allocation as usize,
             rfc5766_channel_numbers: relay.rfc5766_channel_numbers,
+            bandwidth: relay.bandwidth,
         }
     }
 
@@ -511,14 +514,14 @@ impl Core {
         channel: u16,
         len: usize,
     ) -> Option<(AllocId, SocketAddr)> {
-        let route = self.table.by_five_tuple(five_tuple).and_then(|allocation| {
-            let peer = allocation.route_channel(channel, now, len)?;
-            Some((allocation.id, peer))
-        });
-        if route.is_none() {
-            self.counters.count(Reject::NoRoute);
-        }
-        route
+        let gate = Gate::new(&self.limits.bandwidth, &self.shared.bandwidth);
+        let route = match self.table.by_five_tuple(five_tuple) {
+            Some(allocation) => allocation
+                .route_channel(channel, now, len, gate)
+                .map(|peer| (allocation.id, peer)),
+            None => Err(Reject::NoRoute),
+        };
+        route.map_err(|reject| self.counters.count(reject)).ok()
     }
 
     /// Data from `peer` at allocation `id`'s relay: None to drop it, else the
@@ -537,6 +540,8 @@ impl Core {
             relay_v4,
             relay_v6,
             counters,
+            limits,
+            shared,
             ..
         } = self;
         let allocation = table.get_mut(id)?;
@@ -545,11 +550,11 @@ impl Core {
             counters.count(Reject::PeerRefused);
             return None;
         }
-        let route = allocation.route_from_peer(peer, now, len);
-        if route.is_none() {
-            counters.count(Reject::NoRoute);
-        }
-        route
+        let gate = Gate::new(&limits.bandwidth, &shared.bandwidth);
+        allocation
+            .route_from_peer(peer, now, len, gate)
+            .map_err(|reject| counters.count(reject))
+            .ok()
     }
 
     pub(crate) fn has_allocation(&self, five_tuple: &FiveTuple) -> bool {

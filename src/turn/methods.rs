@@ -2,6 +2,7 @@
 //! ChannelBind, and the Send indication, each on an authenticated request.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::core::{
@@ -10,6 +11,7 @@ use super::core::{
 use crate::logging::event;
 use crate::reject::Reject;
 use crate::turn::allocation::{AllocId, Allocation, BindCheck};
+use crate::turn::bandwidth::{Cells, Gate};
 use crate::turn::{FiveTuple, RelaySockets};
 use crate::wire::{Class, Message, MessageBuilder, Method, attr};
 
@@ -22,6 +24,8 @@ struct Admitted<'m> {
     family: Option<&'m [u8]>,
     even_port: Option<&'m [u8]>,
     dont_fragment: bool,
+    /// The user's bandwidth state, which the new allocation shares.
+    user_bandwidth: Arc<Cells>,
 }
 
 /// Which port an Allocate asks for: one reserved earlier by RESERVATION-TOKEN,
@@ -81,7 +85,14 @@ impl Core {
             )),
             None => None,
         };
-        self.shared.admit(
+        if self
+            .shared
+            .bandwidth
+            .at_capacity(&self.limits.bandwidth, request.now.instant)
+        {
+            return Err(Reject::AtCapacity);
+        }
+        let user_bandwidth = self.shared.admit(
             &user.owner,
             self.limits.max_allocations_per_user,
             self.limits.max_allocations,
@@ -91,6 +102,7 @@ impl Core {
             family,
             even_port,
             dont_fragment,
+            user_bandwidth,
         };
         let result = self.allocate_admitted(request, admitted, sockets, out);
         if result.is_err() {
@@ -119,6 +131,7 @@ impl Core {
             family,
             even_port,
             dont_fragment,
+            user_bandwidth,
         } = admitted;
         let (endpoint, reserved_port) = match token {
             Some(token) => {
@@ -214,6 +227,7 @@ impl Core {
             now.instant + lifetime,
         );
         allocation.owner.clone_from(&user.owner);
+        allocation.user_bandwidth = user_bandwidth;
 
         let mut reply = MessageBuilder::reply(out, message, Class::Success);
         reply
@@ -506,8 +520,9 @@ impl Core {
             self.counters.count(Reject::NoRoute);
             return Action::None;
         };
-        if !allocation.route_send(peer, now.instant, data.len()) {
-            self.counters.count(Reject::NoRoute);
+        let gate = Gate::new(&self.limits.bandwidth, &self.shared.bandwidth);
+        if let Err(reject) = allocation.route_send(peer, now.instant, data.len(), gate) {
+            self.counters.count(reject);
             return Action::None;
         }
         Action::ToPeer {

@@ -27,6 +27,7 @@
 //! as ended.
 
 pub(crate) mod allocation;
+pub(crate) mod bandwidth;
 pub(crate) mod core;
 mod methods;
 pub(crate) mod ports;

@@ -1,11 +1,12 @@
 //! What every shard of the allocation table shares: the relay port pool,
-//! EVEN-PORT reservations, and the allocation counts the quotas check.
-//! Taken when an allocation begins or ends, never for a relayed packet.
+//! EVEN-PORT reservations, and the allocation counts the quotas check,
+//! taken when an allocation begins or ends, never for a relayed packet;
+//! and the node's bandwidth cap, lock-free, which every relayed packet is.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use rand::rngs::StdRng;
@@ -13,6 +14,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::config::PortRange;
 use crate::reject::Reject;
+use crate::turn::bandwidth::{Cells, NodeBandwidth};
 use crate::turn::ports::PortPool;
 use crate::turn::throttle::Throttle;
 
@@ -31,13 +33,21 @@ pub(crate) struct Shared {
     draining: AtomicBool,
     /// Per-source and per-user limits on unauthenticated traffic, with their own lock.
     pub(crate) throttle: Throttle,
+    pub(crate) bandwidth: NodeBandwidth,
+}
+
+/// A user with allocations: how many, and their shared bandwidth state.
+#[derive(Debug)]
+struct User {
+    allocations: u32,
+    bandwidth: Arc<Cells>,
 }
 
 #[derive(Debug)]
 struct Inner {
     ports: PortPool,
     reservations: HashMap<u64, Reservation>,
-    per_user: HashMap<String, u32>,
+    per_user: HashMap<String, User>,
     total: u32,
     rng: StdRng,
 }
@@ -62,7 +72,8 @@ impl Ports<'_> {
 }
 
 impl Shared {
-    pub(crate) fn new(range: PortRange) -> Self {
+    /// `origin` is the moment bandwidth accounting counts from.
+    pub(crate) fn new(range: PortRange, origin: Instant) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 ports: PortPool::new(range),
@@ -73,6 +84,7 @@ impl Shared {
             }),
             draining: AtomicBool::new(false),
             throttle: Throttle::default(),
+            bandwidth: NodeBandwidth::new(origin),
         }
     }
 
@@ -85,18 +97,35 @@ impl Shared {
     }
 
     /// Counts one more allocation for `user`, or names the quota that
-    /// refuses it. Every admitted allocation is [`Shared::leave`]d once.
-    pub(crate) fn admit(&self, user: &str, per_user: u32, total: u32) -> Result<(), Reject> {
+    /// refuses it; gives the user's bandwidth state, which all their
+    /// allocations share. Every admitted allocation is [`Shared::leave`]d once.
+    pub(crate) fn admit(
+        &self,
+        user: &str,
+        per_user: u32,
+        total: u32,
+    ) -> Result<Arc<Cells>, Reject> {
         let mut inner = self.lock();
-        if inner.per_user.get(user).copied().unwrap_or(0) >= per_user {
+        if inner
+            .per_user
+            .get(user)
+            .is_some_and(|u| u.allocations >= per_user)
+        {
             return Err(Reject::UserQuotaReached);
         }
         if inner.total >= total {
             return Err(Reject::TotalQuotaReached);
         }
         inner.total += 1;
-        *inner.per_user.entry(user.to_owned()).or_default() += 1;
-        Ok(())
+        let entry = inner
+            .per_user
+            .entry(user.to_owned())
+            .or_insert_with(|| User {
+                allocations: 0,
+                bandwidth: Arc::default(),
+            });
+        entry.allocations += 1;
+        Ok(entry.bandwidth.clone())
     }
 
     /// An allocation of `user` ended (or was admitted and never made);
@@ -104,9 +133,9 @@ impl Shared {
     pub(crate) fn leave(&self, user: &str, port: Option<u16>) {
         let mut inner = self.lock();
         inner.total = inner.total.saturating_sub(1);
-        if let Some(count) = inner.per_user.get_mut(user) {
-            *count -= 1;
-            if *count == 0 {
+        if let Some(entry) = inner.per_user.get_mut(user) {
+            entry.allocations -= 1;
+            if entry.allocations == 0 {
                 inner.per_user.remove(user);
             }
         }

@@ -262,16 +262,17 @@ impl Harness {
     fn with_relay(relay_extra: &str) -> Self {
         let config = config_with_relay(&format!("allow-peers = [\"127.0.0.0/8\"]\n{relay_extra}"));
         let credentials = CredentialStore::new(&config.realm, &config.auth, [1; 32]);
+        let start = Instant::now();
         Self {
             core: Core::new(
                 &config,
                 Arc::new(credentials),
                 Arc::new(RejectCounters::default()),
-                Arc::new(Shared::new(config.relay.ports)),
+                Arc::new(Shared::new(config.relay.ports, start)),
                 (0, 1),
             ),
             sockets: Sockets::default(),
-            start: Instant::now(),
+            start,
             last_transaction: 0,
         }
     }
