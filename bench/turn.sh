@@ -247,6 +247,8 @@ allow-peers = ["127.0.0.0/8"]
 # coturn has no quota by default; the alloc scenario holds 2000 allocations of one user.
 max-allocations = 100000
 max-allocations-per-user = 100000
+# coturn has no bandwidth cap by default either; the big scenarios relay more than 40 Mbit/s.
+max-bps = "unlimited"
 [auth]
 [[auth.users]]
 name = "bench"
