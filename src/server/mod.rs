@@ -265,6 +265,7 @@ impl Server {
                         frame.channel,
                         frame.data.len(),
                     )
+                    .ok()
                     .and_then(|(id, peer)| Some((sockets.get(id)?.clone(), peer)))
                 };
                 if let Some((socket, peer)) = route {
@@ -353,7 +354,20 @@ impl Server {
         {
             // Neighbouring frames of one shard share one lock.
             let mut locked: Option<(usize, MutexGuard<'_, State>)> = None;
+            // The last frame dropped, and why: under one clock reading, the
+            // same client's next frames on that channel, as large or larger,
+            // are dropped for the same reason without a lookup, so that a
+            // flood over its cap costs little more than its reading.
+            let mut dropped: Option<(&FiveTuple, u16, usize, Reject)> = None;
             for (index, frame) in frames.iter().enumerate() {
+                if let Some((five_tuple, channel, len, reject)) = dropped
+                    && *five_tuple == frame.five_tuple
+                    && channel == frame.channel
+                    && frame.data.len() >= len
+                {
+                    self.rejects.count(reject);
+                    continue;
+                }
                 let shard = self.shard_of(&frame.five_tuple);
                 // One shard lock at a time: holding one while taking another
                 // would deadlock against a thread taking them the other way round.
@@ -362,13 +376,18 @@ impl Server {
                 }
                 let (_, state) = locked.get_or_insert_with(|| (shard, self.lock(shard)));
                 let State { core, sockets } = &mut **state;
-                let Some((id, peer)) = core.route_channel_data(
+                let (id, peer) = match core.route_channel_data(
                     now,
                     &frame.five_tuple,
                     frame.channel,
                     frame.data.len(),
-                ) else {
-                    continue;
+                ) {
+                    Ok(route) => route,
+                    Err(reject) => {
+                        dropped =
+                            Some((&frame.five_tuple, frame.channel, frame.data.len(), reject));
+                        continue;
+                    }
                 };
                 let slot = match used.iter().position(|(used_id, _)| *used_id == id) {
                     Some(slot) => slot,

@@ -506,14 +506,14 @@ impl Core {
     }
 
     /// ChannelData from a client: the allocation whose relay socket sends
-    /// it, and the peer to send it to.
+    /// it, and the peer to send it to; or why it is dropped (counted).
     pub(crate) fn route_channel_data(
         &mut self,
         now: Instant,
         five_tuple: &FiveTuple,
         channel: u16,
         len: usize,
-    ) -> Option<(AllocId, SocketAddr)> {
+    ) -> Result<(AllocId, SocketAddr), Reject> {
         let gate = Gate::new(&self.limits.bandwidth, &self.shared.bandwidth);
         let route = match self.table.by_five_tuple(five_tuple) {
             Some(allocation) => allocation
@@ -521,7 +521,10 @@ impl Core {
                 .map(|peer| (allocation.id, peer)),
             None => Err(Reject::NoRoute),
         };
-        route.map_err(|reject| self.counters.count(reject)).ok()
+        if let Err(reject) = route {
+            self.counters.count(reject);
+        }
+        route
     }
 
     /// Data from `peer` at allocation `id`'s relay: None to drop it, else the

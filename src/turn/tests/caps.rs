@@ -80,7 +80,7 @@ fn channels_past_the_cap_get_508_and_add_nothing() {
         harness
             .core
             .route_channel_data(at, &client.five_tuple, 0x4002, 4),
-        None,
+        Err(Reject::NoRoute),
         "the refused channel is not bound"
     );
     assert_eq!(

@@ -149,6 +149,7 @@ fn channel_lasts_600_s_and_rebinding_refreshes_it() {
         harness
             .core
             .route_channel_data(at, &client.five_tuple, 0x4000, 4)
+            .ok()
     };
     harness
         .channel_bind(&client, harness.at(0), 0x4000, target)

@@ -44,7 +44,7 @@ fn rfc5766_channel_numbers_accept_up_to_0x7fff() {
             harness
                 .core
                 .route_channel_data(now.instant, &alice().five_tuple, number, 4),
-            Some((
+            Ok((
                 harness.core.table.id_for(&alice().five_tuple).unwrap(),
                 target
             ))
@@ -247,7 +247,7 @@ fn a_reload_that_tightens_the_policy_ends_permissions_and_channels_it_refuses_at
         harness
             .core
             .route_channel_data(later.instant, &alice().five_tuple, 0x4000, 1),
-        None
+        Err(Reject::NoRoute)
     );
     assert_eq!(
         harness.core.route_from_peer(id, kept, later.instant, 1),
