@@ -40,6 +40,7 @@ mod server;
 mod signal;
 mod socket_options;
 mod source;
+mod sparse;
 mod stun;
 mod transport;
 mod turn;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use crate::datagrams::BatchSocket;
+use crate::sparse::shrink_if_sparse;
 use crate::turn::{AllocId, RelaySockets};
 
 /// One relay socket, read and written in batches.
@@ -60,6 +61,7 @@ impl RelaySocketTable {
 
     pub(crate) fn close(&mut self, id: AllocId) {
         self.sockets.remove(&id);
+        shrink_if_sparse(&mut self.sockets);
     }
 }
 

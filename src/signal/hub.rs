@@ -20,6 +20,7 @@ use super::token::Claims;
 use crate::config::SignalLimits;
 use crate::logging::event;
 use crate::metrics::{Limit, Metrics};
+use crate::sparse::shrink_if_sparse;
 
 pub(crate) type SessionId = u64;
 
@@ -219,6 +220,7 @@ impl Drop for ConnectionSlot {
             *count -= 1;
             if *count == 0 {
                 state.connections_by_ip.remove(&self.ip);
+                shrink_if_sparse(&mut state.connections_by_ip);
             }
         }
     }
@@ -602,6 +604,8 @@ fn end_session(state: &mut HubState, id: SessionId, reason: LeaveReason) {
         return;
     };
     state.resume_tokens.remove(&session.resume_token);
+    shrink_if_sparse(&mut state.sessions);
+    shrink_if_sparse(&mut state.resume_tokens);
     for (room, peer) in &session.rooms {
         leave_room(state, &session.user, room, peer, reason);
     }
@@ -623,6 +627,7 @@ fn leave_room(state: &mut HubState, user: &str, room: &str, peer: &str, reason: 
     entry.members.remove(peer);
     if entry.members.is_empty() {
         state.rooms.remove(room);
+        shrink_if_sparse(&mut state.rooms);
         return;
     }
     let text: Utf8Bytes = protocol::peer_left(room, peer, reason).into();

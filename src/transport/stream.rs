@@ -25,6 +25,7 @@ use crate::logging::event;
 use crate::metrics::Limit;
 use crate::reject::Reject;
 use crate::server::Server;
+use crate::sparse::shrink_if_sparse;
 use crate::transport::ClientRoute;
 use crate::transport::tls::ReloadableCertificate;
 use crate::turn::FiveTuple;
@@ -200,6 +201,7 @@ impl Drop for Admission {
             *count -= 1;
             if *count == 0 {
                 per_ip.remove(&self.ip);
+                shrink_if_sparse(per_ip);
             }
         }
     }

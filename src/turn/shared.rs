@@ -14,6 +14,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::config::PortRange;
 use crate::reject::Reject;
+use crate::sparse::shrink_if_sparse;
 use crate::turn::bandwidth::{Cells, NodeBandwidth};
 use crate::turn::ports::PortPool;
 use crate::turn::throttle::Throttle;
@@ -137,6 +138,7 @@ impl Shared {
             entry.allocations -= 1;
             if entry.allocations == 0 {
                 inner.per_user.remove(user);
+                shrink_if_sparse(&mut inner.per_user);
             }
         }
         if let Some(port) = port {

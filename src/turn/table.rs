@@ -5,6 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use crate::sparse::shrink_if_sparse;
 use crate::turn::FiveTuple;
 use crate::turn::allocation::{AllocId, Allocation};
 
@@ -57,6 +58,9 @@ impl AllocationTable {
         self.schedule.remove(&(allocation.wake_at, id));
         self.by_five_tuple.remove(&allocation.five_tuple);
         self.by_relayed.remove(&allocation.relayed);
+        shrink_if_sparse(&mut self.by_id);
+        shrink_if_sparse(&mut self.by_five_tuple);
+        shrink_if_sparse(&mut self.by_relayed);
         Some(allocation)
     }
 

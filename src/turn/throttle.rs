@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::ThrottleConfig;
 use crate::logging::event;
+use crate::sparse::shrink_if_sparse;
 
 /// The first backoff of a user; each further period doubles it.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -318,11 +319,13 @@ impl Throttle {
                 }
                 !idle
             });
+            shrink_if_sparse(&mut inner.sources);
             let window = inner.config.login_failure_window;
             inner.users.retain(|_, user| {
                 user.blocked_until.is_some_and(|until| now < until)
                     || now.saturating_duration_since(user.last_failure) < window
             });
+            shrink_if_sparse(&mut inner.users);
         });
     }
 

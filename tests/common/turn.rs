@@ -23,7 +23,17 @@ pub struct TurnAllocation {
 impl TurnAllocation {
     /// Allocates on `server` (UDP) as `username`; the error when refused.
     pub async fn make(server: SocketAddr, username: &str, password: &str) -> Result<Self, String> {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind client");
+        Self::make_from("127.0.0.1:0", server, username, password).await
+    }
+
+    /// [`Self::make`] from a client socket bound to `local`.
+    pub async fn make_from(
+        local: &str,
+        server: SocketAddr,
+        username: &str,
+        password: &str,
+    ) -> Result<Self, String> {
+        let socket = UdpSocket::bind(local).await.expect("bind client");
         let client = Client::new(ClientConfig {
             stun_serv_addr: server.to_string(),
             turn_serv_addr: server.to_string(),
