@@ -159,6 +159,10 @@ async fn a_million_unauthenticated_allocates_cost_no_memory_and_a_real_client_st
         .get(&key("icegate_refusals_total", &[("reason", "challenge")]))
         .copied()
         .unwrap_or(0.0);
+    // The flood came from one address and the client from another.
+    let tracked =
+        Scrape::of(&daemon, None).get("icegate_throttle_tracked", &[("table", "sources")]);
+    assert!((1.0..=2.0).contains(&tracked), "{tracked} sources tracked");
     eprintln!(
         "{sent} Allocates sent from {FLOOD_SOCKETS} ports: {dropped} dropped unanswered, \
          {challenged} challenged (the rest lost in the kernel's buffers); \
@@ -402,4 +406,77 @@ async fn ten_thousand_websocket_sessions_are_given_back() {
         client
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signaling_client_that_never_reads_costs_bounded_memory_and_is_dropped() {
+    const SENDERS: usize = 8;
+    const PAYLOAD_BYTES: usize = 60_000;
+    // The default max-queued-bytes (1 MiB); senders may send as fast as
+    // they like, so only the queue bounds what waits for the reader.
+    let signal = format!(
+        "[signal]\njwt-secrets = [\"{JWT_SECRET}\"]\n\
+         messages-per-second = 100000\nmessage-burst = 100000\n"
+    );
+    let daemon = TestDaemon::start(
+        &TestConfig {
+            http: true,
+            public_host: Some("127.0.0.1"),
+            tables: &signal,
+            ..TestConfig::default()
+        }
+        .render(),
+    );
+    let http = daemon.listener("http");
+    let (mut reader, _) =
+        SignalClient::join_server(http, &token(JWT_SECRET, "reader", 3600, None)).await;
+    reader.join("r", "reader").await;
+    let mut senders = Vec::new();
+    for n in 0..SENDERS {
+        let (mut sender, _) =
+            SignalClient::join_server(http, &token(JWT_SECRET, &format!("sender{n}"), 3600, None))
+                .await;
+        sender.join("r", &format!("sender{n}")).await;
+        senders.push(sender);
+    }
+    let _stalled = reader.into_inner();
+    let rss_before = rss_kib(&daemon);
+    let mut rss_peak = rss_before;
+    let payload = "x".repeat(PAYLOAD_BYTES);
+    let mut offered = 0;
+    let mut left = None;
+    // Bounded: at most 100 rounds of every sender, far more than the
+    // queue and the socket buffers hold.
+    'sending: for _ in 0..100 {
+        for sender in &mut senders {
+            sender
+                .send(serde_json::json!({"type": "signal", "room": "r", "to": "reader", "data": payload}))
+                .await;
+            offered += PAYLOAD_BYTES;
+            rss_peak = rss_peak.max(rss_kib(&daemon));
+            if let Some(message) = sender.poll_for(Duration::from_millis(1)).await
+                && message["type"] == "peer-left"
+            {
+                left = Some(message);
+                break 'sending;
+            }
+        }
+    }
+    let left = match left {
+        Some(left) => left,
+        None => senders[0].expect("peer-left").await,
+    };
+    let line = daemon
+        .wait_for_line("signal-disconnect user=reader", Duration::from_secs(5))
+        .expect("the reader's disconnect is logged");
+    eprintln!(
+        "{offered} bytes sent towards a client that does not read: daemon RSS {rss_before} kB, \
+         at most {rss_peak} kB; {left}; {line}"
+    );
+    assert_eq!(left["peer"], "reader");
+    assert!(line.contains("how=\"not reading\""), "{line}");
+    assert!(
+        rss_peak < rss_before + 4 * 1024,
+        "RSS grew from {rss_before} kB to {rss_peak} kB"
+    );
 }

@@ -274,6 +274,17 @@ impl Collector for Sources {
                 ("failed", rejects.get(Reject::TlsHandshakeFailed)),
             ],
         )?;
+        let (sources, users) = server.throttle_tracked();
+        family(
+            e,
+            "throttle_tracked",
+            "Sources (addresses, IPv6 /64s) and users with failed logins the throttle \
+             tracks now; each table holds at most throttle.max-tracked",
+            MetricType::Gauge,
+            [("sources", sources), ("users", users)]
+                .into_iter()
+                .map(|(table, n)| (vec![("table", table)], ConstGauge::new(to_i64(n)))),
+        )?;
         gauge(
             e,
             "stream_connections",

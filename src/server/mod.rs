@@ -213,6 +213,11 @@ impl Server {
     }
 
     /// Calls `each` for every allocation, one shard locked at a time.
+    /// Sources and users the throttle tracks now.
+    pub(crate) fn throttle_tracked(&self) -> (usize, usize) {
+        self.shared.throttle.tracked()
+    }
+
     pub(crate) fn for_each_allocation(&self, mut each: impl FnMut(&Allocation)) {
         for shard in 0..self.shards.len() {
             self.lock(shard).core.allocations().for_each(&mut each);

@@ -329,7 +329,7 @@ impl Throttle {
         });
     }
 
-    #[cfg(test)]
+    /// Sources and users tracked now, each bounded by `max-tracked`.
     pub(crate) fn tracked(&self) -> (usize, usize) {
         let inner = self.lock();
         (inner.sources.len(), inner.users.len())
