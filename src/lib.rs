@@ -23,6 +23,7 @@ pub mod cli;
 
 mod admin;
 mod auth;
+mod bans;
 mod certificate;
 mod config;
 mod ctl;
