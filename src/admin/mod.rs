@@ -1,7 +1,8 @@
 //! The admin listener (`[admin] address`, loopback by default): Prometheus
 //! metrics, health, the allocation table, ending a user's allocations and
-//! signaling sessions, drain and reload. With `[admin] token` set, every
-//! request but `GET /healthz` presents it as a bearer token.
+//! signaling sessions, bans (`bans.rs`), drain and reload. With
+//! `[admin] token` set, every request but `GET /healthz` presents it as a
+//! bearer token.
 //!
 //! | request                         | answer                                          |
 //! |---------------------------------|-------------------------------------------------|
@@ -12,7 +13,7 @@
 //! | `POST /drain`                   | refuses new allocations and connections         |
 //! | `POST /reload`                  | reloads as SIGHUP does; 200 or 500 with why     |
 //! | `GET /bans`                     | JSON array of the bans in force                 |
-//! | `POST /bans?user=U[&for=D]`     | bans U (for D, or until lifted), ends what U has|
+//! | `POST /bans?user=U[&for=D]`     | bans U for D or until lifted; ends what U has   |
 //! | `DELETE /bans?user=U`           | lifts U's ban                                   |
 //!
 //! A user `U` matches a static user or signaling user `U` and TURN REST
