@@ -55,7 +55,8 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
-    /// Talk to a running daemon's admin listener: status, allocations, kill USER, drain, reload.
+    /// Talk to a running daemon's admin listener: status, allocations, kill USER,
+    /// ban USER, unban USER, bans, drain, reload.
     Ctl(crate::ctl::Ctl),
     /// Mint a signaling token (JWT, HS256 with the first signal.jwt-secrets entry).
     Token {

@@ -14,7 +14,8 @@ use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
-use crate::config::Config;
+use crate::bans::time_text;
+use crate::config::{self, Config};
 
 /// The config file `ctl` reads the admin address and token from by default.
 const DEFAULT_CONFIG: &str = "/etc/icegate/icegate.toml";
@@ -51,6 +52,18 @@ enum CtlCommand {
     },
     /// End a user's allocations and signaling connections.
     Kill { user: String },
+    /// End a user's allocations and signaling connections and refuse new
+    /// ones (static, TURN REST and token alike) until unbanned.
+    Ban {
+        user: String,
+        /// End the ban by itself after this long, like 30m or 1h.
+        #[arg(long = "for", value_name = "DURATION", value_parser = config::parse_duration)]
+        duration: Option<Duration>,
+    },
+    /// Lift a user's ban.
+    Unban { user: String },
+    /// List the bans in force.
+    Bans,
     /// Refuse new allocations and connections; existing ones carry on.
     Drain,
     /// Reload the configuration, as SIGHUP does, and say how it went.
@@ -171,6 +184,30 @@ async fn run(target: &Target, command: &CtlCommand) -> Result<String, Failure> {
                 answer["allocations"], answer["signal_sessions"]
             ))
         }
+        CtlCommand::Ban { user, duration } => {
+            let mut path = format!("/bans?user={}", encode(user));
+            if let Some(duration) = duration {
+                path.push_str(&format!("&for={}ms", duration.as_millis()));
+            }
+            let answer = json(request(target, Method::POST, &path).await?)?;
+            let until = match answer["until"].as_u64() {
+                Some(until) => format!("until {}", time_text(Some(until))),
+                None => "until unbanned".to_owned(),
+            };
+            Ok(format!(
+                "banned {user} {until}; ended {} allocations and {} signaling sessions\n",
+                answer["allocations"], answer["signal_sessions"]
+            ))
+        }
+        CtlCommand::Unban { user } => {
+            let path = format!("/bans?user={}", encode(user));
+            request(target, Method::DELETE, &path).await?;
+            Ok(format!("unbanned {user}\n"))
+        }
+        CtlCommand::Bans => {
+            let list = json(request(target, Method::GET, "/bans").await?)?;
+            Ok(ban_table(&list))
+        }
         CtlCommand::Drain => {
             let answer = json(request(target, Method::POST, "/drain").await?)?;
             Ok(format!(
@@ -249,15 +286,18 @@ fn allocation_table(list: &Value) -> String {
     }
     let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
     let traffic = |v: &Value| format!("{}B/{}p", v["bytes"], v["packets"]);
-    let mut table = vec![[
-        "USER".to_owned(),
-        "TRANSPORT".to_owned(),
-        "CLIENT".to_owned(),
-        "RELAYED".to_owned(),
-        "AGE".to_owned(),
-        "TO PEER".to_owned(),
-        "FROM PEER".to_owned(),
-    ]];
+    let mut table = vec![
+        [
+            "USER",
+            "TRANSPORT",
+            "CLIENT",
+            "RELAYED",
+            "AGE",
+            "TO PEER",
+            "FROM PEER",
+        ]
+        .map(str::to_owned),
+    ];
     for row in rows {
         table.push([
             text(&row["user"]),
@@ -269,7 +309,28 @@ fn allocation_table(list: &Value) -> String {
             traffic(&row["from_peer"]),
         ]);
     }
-    let widths: Vec<usize> = (0..7)
+    columns(&table)
+}
+
+fn ban_table(list: &Value) -> String {
+    let rows = list.as_array().map(Vec::as_slice).unwrap_or_default();
+    if rows.is_empty() {
+        return "no bans\n".to_owned();
+    }
+    let mut table = vec![["USER", "UNTIL", "BANNED"].map(str::to_owned)];
+    for row in rows {
+        table.push([
+            row["user"].as_str().unwrap_or_default().to_owned(),
+            time_text(row["until"].as_u64()),
+            time_text(Some(row["since"].as_u64().unwrap_or_default())),
+        ]);
+    }
+    columns(&table)
+}
+
+/// Rows as left-aligned columns two spaces apart.
+fn columns<const N: usize>(table: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N)
         .map(|i| {
             table
                 .iter()
@@ -279,7 +340,7 @@ fn allocation_table(list: &Value) -> String {
         })
         .collect();
     let mut out = String::new();
-    for row in &table {
+    for row in table {
         let cells: Vec<String> = row
             .iter()
             .zip(&widths)
@@ -381,6 +442,21 @@ mod tests {
         assert_eq!(sum_of(metrics, "a", |_| true), 5);
         assert_eq!(sum_of(metrics, "a", |l| l == "t=\"tcp\""), 3);
         assert_eq!(sum_of(metrics, "b", |_| true), 1);
+    }
+
+    #[test]
+    fn bans_are_listed_with_their_times() {
+        let list = serde_json::json!([
+            { "user": "alice", "since": 1_800_000_000u64, "until": null },
+            { "user": "bob", "since": 1_800_000_000u64, "until": 1_800_003_600u64 },
+        ]);
+        assert_eq!(
+            ban_table(&list),
+            "USER   UNTIL                 BANNED\n\
+             alice  permanent             2027-01-15T08:00:00Z\n\
+             bob    2027-01-15T09:00:00Z  2027-01-15T08:00:00Z\n"
+        );
+        assert_eq!(ban_table(&serde_json::json!([])), "no bans\n");
     }
 
     #[test]

@@ -201,6 +201,20 @@ impl HttpApi {
                 .insert(header::WWW_AUTHENTICATE, bearer_challenge());
             return response;
         };
+        if self.server.bans().is_banned(&user, unix_now()) {
+            event!(
+                info,
+                "ice-servers-refused",
+                client = client,
+                reason = "user-banned",
+                user = user
+            );
+            return error(
+                StatusCode::FORBIDDEN,
+                "user-banned",
+                &format!("{user} is banned"),
+            );
+        }
         let user = ice::rest_user(&user);
         let minted = {
             let credentials = self.server.credentials();

@@ -5,7 +5,8 @@
 //! messages from ChannelData (`wire`). Binding requests are answered by
 //! `stun`; TURN requests go through the sans-IO core in `turn`, a state
 //! machine that takes time as an argument and owns no socket: it
-//! authenticates against the credential store (`auth`), checks peers against
+//! authenticates against the credential store (`auth`), refuses banned
+//! users (`bans`, kept in the state directory), checks peers against
 //! the policy (`policy`), keeps its shard of the allocation table
 //! (`turn::table`) and binds relay sockets through a trait the shell
 //! implements. The shell owns those sockets (`server::relay_sockets`) and
@@ -23,6 +24,7 @@ pub mod cli;
 
 mod admin;
 mod auth;
+mod bans;
 mod certificate;
 mod config;
 mod ctl;

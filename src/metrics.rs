@@ -97,10 +97,11 @@ pub(crate) enum Limit {
     SignalMaxPeersPerRoom,
     SignalMaxMessageBytes,
     SignalMessagesPerSecond,
+    AdminMaxBans,
 }
 
 impl Limit {
-    pub(crate) const ALL: [Self; 8] = [
+    pub(crate) const ALL: [Self; 9] = [
         Self::MaxConnections,
         Self::MaxConnectionsPerIp,
         Self::SignalMaxConnections,
@@ -109,6 +110,7 @@ impl Limit {
         Self::SignalMaxPeersPerRoom,
         Self::SignalMaxMessageBytes,
         Self::SignalMessagesPerSecond,
+        Self::AdminMaxBans,
     ];
 
     pub(crate) fn key(self) -> &'static str {
@@ -121,6 +123,7 @@ impl Limit {
             Self::SignalMaxPeersPerRoom => "signal.max-peers-per-room",
             Self::SignalMaxMessageBytes => "signal.max-message-bytes",
             Self::SignalMessagesPerSecond => "signal.messages-per-second",
+            Self::AdminMaxBans => "admin.max-bans",
         }
     }
 

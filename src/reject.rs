@@ -90,10 +90,13 @@ pub(crate) enum Reject {
     /// Allocate within a second of the node dropping data for
     /// `relay.bps-capacity` (486, as coturn answers at capacity).
     AtCapacity,
+    /// A request that authenticated as a user who is banned
+    /// (`icegate ctl ban`) (403).
+    UserBanned,
 }
 
 impl Reject {
-    pub(crate) const ALL: [Self; 36] = [
+    pub(crate) const ALL: [Self; 37] = [
         Self::Garbage,
         Self::BadRequest,
         Self::UnknownAttribute,
@@ -130,6 +133,7 @@ impl Reject {
         Self::UserBandwidth,
         Self::NodeBandwidth,
         Self::AtCapacity,
+        Self::UserBanned,
     ];
 
     /// The STUN error code and reason phrase, or None for a silent drop.
@@ -162,7 +166,7 @@ impl Reject {
             Self::UnsupportedTransport => (442, "Unsupported Transport Protocol"),
             Self::AddressFamilyNotSupported => (440, "Address Family not Supported"),
             Self::PeerAddressFamilyMismatch => (443, "Peer Address Family Mismatch"),
-            Self::PeerRefused => (403, "Forbidden"),
+            Self::PeerRefused | Self::UserBanned => (403, "Forbidden"),
             Self::UserQuotaReached | Self::TotalQuotaReached | Self::AtCapacity => {
                 (486, "Allocation Quota Reached")
             }
@@ -213,6 +217,7 @@ impl Reject {
             Self::UserBandwidth => "user-bandwidth",
             Self::NodeBandwidth => "node-bandwidth",
             Self::AtCapacity => "at-capacity",
+            Self::UserBanned => "user-banned",
         }
     }
 

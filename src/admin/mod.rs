@@ -1,7 +1,8 @@
 //! The admin listener (`[admin] address`, loopback by default): Prometheus
 //! metrics, health, the allocation table, ending a user's allocations and
-//! signaling sessions, drain and reload. With `[admin] token` set, every
-//! request but `GET /healthz` presents it as a bearer token.
+//! signaling sessions, bans (`bans.rs`), drain and reload. With
+//! `[admin] token` set, every request but `GET /healthz` presents it as a
+//! bearer token.
 //!
 //! | request                         | answer                                          |
 //! |---------------------------------|-------------------------------------------------|
@@ -11,16 +12,21 @@
 //! | `DELETE /allocations?user=U`    | ends U's allocations and signaling sessions     |
 //! | `POST /drain`                   | refuses new allocations and connections         |
 //! | `POST /reload`                  | reloads as SIGHUP does; 200 or 500 with why     |
+//! | `GET /bans`                     | JSON array of the bans in force                 |
+//! | `POST /bans?user=U[&for=D]`     | bans U for D or until lifted; ends what U has   |
+//! | `DELETE /bans?user=U`           | lifts U's ban                                   |
 //!
 //! A user `U` matches a static user or signaling user `U` and TURN REST
 //! usernames `EXPIRY:U`.
 
+mod bans;
 mod scrape;
 
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http_body_util::Full;
@@ -94,6 +100,8 @@ pub(crate) struct AdminApi {
     /// Where the listener was bound as configured: a reload cannot move it.
     address: SocketAddr,
     token: Reloadable<Option<Vec<u8>>>,
+    /// `[admin] max-bans`, as reloaded.
+    max_bans: AtomicUsize,
     reload: mpsc::Sender<ReloadReply>,
 }
 
@@ -109,6 +117,7 @@ impl AdminApi {
             registry: scrape::registry(sources),
             address: config.address,
             token: Reloadable::new(Arc::new(token_bytes(config))),
+            max_bans: AtomicUsize::new(config.max_bans as usize),
             reload,
         })
     }
@@ -117,6 +126,8 @@ impl AdminApi {
     /// request; a new address is returned as needing a restart.
     pub(crate) fn reconfigure(&self, config: &AdminConfig) -> Option<String> {
         self.token.set(Arc::new(token_bytes(config)));
+        self.max_bans
+            .store(config.max_bans as usize, Ordering::Relaxed);
         (config.address != self.address).then(|| {
             format!(
                 "admin.address {} (still listening on {})",
@@ -142,6 +153,7 @@ impl AdminApi {
             "/metrics" | "/healthz" => &[Method::GET, Method::HEAD],
             "/allocations" => &[Method::GET, Method::HEAD, Method::DELETE],
             "/drain" | "/reload" => &[Method::POST],
+            "/bans" => &[Method::GET, Method::HEAD, Method::POST, Method::DELETE],
             _ => return error(StatusCode::NOT_FOUND, "not-found", "no such resource"),
         };
         if !allowed.contains(request.method()) {
@@ -176,8 +188,10 @@ impl AdminApi {
             );
             return response;
         }
-        let user = Query(request.uri().query().unwrap_or("")).get("user");
+        let query = Query(request.uri().query().unwrap_or(""));
+        let user = query.get("user");
         match (request.method(), path) {
+            (method, "/bans") => self.bans(method, user, query.get("for"), peer),
             (&Method::DELETE, _) => self.end_user(user, peer),
             (_, "/metrics") => {
                 let accept = request
@@ -223,10 +237,7 @@ impl AdminApi {
                 "name the user: DELETE /allocations?user=NAME",
             );
         };
-        let allocations = self
-            .server
-            .end_allocations(|username| user_matches(username, &user));
-        let sessions = self.signal.end_user(&user);
+        let (allocations, sessions) = self.end_now(&user);
         event!(
             info,
             "user-ended",
@@ -239,6 +250,14 @@ impl AdminApi {
             StatusCode::OK,
             &json!({ "user": user, "allocations": allocations, "signal_sessions": sessions }),
         )
+    }
+
+    /// Ends `user`'s allocations and signaling sessions; returns how many of each.
+    fn end_now(&self, user: &str) -> (usize, usize) {
+        let allocations = self
+            .server
+            .end_allocations(|username| user_matches(username, user));
+        (allocations, self.signal.end_user(user))
     }
 
     /// `POST /reload`: the daemon's main loop reloads and says how it went.

@@ -18,7 +18,7 @@ use crate::metrics::{
     turn_transport_index,
 };
 use crate::reject::Reject;
-use crate::server::Server;
+use crate::server::{Server, unix_now};
 use crate::signal::Signaling;
 use crate::transport::stream::ConnectionTracker;
 
@@ -349,6 +349,12 @@ impl Collector for Sources {
                 ("ok", read(&metrics.reloads[0])),
                 ("failed", read(&metrics.reloads[1])),
             ],
+        )?;
+        gauge(
+            e,
+            "bans",
+            "Users banned now (icegate ctl ban)",
+            to_i64(server.bans().list().count(unix_now())),
         )?;
         gauge(
             e,

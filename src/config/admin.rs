@@ -7,7 +7,9 @@ use super::http::MIN_API_KEY_CHARS;
 use super::walk::{Ctx, Section};
 
 const DEFAULT_ADMIN_ADDRESS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9641);
-const ADMIN_KEYS: &[&str] = &["address", "token"];
+const ADMIN_KEYS: &[&str] = &["address", "token", "max-bans"];
+/// Bans in force at once; each costs a line of `bans.json` and its memory.
+const DEFAULT_MAX_BANS: u32 = 100_000;
 
 /// The `[admin]` table: where `/metrics`, `/healthz`, `/allocations`,
 /// `/drain` and `/reload` are served. `Debug` redacts the token.
@@ -16,6 +18,8 @@ pub(crate) struct AdminConfig {
     pub(crate) address: SocketAddr,
     /// A bearer token every request but `/healthz` must present.
     pub(crate) token: Option<String>,
+    /// Bans in force at once (`POST /bans` answers 507 past it).
+    pub(crate) max_bans: u32,
 }
 
 impl fmt::Debug for AdminConfig {
@@ -23,6 +27,7 @@ impl fmt::Debug for AdminConfig {
         f.debug_struct("AdminConfig")
             .field("address", &self.address)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("max_bans", &self.max_bans)
             .finish()
     }
 }
@@ -31,6 +36,7 @@ pub(super) fn read_admin(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> AdminConfig
     let table = top.section(cx, "admin", ADMIN_KEYS);
     let address = table.get(cx, "address", DEFAULT_ADMIN_ADDRESS);
     let token = table.opt::<String>(cx, "token");
+    let max_bans = table.get(cx, "max-bans", DEFAULT_MAX_BANS);
     if let Some(text) = &token.value {
         // Messages never quote the token.
         let chars = text.chars().count();
@@ -50,6 +56,7 @@ pub(super) fn read_admin(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> AdminConfig
     AdminConfig {
         address: address.value,
         token: token.value,
+        max_bans: max_bans.value,
     }
 }
 
@@ -64,13 +71,15 @@ mod tests {
         let config = parse_ok(MINIMAL);
         assert_eq!(config.admin.address, "127.0.0.1:9641".parse().unwrap());
         assert_eq!(config.admin.token, None);
+        assert_eq!(config.admin.max_bans, 100_000);
         assert_eq!(config.shutdown_grace, Duration::from_secs(30));
         let token = "admin-token-0123456789";
         let config = parse_ok(&format!(
-            "shutdown-grace = \"2m\"\n{MINIMAL}[admin]\naddress = \"[::1]:9000\"\ntoken = \"{token}\"\n"
+            "shutdown-grace = \"2m\"\n{MINIMAL}[admin]\naddress = \"[::1]:9000\"\ntoken = \"{token}\"\nmax-bans = 3\n"
         ));
         assert_eq!(config.admin.address, "[::1]:9000".parse().unwrap());
         assert_eq!(config.admin.token.as_deref(), Some(token));
+        assert_eq!(config.admin.max_bans, 3);
         assert_eq!(config.shutdown_grace, Duration::from_secs(120));
         assert!(
             !format!("{config:?}").contains(token),

@@ -14,7 +14,7 @@ use std::fmt;
 use std::fs;
 use std::io;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::de::{DeTable, DeValue};
@@ -56,6 +56,8 @@ const MAX_REALM_CHARS: usize = 127;
 const DEFAULT_REALM: &str = "icegate";
 /// How long SIGTERM waits for allocations to end (systemd's TimeoutStopSec must be longer).
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Where state lives without `state-directory` or `$STATE_DIRECTORY`; the package makes it.
+const DEFAULT_STATE_DIRECTORY: &str = "/var/lib/icegate";
 
 /// The origin named in messages about [`Config::embedded_default`].
 pub(crate) const EMBEDDED_ORIGIN: &str = "<embedded default>";
@@ -106,6 +108,8 @@ pub(crate) struct Config {
     /// How long a SIGTERM drain waits for allocations to end before exiting.
     pub(crate) shutdown_grace: Duration,
     pub(crate) admin: AdminConfig,
+    /// Where state that outlives a restart (the bans) is kept.
+    pub(crate) state_directory: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -262,6 +266,7 @@ const ROOT_KEYS: &[&str] = &[
     "signal",
     "shutdown-grace",
     "admin",
+    "state-directory",
 ];
 const LOG_KEYS: &[&str] = &["level"];
 
@@ -306,6 +311,13 @@ fn read_config(cx: &mut Ctx<'_>, root: &DeTable<'_>) -> Config {
     let signal = signal::read_signal(cx, &top);
     let shutdown_grace = top.get(cx, "shutdown-grace", DEFAULT_SHUTDOWN_GRACE);
     let admin = admin::read_admin(cx, &top);
+    let state_directory = match top.opt::<PathBuf>(cx, "state-directory").value {
+        Some(path) => match cx.base_dir {
+            Some(base) if path.is_relative() => base.join(path),
+            _ => path,
+        },
+        None => default_state_directory(std::env::var_os("STATE_DIRECTORY")),
+    };
 
     Config {
         realm: realm.value,
@@ -320,7 +332,19 @@ fn read_config(cx: &mut Ctx<'_>, root: &DeTable<'_>) -> Config {
         signal,
         shutdown_grace: shutdown_grace.value,
         admin,
+        state_directory,
     }
+}
+
+/// systemd's `$STATE_DIRECTORY` (the first, if StateDirectory= names
+/// several), else [`DEFAULT_STATE_DIRECTORY`].
+fn default_state_directory(from_systemd: Option<std::ffi::OsString>) -> PathBuf {
+    from_systemd
+        .and_then(|dirs| {
+            let first = dirs.to_str()?.split(':').next()?.to_owned();
+            (!first.is_empty()).then(|| PathBuf::from(first))
+        })
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIRECTORY))
 }
 
 /// A host name (letters, digits and hyphens in dot-separated labels) or an IP address.
@@ -566,6 +590,29 @@ mod tests {
             !format!("{config:?}").contains("fresh-secret"),
             "Debug leaks the secret"
         );
+    }
+
+    #[test]
+    fn state_directory_is_systemds_or_the_packaged_one_or_as_configured() {
+        assert_eq!(
+            default_state_directory(None),
+            PathBuf::from("/var/lib/icegate")
+        );
+        assert_eq!(
+            default_state_directory(Some("/var/lib/icegate-2:/var/lib/other".into())),
+            PathBuf::from("/var/lib/icegate-2")
+        );
+        assert_eq!(
+            default_state_directory(Some("".into())),
+            PathBuf::from("/var/lib/icegate")
+        );
+        let config = parse_ok(&format!("state-directory = \"/srv/icegate\"\n{MINIMAL}"));
+        assert_eq!(config.state_directory, PathBuf::from("/srv/icegate"));
+        let dir = scratch_dir();
+        let path = dir.join("icegate.toml");
+        fs::write(&path, format!("state-directory = \"state\"\n{MINIMAL}")).unwrap();
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.state_directory, dir.join("state"));
     }
 
     #[test]

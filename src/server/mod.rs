@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::auth::CredentialStore;
+use crate::bans::Bans;
 use crate::config::Config;
 use crate::datagrams::Run;
 use crate::metrics::{Direction, Framing, Metrics};
@@ -49,6 +50,8 @@ pub(crate) struct Server {
     pub(crate) metrics: Arc<Metrics>,
     /// Set by POST /drain or SIGTERM, never cleared.
     draining: AtomicBool,
+    /// Where the bans are kept: read at start, so a reload cannot move it.
+    state_directory: std::path::PathBuf,
 }
 
 /// One shard: its core and the relay sockets of its allocations, under one lock.
@@ -116,7 +119,8 @@ impl Server {
         let rejects = Arc::new(RejectCounters::default());
         let nonce_key = rand::random();
         let credentials = Arc::new(CredentialStore::new(&config.realm, &config.auth, nonce_key));
-        let shared = Arc::new(Shared::new(config.relay.ports, Instant::now()));
+        let bans = Arc::new(Bans::open(&config.state_directory));
+        let shared = Arc::new(Shared::new(config.relay.ports, Instant::now(), bans));
         let threads = std::thread::available_parallelism().map_or(1, usize::from);
         let count = (threads * SHARDS_PER_THREAD) as u64;
         let shards = (0..count)
@@ -142,7 +146,13 @@ impl Server {
             rejects,
             metrics: Arc::default(),
             draining: AtomicBool::new(false),
+            state_directory: config.state_directory.clone(),
         })
+    }
+
+    /// The bans the relay, HTTP and signaling refuse users by.
+    pub(crate) fn bans(&self) -> &Bans {
+        &self.shared.bans
     }
 
     /// The credential store in use now.
@@ -165,6 +175,13 @@ impl Server {
             core.0.sockets.receive_buffer = config.relay.socket_receive_buffer;
             // Every shard sees the same config: one list says it.
             needs_restart = core.reconfigure(config, credentials.clone(), now);
+        }
+        if config.state_directory != self.state_directory {
+            needs_restart.push(format!(
+                "state-directory {} (still using {})",
+                config.state_directory.display(),
+                self.state_directory.display()
+            ));
         }
         needs_restart
     }
@@ -463,7 +480,7 @@ impl Server {
             .end_connection(five_tuple, Instant::now());
     }
 
-    /// Expires allocations, permissions and channels once a second.
+    /// Expires allocations, permissions, channels and bans once a second.
     pub(crate) async fn run_timers(self: Arc<Self>) {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -474,6 +491,7 @@ impl Server {
                 self.shard(shard).handle_timeout(now);
             }
             self.shared.expire_reservations(now);
+            self.shared.bans.expire(unix_now());
         }
     }
 }

@@ -228,6 +228,22 @@ impl Signaling {
                 }
             },
         };
+        if let Some(claims) = &claims
+            && self.server.bans().is_banned(&claims.sub, unix_now())
+        {
+            event!(
+                info,
+                "signal-refused",
+                client = client,
+                reason = "user-banned",
+                user = claims.sub
+            );
+            return Err(Refusal {
+                status: StatusCode::FORBIDDEN,
+                code: "user-banned",
+                message: format!("{} is banned", claims.sub),
+            });
+        }
         let slot = self
             .hub
             .admit(crate::source::source_of(client))

@@ -363,6 +363,12 @@ impl Core {
             (method == Method::ALLOCATE).then_some(user.username.as_str()),
             now.instant,
         );
+        // Read per request, never per relayed packet: a ban ends the
+        // allocations it finds, so data needs no check.
+        if self.shared.bans.is_banned(&user.owner, now.unix) {
+            self.refuse_banned(message, &user, five_tuple, now, out);
+            return Action::Reply;
+        }
         if method != Method::ALLOCATE {
             let Some(allocation) = self.table.by_five_tuple(five_tuple) else {
                 self.reject(
@@ -452,6 +458,37 @@ impl Core {
         }
         self.reject(message, reject, None, five_tuple, now, out);
         Action::Reply
+    }
+
+    /// Answers a banned user's request with 403, signed (the user did
+    /// authenticate); logged at most once an interval per source.
+    fn refuse_banned(
+        &self,
+        message: &Message<'_>,
+        user: &Authenticated,
+        five_tuple: &FiveTuple,
+        now: Now,
+        out: &mut Vec<u8>,
+    ) {
+        let source = source_of(five_tuple.client.ip());
+        if let AuthLog::Write { repeated } = self.shared.throttle.auth_log(source, now.instant) {
+            event!(
+                info,
+                "turn-refused",
+                reason = Reject::UserBanned.name(),
+                client = five_tuple.client,
+                user = user.username,
+                repeated = repeated
+            );
+        }
+        self.reject(
+            message,
+            Reject::UserBanned,
+            Some(&user.key),
+            five_tuple,
+            now,
+            out,
+        );
     }
 
     fn authenticate(

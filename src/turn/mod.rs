@@ -15,6 +15,8 @@
 //!   (`max-permissions-per-allocation`, `max-channels-per-allocation`):
 //!   past a cap a request that would add one gets 508, which §9 and §11
 //!   allow; coturn has no such cap.
+//! - A banned user (`crate::bans`) authenticates and then gets 403 on every
+//!   request; its data is not checked, since a ban ends its allocations.
 //! - Not implemented yet: ADDITIONAL-ADDRESS-FAMILY dual allocations, TCP
 //!   allocations (RFC 6062), MESSAGE-INTEGRITY-SHA256 and PASSWORD-ALGORITHMS,
 //!   mobility (RFC 8016). Browsers use none of them.

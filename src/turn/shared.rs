@@ -1,7 +1,8 @@
 //! What every shard of the allocation table shares: the relay port pool,
 //! EVEN-PORT reservations, and the allocation counts the quotas check,
 //! taken when an allocation begins or ends, never for a relayed packet;
-//! and the node's bandwidth cap, lock-free, which every relayed packet is.
+//! the node's bandwidth cap, lock-free, which every relayed packet is; and
+//! the bans, which every request is checked against.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -12,6 +13,7 @@ use std::time::Instant;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::bans::Bans;
 use crate::config::PortRange;
 use crate::reject::Reject;
 use crate::sparse::shrink_if_sparse;
@@ -35,6 +37,8 @@ pub(crate) struct Shared {
     /// Per-source and per-user limits on unauthenticated traffic, with their own lock.
     pub(crate) throttle: Throttle,
     pub(crate) bandwidth: NodeBandwidth,
+    /// Users refused after authenticating, read once per request.
+    pub(crate) bans: Arc<Bans>,
 }
 
 /// A user with allocations: how many, and their shared bandwidth state.
@@ -74,7 +78,7 @@ impl Ports<'_> {
 
 impl Shared {
     /// `origin` is the moment bandwidth accounting counts from.
-    pub(crate) fn new(range: PortRange, origin: Instant) -> Self {
+    pub(crate) fn new(range: PortRange, origin: Instant, bans: Arc<Bans>) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 ports: PortPool::new(range),
@@ -86,6 +90,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             throttle: Throttle::default(),
             bandwidth: NodeBandwidth::new(origin),
+            bans,
         }
     }
 

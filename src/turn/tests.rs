@@ -6,6 +6,7 @@
 
 mod allocate;
 mod auth;
+mod bans;
 mod caps;
 mod expiry;
 mod malformed;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::{CredentialStore, LongTermKey, long_term_key};
+use crate::bans::Bans;
 use crate::config::{Config, Transport};
 use crate::reject::{Reject, RejectCounters};
 use crate::turn::core::{Action, Core, Now};
@@ -268,7 +270,11 @@ impl Harness {
                 &config,
                 Arc::new(credentials),
                 Arc::new(RejectCounters::default()),
-                Arc::new(Shared::new(config.relay.ports, start)),
+                Arc::new(Shared::new(
+                    config.relay.ports,
+                    start,
+                    Arc::new(Bans::in_memory()),
+                )),
                 (0, 1),
             ),
             sockets: Sockets::default(),

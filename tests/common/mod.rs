@@ -70,6 +70,9 @@ pub struct TestConfig<'a> {
     pub admin_extra: &'a str,
     /// The top-level `shutdown-grace` (e.g. "1s"); the default if None.
     pub shutdown_grace: Option<&'a str>,
+    /// The top-level `state-directory`, for state that must outlive one
+    /// daemon; if None, [`TestDaemon::start`] gives each daemon its own.
+    pub state_directory: Option<&'a Path>,
 }
 
 impl Default for TestConfig<'_> {
@@ -88,6 +91,7 @@ impl Default for TestConfig<'_> {
             tables: "",
             admin_extra: "",
             shutdown_grace: None,
+            state_directory: None,
         }
     }
 }
@@ -130,10 +134,13 @@ impl TestConfig<'_> {
         } else {
             format!("[connections]\n{}\n", self.connections_extra)
         };
-        let shutdown_grace = self
+        let mut shutdown_grace = self
             .shutdown_grace
             .map(|grace| format!("shutdown-grace = \"{grace}\"\n"))
             .unwrap_or_default();
+        if let Some(dir) = self.state_directory {
+            shutdown_grace += &format!("state-directory = \"{}\"\n", dir.display());
+        }
         let Self {
             relay_extra,
             auth_extra,
@@ -206,6 +213,13 @@ impl TestDaemon {
             config.to_owned()
         } else {
             format!("{config}\n[admin]\naddress = \"127.0.0.1:0\"\n")
+        };
+        // Never the system's /var/lib/icegate: a top-level key goes first.
+        let config = if config.contains("state-directory") {
+            config
+        } else {
+            let state = dir.path().join("state");
+            format!("state-directory = \"{}\"\n{config}", state.display())
         };
         std::fs::write(&config_path, config).expect("write config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_icegate"))
