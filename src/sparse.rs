@@ -44,6 +44,8 @@ mod tests {
             map.remove(&n);
             shrink_if_sparse(&mut map);
         }
-        assert_eq!(map.capacity(), capacity);
+        // capacity() counts tombstones out, so it dips a little; a shrink
+        // would have halved it.
+        assert!(map.capacity() * 10 >= capacity * 9, "{} of {capacity}", map.capacity());
     }
 }
