@@ -46,6 +46,10 @@ mod tests {
         }
         // capacity() counts tombstones out, so it dips a little; a shrink
         // would have halved it.
-        assert!(map.capacity() * 10 >= capacity * 9, "{} of {capacity}", map.capacity());
+        assert!(
+            map.capacity() * 10 >= capacity * 9,
+            "{} of {capacity}",
+            map.capacity()
+        );
     }
 }

@@ -142,6 +142,7 @@ fn metrics_move_by_exactly_what_was_relayed_refused_and_answered() {
         ("icegate_signal_connections", "gauge"),
         ("icegate_limit_hits", "counter"),
         ("icegate_reloads", "counter"),
+        ("icegate_throttle_tracked", "gauge"),
     ] {
         assert_eq!(
             before.families.get(family).map(String::as_str),
@@ -218,6 +219,9 @@ fn metrics_move_by_exactly_what_was_relayed_refused_and_answered() {
         ("icegate_refusals_total", &[("reason", "challenge")], 2.0),
         ("icegate_refusals_total", wrong_password, 1.0),
         ("icegate_auth_failures_total", wrong_password, 1.0),
+        // The source challenged, and the user whose password failed.
+        ("icegate_throttle_tracked", &[("table", "sources")], 1.0),
+        ("icegate_throttle_tracked", &[("table", "users")], 1.0),
     ]);
     assert_eq!(after.changes_since(&before), expected);
     assert_eq!(after.get("icegate_draining", &[]), 0.0);
