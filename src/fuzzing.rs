@@ -713,10 +713,158 @@ fn sandbox() -> &'static Path {
     })
 }
 
+/// A short session on a core made from `config`, so the limits the text
+/// sets (rates, caps, lifetimes, bandwidth) are used, not only read: a
+/// Binding, an unsigned and a signed Allocate (a static user's key, else
+/// minted REST credentials), a permission, a channel, data both ways and an
+/// hour of expiry. Every reply must parse.
+fn exercise_core(config: &Config, credentials: Arc<CredentialStore>) {
+    use crate::config::UserCredential;
+    let start = Instant::now();
+    let now = |secs: u64| Now {
+        instant: start + Duration::from_secs(secs),
+        unix: UNIX + secs,
+    };
+    let (username, key) = match config.auth.users.first() {
+        Some(user) => match &user.credential {
+            UserCredential::Password(password) => (
+                user.name.clone(),
+                long_term_key(&user.name, &config.realm, password),
+            ),
+            UserCredential::Key(key) => (user.name.clone(), *key),
+        },
+        None => match credentials.mint("fuzz", Duration::from_secs(3600), UNIX) {
+            Some((username, password)) => {
+                let key = long_term_key(&username, &config.realm, &password);
+                (username, key)
+            }
+            None => return,
+        },
+    };
+    let mut core = Core::new(
+        config,
+        credentials.clone(),
+        Arc::new(RejectCounters::default()),
+        Arc::new(Shared::new(config.relay.ports, start)),
+        (0, 1),
+    );
+    let Some(listen) = config.listen.first() else {
+        return;
+    };
+    let client = if listen.address.is_ipv4() {
+        "127.0.0.1:40000"
+    } else {
+        "[::1]:40000"
+    };
+    let five_tuple = FiveTuple {
+        client: client.parse().expect("an address"),
+        server: listen.address,
+        transport: Transport::Udp,
+    };
+    let peer = SocketAddr::new(five_tuple.client.ip(), 5000);
+    let nonce = credentials.nonce(five_tuple.client, UNIX);
+    let mut sockets = Sockets::default();
+    let mut send = |core: &mut Core,
+                    n: u8,
+                    method,
+                    class,
+                    sign: bool,
+                    add: &dyn Fn(&mut MessageBuilder<'_>)| {
+        let mut request = Vec::new();
+        let mut builder = MessageBuilder::new(&mut request, method, class, transaction(n));
+        add(&mut builder);
+        if sign {
+            builder
+                .add(attr::USERNAME, username.as_bytes())
+                .add(attr::REALM, config.realm.as_bytes())
+                .add(attr::NONCE, nonce.as_bytes())
+                .add_integrity(&key);
+        }
+        let message = Message::parse(&request).expect("a built request parses");
+        let mut out = Vec::new();
+        let action = core.handle_stun(now(0), &five_tuple, &message, &mut sockets, &mut out);
+        if let Action::Reply | Action::ReplyAndStartRelay(_) = action
+            && let Err(error) = Message::parse(&out)
+        {
+            panic!("the reply does not parse: {error}");
+        }
+        if let Action::ToPeer { relay, peer, data } = action {
+            core.route_from_peer(relay, peer, now(0).instant, data.len());
+        }
+    };
+    let udp = |b: &mut MessageBuilder<'_>| {
+        b.add(attr::REQUESTED_TRANSPORT, &[attr::TRANSPORT_UDP, 0, 0, 0]);
+    };
+    send(
+        &mut core,
+        1,
+        wire::Method::BINDING,
+        Class::Request,
+        false,
+        &|_| {},
+    );
+    send(
+        &mut core,
+        2,
+        wire::Method::ALLOCATE,
+        Class::Request,
+        false,
+        &udp,
+    );
+    send(
+        &mut core,
+        3,
+        wire::Method::ALLOCATE,
+        Class::Request,
+        true,
+        &udp,
+    );
+    send(
+        &mut core,
+        4,
+        wire::Method::CREATE_PERMISSION,
+        Class::Request,
+        true,
+        &|b| {
+            b.add_xor_address(attr::XOR_PEER_ADDRESS, peer);
+        },
+    );
+    send(
+        &mut core,
+        5,
+        wire::Method::CHANNEL_BIND,
+        Class::Request,
+        true,
+        &|b| {
+            b.add_u32(attr::CHANNEL_NUMBER, 0x4000 << 16)
+                .add_xor_address(attr::XOR_PEER_ADDRESS, peer);
+        },
+    );
+    send(
+        &mut core,
+        6,
+        wire::Method::SEND,
+        Class::Indication,
+        false,
+        &|b| {
+            b.add_xor_address(attr::XOR_PEER_ADDRESS, peer)
+                .add(attr::DATA, &[0; 1200]);
+        },
+    );
+    for secs in [0, 1, 3600] {
+        if let Ok((id, peer)) =
+            core.route_channel_data(now(secs).instant, &five_tuple, 0x4000, 1200)
+        {
+            core.route_from_peer(id, peer, now(secs).instant, 1200);
+        }
+        core.handle_timeout(now(secs).instant);
+    }
+}
+
 /// Config text through the loader, in a directory with real certificate,
 /// key and secret files (see [`sandbox`]). A config that validates must
-/// also be one the daemon can build its parts from; one that does not
-/// must say why in text.
+/// also be one the daemon can build its parts from and run a session on
+/// ([`exercise_core`]); one that does not must say why in text.
 pub fn config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -726,14 +874,7 @@ pub fn config(data: &[u8]) {
             let credentials = CredentialStore::new(&config.realm, &config.auth, [0; 32]);
             let _ = PeerPolicy::new(&config.relay.allow_peers, &config.relay.deny_peers);
             let _ = TokenVerifier::new(&config.signal);
-            let start = Instant::now();
-            let _ = Core::new(
-                &config,
-                Arc::new(credentials),
-                Arc::new(RejectCounters::default()),
-                Arc::new(Shared::new(config.relay.ports, start)),
-                (0, 1),
-            );
+            exercise_core(&config, Arc::new(credentials));
         }
         Err(errors) => {
             assert!(!errors.problems.is_empty(), "refused without a problem");
