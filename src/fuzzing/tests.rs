@@ -627,6 +627,12 @@ fn config_seeds() -> Seeds {
          [[auth.users]]\nname = \"alice\"\nkey = \"0123456789abcdef0123456789abcdef\"\n\
          [throttle]\nlogin-failures = 5\n[connections]\nmax-connections = 10\n"
     );
+    let durations = format!(
+        "shutdown-grace = \"1m\"\n{listen_udp}[relay]\naddresses = [\"127.0.0.1\"]\n\
+         allow-peers = [\"127.0.0.0/8\"]\ndefault-lifetime = \"10m\"\nmax-lifetime = \"1h\"\n\
+         permission-lifetime = \"5m\"\nchannel-lifetime = \"10m\"\n\
+         [auth]\nsecrets = [\"0123456789abcdef\"]\ncredential-ttl = \"1d\"\nnonce-lifetime = \"10m\"\n"
+    );
     vec![
         ("icegate", shipped("config/icegate.toml")),
         ("dev-loopback", shipped("config/examples/dev-loopback.toml")),
@@ -649,6 +655,7 @@ fn config_seeds() -> Seeds {
         ("paths-outside-the-sandbox", outside.into_bytes()),
         ("many-tables", everything.into_bytes()),
         ("syntax-error", b"[[listen]\naddress = \"x\"\n".to_vec()),
+        ("durations", durations.into_bytes()),
     ]
 }
 
@@ -681,7 +688,7 @@ fn the_config_target_reads_the_sandbox_and_nothing_else() {
         let text = String::from_utf8(text).expect("UTF-8");
         let parsed = Config::parse_sandboxed(&text, sandbox());
         match name {
-            "tls-and-secrets-file" | "jwt-keys" | "many-tables" => {
+            "tls-and-secrets-file" | "jwt-keys" | "many-tables" | "durations" => {
                 if let Err(e) = parsed {
                     panic!("{name}: {e}");
                 }
