@@ -21,6 +21,8 @@
 //! Imports point down these layers only (`.ci/check-layers.py`).
 
 pub mod cli;
+#[cfg(any(test, fuzzing))]
+pub mod fuzzing;
 
 mod admin;
 mod auth;

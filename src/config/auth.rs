@@ -106,7 +106,11 @@ pub(super) fn read_auth(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> AuthConfig {
     });
     if let Some(path) = &secrets_file {
         let key = auth.key("secrets-file");
-        match read_secrets_file(path) {
+        match cx
+            .may_read(path)
+            .map_err(|e| vec![e])
+            .and_then(|()| read_secrets_file(path))
+        {
             Ok(from_file) => secrets.extend(from_file),
             Err(messages) => {
                 file_ok = false;

@@ -9,7 +9,7 @@ use toml::de::DeValue;
 
 use super::scalars::{Scalar, expected, string};
 use super::walk::{Ctx, Item, Section, Val, line_of};
-use crate::certificate::{TlsFile, TlsFiles, load_certified_key};
+use crate::certificate::{TlsFile, TlsFiles, TlsProblem, load_certified_key};
 
 const LISTEN_KEYS: &[&str] = &[
     "address",
@@ -145,7 +145,19 @@ pub(super) fn read_listen(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> Vec<Listen
                     certificate: resolve(certificate_path.clone()),
                     private_key: resolve(key_path.clone()),
                 };
-                if let Err(problem) = load_certified_key(&files) {
+                let readable = [
+                    (TlsFile::Certificate, &files.certificate),
+                    (TlsFile::PrivateKey, &files.private_key),
+                ]
+                .into_iter()
+                .find_map(|(file, path)| {
+                    cx.may_read(path)
+                        .err()
+                        .map(|message| TlsProblem { file, message })
+                });
+                if let Err(problem) =
+                    readable.map_or_else(|| load_certified_key(&files).map(drop), Err)
+                {
                     let (key, span) = match problem.file {
                         TlsFile::Certificate => ("certificate", &certificate.span),
                         TlsFile::PrivateKey => ("private-key", &private_key.span),

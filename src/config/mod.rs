@@ -183,14 +183,14 @@ impl Config {
     /// [`EMBEDDED_ORIGIN`]). A relative `auth.secrets-file` is taken relative to the current
     /// directory; [`Config::load`] takes it relative to the config file instead.
     pub(crate) fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
-        parse_in(text, origin, None)
+        parse_in(text, origin, None, None)
     }
 
     /// Read a file and parse it; an unreadable file is an error naming the path.
     pub(crate) fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let origin = path.display().to_string();
         match fs::read_to_string(path) {
-            Ok(text) => parse_in(&text, &origin, path.parent()),
+            Ok(text) => parse_in(&text, &origin, path.parent(), None),
             Err(e) => Err(ConfigErrors {
                 origin,
                 problems: vec![ConfigProblem {
@@ -213,9 +213,22 @@ impl Config {
         config.auth.secrets = vec![secret.to_owned()];
         config
     }
+
+    /// Parses `text` as [`Config::load`] would a file in `dir`, reading only
+    /// small regular files inside `dir` (canonical), whatever paths the text
+    /// names: the fuzz target's view of the loader.
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn parse_sandboxed(text: &str, dir: &Path) -> Result<Config, ConfigErrors> {
+        parse_in(text, "fuzz.toml", Some(dir), Some(dir))
+    }
 }
 
-fn parse_in(text: &str, origin: &str, base_dir: Option<&Path>) -> Result<Config, ConfigErrors> {
+fn parse_in(
+    text: &str,
+    origin: &str,
+    base_dir: Option<&Path>,
+    sandbox: Option<&Path>,
+) -> Result<Config, ConfigErrors> {
     let errors = |problems| ConfigErrors {
         origin: origin.to_owned(),
         problems,
@@ -241,6 +254,7 @@ fn parse_in(text: &str, origin: &str, base_dir: Option<&Path>) -> Result<Config,
     let mut cx = Ctx {
         text,
         base_dir,
+        sandbox,
         problems: Vec::new(),
     };
     let config = read_config(&mut cx, root.get_ref());

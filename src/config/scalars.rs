@@ -92,7 +92,13 @@ impl Scalar for Duration {
 
 const DURATION_WHAT: &str = "a duration like \"10m\", \"90s\" or \"1h30m\"";
 
-/// A humane duration greater than zero with a unit, as in the config file
+/// The longest duration any key or option takes: beyond any sensible
+/// setting, and far within what a clock reading can have added to it (a
+/// lifetime of 500 billion years made the first Allocate panic).
+/// Years of 365.25 days, as humantime reads "y".
+const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+
+/// A humane duration greater than zero and at most 100 years with a unit, as in the config file
 /// and on the command line; the error says what was expected.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -101,6 +107,7 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     match humantime::parse_duration(text) {
         Ok(d) if d.is_zero() => Err("a duration greater than zero".to_owned()),
+        Ok(d) if d > MAX_DURATION => Err("a duration of at most 100 years".to_owned()),
         Ok(d) => Ok(d),
         Err(_) => Err(DURATION_WHAT.to_owned()),
     }
@@ -221,6 +228,13 @@ mod tests {
         assert_eq!(d("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(d("1d"), Ok(Duration::from_secs(86_400)));
         assert!(d("0s").unwrap_err().contains("greater than zero"));
+        assert_eq!(d("100y"), Ok(MAX_DURATION));
+        assert!(d("101y").unwrap_err().contains("at most 100 years"));
+        assert!(
+            d("18446744073709551615s")
+                .unwrap_err()
+                .contains("at most 100 years")
+        );
         assert!(
             d("600")
                 .unwrap_err()

@@ -121,7 +121,7 @@ pub(super) fn read_signal(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> SignalConf
             Some(base) if item.value.is_relative() => base.join(&item.value),
             _ => item.value.clone(),
         };
-        match read_public_key(&path) {
+        match cx.may_read(&path).and_then(|()| read_public_key(&path)) {
             Ok(key) => public_keys.push(key),
             Err(message) => {
                 let key = format!("{}[{i}]", table.key("jwt-public-keys"));

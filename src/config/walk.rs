@@ -92,10 +92,35 @@ pub(super) struct Ctx<'t> {
     pub(super) text: &'t str,
     /// Directory a relative `auth.secrets-file` is taken relative to.
     pub(super) base_dir: Option<&'t Path>,
+    /// Set only by the fuzz targets, whose text names files at random: then
+    /// only small regular files inside this (canonical) directory are read,
+    /// so no input makes the loader read /dev/zero or wait on a FIFO.
+    pub(super) sandbox: Option<&'t Path>,
     pub(super) problems: Vec<ConfigProblem>,
 }
 
 impl Ctx<'_> {
+    /// Whether the file at `path` may be read: always, except outside the sandbox.
+    pub(super) fn may_read(&self, path: &Path) -> Result<(), String> {
+        let Some(sandbox) = self.sandbox else {
+            return Ok(());
+        };
+        let inside = path
+            .canonicalize()
+            .ok()
+            .filter(|real| real.starts_with(sandbox))
+            .and_then(|real| std::fs::metadata(real).ok())
+            .is_some_and(|meta| meta.is_file() && meta.len() <= 1 << 20);
+        if inside {
+            Ok(())
+        } else {
+            Err(format!(
+                "cannot read {:?}: outside the sandbox",
+                path.display().to_string()
+            ))
+        }
+    }
+
     pub(super) fn report(
         &mut self,
         key: impl Into<String>,

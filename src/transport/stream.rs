@@ -451,6 +451,44 @@ async fn run_connection<S>(
     server.connection_closed(&five_tuple);
 }
 
+/// Why a stream's frames can no longer be told apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FramingLost {
+    /// A frame announced this many bytes, more than the limit.
+    FrameTooLarge(usize),
+    /// Bytes that are neither STUN nor ChannelData.
+    Garbage,
+}
+
+/// Hands each whole frame at the start of `buf` to `on_frame` (the message
+/// without the padding ChannelData carries on streams) and returns how many
+/// bytes those frames took; what is left is an incomplete frame. A frame
+/// announcing more than `max_frame` bytes is refused from its header alone,
+/// before it is read. Frames before a refusal have been handed on.
+pub(crate) fn cut_frames(
+    buf: &[u8],
+    max_frame: usize,
+    mut on_frame: impl FnMut(&[u8]),
+) -> Result<usize, FramingLost> {
+    let mut start = 0;
+    loop {
+        let pending = &buf[start..];
+        if let Some(total) = wire::declared_frame_len(pending)
+            && total > max_frame
+        {
+            return Err(FramingLost::FrameTooLarge(total));
+        }
+        match wire::stream_frame(pending) {
+            StreamFrame::Complete { message, total } => {
+                on_frame(&pending[..message]);
+                start += total;
+            }
+            StreamFrame::Incomplete => return Ok(start),
+            StreamFrame::Invalid => return Err(FramingLost::Garbage),
+        }
+    }
+}
+
 /// Reads and handles frames; `buf` holds what was already read.
 async fn read_frames<R: AsyncRead + Unpin>(
     server: &Arc<Server>,
@@ -466,23 +504,14 @@ async fn read_frames<R: AsyncRead + Unpin>(
     // requests, say), it is closed when this passes.
     let mut must_allocate_by = Some(tokio::time::Instant::now() + limits.unauthenticated_timeout);
     loop {
-        let mut start = 0;
-        loop {
-            let pending = &buf[start..];
-            if let Some(total) = wire::declared_frame_len(pending)
-                && total > max_frame
-            {
-                return Closed::FrameTooLarge(total);
-            }
-            match wire::stream_frame(pending) {
-                StreamFrame::Complete { message, total } => {
-                    super::handle_message(server, five_tuple, &pending[..message], route, &mut out);
-                    start += total;
-                }
-                StreamFrame::Incomplete => break,
-                StreamFrame::Invalid => return Closed::Garbage,
-            }
-        }
+        let cut = cut_frames(&buf, max_frame, |message| {
+            super::handle_message(server, five_tuple, message, route, &mut out);
+        });
+        let start = match cut {
+            Ok(consumed) => consumed,
+            Err(FramingLost::FrameTooLarge(total)) => return Closed::FrameTooLarge(total),
+            Err(FramingLost::Garbage) => return Closed::Garbage,
+        };
         buf.drain(..start);
         buf.reserve(READ_CHUNK);
         if let Some(deadline) = must_allocate_by {
