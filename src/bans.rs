@@ -237,7 +237,7 @@ impl std::fmt::Debug for Bans {
 
 impl Bans {
     /// No bans, and none written anywhere.
-    #[cfg(test)]
+    #[cfg(any(test, fuzzing))]
     pub(crate) fn in_memory() -> Self {
         Self::with(HashMap::new(), None)
     }

@@ -190,7 +190,11 @@ impl Rig {
             config,
             credentials.clone(),
             Arc::new(RejectCounters::default()),
-            Arc::new(Shared::new(config.relay.ports, start)),
+            Arc::new(Shared::new(
+                config.relay.ports,
+                start,
+                Arc::new(crate::bans::Bans::in_memory()),
+            )),
             (0, 1),
         );
         core.set_listeners(&["127.0.0.1:3478".parse().expect("an address")]);
@@ -745,7 +749,11 @@ fn exercise_core(config: &Config, credentials: Arc<CredentialStore>) {
         config,
         credentials.clone(),
         Arc::new(RejectCounters::default()),
-        Arc::new(Shared::new(config.relay.ports, start)),
+        Arc::new(Shared::new(
+            config.relay.ports,
+            start,
+            Arc::new(crate::bans::Bans::in_memory()),
+        )),
         (0, 1),
     );
     let Some(listen) = config.listen.first() else {
