@@ -122,7 +122,12 @@ impl<'a> Incoming<'a> {
     pub(crate) fn parse(text: &'a str) -> Self {
         // serde would also read a struct from an array.
         let parsed = if text.trim_start().starts_with('{') {
-            serde_json::from_str(text).map_err(|e| e.to_string())
+            // Raw values (the echoed id, forwarded payloads) are not range
+            // checked: a full parse first refuses numbers like 1e999, which
+            // strict client parsers would refuse in what the server sends.
+            serde_json::from_str::<serde_json::Value>(text)
+                .and_then(|_| serde_json::from_str(text))
+                .map_err(|e| e.to_string())
         } else {
             Err("not an object".to_owned())
         };
@@ -419,6 +424,10 @@ mod tests {
     fn each_bad_message_names_its_problem() {
         assert_eq!(problem("not json").code, ErrorCode::BadJson);
         assert_eq!(problem("[1,2]").code, ErrorCode::BadJson);
+        assert_eq!(
+            problem(r#"{"type":"ping","id":1e999}"#).code,
+            ErrorCode::BadJson
+        );
         assert_eq!(problem("{}").code, ErrorCode::UnknownType);
         assert_eq!(problem(r#"{"type":"dance"}"#).code, ErrorCode::UnknownType);
         assert_eq!(problem(r#"{"type":"join"}"#).code, ErrorCode::MissingField);
