@@ -177,6 +177,21 @@ struct Rig {
     out: Vec<u8>,
 }
 
+/// A core that is the only shard, with its own counters, ports and no bans.
+fn one_shard_core(config: &Config, credentials: Arc<CredentialStore>, start: Instant) -> Core {
+    Core::new(
+        config,
+        credentials,
+        Arc::new(RejectCounters::default()),
+        Arc::new(Shared::new(
+            config.relay.ports,
+            start,
+            Arc::new(crate::bans::Bans::in_memory()),
+        )),
+        (0, 1),
+    )
+}
+
 impl Rig {
     fn new() -> Self {
         let Setup {
@@ -186,17 +201,7 @@ impl Rig {
             ..
         } = setup();
         let start = Instant::now();
-        let mut core = Core::new(
-            config,
-            credentials.clone(),
-            Arc::new(RejectCounters::default()),
-            Arc::new(Shared::new(
-                config.relay.ports,
-                start,
-                Arc::new(crate::bans::Bans::in_memory()),
-            )),
-            (0, 1),
-        );
+        let mut core = one_shard_core(config, credentials.clone(), start);
         core.set_listeners(&["127.0.0.1:3478".parse().expect("an address")]);
         Self {
             core,
@@ -745,17 +750,7 @@ fn exercise_core(config: &Config, credentials: Arc<CredentialStore>) {
             None => return,
         },
     };
-    let mut core = Core::new(
-        config,
-        credentials.clone(),
-        Arc::new(RejectCounters::default()),
-        Arc::new(Shared::new(
-            config.relay.ports,
-            start,
-            Arc::new(crate::bans::Bans::in_memory()),
-        )),
-        (0, 1),
-    );
+    let mut core = one_shard_core(config, credentials.clone(), start);
     let Some(listen) = config.listen.first() else {
         return;
     };
