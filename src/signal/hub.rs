@@ -9,14 +9,16 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
+
+use bytes::Bytes;
 
 use rand::Rng;
 use serde_json::value::RawValue;
-use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::protocol::{self, ErrorCode, LeaveReason, PeerEntry, Problem};
 use super::token::Claims;
+use super::websocket;
 use crate::config::SignalLimits;
 use crate::logging::event;
 use crate::metrics::{Limit, Metrics};
@@ -26,10 +28,14 @@ pub(crate) type SessionId = u64;
 
 /// One frame waiting to be sent, and whether it only reports presence
 /// (dropped on resume, where `joined` tells the current state instead).
-struct Queued {
-    text: Utf8Bytes,
+pub(crate) struct Queued {
+    pub(crate) frame: Bytes,
     presence: bool,
 }
+
+/// Which connection a session is attached to: a number per attachment, so
+/// that a connection superseded by a resume can tell.
+pub(crate) type Attachment = u64;
 
 /// Frames for one session, filled by any connection's task and drained by
 /// the task of the connection the session is attached to.
@@ -41,23 +47,29 @@ pub(crate) struct Outbox {
 struct OutboxState {
     frames: VecDeque<Queued>,
     bytes: usize,
-    /// The session did not keep up; it is being closed.
-    overflowed: bool,
-    /// The operator ended the session; its connection is being closed.
-    ended: bool,
-    /// Wakes the task of the attached connection; `None` while held for resume.
-    attached: Option<Arc<Notify>>,
+    closing: Option<Closing>,
+    /// The attached connection and its task's waker; `None` while held for resume.
+    attached: Option<(Attachment, Option<Waker>)>,
+}
+
+/// Why the attached connection must close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Closing {
+    /// More was queued than `max-queued-bytes`: the client is not reading.
+    Overflowed,
+    /// The operator ended the session (a ban, `DELETE /allocations?user=`).
+    Ended,
+    /// icegate is stopping.
+    Stopping,
 }
 
 /// What the attached connection should do next.
 pub(crate) enum Drained {
-    Send(Vec<Utf8Bytes>),
-    /// More was queued than `max-queued-bytes`: the client is not reading.
-    Overflowed,
+    /// Go on: whatever was queued is now at the end of the caller's queue.
+    Send,
+    Close(Closing),
     /// A resumed connection took the session over.
     Superseded,
-    /// The operator ended the session (`DELETE /allocations?user=`).
-    Ended,
 }
 
 impl Outbox {
@@ -66,8 +78,7 @@ impl Outbox {
             state: Mutex::new(OutboxState {
                 frames: VecDeque::new(),
                 bytes: 0,
-                overflowed: false,
-                ended: false,
+                closing: None,
                 attached: None,
             }),
             max_bytes,
@@ -78,51 +89,75 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn push(&self, text: Utf8Bytes) {
-        self.push_frame(text, false);
+    pub(crate) fn push(&self, frame: Bytes) {
+        self.push_frame(frame, false);
     }
 
-    fn push_frame(&self, text: Utf8Bytes, presence: bool) {
+    fn push_frame(&self, frame: Bytes, presence: bool) {
         let mut state = self.lock();
-        if state.overflowed {
+        if state.closing.is_some() {
             return;
         }
-        if state.bytes + text.len() > self.max_bytes {
-            state.overflowed = true;
-            state.frames.clear();
+        if state.bytes + frame.len() > self.max_bytes {
+            state.closing = Some(Closing::Overflowed);
+            state.frames = VecDeque::new();
             state.bytes = 0;
         } else {
-            state.bytes += text.len();
-            state.frames.push_back(Queued { text, presence });
+            state.bytes += frame.len();
+            state.frames.push_back(Queued { frame, presence });
         }
-        if let Some(wake) = &state.attached {
-            wake.notify_one();
+        if let Some((_, Some(waker))) = &state.attached {
+            waker.wake_by_ref();
         }
     }
 
-    /// Everything queued for the connection woken by `wake`.
-    pub(crate) fn drain(&self, wake: &Arc<Notify>) -> Drained {
+    /// Moves everything queued for `attachment` to the end of `into`, and
+    /// has `waker` woken when more comes.
+    pub(crate) fn drain(
+        &self,
+        attachment: Attachment,
+        waker: &Waker,
+        into: &mut VecDeque<Queued>,
+    ) -> Drained {
         let mut state = self.lock();
-        if state.ended {
-            return Drained::Ended;
+        match &mut state.attached {
+            Some((attached, registered)) if *attached == attachment => {
+                if !registered.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                    *registered = Some(waker.clone());
+                }
+            }
+            _ => return Drained::Superseded,
         }
-        if !state
-            .attached
-            .as_ref()
-            .is_some_and(|w| Arc::ptr_eq(w, wake))
-        {
-            return Drained::Superseded;
-        }
-        if state.overflowed {
-            return Drained::Overflowed;
+        if let Some(closing) = state.closing {
+            return Drained::Close(closing);
         }
         state.bytes = 0;
-        Drained::Send(state.frames.drain(..).map(|q| q.text).collect())
+        if into.is_empty() {
+            std::mem::swap(&mut state.frames, into);
+        } else {
+            into.extend(state.frames.drain(..));
+            state.frames = VecDeque::new();
+        }
+        Drained::Send
+    }
+
+    /// Moves everything still queued to `into`, as the attached connection
+    /// closes.
+    pub(crate) fn take_all(&self, attachment: Attachment, into: &mut VecDeque<Queued>) {
+        let mut state = self.lock();
+        if state
+            .attached
+            .as_ref()
+            .is_some_and(|(attached, _)| *attached == attachment)
+        {
+            state.bytes = 0;
+            into.extend(state.frames.drain(..));
+        }
     }
 
     /// Hands the session to a connection: `first` goes out before anything
     /// already queued. A previously attached connection is woken to leave.
-    fn attach(&self, wake: Arc<Notify>, first: Vec<String>, resumed: bool) {
+    fn attach(&self, attachment: Attachment, first: Vec<String>, resumed: bool) {
         let mut state = self.lock();
         if resumed {
             state.frames.retain(|q| !q.presence);
@@ -130,22 +165,21 @@ impl Outbox {
         for text in first.into_iter().rev() {
             state.bytes += text.len();
             state.frames.push_front(Queued {
-                text: text.into(),
+                frame: websocket::text(&text),
                 presence: false,
             });
         }
-        if let Some(old) = state.attached.replace(wake.clone()) {
-            old.notify_one();
+        if let Some((_, Some(old))) = state.attached.replace((attachment, None)) {
+            old.wake();
         }
-        wake.notify_one();
     }
 
-    fn detach(&self, wake: &Arc<Notify>) -> bool {
+    fn detach(&self, attachment: Attachment) -> bool {
         let mut state = self.lock();
         if state
             .attached
             .as_ref()
-            .is_some_and(|w| Arc::ptr_eq(w, wake))
+            .is_some_and(|(attached, _)| *attached == attachment)
         {
             state.attached = None;
             true
@@ -154,16 +188,16 @@ impl Outbox {
         }
     }
 
-    pub(crate) fn is_overflowed(&self) -> bool {
-        self.lock().overflowed
+    fn is_overflowed(&self) -> bool {
+        self.lock().closing == Some(Closing::Overflowed)
     }
 
     /// Tells the attached connection, if any, to close.
-    fn end(&self) {
+    fn close_with(&self, closing: Closing) {
         let mut state = self.lock();
-        state.ended = true;
-        if let Some(wake) = &state.attached {
-            wake.notify_one();
+        state.closing.get_or_insert(closing);
+        if let Some((_, Some(waker))) = &state.attached {
+            waker.wake_by_ref();
         }
     }
 }
@@ -197,6 +231,9 @@ struct HubState {
     rooms: HashMap<String, Room>,
     resume_tokens: HashMap<String, SessionId>,
     next_session: SessionId,
+    next_attachment: Attachment,
+    /// icegate is stopping: new sessions close at once.
+    stopping: bool,
     connections: u32,
     connections_by_ip: HashMap<IpAddr, u32>,
 }
@@ -229,6 +266,7 @@ impl Drop for ConnectionSlot {
 /// A session as a new connection takes it up.
 pub(crate) struct Opened {
     pub(crate) id: SessionId,
+    pub(crate) attachment: Attachment,
     pub(crate) outbox: Arc<Outbox>,
     pub(crate) peer: String,
     pub(crate) resume_token: String,
@@ -246,6 +284,8 @@ impl Hub {
                 rooms: HashMap::new(),
                 resume_tokens: HashMap::new(),
                 next_session: 0,
+                next_attachment: 0,
+                stopping: false,
                 connections: 0,
                 connections_by_ip: HashMap::new(),
             }),
@@ -300,6 +340,8 @@ impl Hub {
                 })
             });
         let new_token = random_token();
+        state.next_attachment += 1;
+        let attachment = state.next_attachment;
         if let Some(id) = resumable {
             let state = &mut *state;
             let session = state
@@ -317,6 +359,7 @@ impl Hub {
                 .collect();
             return Opened {
                 id,
+                attachment,
                 outbox: session.outbox.clone(),
                 peer: session.default_peer.clone(),
                 resume_token: new_token,
@@ -343,6 +386,7 @@ impl Hub {
         );
         Opened {
             id,
+            attachment,
             outbox,
             peer,
             resume_token: new_token,
@@ -352,10 +396,24 @@ impl Hub {
     }
 
     /// Starts (or resumes) sending the session's frames to a connection.
-    pub(crate) fn attach(&self, opened: &Opened, wake: Arc<Notify>, welcome: String) {
+    pub(crate) fn attach(&self, opened: &Opened, welcome: String) {
         let mut first = vec![welcome];
         first.extend(opened.rejoined.iter().cloned());
-        opened.outbox.attach(wake, first, opened.resumed);
+        opened
+            .outbox
+            .attach(opened.attachment, first, opened.resumed);
+        if self.lock().stopping {
+            opened.outbox.close_with(Closing::Stopping);
+        }
+    }
+
+    /// Closes every connection, with 1001, and any that comes later.
+    pub(crate) fn stop(&self) {
+        let mut state = self.lock();
+        state.stopping = true;
+        for session in state.sessions.values() {
+            session.outbox.close_with(Closing::Stopping);
+        }
     }
 
     pub(crate) fn join(
@@ -449,7 +507,7 @@ impl Hub {
         }
         session.rooms.insert(room.to_owned(), peer.clone());
         let user = session.user.clone();
-        let announce: Utf8Bytes = protocol::peer_joined(room, &peer, &metadata).into();
+        let announce = websocket::text(&protocol::peer_joined(room, &peer, &metadata));
         let entry = state.rooms.entry(room.to_owned()).or_default();
         for member in entry.members.values() {
             if let Some(other) = state.sessions.get(&member.session) {
@@ -466,7 +524,7 @@ impl Hub {
         let joined = joined_text(&state.rooms, room, &peer);
         event!(info, "signal-join", user = user, room = room, peer = peer);
         if let Some(session) = state.sessions.get(&id) {
-            session.outbox.push(joined.into());
+            session.outbox.push(websocket::text(&joined));
         }
         Ok(())
     }
@@ -500,7 +558,7 @@ impl Hub {
             .get(room)
             .ok_or_else(|| not_in_room(room))?
             .members;
-        let text: Utf8Bytes = protocol::signal(room, from, data, to.is_none()).into();
+        let text = websocket::text(&protocol::signal(room, from, data, to.is_none()));
         match to {
             Some(to) => {
                 let member = members.get(to).ok_or_else(|| {
@@ -526,17 +584,17 @@ impl Hub {
         Ok(())
     }
 
-    /// The connection woken by `wake` dropped without a close frame: hold the
+    /// The connection of `attachment` dropped without a close frame: hold the
     /// session for a resume. Returns the detachment number for [`Hub::expire`].
     pub(crate) fn hold(
         &self,
         id: SessionId,
-        wake: &Arc<Notify>,
+        attachment: Attachment,
         reason: LeaveReason,
     ) -> Option<u64> {
         let mut state = self.lock();
         let session = state.sessions.get_mut(&id)?;
-        if !session.outbox.detach(wake) {
+        if !session.outbox.detach(attachment) {
             return None;
         }
         session.detachments += 1;
@@ -555,13 +613,13 @@ impl Hub {
     }
 
     /// Ends the session now (a close frame, a limit, no resume possible),
-    /// if the connection woken by `wake` still has it.
-    pub(crate) fn close(&self, id: SessionId, wake: &Arc<Notify>, reason: LeaveReason) {
+    /// if the connection of `attachment` still has it.
+    pub(crate) fn close(&self, id: SessionId, attachment: Attachment, reason: LeaveReason) {
         let mut state = self.lock();
         let owned = state
             .sessions
             .get(&id)
-            .is_some_and(|s| s.outbox.detach(wake));
+            .is_some_and(|s| s.outbox.detach(attachment));
         if owned {
             end_session(&mut state, id, reason);
         }
@@ -591,7 +649,7 @@ impl Hub {
             .collect();
         for &id in &ids {
             if let Some(session) = state.sessions.get(&id) {
-                session.outbox.end();
+                session.outbox.close_with(Closing::Ended);
             }
             end_session(&mut state, id, LeaveReason::Closed);
         }
@@ -630,7 +688,7 @@ fn leave_room(state: &mut HubState, user: &str, room: &str, peer: &str, reason: 
         shrink_if_sparse(&mut state.rooms);
         return;
     }
-    let text: Utf8Bytes = protocol::peer_left(room, peer, reason).into();
+    let text = websocket::text(&protocol::peer_left(room, peer, reason));
     for member in entry.members.values() {
         if let Some(other) = state.sessions.get(&member.session) {
             other.outbox.push_frame(text.clone(), true);

@@ -6,6 +6,7 @@ mod hub;
 pub(crate) mod protocol;
 mod session;
 pub(crate) mod token;
+mod websocket;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -16,10 +17,7 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use tokio::sync::{Notify, watch};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::config::{Config, SignalAuth, SignalConfig};
 use crate::ice;
@@ -30,9 +28,6 @@ use crate::server::{Server, unix_now};
 use hub::Hub;
 use token::{Claims, TokenError, TokenVerifier};
 
-/// What one read from a signaling connection takes at most; larger frames
-/// arrive over several reads.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Frames larger than this many times `max-message-bytes` are not even read.
 const HARD_SIZE_FACTOR: usize = 4;
 
@@ -41,7 +36,6 @@ pub(crate) struct Signaling {
     hub: Arc<Hub>,
     settings: Reloadable<Settings>,
     server: Arc<Server>,
-    stopping: watch::Sender<bool>,
 }
 
 /// What the config says about signaling; replaced whole on reload.
@@ -99,7 +93,6 @@ impl Signaling {
             hub: Hub::new(config.signal.limits, server.metrics.clone()),
             settings: Reloadable::new(Settings::new(config)),
             server,
-            stopping: watch::Sender::new(false),
         })
     }
 
@@ -142,7 +135,7 @@ impl Signaling {
 
     /// Closes every connection with 1001.
     pub(crate) fn stop(&self) {
-        self.stopping.send_replace(true);
+        self.hub.stop();
     }
 
     /// ICE servers for `user`: STUN URLs, and TURN URLs with REST
@@ -274,19 +267,7 @@ impl Signaling {
                 }
             };
             let limits = settings.config.limits;
-            let hard_limit = limits.max_message_bytes as usize * HARD_SIZE_FACTOR;
-            // tungstenite's default 128 KiB read buffer is allocated and
-            // zeroed per connection and per read; signaling frames are small.
-            let ws_config = WebSocketConfig::default()
-                .read_buffer_size(READ_BUFFER_BYTES)
-                .max_message_size(Some(hard_limit))
-                .max_frame_size(Some(hard_limit));
-            let ws = WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
-                Role::Server,
-                Some(ws_config),
-            )
-            .await;
+            drop(settings);
             let opened = this.hub.open(&user, resume.as_deref());
             let welcome = protocol::welcome(&protocol::WelcomeFields {
                 user: &user,
@@ -305,21 +286,21 @@ impl Signaling {
                 origin = origin,
                 resumed = opened.resumed
             );
-            let wake = Arc::new(Notify::new());
-            this.hub.attach(&opened, wake.clone(), welcome);
+            drop(origin);
+            this.hub.attach(&opened, welcome);
             let connection = session::Connection {
                 hub: this.hub.clone(),
                 id: opened.id,
+                attachment: opened.attachment,
                 outbox: opened.outbox,
-                wake,
                 user,
                 claims,
                 client,
                 limits,
                 slot,
-                stopping: this.stopping.subscribe(),
             };
-            session::run(ws, connection).await;
+            drop(this);
+            session::run(TokioIo::new(upgraded), connection).await;
         });
 
         let mut response = Response::new(Full::new(Bytes::new()));
