@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use crate::config::{Config, SignalAuth, SignalConfig};
+use crate::config::{Config, SignalAuth, SignalConfig, SignalLimits};
 use crate::ice;
 use crate::logging::event;
 use crate::metrics::Limit;
@@ -78,6 +78,17 @@ impl Settings {
             turn_config: config.clone(),
         })
     }
+}
+
+/// What a connection being upgraded brings to its session.
+struct Opening {
+    user: String,
+    claims: Option<Claims>,
+    client: IpAddr,
+    origin: String,
+    resume: Option<String>,
+    limits: SignalLimits,
+    slot: hub::ConnectionSlot,
 }
 
 /// An HTTP answer that refuses the upgrade.
@@ -256,51 +267,31 @@ impl Signaling {
             .map_or_else(|| "anonymous".to_owned(), |c| c.sub.clone());
         let origin = origin.unwrap_or_else(|| "-".to_owned());
 
+        // Taken here, not in the task: the request's headers are not kept
+        // for the session's life.
+        let on_upgrade = hyper::upgrade::on(request);
+        let limits = settings.config.limits;
+        let opening = Box::new(Opening {
+            user,
+            claims,
+            client,
+            origin,
+            resume,
+            limits,
+            slot,
+        });
         let this = self.clone();
         tokio::spawn(async move {
-            // By value: the request's headers are not kept for the session's life.
-            let upgraded = match hyper::upgrade::on(request).await {
+            let upgraded = match on_upgrade.await {
                 Ok(upgraded) => upgraded,
                 Err(error) => {
                     log::debug!("signaling upgrade from {client} failed: {error}");
                     return;
                 }
             };
-            let limits = settings.config.limits;
-            drop(settings);
-            let opened = this.hub.open(&user, resume.as_deref());
-            let welcome = protocol::welcome(&protocol::WelcomeFields {
-                user: &user,
-                peer: &opened.peer,
-                resumed: opened.resumed,
-                resume_token: &opened.resume_token,
-                resume_seconds: limits.resume_grace.as_secs(),
-                ice_servers: &this.ice_servers_for(&user),
-            });
-            this.server.metrics.signal_connected();
-            event!(
-                info,
-                "signal-connect",
-                user = user,
-                client = client,
-                origin = origin,
-                resumed = opened.resumed
-            );
-            drop(origin);
-            this.hub.attach(&opened, welcome);
-            let connection = session::Connection {
-                hub: this.hub.clone(),
-                id: opened.id,
-                attachment: opened.attachment,
-                outbox: opened.outbox,
-                user,
-                claims,
-                client,
-                limits,
-                slot,
-            };
+            let session = this.open_session(TokioIo::new(upgraded), opening);
             drop(this);
-            session::run(TokioIo::new(upgraded), connection).await;
+            session.await;
         });
 
         let mut response = Response::new(Full::new(Bytes::new()));
@@ -314,6 +305,56 @@ impl Signaling {
                 .unwrap_or_else(|_| unreachable!("base64 is a valid header value")),
         );
         Ok(response)
+    }
+
+    /// Starts or resumes the session of an upgraded connection, welcomes it,
+    /// and returns the connection's task.
+    fn open_session<S>(&self, io: S, opening: Box<Opening>) -> impl Future<Output = ()> + use<S>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let Opening {
+            user,
+            claims,
+            client,
+            origin,
+            resume,
+            limits,
+            slot,
+        } = *opening;
+        let opened = self.hub.open(&user, resume.as_deref());
+        let welcome = protocol::welcome(&protocol::WelcomeFields {
+            user: &user,
+            peer: &opened.peer,
+            resumed: opened.resumed,
+            resume_token: &opened.resume_token,
+            resume_seconds: limits.resume_grace.as_secs(),
+            ice_servers: &self.ice_servers_for(&user),
+        });
+        self.server.metrics.signal_connected();
+        event!(
+            info,
+            "signal-connect",
+            user = user,
+            client = client,
+            origin = origin,
+            resumed = opened.resumed
+        );
+        self.hub.attach(&opened, welcome);
+        session::run(
+            io,
+            session::Connection {
+                hub: self.hub.clone(),
+                id: opened.id,
+                attachment: opened.attachment,
+                outbox: opened.outbox,
+                user,
+                claims,
+                client,
+                limits,
+                slot,
+            },
+        )
     }
 
     /// Sessions and rooms right now.

@@ -137,36 +137,54 @@ struct Writer {
     unflushed: bool,
 }
 
-pub(crate) async fn run<S>(mut io: S, connection: Connection)
+/// One connection's state, in one allocation: the task's future itself
+/// holds only a pointer to it and the ping timer.
+struct Link<S> {
+    io: S,
+    decoder: Decoder,
+    reader: Reader,
+    writer: Writer,
+}
+
+/// The connection's task: serves it until it ends, then settles its session.
+pub(crate) fn run<S>(io: S, connection: Connection) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let limits = connection.limits;
     let max_message = limits.max_message_bytes as usize;
-    let mut decoder = Decoder::new(max_message, max_message * super::HARD_SIZE_FACTOR);
-    let mut reader = Reader {
-        rate: RateLimit::new(&limits),
-        connection,
-        oversized_in_a_row: 0,
-        heard: true,
-        awaiting_pong: false,
-    };
-    let mut writer = Writer::default();
-    let ping = tokio::time::sleep(limits.ping_interval);
-    tokio::pin!(ping);
-
-    let ending = poll_fn(|cx| {
-        poll_connection(
-            cx,
-            &mut io,
-            &mut decoder,
-            &mut reader,
-            &mut writer,
-            ping.as_mut(),
-        )
-    })
-    .await;
-    finish(io, reader.connection, writer, ending).await;
+    let mut link = Box::new(Link {
+        io,
+        decoder: Decoder::new(max_message, max_message * super::HARD_SIZE_FACTOR),
+        reader: Reader {
+            rate: RateLimit::new(&limits),
+            connection,
+            oversized_in_a_row: 0,
+            heard: true,
+            awaiting_pong: false,
+        },
+        writer: Writer::default(),
+    });
+    async move {
+        let ping = tokio::time::sleep(limits.ping_interval);
+        tokio::pin!(ping);
+        let ending = poll_fn(|cx| {
+            let Link {
+                io,
+                decoder,
+                reader,
+                writer,
+            } = &mut *link;
+            poll_connection(cx, io, decoder, reader, writer, ping.as_mut())
+        })
+        .await;
+        let Link {
+            io, reader, writer, ..
+        } = *link;
+        // Boxed: the closing steps would otherwise take room in every idle
+        // connection's future.
+        Box::pin(finish(io, reader.connection, writer, ending)).await;
+    }
 }
 
 fn poll_connection<S>(
