@@ -558,7 +558,7 @@ impl Hub {
             .get(room)
             .ok_or_else(|| not_in_room(room))?
             .members;
-        let text = websocket::text(&protocol::signal(room, from, data, to.is_none()));
+        let text = protocol::signal(room, from, data, to.is_none());
         match to {
             Some(to) => {
                 let member = members.get(to).ok_or_else(|| {

@@ -6,7 +6,7 @@ mod hub;
 pub(crate) mod protocol;
 mod session;
 pub(crate) mod token;
-mod websocket;
+pub(crate) mod websocket;
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -5,8 +5,11 @@
 //! and written out unchanged, so forwarding never re-encodes (or reorders)
 //! an application's payload.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+
+use super::websocket;
 
 /// Longest room name or peer id, in bytes.
 pub(crate) const MAX_NAME_BYTES: usize = 64;
@@ -122,12 +125,18 @@ impl<'a> Incoming<'a> {
     pub(crate) fn parse(text: &'a str) -> Self {
         // serde would also read a struct from an array.
         let parsed = if text.trim_start().starts_with('{') {
-            // Raw values (the echoed id, forwarded payloads) are not range
-            // checked: a full parse first refuses numbers like 1e999, which
-            // strict client parsers would refuse in what the server sends.
-            serde_json::from_str::<serde_json::Value>(text)
-                .and_then(|_| serde_json::from_str(text))
+            serde_json::from_str(text)
                 .map_err(|e| e.to_string())
+                .and_then(|envelope| {
+                    // Raw values (the echoed id, forwarded payloads) are not
+                    // range checked by serde: numbers like 1e999 would reach
+                    // strict client parsers, which refuse them.
+                    if has_number_beyond_double(text) {
+                        Err("a number is out of a double's range".to_owned())
+                    } else {
+                        Ok(envelope)
+                    }
+                })
         } else {
             Err("not an object".to_owned())
         };
@@ -191,6 +200,40 @@ impl<'a> Incoming<'a> {
         };
         Self { kind, id, request }
     }
+}
+
+/// Whether `json`, valid JSON, holds a number that a double cannot hold.
+/// One pass over the text, skipping strings; only numbers with an exponent
+/// or hundreds of digits can be out of range, so only those are parsed.
+fn has_number_beyond_double(json: &str) -> bool {
+    let bytes = json.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < bytes.len()
+                    && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                let number = &json[start..i];
+                let may_overflow = number.len() > 300 || number.contains(['e', 'E']);
+                if may_overflow && !number.parse::<f64>().is_ok_and(f64::is_finite) {
+                    return true;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    false
 }
 
 fn required<'a>(raw: Option<&'a RawValue>, field: &str) -> Result<&'a RawValue, Problem> {
@@ -346,13 +389,20 @@ struct Signal<'a> {
     data: &'a RawValue,
 }
 
-pub(crate) fn signal(room: &str, from: &str, data: &RawValue, broadcast: bool) -> String {
-    to_text(&Signal {
+/// A signal as a WebSocket frame, written once for all its recipients.
+pub(crate) fn signal(room: &str, from: &str, data: &RawValue, broadcast: bool) -> Bytes {
+    let message = Signal {
         kind: "signal",
         room,
         from,
         broadcast,
         data,
+    };
+    // The fields are ASCII names and valid raw JSON: escaping adds little.
+    let size = 64 + room.len() + from.len() + data.get().len();
+    websocket::text_with(size, |out| {
+        // Plain structs of strings and already-valid raw JSON always encode.
+        let _ = serde_json::to_writer(out, &message);
     })
 }
 
@@ -422,6 +472,13 @@ mod tests {
             problem(r#"{"type":"ping","id":1e999}"#).code,
             ErrorCode::BadJson
         );
+        let huge = format!(r#"{{"type":"ping","id":1{}}}"#, "0".repeat(400));
+        assert_eq!(problem(&huge).code, ErrorCode::BadJson);
+        let in_data =
+            r#"{"type":"signal","room":"a","to":"b","data":{"s":"1e999","n":[-2.5E+3,1e-999]}}"#;
+        assert!(Incoming::parse(in_data).request.is_ok());
+        let escaped = r#"{"type":"signal","room":"a","to":"b","data":{"s":""1e999","n":-1E400}}"#;
+        assert_eq!(problem(escaped).code, ErrorCode::BadJson);
         assert_eq!(problem("{}").code, ErrorCode::UnknownType);
         assert_eq!(problem(r#"{"type":"dance"}"#).code, ErrorCode::UnknownType);
         assert_eq!(problem(r#"{"type":"join"}"#).code, ErrorCode::MissingField);
@@ -450,8 +507,8 @@ mod tests {
             panic!("not a signal");
         };
         assert_eq!(
-            signal("a", "p1", data, false),
-            r#"{"type":"signal","room":"a","from":"p1","data":{"z":1, "a":"\u00e9"}}"#
+            websocket::payload(&signal("a", "p1", data, false)),
+            br#"{"type":"signal","room":"a","from":"p1","data":{"z":1, "a":"\u00e9"}}"#
         );
     }
 

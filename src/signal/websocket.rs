@@ -309,6 +309,34 @@ pub(crate) fn text(json: &str) -> Bytes {
     frame(OpCode::Data(Data::Text), json.as_bytes())
 }
 
+/// A text frame whose payload `write` puts in place, about `size` bytes:
+/// written straight behind room left for the header, not copied after.
+pub(crate) fn text_with(size: usize, write: impl FnOnce(&mut Vec<u8>)) -> Bytes {
+    const ROOM: usize = 10;
+    let mut out = Vec::with_capacity(ROOM + size);
+    out.resize(ROOM, 0);
+    write(&mut out);
+    let length = (out.len() - ROOM) as u64;
+    let header = FrameHeader {
+        opcode: OpCode::Data(Data::Text),
+        ..FrameHeader::default()
+    };
+    let start = ROOM - header.len(length);
+    // A server frame's header is at most 10 bytes; writing into memory does not fail.
+    let _ = header.format(length, &mut &mut out[start..ROOM]);
+    Bytes::from(out).slice(start..)
+}
+
+/// The payload of a whole server frame.
+#[cfg(any(test, fuzzing))]
+pub(crate) fn payload(frame: &[u8]) -> &[u8] {
+    let mut cursor = Cursor::new(frame);
+    match FrameHeader::parse(&mut cursor) {
+        Ok(Some(_)) => &frame[usize::try_from(cursor.position()).unwrap_or(0)..],
+        _ => panic!("not a whole frame"),
+    }
+}
+
 pub(crate) fn pong(payload: &[u8]) -> Bytes {
     frame(OpCode::Control(Control::Pong), payload)
 }
@@ -471,5 +499,10 @@ mod tests {
         assert_eq!(&close(1008, "not reading")[..4], &[0x88, 13, 0x03, 0xf0]);
         assert_eq!(close(1000, &"é".repeat(100)).len(), 2 + 2 + 122);
         assert_eq!(&pong(b"ab")[..], b"\x8a\x02ab");
+        for size in [0, 5, 125, 126, 300, 70_000] {
+            let payload = "p".repeat(size);
+            let written = text_with(3, |out| out.extend_from_slice(payload.as_bytes()));
+            assert_eq!(written, text(&payload), "{size}");
+        }
     }
 }
