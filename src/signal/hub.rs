@@ -10,18 +10,20 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
+use std::time::Instant;
 
 use bytes::Bytes;
 
 use rand::Rng;
 use serde_json::value::RawValue;
 
+use super::held::{Held, HeldSignals};
 use super::protocol::{self, ErrorCode, LeaveReason, PeerEntry, Problem};
 use super::token::Claims;
 use super::websocket;
 use crate::config::SignalLimits;
 use crate::logging::event;
-use crate::metrics::{Limit, Metrics};
+use crate::metrics::{Limit, Metrics, SignalHeld};
 use crate::sparse::shrink_if_sparse;
 
 pub(crate) type SessionId = u64;
@@ -111,8 +113,8 @@ impl Outbox {
         }
     }
 
-    /// Moves everything queued for `attachment` to the end of `into`, and
-    /// has `waker` woken when more comes.
+    /// Moves everything queued for `attachment` into `into` once that is
+    /// empty, and has `waker` woken when more comes.
     pub(crate) fn drain(
         &self,
         attachment: Attachment,
@@ -131,12 +133,12 @@ impl Outbox {
         if let Some(closing) = state.closing {
             return Drained::Close(closing);
         }
-        state.bytes = 0;
+        // Frames stay here (and count against `max-queued-bytes`) until the
+        // connection has written what it took before: a client that does
+        // not read fills this queue, not the connection's.
         if into.is_empty() {
+            state.bytes = 0;
             std::mem::swap(&mut state.frames, into);
-        } else {
-            into.extend(state.frames.drain(..));
-            state.frames = VecDeque::new();
         }
         Drained::Send
     }
@@ -223,6 +225,7 @@ struct Member {
 #[derive(Default)]
 struct Room {
     members: BTreeMap<String, Member>,
+    held: HeldSignals,
 }
 
 struct HubState {
@@ -232,6 +235,9 @@ struct HubState {
     resume_tokens: HashMap<String, SessionId>,
     next_session: SessionId,
     next_attachment: Attachment,
+    /// Signals held in all rooms.
+    held_count: usize,
+
     /// icegate is stopping: new sessions close at once.
     stopping: bool,
     connections: u32,
@@ -285,6 +291,8 @@ impl Hub {
                 resume_tokens: HashMap::new(),
                 next_session: 0,
                 next_attachment: 0,
+                held_count: 0,
+
                 stopping: false,
                 connections: 0,
                 connections_by_ip: HashMap::new(),
@@ -521,10 +529,20 @@ impl Hub {
                 metadata,
             },
         );
+        let waiting = entry.held.take_for(&peer);
         let joined = joined_text(&state.rooms, room, &peer);
         event!(info, "signal-join", user = user, room = room, peer = peer);
         if let Some(session) = state.sessions.get(&id) {
             session.outbox.push(websocket::text(&joined));
+            // Signals sent before it arrived, in the order they were sent.
+            for held in &waiting {
+                session.outbox.push(held.frame.clone());
+            }
+        }
+        if !waiting.is_empty() {
+            state.held_count -= waiting.len();
+            self.metrics
+                .signal_held(SignalHeld::Delivered, waiting.len());
         }
         Ok(())
     }
@@ -538,35 +556,73 @@ impl Hub {
             .remove(room)
             .ok_or_else(|| not_in_room(room))?;
         let user = session.user.clone();
-        leave_room(state, &user, room, &peer, LeaveReason::Left);
+        leave_room(state, &self.metrics, &user, room, &peer, LeaveReason::Left);
         Ok(())
     }
 
-    /// Sends `data` to one peer of `room`, or to all others when `to` is `None`.
+    /// Sends `data` to one peer of `room`, or to all others when `to` is
+    /// `None`. A signal to a peer not in the room is held for it (`message`
+    /// is the sender's message id, for an `expired` notice).
     pub(crate) fn relay(
         &self,
         id: SessionId,
         room: &str,
         to: Option<&str>,
         data: &RawValue,
+        message: Option<&RawValue>,
+        now: Instant,
     ) -> Result<(), Problem> {
-        let state = self.lock();
+        let mut guard = self.lock();
+        let state = &mut *guard;
         let session = state.sessions.get(&id).ok_or_else(gone)?;
         let from = session.rooms.get(room).ok_or_else(|| not_in_room(room))?;
-        let members = &state
-            .rooms
-            .get(room)
-            .ok_or_else(|| not_in_room(room))?
-            .members;
+        let entry = state.rooms.get_mut(room).ok_or_else(|| not_in_room(room))?;
+        let members = &entry.members;
         let text = protocol::signal(room, from, data, to.is_none());
         match to {
             Some(to) => {
-                let member = members.get(to).ok_or_else(|| {
-                    Problem::new(
-                        ErrorCode::PeerNotFound,
-                        format!("no peer {to} in room {room}"),
-                    )
-                })?;
+                let Some(member) = members.get(to) else {
+                    let limits = &state.limits;
+                    if limits.hold_for.is_zero() {
+                        return Err(Problem::new(
+                            ErrorCode::PeerNotFound,
+                            format!("no peer {to} in room {room}"),
+                        ));
+                    }
+                    let held = Held {
+                        to: to.into(),
+                        from: from.as_str().into(),
+                        sender: id,
+                        frame: text,
+                        id: message.map(ToOwned::to_owned),
+                        until: now + limits.hold_for,
+                    };
+                    return match entry.held.hold(held, limits) {
+                        Ok(()) => {
+                            state.held_count += 1;
+                            self.metrics.signal_held(SignalHeld::Held, 1);
+                            Ok(())
+                        }
+                        Err(limit) => {
+                            self.metrics.limit_hit(limit);
+                            event!(
+                                info,
+                                "signal-limit",
+                                limit = limit.key().trim_start_matches("signal."),
+                                user = session.user,
+                                room = room
+                            );
+                            Err(Problem::new(
+                                ErrorCode::PeerNotFound,
+                                format!(
+                                    "no peer {to} in room {room}, and no room to hold more \
+                                     for peers on their way ({})",
+                                    limit.key()
+                                ),
+                            ))
+                        }
+                    };
+                };
                 if let Some(target) = state.sessions.get(&member.session) {
                     target.outbox.push(text);
                 }
@@ -582,6 +638,33 @@ impl Hub {
             }
         }
         Ok(())
+    }
+
+    /// Answers `expired` to the senders of signals held past `hold-for`.
+    pub(crate) fn expire_held(&self, now: Instant) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        if state.held_count == 0 {
+            return;
+        }
+        let waited = state.limits.hold_for.as_secs();
+        let mut expired = 0;
+        for (name, room) in &mut state.rooms {
+            for held in room.held.take_expired(now) {
+                expired += 1;
+                if let Some(sender) = state.sessions.get(&held.sender) {
+                    let notice = protocol::expired(name, &held.to, waited, held.id.as_deref());
+                    sender.outbox.push(websocket::text(&notice));
+                }
+            }
+        }
+        state.held_count -= expired;
+        self.metrics.signal_held(SignalHeld::Expired, expired);
+    }
+
+    /// Signals held for peers on their way right now.
+    pub(crate) fn held_count(&self) -> usize {
+        self.lock().held_count
     }
 
     /// The connection of `attachment` dropped without a close frame: hold the
@@ -609,7 +692,7 @@ impl Hub {
             Some((n, reason)) if n == detachment => reason,
             _ => return,
         };
-        end_session(&mut state, id, reason);
+        end_session(&mut state, &self.metrics, id, reason);
     }
 
     /// Ends the session now (a close frame, a limit, no resume possible),
@@ -621,7 +704,7 @@ impl Hub {
             .get(&id)
             .is_some_and(|s| s.outbox.detach(attachment));
         if owned {
-            end_session(&mut state, id, reason);
+            end_session(&mut state, &self.metrics, id, reason);
         }
     }
 
@@ -651,13 +734,13 @@ impl Hub {
             if let Some(session) = state.sessions.get(&id) {
                 session.outbox.close_with(Closing::Ended);
             }
-            end_session(&mut state, id, LeaveReason::Closed);
+            end_session(&mut state, &self.metrics, id, LeaveReason::Closed);
         }
         ids.len()
     }
 }
 
-fn end_session(state: &mut HubState, id: SessionId, reason: LeaveReason) {
+fn end_session(state: &mut HubState, metrics: &Metrics, id: SessionId, reason: LeaveReason) {
     let Some(session) = state.sessions.remove(&id) else {
         return;
     };
@@ -665,12 +748,19 @@ fn end_session(state: &mut HubState, id: SessionId, reason: LeaveReason) {
     shrink_if_sparse(&mut state.sessions);
     shrink_if_sparse(&mut state.resume_tokens);
     for (room, peer) in &session.rooms {
-        leave_room(state, &session.user, room, peer, reason);
+        leave_room(state, metrics, &session.user, room, peer, reason);
     }
 }
 
 /// Takes `peer` out of `room`, logged, and tells the others.
-fn leave_room(state: &mut HubState, user: &str, room: &str, peer: &str, reason: LeaveReason) {
+fn leave_room(
+    state: &mut HubState,
+    metrics: &Metrics,
+    user: &str,
+    room: &str,
+    peer: &str,
+    reason: LeaveReason,
+) {
     event!(
         info,
         "signal-leave",
@@ -684,6 +774,10 @@ fn leave_room(state: &mut HubState, user: &str, room: &str, peer: &str, reason: 
     };
     entry.members.remove(peer);
     if entry.members.is_empty() {
+        // Nobody is left to send them to, or to tell.
+        let dropped = entry.held.len();
+        state.held_count -= dropped;
+        metrics.signal_held(SignalHeld::Expired, dropped);
         state.rooms.remove(room);
         shrink_if_sparse(&mut state.rooms);
         return;

@@ -2,6 +2,7 @@
 //! answers and candidates through icegate, with TURN credentials from the
 //! same credential store as the relay. The protocol is `docs/signaling.md`.
 
+mod held;
 mod hub;
 pub(crate) mod protocol;
 mod session;
@@ -28,6 +29,9 @@ use crate::server::{Server, unix_now};
 use hub::Hub;
 use token::{Claims, TokenError, TokenVerifier};
 
+/// How often held signals are checked for expiry: `expired` comes at most
+/// this late.
+const HELD_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 /// Frames larger than this many times `max-message-bytes` are not even read.
 const HARD_SIZE_FACTOR: usize = 4;
 
@@ -355,6 +359,22 @@ impl Signaling {
                 slot,
             },
         )
+    }
+
+    /// Expires held signals while icegate runs; what a sweep finds is
+    /// answered with `expired` to its sender.
+    pub(crate) async fn sweep_held(self: Arc<Self>) {
+        let mut every = tokio::time::interval(HELD_SWEEP_INTERVAL);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            self.hub.expire_held(tokio::time::Instant::now().into_std());
+        }
+    }
+
+    /// Signals held for peers on their way right now.
+    pub(crate) fn held_count(&self) -> usize {
+        self.hub.held_count()
     }
 
     /// Sessions and rooms right now.

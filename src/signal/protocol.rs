@@ -435,6 +435,32 @@ pub(crate) fn error(problem: &Problem, kind: Option<&str>, id: Option<&RawValue>
 }
 
 #[derive(Serialize)]
+struct Expired<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    room: &'a str,
+    to: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    in_reply_to: Option<InReplyTo<'a>>,
+}
+
+/// A held signal's addressee did not join in time; `id` is the signal's own.
+pub(crate) fn expired(room: &str, to: &str, waited_seconds: u64, id: Option<&RawValue>) -> String {
+    let message = format!("{to} did not join room {room} within {waited_seconds} s");
+    to_text(&Expired {
+        kind: "expired",
+        room,
+        to,
+        message: &message,
+        in_reply_to: id.map(|id| InReplyTo {
+            kind: Some("signal"),
+            id: Some(id),
+        }),
+    })
+}
+
+#[derive(Serialize)]
 struct Pong<'a> {
     #[serde(rename = "type")]
     kind: &'static str,

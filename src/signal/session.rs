@@ -498,8 +498,12 @@ impl Reader {
                 metadata,
             }) => hub.join(*id, claims.as_ref(), room, peer.clone(), *metadata),
             Ok(Request::Leave { room }) => hub.leave(*id, room),
-            Ok(Request::Signal { room, to, data }) => hub.relay(*id, room, Some(to), data),
-            Ok(Request::Broadcast { room, data }) => hub.relay(*id, room, None, data),
+            Ok(Request::Signal { room, to, data }) => {
+                hub.relay(*id, room, Some(to), data, incoming.id, now())
+            }
+            Ok(Request::Broadcast { room, data }) => {
+                hub.relay(*id, room, None, data, incoming.id, now())
+            }
             Ok(Request::Ping) => {
                 outbox.push(websocket::text(&protocol::pong(incoming.id)));
                 Ok(())
@@ -509,6 +513,10 @@ impl Reader {
             self.reply(&problem, Some(&incoming));
         }
     }
+}
+
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
 }
 
 /// Settles the session and says goodbye as the ending calls for.
