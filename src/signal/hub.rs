@@ -215,6 +215,19 @@ struct Session {
     /// counts detachments so that an old expiry timer does nothing.
     held: Option<(u64, LeaveReason)>,
     detachments: u64,
+    /// Unix time the session began.
+    since: u64,
+}
+
+/// One session as the admin API lists it.
+pub(crate) struct SessionView {
+    pub(crate) user: Arc<str>,
+    pub(crate) peer: String,
+    /// Room and this session's peer id in it.
+    pub(crate) rooms: Vec<(String, String)>,
+    pub(crate) since: u64,
+    /// Held for a resume, not connected.
+    pub(crate) held: bool,
 }
 
 struct Member {
@@ -337,7 +350,8 @@ impl Hub {
 
     /// Resumes the session of `resume_token` when it belongs to `user` and
     /// is still held, else starts a new one.
-    pub(crate) fn open(&self, user: &str, resume_token: Option<&str>) -> Opened {
+    /// `now` is the Unix time, kept as the session's start.
+    pub(crate) fn open(&self, user: &str, resume_token: Option<&str>, now: u64) -> Opened {
         let mut state = self.lock();
         let limits = state.limits;
         let resumable = resume_token
@@ -390,6 +404,7 @@ impl Hub {
                 resume_token: new_token.clone(),
                 held: None,
                 detachments: 0,
+                since: now,
             },
         );
         Opened {
@@ -706,6 +721,32 @@ impl Hub {
         if owned {
             end_session(&mut state, &self.metrics, id, reason);
         }
+    }
+
+    /// Every session, or `user`'s, oldest first.
+    pub(crate) fn sessions(&self, user: Option<&str>) -> Vec<SessionView> {
+        let state = self.lock();
+        let mut list: Vec<(SessionId, SessionView)> = state
+            .sessions
+            .iter()
+            .filter(|(_, s)| user.is_none_or(|u| &*s.user == u))
+            .map(|(&id, s)| {
+                let view = SessionView {
+                    user: s.user.clone(),
+                    peer: s.default_peer.clone(),
+                    rooms: s
+                        .rooms
+                        .iter()
+                        .map(|(room, peer)| (room.clone(), peer.clone()))
+                        .collect(),
+                    since: s.since,
+                    held: s.held.is_some(),
+                };
+                (id, view)
+            })
+            .collect();
+        list.sort_by_key(|(id, _)| *id);
+        list.into_iter().map(|(_, view)| view).collect()
     }
 
     /// Sessions and rooms right now.

@@ -326,7 +326,7 @@ impl Signaling {
             limits,
             slot,
         } = *opening;
-        let opened = self.hub.open(&user, resume.as_deref());
+        let opened = self.hub.open(&user, resume.as_deref(), unix_now());
         let welcome = protocol::welcome(&protocol::WelcomeFields {
             user: &user,
             peer: &opened.peer,
@@ -375,6 +375,32 @@ impl Signaling {
     /// Signals held for peers on their way right now.
     pub(crate) fn held_count(&self) -> usize {
         self.hub.held_count()
+    }
+
+    /// Every signaling session, or `user`'s, as the admin API lists them.
+    pub(crate) fn sessions(&self, user: Option<&str>) -> Value {
+        let now = unix_now();
+        let list = self
+            .hub
+            .sessions(user)
+            .into_iter()
+            .map(|s| {
+                let rooms: Vec<Value> = s
+                    .rooms
+                    .iter()
+                    .map(|(room, peer)| json!({ "room": room, "peer": peer }))
+                    .collect();
+                json!({
+                    "user": &*s.user,
+                    "peer": s.peer,
+                    "rooms": rooms,
+                    "state": if s.held { "held" } else { "connected" },
+                    "since": s.since,
+                    "age_seconds": now.saturating_sub(s.since),
+                })
+            })
+            .collect();
+        Value::Array(list)
     }
 
     /// Sessions and rooms right now.
