@@ -203,8 +203,9 @@ impl<'a> Incoming<'a> {
 }
 
 /// Whether `json`, valid JSON, holds a number that a double cannot hold.
-/// One pass over the text, skipping strings; only numbers with an exponent
-/// or hundreds of digits can be out of range, so only those are parsed.
+/// One pass over the text that jumps through strings (most of a signal is
+/// SDP in strings); only numbers with an exponent or hundreds of digits
+/// can be out of range, so only those are parsed.
 fn has_number_beyond_double(json: &str) -> bool {
     let bytes = json.as_bytes();
     let mut i = 0;
@@ -212,10 +213,17 @@ fn has_number_beyond_double(json: &str) -> bool {
         match bytes[i] {
             b'"' => {
                 i += 1;
-                while i < bytes.len() && bytes[i] != b'"' {
-                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                loop {
+                    let rest = bytes.get(i..).unwrap_or_default();
+                    match memchr::memchr2(b'"', b'\\', rest) {
+                        Some(k) if rest[k] == b'\\' => i += k + 2,
+                        Some(k) => {
+                            i += k + 1;
+                            break;
+                        }
+                        None => return false,
+                    }
                 }
-                i += 1;
             }
             b'-' | b'0'..=b'9' => {
                 let start = i;
