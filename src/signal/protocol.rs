@@ -128,13 +128,12 @@ impl<'a> Incoming<'a> {
             serde_json::from_str(text)
                 .map_err(|e| e.to_string())
                 .and_then(|envelope| {
-                    // Raw values (the echoed id, forwarded payloads) are not
-                    // range checked by serde: numbers like 1e999 would reach
-                    // strict client parsers, which refuse them.
-                    if has_number_beyond_double(text) {
-                        Err("a number is out of a double's range".to_owned())
-                    } else {
-                        Ok(envelope)
+                    // Raw values (the echoed id, forwarded payloads) are
+                    // checked by serde for syntax only: what strict client
+                    // parsers refuse must not be forwarded to them.
+                    match refused_by_strict_parsers(text) {
+                        Some(what) => Err(format!("{what} is not accepted")),
+                        None => Ok(envelope),
                     }
                 })
         } else {
@@ -202,11 +201,13 @@ impl<'a> Incoming<'a> {
     }
 }
 
-/// Whether `json`, valid JSON, holds a number that a double cannot hold.
-/// One pass over the text that jumps through strings (most of a signal is
-/// SDP in strings); only numbers with an exponent or hundreds of digits
-/// can be out of range, so only those are parsed.
-fn has_number_beyond_double(json: &str) -> bool {
+/// What in `json`, valid JSON as serde reads raw values, a strict parser
+/// (serde's own full parse among them) would refuse: a number beyond a
+/// double's range, or a `\u` escape of half a surrogate pair. One pass that
+/// jumps through strings with memchr (most of a signal is SDP in strings);
+/// only numbers with an exponent or hundreds of digits can be out of range,
+/// so only those are parsed.
+fn refused_by_strict_parsers(json: &str) -> Option<&'static str> {
     let bytes = json.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
@@ -216,12 +217,24 @@ fn has_number_beyond_double(json: &str) -> bool {
                 loop {
                     let rest = bytes.get(i..).unwrap_or_default();
                     match memchr::memchr2(b'"', b'\\', rest) {
-                        Some(k) if rest[k] == b'\\' => i += k + 2,
+                        Some(k) if rest[k] == b'\\' => {
+                            i += k;
+                            if bytes.get(i + 1) != Some(&b'u') {
+                                i += 2;
+                            } else if lone_surrogate(bytes, i) {
+                                return Some("a \\u escape of half a surrogate pair");
+                            } else if surrogate(bytes, i).is_some() {
+                                // A whole pair: its second half is no lone one.
+                                i += 12;
+                            } else {
+                                i += 6;
+                            }
+                        }
                         Some(k) => {
                             i += k + 1;
                             break;
                         }
-                        None => return false,
+                        None => return None,
                     }
                 }
             }
@@ -235,13 +248,33 @@ fn has_number_beyond_double(json: &str) -> bool {
                 let number = &json[start..i];
                 let may_overflow = number.len() > 300 || number.contains(['e', 'E']);
                 if may_overflow && !number.parse::<f64>().is_ok_and(f64::is_finite) {
-                    return true;
+                    return Some("a number beyond a double's range");
                 }
             }
             _ => i += 1,
         }
     }
-    false
+    None
+}
+
+/// The code unit of the `\uXXXX` escape at `at`, if it is half a surrogate pair.
+fn surrogate(bytes: &[u8], at: usize) -> Option<u16> {
+    let hex = std::str::from_utf8(bytes.get(at + 2..at + 6)?).ok()?;
+    u16::from_str_radix(hex, 16)
+        .ok()
+        .filter(|unit| (0xD800..=0xDFFF).contains(unit))
+}
+
+/// Whether the `\u` escape at `at` is a surrogate without its other half.
+fn lone_surrogate(bytes: &[u8], at: usize) -> bool {
+    match surrogate(bytes, at) {
+        None => false,
+        Some(0xD800..=0xDBFF) => {
+            bytes.get(at + 6..at + 8) != Some(b"\\u")
+                || !surrogate(bytes, at + 6).is_some_and(|low| (0xDC00..=0xDFFF).contains(&low))
+        }
+        Some(_) => true,
+    }
 }
 
 fn required<'a>(raw: Option<&'a RawValue>, field: &str) -> Result<&'a RawValue, Problem> {
@@ -511,8 +544,14 @@ mod tests {
         let in_data =
             r#"{"type":"signal","room":"a","to":"b","data":{"s":"1e999","n":[-2.5E+3,1e-999]}}"#;
         assert!(Incoming::parse(in_data).request.is_ok());
-        let escaped = r#"{"type":"signal","room":"a","to":"b","data":{"s":""1e999","n":-1E400}}"#;
+        let escaped = r#"{"type":"signal","room":"a","to":"b","data":{"s":"\"1e999","n":-1E400}}"#;
         assert_eq!(problem(escaped).code, ErrorCode::BadJson);
+        let lone = r#"{"type":"signal","room":"a","to":"b","data":{"k\udeaa":1}}"#;
+        assert_eq!(problem(lone).code, ErrorCode::BadJson);
+        let unpaired = r#"{"type":"signal","room":"a","to":"b","data":"\ud83d\u0041"}"#;
+        assert_eq!(problem(unpaired).code, ErrorCode::BadJson);
+        let pair = r#"{"type":"signal","room":"a","to":"b","data":"\ud83d\ude00 \u00e9 \\udead"}"#;
+        assert!(Incoming::parse(pair).request.is_ok());
         assert_eq!(problem("{}").code, ErrorCode::UnknownType);
         assert_eq!(problem(r#"{"type":"dance"}"#).code, ErrorCode::UnknownType);
         assert_eq!(problem(r#"{"type":"join"}"#).code, ErrorCode::MissingField);
