@@ -9,7 +9,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use common::TestDaemon;
 use common::admin::Scrape;
@@ -341,6 +344,74 @@ async fn signals_wait_for_peers_on_their_way() {
         ),
         1.0
     );
+}
+
+#[tokio::test]
+async fn fragmented_messages_are_whole_and_broken_frames_close_with_their_code() {
+    let (_daemon, http) = start("");
+    let (mut client, _) = connect(http, "alice").await;
+    // A message in three fragments, a ping between them (RFC 6455 §5.4).
+    let text = r#"{"type":"ping","id":5}"#;
+    let (first, rest) = text.split_at(8);
+    let (middle, last) = rest.split_at(6);
+    client
+        .send_frame(Message::Frame(Frame::message(
+            first.as_bytes().to_vec(),
+            OpCode::Data(Data::Text),
+            false,
+        )))
+        .await;
+    client
+        .send_frame(Message::Frame(Frame::message(
+            middle.as_bytes().to_vec(),
+            OpCode::Data(Data::Continue),
+            false,
+        )))
+        .await;
+    client
+        .send_frame(Message::Ping(b"between".to_vec().into()))
+        .await;
+    client
+        .send_frame(Message::Frame(Frame::message(
+            last.as_bytes().to_vec(),
+            OpCode::Data(Data::Continue),
+            true,
+        )))
+        .await;
+    assert_eq!(
+        client.expect("pong").await,
+        json!({"type": "pong", "id": 5})
+    );
+    client.assert_usable().await;
+
+    // An unmasked client frame breaks the protocol: close 1002.
+    let mut raw = tokio::net::TcpStream::connect(http).await.unwrap();
+    let upgrade = format!(
+        "GET /ws?token={} HTTP/1.1\r\nHost: {http}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        token_for("mallory")
+    );
+    raw.write_all(upgrade.as_bytes()).await.unwrap();
+    raw.write_all(b"\x81\x02{}").await.unwrap();
+    let mut received = Vec::new();
+    let close = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = raw.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed without a close frame");
+            received.extend_from_slice(&chunk[..n]);
+            // The close frame is the last thing written: 0x88, length, code.
+            if let Some(at) = received.windows(2).rposition(|w| w[0] == 0x88 && w[1] >= 2)
+                && received.len() >= at + 4
+            {
+                break u16::from_be_bytes([received[at + 2], received[at + 3]]);
+            }
+        }
+    })
+    .await
+    .expect("a close frame in time");
+    assert_eq!(close, 1002);
 }
 
 #[tokio::test]
