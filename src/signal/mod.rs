@@ -4,6 +4,7 @@
 
 mod held;
 mod hub;
+mod outbox;
 pub(crate) mod protocol;
 mod session;
 pub(crate) mod token;

@@ -20,7 +20,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use super::hub::{Attachment, Closing, ConnectionSlot, Drained, Hub, Outbox, Queued, SessionId};
+use super::hub::{ConnectionSlot, Hub, SessionId};
+use super::outbox::{Attachment, Closing, Drained, Outbox, Queued};
 use super::protocol::{self, ErrorCode, Incoming, LeaveReason, Problem, Request};
 use super::token::Claims;
 use super::websocket::{self, Decoder, FrameError, Received};
