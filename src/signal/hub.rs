@@ -26,11 +26,43 @@ use crate::sparse::shrink_if_sparse;
 
 pub(crate) type SessionId = u64;
 
+/// The rooms of one session with its peer id in each: a handful at most
+/// (`max-rooms-per-connection`), so a list, not a map: a map's first node
+/// alone took 540 bytes per session.
+#[derive(Default)]
+struct RoomsOf(Vec<(Box<str>, Box<str>)>);
+
+impl RoomsOf {
+    fn get(&self, room: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(name, _)| &**name == room)
+            .map(|(_, peer)| &**peer)
+    }
+
+    fn insert(&mut self, room: &str, peer: &str) {
+        self.0.push((room.into(), peer.into()));
+    }
+
+    fn remove(&mut self, room: &str) -> Option<Box<str>> {
+        let at = self.0.iter().position(|(name, _)| &**name == room)?;
+        Some(self.0.swap_remove(at).1)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(room, peer)| (&**room, &**peer))
+    }
+}
+
 struct Session {
     user: Arc<str>,
     default_peer: String,
     /// Room → this session's peer id in it.
-    rooms: BTreeMap<String, String>,
+    rooms: RoomsOf,
     outbox: Arc<Outbox>,
     resume_token: String,
     /// Set while the connection is gone and the session waits for a resume;
@@ -221,7 +253,7 @@ impl Hub {
             Session {
                 user: user.into(),
                 default_peer: peer.clone(),
-                rooms: BTreeMap::new(),
+                rooms: RoomsOf::default(),
                 outbox: outbox.clone(),
                 resume_token: new_token.clone(),
                 held: None,
@@ -299,7 +331,7 @@ impl Hub {
         let mut state = self.lock();
         let state = &mut *state;
         let session = state.sessions.get_mut(&id).ok_or_else(gone)?;
-        if session.rooms.contains_key(room) {
+        if session.rooms.get(room).is_some() {
             return Err(Problem::new(
                 ErrorCode::AlreadyJoined,
                 format!("already in room {room}"),
@@ -350,7 +382,7 @@ impl Hub {
                 ),
             ));
         }
-        session.rooms.insert(room.to_owned(), peer.clone());
+        session.rooms.insert(room, &peer);
         let user = session.user.clone();
         let announce = websocket::text(&protocol::peer_joined(room, &peer, &metadata));
         let entry = state.rooms.entry(room.to_owned()).or_default();
@@ -428,7 +460,7 @@ impl Hub {
                     }
                     let held = Held {
                         to: to.into(),
-                        from: from.as_str().into(),
+                        from: from.into(),
                         sender: id,
                         frame: text,
                         id: message.map(ToOwned::to_owned),
@@ -559,7 +591,7 @@ impl Hub {
                     rooms: s
                         .rooms
                         .iter()
-                        .map(|(room, peer)| (room.clone(), peer.clone()))
+                        .map(|(room, peer)| (room.to_string(), peer.to_string()))
                         .collect(),
                     since: s.since,
                     held: s.held.is_some(),
@@ -610,7 +642,7 @@ fn end_session(state: &mut HubState, metrics: &Metrics, id: SessionId, reason: L
     state.resume_tokens.remove(&session.resume_token);
     shrink_if_sparse(&mut state.sessions);
     shrink_if_sparse(&mut state.resume_tokens);
-    for (room, peer) in &session.rooms {
+    for (room, peer) in session.rooms.iter() {
         leave_room(state, metrics, &session.user, room, peer, reason);
     }
 }
