@@ -8,6 +8,7 @@
 //! and replay the seeds and every kept crash (`fuzz/regressions/`).
 
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -18,7 +19,7 @@ use crate::policy::PeerPolicy;
 use crate::reject::RejectCounters;
 use crate::signal::protocol::{self, Incoming, Request};
 use crate::signal::token::TokenVerifier;
-use crate::signal::websocket;
+use crate::signal::websocket::{self, Decoder, FrameError, Received};
 use crate::transport::stream::{FramingLost, cut_frames};
 use crate::turn::core::{Action, Core, Now};
 use crate::turn::shared::Shared;
@@ -30,11 +31,12 @@ pub type Target = (&'static str, fn(&[u8]));
 
 /// The fuzz targets, by name: the directories under `fuzz/seeds/` and
 /// `fuzz/regressions/`, and the files under `fuzz/fuzz_targets/`.
-pub const TARGETS: [Target; 6] = [
+pub const TARGETS: [Target; 7] = [
     ("stun_core", stun_core),
     ("channel_data", channel_data),
     ("stream_framing", stream_framing),
     ("signaling_message", signaling_message),
+    ("websocket_frames", websocket_frames),
     ("token", token),
     ("config", config),
 ];
@@ -493,6 +495,21 @@ type Cutting = (Vec<Vec<u8>>, Result<usize, FramingLost>);
 
 /// Cuts `stream` as a connection reading it in `chunks` does: each read
 /// appended to the buffer, whole frames cut, their bytes drained.
+/// The sizes of the reads a stream arrives in, from a seed: mostly 1 to 8
+/// bytes, some up to about 100.
+fn read_sizes(seed: u8) -> impl Iterator<Item = usize> {
+    let mut state = u32::from(seed) | 0x100;
+    std::iter::from_fn(move || {
+        // xorshift
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let small = state >> 8 & 7;
+        let large = if state >> 12 & 1 == 1 { state % 97 } else { 0 };
+        Some(1 + usize::from(u8::try_from(small + large).unwrap_or(u8::MAX)))
+    })
+}
+
 fn cut_in_chunks(stream: &[u8], max_frame: usize, chunks: impl Iterator<Item = usize>) -> Cutting {
     let mut frames = Vec::new();
     let mut buf = Vec::new();
@@ -528,17 +545,7 @@ pub fn stream_framing(data: &[u8]) {
     };
     let max_frame = usize::from(u16::from_be_bytes([*high, *low])) + 4;
     let whole = cut_in_chunks(stream, max_frame, std::iter::empty());
-    let mut state = u32::from(*seed) | 0x100;
-    let sizes = std::iter::from_fn(move || {
-        // xorshift: mostly reads of 1 to 8 bytes, some up to about 100.
-        state ^= state << 13;
-        state ^= state >> 17;
-        state ^= state << 5;
-        let small = state >> 8 & 7;
-        let large = if state >> 12 & 1 == 1 { state % 97 } else { 0 };
-        Some(1 + usize::from(u8::try_from(small + large).unwrap_or(u8::MAX)))
-    });
-    let chunked = cut_in_chunks(stream, max_frame, sizes);
+    let chunked = cut_in_chunks(stream, max_frame, read_sizes(*seed));
     assert_eq!(whole, chunked, "the frames depend on how the bytes arrived");
     let byte_by_byte = cut_in_chunks(stream, max_frame, std::iter::repeat(1));
     assert_eq!(
@@ -563,6 +570,72 @@ pub fn stream_framing(data: &[u8]) {
 
 // ---------------------------------------------------------------------------------------------
 // Signaling
+
+/// What a client's bytes decode to: each frame as the connection sees it,
+/// then the protocol error that ended it, if one did.
+type Decoded = (Vec<String>, Option<FrameError>);
+
+fn decode_in_chunks(
+    stream: &[u8],
+    max_message: usize,
+    chunks: impl Iterator<Item = usize>,
+) -> Decoded {
+    let hard_limit = max_message * 4;
+    let mut decoder = Decoder::new(max_message, hard_limit);
+    let mut seen = Vec::new();
+    let mut rest = stream;
+    let mut chunks = chunks.chain(std::iter::repeat(usize::MAX));
+    while !rest.is_empty() {
+        let take = chunks.next().unwrap_or(usize::MAX).clamp(1, rest.len());
+        let (read, after) = rest.split_at(take);
+        rest = after;
+        let mut read = read.to_vec();
+        let flow = decoder.feed(&mut read, |received| {
+            if let Received::Text(text) = received {
+                assert!(text.len() <= max_message, "a text over the limit");
+            }
+            let closed = matches!(received, Received::Close(_));
+            seen.push(format!("{received:?}"));
+            if closed {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        match flow {
+            Ok(ControlFlow::Break(())) => return (seen, None),
+            Ok(ControlFlow::Continue(())) => {}
+            Err(error) => return (seen, Some(error)),
+        }
+        // A frame is kept until it has arrived (and a fragmented message
+        // until its end), and no longer.
+        assert!(
+            decoder.buffered() <= hard_limit + 14 + max_message,
+            "{} bytes kept for a frame",
+            decoder.buffered()
+        );
+    }
+    (seen, None)
+}
+
+/// WebSocket framing of `/ws` (`signal::websocket::Decoder`): byte 0 seeds
+/// the read sizes, bytes 1–2 the message limit, the rest is what a client
+/// sends. In reads of those sizes, or byte by byte, it must decode to the
+/// same frames and the same error as in one read, each text within the limit.
+pub fn websocket_frames(data: &[u8]) {
+    let [seed, high, low, stream @ ..] = data else {
+        return;
+    };
+    let max_message = usize::from(u16::from_be_bytes([*high, *low])) + 1;
+    let whole = decode_in_chunks(stream, max_message, std::iter::empty());
+    let chunked = decode_in_chunks(stream, max_message, read_sizes(*seed));
+    assert_eq!(whole, chunked, "the frames depend on how the bytes arrived");
+    let byte_by_byte = decode_in_chunks(stream, max_message, std::iter::repeat(1));
+    assert_eq!(
+        whole, byte_by_byte,
+        "the frames depend on how the bytes arrived"
+    );
+}
 
 fn assert_json_frame(frame: &[u8]) {
     match std::str::from_utf8(websocket::payload(frame)) {

@@ -414,6 +414,79 @@ fn channel_data_seeds() -> Seeds {
     ]
 }
 
+/// A masked client frame: `first` is FIN, RSV and opcode.
+fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x5a, 0x0f, 0xc3, 0x81];
+    let mut out = vec![first];
+    match u16::try_from(payload.len()) {
+        Ok(n @ 0..=125) => out.push(0x80 | u8::try_from(n).unwrap_or(0)),
+        Ok(n) => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+        Err(_) => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+    out
+}
+
+fn websocket_seeds() -> Seeds {
+    let input = |seed: u8, limit: u16, frames: &[Vec<u8>]| {
+        let mut input = vec![seed];
+        input.extend_from_slice(&limit.to_be_bytes());
+        for frame in frames {
+            input.extend_from_slice(frame);
+        }
+        input
+    };
+    let ping = br#"{"type":"ping","id":1}"#;
+    vec![
+        (
+            "messages-and-controls",
+            input(
+                1,
+                1024,
+                &[
+                    client_frame(0x81, ping),
+                    client_frame(0x89, b"are you there"),
+                    client_frame(0x8a, b""),
+                    client_frame(0x82, &[0, 1, 2]),
+                    client_frame(0x88, b"\x03\xe8bye"),
+                ],
+            ),
+        ),
+        (
+            "fragments-around-a-ping",
+            input(
+                7,
+                64,
+                &[
+                    client_frame(0x01, &ping[..5]),
+                    client_frame(0x89, b"p"),
+                    client_frame(0x00, &ping[5..12]),
+                    client_frame(0x80, &ping[12..]),
+                ],
+            ),
+        ),
+        (
+            "long-lengths",
+            input(
+                3,
+                300,
+                &[
+                    client_frame(0x81, &[b'a'; 200]),
+                    client_frame(0x81, &[b'b'; 400]),
+                ],
+            ),
+        ),
+        ("unmasked", input(5, 1024, &[b"\x81\x02{}".to_vec()])),
+    ]
+}
+
 fn stream_framing_seeds() -> Seeds {
     let mut s = Script::new();
     let allocate = s.signed_bytes(0, Method::ALLOCATE, udp);
@@ -664,11 +737,12 @@ fn config_seeds() -> Seeds {
 #[test]
 #[ignore = "writes fuzz/seeds/; run by hand when the input formats change"]
 fn write_seeds() {
-    let targets: [(&str, Seeds); 6] = [
+    let targets: [(&str, Seeds); 7] = [
         ("stun_core", stun_core_seeds()),
         ("channel_data", channel_data_seeds()),
         ("stream_framing", stream_framing_seeds()),
         ("signaling_message", signaling_seeds()),
+        ("websocket_frames", websocket_seeds()),
         ("token", token_seeds()),
         ("config", config_seeds()),
     ];

@@ -125,6 +125,13 @@ impl Decoder {
         })
     }
 
+    /// Bytes kept for a frame that has not fully arrived, and for a
+    /// fragmented message.
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn buffered(&self) -> usize {
+        self.partial.len() + self.fragments.as_ref().map_or(0, |f| f.payload.len())
+    }
+
     fn keep(&mut self, rest: &[u8]) {
         if !rest.is_empty() {
             self.partial = rest.to_vec();
