@@ -38,7 +38,7 @@ pub(crate) use self::admin::AdminConfig;
 #[cfg(test)]
 pub(crate) use self::auth::User;
 pub(crate) use self::auth::{AuthConfig, UserCredential};
-pub(crate) use self::cluster::ClusterConfig;
+pub(crate) use self::cluster::{CaFile, ClusterConfig, MAX_NODE_NAME_CHARS, is_node_name};
 pub(crate) use self::connections::ConnectionLimits;
 use self::http::HttpConfig;
 pub(crate) use self::listen::{Listen, Services, Transport};
