@@ -398,3 +398,138 @@ async fn a_full_backlog_refuses_and_counts() {
     .await;
     assert!(published.is_ok());
 }
+
+/// Runs openssl with `args` in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run openssl");
+    assert!(out.status.success(), "openssl {args:?}: {out:?}");
+}
+
+/// A CA and a certificate for 127.0.0.1 it signed, in a fresh directory.
+fn certificates() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "icegate-cluster-tls-{}-{}",
+        std::process::id(),
+        random_suffix(6)
+    ));
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    openssl(
+        &dir,
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-subj",
+                "/CN=test-ca",
+                "-days",
+                "1",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &dir,
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(dir.join("san"), "subjectAltName=IP:127.0.0.1\n").expect("write");
+    openssl(
+        &dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "san",
+            "-out",
+            "server.pem",
+        ],
+    );
+    dir
+}
+
+#[tokio::test]
+async fn rediss_with_a_ca_file_and_a_password() {
+    let dir = certificates();
+    let tls_port = fixture::free_port();
+    let path = |name: &str| dir.join(name).display().to_string();
+    let redis = TestRedis::start_with(&[
+        "--tls-port".into(),
+        tls_port.to_string(),
+        "--tls-cert-file".into(),
+        path("server.pem"),
+        "--tls-key-file".into(),
+        path("server.key"),
+        "--tls-ca-cert-file".into(),
+        path("ca.pem"),
+        "--tls-auth-clients".into(),
+        "no".into(),
+        "--requirepass".into(),
+        "test-password".into(),
+    ]);
+    let ca = crate::config::CaFile {
+        path: dir.join("ca.pem"),
+        pem: std::fs::read(dir.join("ca.pem")).expect("the CA"),
+    };
+    let tls = |password: &str| ClusterConfig {
+        redis: Some(format!("rediss://127.0.0.1:{tls_port}")),
+        redis_ca: Some(ca.clone()),
+        redis_password: Some(password.to_owned()),
+        ..config(&redis, "node-a", 100)
+    };
+    let a = node_with(tls("test-password")).await;
+    a.cluster
+        .join("r", "alice", &raw("{}"), 16)
+        .await
+        .expect("joins");
+    assert!(redis.command("AUTH test-password").starts_with("+OK"),);
+
+    // A wrong password: never up, and the outage is told once however often it retries.
+    let heard = Arc::new(Recorder::default());
+    let metrics = Arc::new(Metrics::default());
+    let b = Cluster::start(&tls("wrong"), metrics.clone(), heard.clone()).expect("starts");
+    heard.until(|h| matches!(h, Heard::Down)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(heard.count(|h| matches!(h, Heard::Down)), 1);
+    assert_eq!(heard.count(|h| matches!(h, Heard::Up)), 0);
+    assert_eq!(read(&metrics.cluster.outages), 1);
+    assert_eq!(
+        b.publish(signal("bob", "alice", "node-a", "1")),
+        Err(PublishError::Unavailable)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -23,12 +23,19 @@ const START_LIMIT: Duration = Duration::from_secs(10);
 /// A running redis-server, stopped on drop.
 pub struct TestRedis {
     port: u16,
+    /// More `redis-server` options (TLS, `--requirepass`), kept for `restart`.
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl TestRedis {
     /// Starts a server on a free port of 127.0.0.1 and waits until it answers PING.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// As [`TestRedis::start`], with more `redis-server` options.
+    pub fn start_with(extra: &[String]) -> Self {
         assert!(
             Path::new(SERVER).is_file(),
             "{SERVER} is missing: these tests need `apt-get install redis-server`"
@@ -37,7 +44,11 @@ impl TestRedis {
         // binds it: then try another.
         for _ in 0..5 {
             let port = free_port();
-            let mut redis = Self { port, child: None };
+            let mut redis = Self {
+                port,
+                extra: extra.to_vec(),
+                child: None,
+            };
             if redis.spawn() {
                 return redis;
             }
@@ -110,6 +121,7 @@ impl TestRedis {
                 "--protected-mode",
                 "yes",
             ])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -140,10 +152,11 @@ impl TestRedis {
             return false;
         };
         let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+        // A server with --requirepass answers -NOAUTH: it is up all the same.
         let mut reply = [0u8; 7];
         stream.write_all(b"PING\r\n").is_ok()
             && stream.read_exact(&mut reply).is_ok()
-            && &reply == b"+PONG\r\n"
+            && (&reply == b"+PONG\r\n" || reply.starts_with(b"-NOAUTH"))
     }
 }
 
@@ -170,7 +183,8 @@ fn complete(reply: &[u8]) -> bool {
     }
 }
 
-fn free_port() -> u16 {
+/// A loopback port free now.
+pub fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
