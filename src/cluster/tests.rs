@@ -533,3 +533,53 @@ async fn rediss_with_a_ca_file_and_a_password() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_node_swept_while_alive_restores_its_presence_or_learns_it_lost_it() {
+    let redis = TestRedis::start();
+    let a = node(&redis, "node-a").await;
+    let b = node(&redis, "node-b").await;
+    a.cluster
+        .join("r", "alice", &raw("{}"), 16)
+        .await
+        .expect("joins");
+    a.cluster
+        .join("r", "carol", &raw(r#"{"c":1}"#), 16)
+        .await
+        .expect("joins");
+    // As if A had been swept while cut off from Redis, and B took one of its ids meanwhile.
+    redis.command("HDEL icegate:presence:r alice carol");
+    b.cluster
+        .join("r", "alice", &raw("{}"), 16)
+        .await
+        .expect("free now");
+    redis.command("DEL icegate:node:node-a");
+
+    a.heard
+        .until(|h| matches!(h, Heard::PresenceLost(room, peer) if room == "r" && peer == "alice"))
+        .await;
+    b.heard
+        .until(|h| {
+            matches!(h, Heard::Message(n, ClusterMessage::PeerJoined { peer, metadata, .. })
+                if n == "node-a" && peer == "carol" && metadata.get() == r#"{"c":1}"#)
+        })
+        .await;
+    assert!(
+        redis
+            .command("HGET icegate:presence:r alice")
+            .contains("node-b ")
+    );
+    assert!(
+        redis
+            .command("HGET icegate:presence:r carol")
+            .contains("node-a ")
+    );
+    // Lost is lost: A no longer puts alice back.
+    tokio::time::sleep(TTL).await;
+    assert_eq!(a.heard.count(|h| matches!(h, Heard::PresenceLost(..))), 1);
+    assert!(
+        redis
+            .command("HGET icegate:presence:r alice")
+            .contains("node-b ")
+    );
+}
