@@ -175,8 +175,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Cluster {
-    /// Starts the link to `config.redis` (which must be set): it connects in the background,
-    /// so this returns at once. Fails only on a URL or TLS setting the client refuses.
+    /// Starts the link to `config.redis` (which must be set) on the current tokio runtime: it
+    /// connects in the background, so this returns at once. Fails only on a URL or TLS
+    /// setting the client refuses.
     pub(crate) fn start(
         config: &ClusterConfig,
         metrics: Arc<Metrics>,
@@ -604,7 +605,8 @@ fn parse_remote(entry: &str) -> Option<(String, Box<RawValue>)> {
 }
 
 /// Room names and peer ids go into keys after a `\n`-free check: the `ROOM\nPEER` members of
-/// a node's peers set must split back.
+/// a node's peers set must split back. (The hub refuses such names before; this is the
+/// cluster's own guard, answered as unavailable.)
 fn check_names(room: &str, peer: &str) -> Result<(), JoinError> {
     let fine = |name: &str| !name.is_empty() && !name.chars().any(char::is_control);
     if fine(room) && fine(peer) {
