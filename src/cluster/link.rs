@@ -86,10 +86,12 @@ pub(super) async fn supervise(shared: Arc<Shared>) {
     let mut first = true;
     // The outage being waited out was logged and told (once per outage).
     let mut down_told = false;
+    let mut number = 0;
     loop {
         let why = match connect(&shared).await {
             Ok((mut connection, pubsub)) => {
-                *lock(&shared.connection) = Some(connection.clone());
+                number += 1;
+                *lock(&shared.connection) = Some((number, connection.clone()));
                 let (mut sink, stream) = pubsub.split();
                 match set_up(&shared, &mut connection, &mut sink, first).await {
                     Ok(subscribed) => {
@@ -100,7 +102,7 @@ pub(super) async fn supervise(shared: Arc<Shared>) {
                         shared.metrics.cluster.set_up(true);
                         event!(info, "cluster-up", node = shared.node);
                         shared.events.on_redis_up();
-                        serve(&shared, connection, sink, stream, subscribed).await
+                        serve(&shared, number, connection, sink, stream, subscribed).await
                     }
                     Err(why) => why,
                 }
@@ -169,6 +171,7 @@ async fn within<T>(operation: impl Future<Output = Result<T, RedisError>>) -> Re
 /// Receives, beats and follows the rooms until the connection breaks; says why it broke.
 async fn serve(
     shared: &Shared,
+    number: u64,
     mut connection: MultiplexedConnection,
     mut sink: PubSubSink,
     mut stream: redis::aio::PubSubStream,
@@ -177,6 +180,7 @@ async fn serve(
     let period = shared.ttl / 3;
     let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut broken = shared.broken.subscribe();
     loop {
         let step = tokio::select! {
             received = stream.next() => match received {
@@ -186,7 +190,10 @@ async fn serve(
                 }
                 None => Err("the subscription connection closed".to_owned()),
             },
-            () = shared.broken.notified() => Err("a Redis command failed".to_owned()),
+            () = async {
+                // The guard wait_for returns is not Send: drop it here.
+                let _ = broken.wait_for(|&n| n == number).await.map(drop);
+            } => Err("a Redis command failed".to_owned()),
             () = shared.resubscribe.notified() => {
                 follow_rooms(shared, &mut sink, &mut subscribed).await
             }
@@ -369,7 +376,7 @@ async fn sweep_node(
 /// On a clean shutdown: this node's presence goes (with `peer-left`), then its heartbeat and
 /// its place in the registry.
 pub(super) async fn forget_node(shared: &Shared) -> Result<(), Broken> {
-    let Some(mut connection) = lock(&shared.connection).clone() else {
+    let Some((_, mut connection)) = lock(&shared.connection).clone() else {
         return Ok(());
     };
     sweep_node(&mut connection, &shared.node, true).await?;
@@ -397,7 +404,7 @@ pub(super) async fn publish_backlog(
     while queued.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
         let connection = lock(&shared.connection).clone();
         let sent = match connection {
-            Some(mut connection) if shared.is_up() => {
+            Some((number, mut connection)) if shared.is_up() => {
                 let mut pipe = redis::pipe();
                 for msg in &batch {
                     pipe.cmd("PUBLISH")
@@ -409,12 +416,12 @@ pub(super) async fn publish_backlog(
                     Ok(Ok(())) => true,
                     Ok(Err(e)) => {
                         if is_link_error(&e) {
-                            shared.broken.notify_one();
+                            shared.broken.send_replace(number);
                         }
                         false
                     }
                     Err(_) => {
-                        shared.broken.notify_one();
+                        shared.broken.send_replace(number);
                         false
                     }
                 }

@@ -152,14 +152,15 @@ struct Shared {
     client: redis::Client,
     metrics: Arc<Metrics>,
     events: Arc<dyn ClusterEvents>,
-    /// Set while Redis is up.
-    connection: Mutex<Option<MultiplexedConnection>>,
+    /// Set while connected, with the number of the connection (counted from 1).
+    connection: Mutex<Option<(u64, MultiplexedConnection)>>,
     up: AtomicBool,
     /// `cluster-node-name-in-use` was logged (once a run: a twin would trigger it at every
     /// heartbeat).
     name_clash_told: AtomicBool,
-    /// A command saw the connection break: the link reconnects.
-    broken: Notify,
+    /// The number of a connection a command saw break: the link reconnects if it is the
+    /// current one (a failure seen on an older one is stale).
+    broken: watch::Sender<u64>,
     /// Rooms with local members; the link subscribes exactly these (and the inbox).
     wanted: Mutex<BTreeSet<String>>,
     /// `wanted` changed.
@@ -203,7 +204,7 @@ impl Cluster {
             connection: Mutex::new(None),
             up: AtomicBool::new(false),
             name_clash_told: AtomicBool::new(false),
-            broken: Notify::new(),
+            broken: watch::Sender::new(0),
             wanted: Mutex::new(BTreeSet::new()),
             resubscribe: Notify::new(),
             subscribed: watch::Sender::new(BTreeSet::new()),
@@ -456,21 +457,21 @@ impl Shared {
         &self,
         command: &redis::Cmd,
     ) -> Result<T, ClusterError> {
-        let mut connection = lock(&self.connection)
+        let (number, mut connection) = lock(&self.connection)
             .clone()
             .ok_or(ClusterError::Unavailable)?;
         match tokio::time::timeout(COMMAND_TIMEOUT, command.query_async(&mut connection)).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
                 if link::is_link_error(&e) {
-                    self.broken.notify_one();
+                    self.broken.send_replace(number);
                 } else {
                     log::debug!("cluster: a Redis command failed: {e}");
                 }
                 Err(ClusterError::Unavailable)
             }
             Err(_) => {
-                self.broken.notify_one();
+                self.broken.send_replace(number);
                 Err(ClusterError::Unavailable)
             }
         }
