@@ -6,7 +6,7 @@
 # and prints icegate beside them with ratios.
 #
 # usage: bench/signaling.sh [-n "1000 5000 10000"] [-r REPS] [-o OUT_DIR]
-#        [--anchors] [--no-pin] [-- SIGLOAD_ARGS...]
+#        [--anchors] [--broadcast] [--no-pin] [-- SIGLOAD_ARGS...]
 #
 #   -n LIST     connection counts (default "1000 5000 10000")
 #   -r REPS     repetitions per N, of icegate and of each anchor (default 1); the
@@ -16,6 +16,9 @@
 #               ../shared/bench/signaling/run-signaling-anchors.sh) for the same N; it is
 #               copied to ANCHOR_DIR (default ~/.cache/icegate-bench/signaling-anchors)
 #               and set up there (npm ci, its generator's build), never in place
+#   --broadcast also run icegate with every signal a `broadcast` to the sender's room
+#               (server=icegate-broadcast), the way y-webrtc's publish fans out: each
+#               other member's copy counts as a delivery
 #   --no-pin    no taskset; by default icegate runs on CPU $SERVER_CPUS (1) and the
 #               generator on CPU $GEN_CPUS (0), as the harness pins its servers
 #   -- ARGS     passed to every sigload run (e.g. -- --rooms 4-4 --window 128)
@@ -30,16 +33,17 @@ set -uo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
-NS="1000 5000 10000" REPS=1 OUT_DIR="" ANCHORS=0 PIN=1 GEN_ARGS=()
+NS="1000 5000 10000" REPS=1 OUT_DIR="" ANCHORS=0 BROADCAST=0 PIN=1 GEN_ARGS=()
 while [[ $# -gt 0 ]]; do
 	case $1 in
 	-n) NS=$2; shift 2 ;;
 	-r) REPS=$2; shift 2 ;;
 	-o) OUT_DIR=$2; shift 2 ;;
 	--anchors) ANCHORS=1; shift ;;
+	--broadcast) BROADCAST=1; shift ;;
 	--no-pin) PIN=0; shift ;;
 	--) shift; GEN_ARGS=("$@"); break ;;
-	-h | --help) sed -n '2,28p' "$0"; exit 0 ;;
+	-h | --help) sed -n '2,31p' "$0"; exit 0 ;;
 	*) echo "unknown argument $1 (-h for help)" >&2; exit 2 ;;
 	esac
 done
@@ -122,10 +126,11 @@ stop_server() { # pid
 	wait "$1" 2>/dev/null
 }
 
-run_one() { # n rep
-	local n=$1 rep=$2 base cfg spid nofile i
+run_one() { # n rep [server-name sigload-args...]
+	local n=$1 rep=$2 name=${3:-icegate} base cfg spid nofile i
+	local extra=("${@:4}")
 	free_port
-	base=$OUT_DIR/icegate-n$n-r$rep
+	base=$OUT_DIR/$name-n$n-r$rep
 	cfg=$base.toml
 	write_config "$cfg" "$port" "$n"
 	nofile=$(nofile_for "$n")
@@ -140,14 +145,14 @@ run_one() { # n rep
 		sleep 0.1
 	done
 	if [[ -z $(ss -ltnH "sport = :$port") ]]; then
-		echo "server=icegate rep=$rep pin=$PIN n=$n aborted=server_did_not_listen" >>"$RESULTS"
+		echo "server=$name rep=$rep pin=$PIN n=$n aborted=server_did_not_listen" >>"$RESULTS"
 		echo "icegate did not listen on $port; log:" >&2; tail -n 20 "$base.server.log" >&2
 		stop_server "$spid"; ((port++)); return
 	fi
 	sleep 1 # startup allocations settle before the RSS before clients is read
-	echo "== icegate n=$n rep=$rep port=$port pid=$spid nofile=$nofile" >&2
+	echo "== $name n=$n rep=$rep port=$port pid=$spid nofile=$nofile" >&2
 	(ulimit -n "$nofile" && exec "${GPIN[@]}" timeout 300 "$SIGLOAD" --port "$port" --pid "$spid" --n "$n" \
-		--label "server=icegate rep=$rep pin=$PIN" "${GEN_ARGS[@]}") >>"$RESULTS" 2>"$base.gen.log" ||
+		--label "server=$name rep=$rep pin=$PIN" "${GEN_ARGS[@]}" "${extra[@]}") >>"$RESULTS" 2>"$base.gen.log" ||
 		echo "  sigload exit $? (see $base.gen.log)" >&2
 	sed -n '/^  clients/,$p' "$base.gen.log" >&2
 	stop_server "$spid"
@@ -157,7 +162,10 @@ run_one() { # n rep
 
 echo "results: $RESULTS (pin=$PIN, server ${SPIN[*]:-any CPU}, generator ${GPIN[*]:-any CPU})" >&2
 for ((rep = 1; rep <= REPS; rep++)); do
-	for n in $NS; do run_one "$n" "$rep"; done
+	for n in $NS; do
+		run_one "$n" "$rep"
+		((BROADCAST)) && run_one "$n" "$rep" icegate-broadcast --broadcast 1
+	done
 done
 
 # ---- anchors ----
@@ -222,7 +230,7 @@ END {
 	print "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 	for (a = 1; a <= nn; a++) for (pass = 1; pass <= 2; pass++) for (i = 1; i <= nrows; i++) {
 		split(rows[i], sn, SUBSEP) # icegate first, then the anchors
-		if (sn[2] != nlist[a] || (sn[1] == "icegate") != (pass == 1)) continue
+		if (sn[2] != nlist[a] || (sn[1] ~ /^icegate/) != (pass == 1)) continue
 		line = "| " sn[2] " | " sn[1] " | " runs[sn[1], sn[2]]
 		for (c = 1; c <= 14; c++) {
 			m = median(sn[1] SUBSEP sn[2] SUBSEP cols[c])
@@ -234,20 +242,23 @@ END {
 	hdr = 0
 	for (a = 1; a <= nn; a++) {
 		n = nlist[a]
-		if (!(("icegate", n) in seen)) continue
+		for (v = 1; v <= 2; v++) {
+		ours = v == 1 ? "icegate" : "icegate-broadcast"
+		if (!((ours, n) in seen)) continue
 		for (i = 1; i <= nrows; i++) {
 			split(rows[i], sn, SUBSEP); s = sn[1]
-			if (sn[2] != n || s == "icegate") continue
+			if (sn[2] != n || s ~ /^icegate/) continue
 			if (!hdr++) {
 				print "\nAnchor ÷ icegate (above 1: icegate uses less memory or CPU, has less delay; for max deliv/s, icegate ÷ anchor):\n"
-				print "| N | anchor | RSS KB/conn | srv µs/join | srv µs/deliv (fixed) | p50 ms | p99 ms | srv µs/deliv at max | max deliv/s |"
-				print "|---|---|---|---|---|---|---|---|---|"
+				print "| N | icegate | anchor | RSS KB/conn | srv µs/join | srv µs/deliv (fixed) | p50 ms | p99 ms | srv µs/deliv at max | max deliv/s |"
+				print "|---|---|---|---|---|---|---|---|---|---|"
 			}
-			g = "icegate" SUBSEP n SUBSEP; o = s SUBSEP n SUBSEP
-			print "| " n " | " s " | " ratio(median(o "rss_kb_per_conn"), median(g "rss_kb_per_conn")) " | " ratio(median(o "conn_cpu_us"), median(g "conn_cpu_us")) \
+			g = ours SUBSEP n SUBSEP; o = s SUBSEP n SUBSEP
+			print "| " n " | " ours " | " s " | " ratio(median(o "rss_kb_per_conn"), median(g "rss_kb_per_conn")) " | " ratio(median(o "conn_cpu_us"), median(g "conn_cpu_us")) \
 				" | " ratio(median(o "f_cpu_us_per_msg"), median(g "f_cpu_us_per_msg")) " | " ratio(median(o "f_p50_ms"), median(g "f_p50_ms")) \
 				" | " ratio(median(o "f_p99_ms"), median(g "f_p99_ms")) " | " ratio(median(o "m_cpu_us_per_msg"), median(g "m_cpu_us_per_msg")) \
 				" | " ratio(median(g "m_msgs_per_s"), median(o "m_msgs_per_s")) " |"
+		}
 		}
 	}
 	if (busy) print "\n(" busy " runs left out: other processes used more than " max_bg " cores)"

@@ -50,6 +50,11 @@ enum CtlCommand {
         #[arg(long)]
         user: Option<String>,
     },
+    /// List signaling sessions, all or one user's.
+    Sessions {
+        #[arg(long)]
+        user: Option<String>,
+    },
     /// End a user's allocations and signaling connections.
     Kill { user: String },
     /// End a user's allocations and signaling connections and refuse new
@@ -175,6 +180,14 @@ async fn run(target: &Target, command: &CtlCommand) -> Result<String, Failure> {
             };
             let list = json(request(target, Method::GET, &path).await?)?;
             Ok(allocation_table(&list))
+        }
+        CtlCommand::Sessions { user } => {
+            let path = match user {
+                Some(user) => format!("/sessions?user={}", encode(user)),
+                None => "/sessions".to_owned(),
+            };
+            let list = json(request(target, Method::GET, &path).await?)?;
+            Ok(session_table(&list))
         }
         CtlCommand::Kill { user } => {
             let path = format!("/allocations?user={}", encode(user));
@@ -307,6 +320,36 @@ fn allocation_table(list: &Value) -> String {
             format!("{}s", row["age_seconds"]),
             traffic(&row["to_peer"]),
             traffic(&row["from_peer"]),
+        ]);
+    }
+    columns(&table)
+}
+
+fn session_table(list: &Value) -> String {
+    let rows = list.as_array().map(Vec::as_slice).unwrap_or_default();
+    if rows.is_empty() {
+        return "no signaling sessions\n".to_owned();
+    }
+    let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    let mut table = vec![["USER", "PEER", "ROOMS", "STATE", "AGE"].map(str::to_owned)];
+    for row in rows {
+        let rooms: Vec<String> = row["rooms"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|r| format!("{}:{}", text(&r["room"]), text(&r["peer"])))
+            .collect();
+        table.push([
+            text(&row["user"]),
+            text(&row["peer"]),
+            if rooms.is_empty() {
+                "-".to_owned()
+            } else {
+                rooms.join(",")
+            },
+            text(&row["state"]),
+            format!("{}s", row["age_seconds"]),
         ]);
     }
     columns(&table)

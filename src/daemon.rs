@@ -55,6 +55,7 @@ async fn serve(config: Config, origin: Origin) -> std::io::Result<()> {
     }
     let admin_listener = AdminListener::bind(&config.admin)?;
     let signal = Signaling::new(server.clone(), &config);
+    tokio::spawn(signal.clone().sweep_held());
     let tracker = ConnectionTracker::new(config.connections);
     let (reload_requests, reloads) = mpsc::channel(4);
     let admin = AdminApi::new(

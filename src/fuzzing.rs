@@ -18,6 +18,7 @@ use crate::policy::PeerPolicy;
 use crate::reject::RejectCounters;
 use crate::signal::protocol::{self, Incoming, Request};
 use crate::signal::token::TokenVerifier;
+use crate::signal::websocket;
 use crate::transport::stream::{FramingLost, cut_frames};
 use crate::turn::core::{Action, Core, Now};
 use crate::turn::shared::Shared;
@@ -563,6 +564,13 @@ pub fn stream_framing(data: &[u8]) {
 // ---------------------------------------------------------------------------------------------
 // Signaling
 
+fn assert_json_frame(frame: &[u8]) {
+    match std::str::from_utf8(websocket::payload(frame)) {
+        Ok(text) => assert_json(text),
+        Err(error) => panic!("the server would send a text frame that is not UTF-8: {error}"),
+    }
+}
+
 fn assert_json(text: &str) {
     if let Err(error) = serde_json::from_str::<serde_json::Value>(text) {
         panic!("the server would send invalid JSON ({error}): {text}");
@@ -597,10 +605,10 @@ pub fn signaling_message(data: &[u8]) {
             ));
         }
         Ok(Request::Signal { room, to, data }) => {
-            assert_json(&protocol::signal(room, to, data, false));
+            assert_json_frame(&protocol::signal(room, to, data, false));
         }
         Ok(Request::Broadcast { room, data }) => {
-            assert_json(&protocol::signal(room, "p1", data, true));
+            assert_json_frame(&protocol::signal(room, "p1", data, true));
         }
         Ok(Request::Ping) => assert_json(&protocol::pong(incoming.id)),
         Err(problem) => {

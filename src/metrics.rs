@@ -86,6 +86,26 @@ impl SignalMessage {
     }
 }
 
+/// What became of a signal held for a peer on its way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SignalHeld {
+    Held,
+    Delivered,
+    Expired,
+}
+
+impl SignalHeld {
+    pub(crate) const ALL: [Self; 3] = [Self::Held, Self::Delivered, Self::Expired];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Held => "held",
+            Self::Delivered => "delivered",
+            Self::Expired => "expired",
+        }
+    }
+}
+
 /// A configured limit that refused something, named by its config key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Limit {
@@ -97,12 +117,16 @@ pub(crate) enum Limit {
     SignalMaxPeersPerRoom,
     SignalMaxMessageBytes,
     SignalMessagesPerSecond,
+    SignalMaxHeldPerRoom,
+    SignalMaxHeldBytesPerRoom,
+    SignalMaxHeldPerSender,
+    SignalMaxHeldBytesPerSender,
     AdminMaxBans,
     ClusterMaxBacklog,
 }
 
 impl Limit {
-    pub(crate) const ALL: [Self; 10] = [
+    pub(crate) const ALL: [Self; 14] = [
         Self::MaxConnections,
         Self::MaxConnectionsPerIp,
         Self::SignalMaxConnections,
@@ -111,6 +135,10 @@ impl Limit {
         Self::SignalMaxPeersPerRoom,
         Self::SignalMaxMessageBytes,
         Self::SignalMessagesPerSecond,
+        Self::SignalMaxHeldPerRoom,
+        Self::SignalMaxHeldBytesPerRoom,
+        Self::SignalMaxHeldPerSender,
+        Self::SignalMaxHeldBytesPerSender,
         Self::AdminMaxBans,
         Self::ClusterMaxBacklog,
     ];
@@ -125,6 +153,10 @@ impl Limit {
             Self::SignalMaxPeersPerRoom => "signal.max-peers-per-room",
             Self::SignalMaxMessageBytes => "signal.max-message-bytes",
             Self::SignalMessagesPerSecond => "signal.messages-per-second",
+            Self::SignalMaxHeldPerRoom => "signal.max-held-per-room",
+            Self::SignalMaxHeldBytesPerRoom => "signal.max-held-bytes-per-room",
+            Self::SignalMaxHeldPerSender => "signal.max-held-per-sender",
+            Self::SignalMaxHeldBytesPerSender => "signal.max-held-bytes-per-sender",
             Self::AdminMaxBans => "admin.max-bans",
             Self::ClusterMaxBacklog => "cluster.max-backlog",
         }
@@ -178,6 +210,7 @@ pub(crate) struct Metrics {
     pub(crate) tls_handshakes_ok: AtomicU64,
     pub(crate) signal_connections_opened: AtomicU64,
     pub(crate) signal_messages: [AtomicU64; SignalMessage::ALL.len()],
+    pub(crate) signal_held: [AtomicU64; SignalHeld::ALL.len()],
     pub(crate) limit_hits: [AtomicU64; Limit::ALL.len()],
     /// Successful, then failed reloads.
     pub(crate) reloads: [AtomicU64; 2],
@@ -271,6 +304,12 @@ impl Metrics {
     pub(crate) fn signal_message(&self, kind: SignalMessage) {
         if let Some(i) = SignalMessage::ALL.iter().position(|&k| k == kind) {
             bump(&self.signal_messages[i], 1);
+        }
+    }
+
+    pub(crate) fn signal_held(&self, outcome: SignalHeld, count: usize) {
+        if let Some(i) = SignalHeld::ALL.iter().position(|&o| o == outcome) {
+            bump(&self.signal_held[i], count as u64);
         }
     }
 

@@ -22,6 +22,8 @@ use turn::proto::channum::ChannelNumber;
 use turn::proto::data::Data;
 use turn::proto::lifetime::Lifetime;
 
+use serde_json::json;
+
 use common::admin::{Answer, Scrape, key, request};
 use common::signal::{Event, SignalClient, signal_config, token_for};
 use common::stun_client::{
@@ -325,6 +327,30 @@ async fn signaling_metrics_and_ending_a_users_signaling_sessions() {
         1.0
     );
 
+    // The sessions beside the allocations: who, with which peer ids where.
+    let listed = tokio::task::block_in_place(|| {
+        request(daemon.admin, "GET", "/sessions?user=bob", None, &[])
+    });
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let sessions = listed.json();
+    assert_eq!(sessions.as_array().map(Vec::len), Some(1), "{sessions}");
+    assert_eq!(sessions[0]["user"], "bob");
+    assert_eq!(sessions[0]["rooms"], json!([{"room": "room", "peer": "b"}]));
+    assert_eq!(sessions[0]["state"], "connected");
+    let admin = format!("http://{}", daemon.admin);
+    let table = tokio::task::block_in_place(|| ctl_ok(&["--admin", &admin, "sessions"]));
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(lines[0].starts_with("USER"), "{table}");
+    assert!(
+        lines[1].starts_with("alice") && lines[1].contains("room:a"),
+        "{table}"
+    );
+    assert!(
+        lines[2].starts_with("bob") && lines[2].contains("room:b"),
+        "{table}"
+    );
+
     let ended = tokio::task::block_in_place(|| {
         request(daemon.admin, "DELETE", "/allocations?user=alice", None, &[])
     });
@@ -405,10 +431,7 @@ fn allocations_are_listed_and_a_users_are_ended_which_its_client_sees() {
     assert_eq!(bob.client.recv_within(SILENCE), None);
     // Alice's allocation is untouched.
     relays_both_ways(&alice, alice_relayed, &peer, b"alice still relays");
-    assert_eq!(
-        get(&daemon, "/allocations?user=bob").json(),
-        serde_json::json!([])
-    );
+    assert_eq!(get(&daemon, "/allocations?user=bob").json(), json!([]));
     assert_eq!(
         get(&daemon, "/allocations").json().as_array().map(Vec::len),
         Some(1)

@@ -9,9 +9,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use common::TestDaemon;
+use common::admin::Scrape;
 use common::signal::{Event, JWT_SECRET, SignalClient, signal_config, token, token_for};
 use common::turn::TurnAllocation;
 
@@ -269,6 +273,148 @@ async fn a_dropped_peer_resumes_its_id_within_the_grace_period() {
 }
 
 #[tokio::test]
+async fn signals_wait_for_peers_on_their_way() {
+    let (daemon, http) = start("hold-for = \"1s\"\nmax-held-per-sender = 2");
+    let before = Scrape::of(&daemon, None);
+    let (mut alice, _) = connect(http, "alice").await;
+    alice.join("r", "alice").await;
+
+    // Bob is not there yet: his offer and candidate wait; a third signal
+    // from alice is one more than she may have waiting.
+    for n in 1..=2 {
+        alice
+            .send(json!({"type": "signal", "room": "r", "to": "bob", "data": {"n": n}, "id": n}))
+            .await;
+    }
+    alice
+        .send(json!({"type": "signal", "room": "r", "to": "bob", "data": {"n": 3}, "id": 3}))
+        .await;
+    let refused = alice.expect_error("peer-not-found").await;
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("signal.max-held-per-sender"),
+        "{refused}"
+    );
+    assert_eq!(refused["in_reply_to"]["id"], 3);
+
+    // Bob joins: his joined comes first, then what waited, in order.
+    let (mut bob, _) = connect(http, "bob").await;
+    bob.send(json!({"type": "join", "room": "r", "peer": "bob"}))
+        .await;
+    assert_eq!(bob.expect("joined").await["peers"][0]["peer"], "alice");
+    for n in 1..=2 {
+        let signal = bob.expect("signal").await;
+        assert_eq!(
+            (&signal["from"], &signal["data"]),
+            (&json!("alice"), &json!({"n": n}))
+        );
+    }
+    alice.expect("peer-joined").await;
+
+    // Carol never comes: alice is told, with her signal's id.
+    alice
+        .send(json!({"type": "signal", "room": "r", "to": "carol", "data": {}, "id": "c1"}))
+        .await;
+    let expired = alice.expect("expired").await;
+    assert_eq!(
+        expired,
+        json!({"type": "expired", "room": "r", "to": "carol",
+               "message": "carol did not join room r within 1 s",
+               "in_reply_to": {"type": "signal", "id": "c1"}})
+    );
+    alice.assert_usable().await;
+
+    let after = Scrape::of(&daemon, None);
+    let holds = |outcome: &str| {
+        let labels = [("outcome", outcome)];
+        after.get("icegate_signal_holds_total", &labels)
+            - before.get("icegate_signal_holds_total", &labels)
+    };
+    assert_eq!(
+        (holds("held"), holds("delivered"), holds("expired")),
+        (3.0, 2.0, 1.0)
+    );
+    assert_eq!(after.get("icegate_signal_held_messages", &[]), 0.0);
+    assert_eq!(
+        after.get(
+            "icegate_limit_hits_total",
+            &[("limit", "signal.max-held-per-sender")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn fragmented_messages_are_whole_and_broken_frames_close_with_their_code() {
+    let (_daemon, http) = start("");
+    let (mut client, _) = connect(http, "alice").await;
+    // A message in three fragments, a ping between them (RFC 6455 §5.4).
+    let text = r#"{"type":"ping","id":5}"#;
+    let (first, rest) = text.split_at(8);
+    let (middle, last) = rest.split_at(6);
+    client
+        .send_frame(Message::Frame(Frame::message(
+            first.as_bytes().to_vec(),
+            OpCode::Data(Data::Text),
+            false,
+        )))
+        .await;
+    client
+        .send_frame(Message::Frame(Frame::message(
+            middle.as_bytes().to_vec(),
+            OpCode::Data(Data::Continue),
+            false,
+        )))
+        .await;
+    client
+        .send_frame(Message::Ping(b"between".to_vec().into()))
+        .await;
+    client
+        .send_frame(Message::Frame(Frame::message(
+            last.as_bytes().to_vec(),
+            OpCode::Data(Data::Continue),
+            true,
+        )))
+        .await;
+    assert_eq!(
+        client.expect("pong").await,
+        json!({"type": "pong", "id": 5})
+    );
+    client.assert_usable().await;
+
+    // An unmasked client frame breaks the protocol: close 1002.
+    let mut raw = tokio::net::TcpStream::connect(http).await.unwrap();
+    let upgrade = format!(
+        "GET /ws?token={} HTTP/1.1\r\nHost: {http}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        token_for("mallory")
+    );
+    raw.write_all(upgrade.as_bytes()).await.unwrap();
+    raw.write_all(b"\x81\x02{}").await.unwrap();
+    let mut received = Vec::new();
+    let close = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = raw.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed without a close frame");
+            received.extend_from_slice(&chunk[..n]);
+            // The close frame is the last thing written: 0x88, length, code.
+            if let Some(at) = received.windows(2).rposition(|w| w[0] == 0x88 && w[1] >= 2)
+                && received.len() >= at + 4
+            {
+                break u16::from_be_bytes([received[at + 2], received[at + 3]]);
+            }
+        }
+    })
+    .await
+    .expect("a close frame in time");
+    assert_eq!(close, 1002);
+}
+
+#[tokio::test]
 async fn a_peer_that_stops_answering_pings_times_out() {
     let (daemon, http) = start("ping-interval = \"1s\"\nresume-grace = \"1s\"");
     let (mut alice, _) = connect(http, "alice").await;
@@ -287,8 +433,10 @@ async fn a_peer_that_stops_answering_pings_times_out() {
 
 #[tokio::test]
 async fn every_bad_message_gets_an_error_and_the_connection_stays_usable() {
-    let (_daemon, http) =
-        start("max-peers-per-room = 2\nmax-rooms-per-connection = 2\nmax-message-bytes = 1024");
+    let (_daemon, http) = start(
+        "max-peers-per-room = 2\nmax-rooms-per-connection = 2\nmax-message-bytes = 1024\n\
+         hold-for = \"0s\"",
+    );
     let (mut client, _) = connect(http, "alice").await;
     let cases: &[(&str, &str)] = &[
         ("{not json", "bad-json"),

@@ -126,7 +126,8 @@ fn same_shape(documented: &Value, actual: &Value, path: &str) {
 }
 
 const LIMITS: &str = "max-peers-per-room = 3\nmax-rooms-per-connection = 2\nmax-message-bytes = 1024\n\
-messages-per-second = 20\nmessage-burst = 40\nping-interval = \"1s\"\nresume-grace = \"1s\"";
+messages-per-second = 20\nmessage-burst = 40\nping-interval = \"1s\"\nresume-grace = \"1s\"\n\
+hold-for = \"1s\"";
 
 #[tokio::test]
 async fn every_example_in_the_protocol_document_holds() {
@@ -207,13 +208,20 @@ async fn every_example_in_the_protocol_document_holds() {
     alice.send(doc.client("ping")).await;
     assert_eq!(alice.expect("pong").await, doc.server("pong"));
 
-    // error, exactly: a signal to a peer not in the room.
+    // error, exactly: a signal to a room alice is not in.
     alice
-        .send(
-            json!({"type": "signal", "id": 12, "room": "standup", "to": "bob-tablet", "data": {}}),
-        )
+        .send(json!({"type": "signal", "id": 12, "room": "lobby", "to": "bob-tablet", "data": {}}))
         .await;
     assert_eq!(alice.expect("error").await, doc.server("error"));
+
+    // expired: a signal held for a peer that never comes (hold-for is 1 s
+    // here, 10 s in the document's message).
+    alice
+        .send(json!({"type": "signal", "id": 13, "room": "standup", "to": "dave", "data": {}}))
+        .await;
+    let mut want = doc.server("expired");
+    want["message"] = json!("dave did not join room standup within 1 s");
+    assert_eq!(alice.expect("expired").await, want);
 
     // peer-left with reason timeout, exactly: bob stops answering pings.
     // (Alice and Carol read meanwhile, so their clients answer theirs.)
@@ -231,7 +239,11 @@ async fn every_example_in_the_protocol_document_holds() {
     alice.assert_usable().await;
 
     // The error table, on a daemon with the usable 30 s ping interval.
-    let config = signal_config(&LIMITS.replace("ping-interval = \"1s\"", ""));
+    let config = signal_config(&LIMITS.replace("ping-interval = \"1s\"", "").replace(
+        "hold-for = \"1s\"",
+        // A signal to an absent peer is answered at once.
+        "hold-for = \"0s\"",
+    ));
     let errors = TestDaemon::start(&config);
     provoke_every_error_code(&doc, errors.listener("http")).await;
     every_limit_key_is_in_the_shipped_config(&doc);

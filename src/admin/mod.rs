@@ -10,6 +10,7 @@
 //! | `GET /healthz`                  | 200 `ok`, 503 `draining`                        |
 //! | `GET /allocations[?user=U]`     | JSON array of allocations                       |
 //! | `DELETE /allocations?user=U`    | ends U's allocations and signaling sessions     |
+//! | `GET /sessions[?user=U]`        | JSON array of signaling sessions                |
 //! | `POST /drain`                   | refuses new allocations and connections         |
 //! | `POST /reload`                  | reloads as SIGHUP does; 200 or 500 with why     |
 //! | `GET /bans`                     | JSON array of the bans in force                 |
@@ -152,6 +153,7 @@ impl AdminApi {
         let allowed: &[Method] = match path {
             "/metrics" | "/healthz" => &[Method::GET, Method::HEAD],
             "/allocations" => &[Method::GET, Method::HEAD, Method::DELETE],
+            "/sessions" => &[Method::GET, Method::HEAD],
             "/drain" | "/reload" => &[Method::POST],
             "/bans" => &[Method::GET, Method::HEAD, Method::POST, Method::DELETE],
             _ => return error(StatusCode::NOT_FOUND, "not-found", "no such resource"),
@@ -215,6 +217,9 @@ impl AdminApi {
                     }
                 });
                 json_response(StatusCode::OK, &Value::Array(list))
+            }
+            (_, "/sessions") => {
+                json_response(StatusCode::OK, &self.signal.sessions(user.as_deref()))
             }
             (_, "/drain") => {
                 drain::start(&self.server, "admin");

@@ -14,8 +14,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::metrics::{
-    DIRECTIONS, FRAMINGS, LIMIT_REFUSALS, Limit, SignalMessage, TURN_TRANSPORTS, read, relay_index,
-    turn_transport_index,
+    DIRECTIONS, FRAMINGS, LIMIT_REFUSALS, Limit, SignalHeld, SignalMessage, TURN_TRANSPORTS, read,
+    relay_index, turn_transport_index,
 };
 use crate::reject::Reject;
 use crate::server::{Server, unix_now};
@@ -292,6 +292,22 @@ impl Collector for Sources {
             i64::from(self.tracker.open_count()),
         )?;
         let (connections, sessions, rooms) = self.signal.connection_counts();
+        gauge(
+            e,
+            "signal_held_messages",
+            "Signals held now for peers not yet in their room",
+            to_i64(self.signal.held_count()),
+        )?;
+        counters(
+            e,
+            "signal_holds",
+            "Signals held for peers on their way, and what became of them",
+            "outcome",
+            SignalHeld::ALL
+                .into_iter()
+                .zip(&metrics.signal_held)
+                .map(|(outcome, n)| (outcome.name(), read(n))),
+        )?;
         gauge(
             e,
             "signal_connections",

@@ -90,6 +90,22 @@ impl Scalar for Duration {
     }
 }
 
+/// A duration of keys that zero turns off (`"0s"`): any other value is
+/// read as a [`Duration`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ZeroOrDuration(pub(crate) Duration);
+
+impl Scalar for ZeroOrDuration {
+    fn from_toml(value: &DeValue<'_>) -> Result<Self, String> {
+        if let DeValue::String(s) = value
+            && humantime::parse_duration(s.trim()).is_ok_and(|d| d.is_zero())
+        {
+            return Ok(Self(Duration::ZERO));
+        }
+        Duration::from_toml(value).map(Self)
+    }
+}
+
 const DURATION_WHAT: &str = "a duration like \"10m\", \"90s\" or \"1h30m\"";
 
 /// The longest duration any key or option takes: beyond any sensible

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::io_message;
+use super::scalars::ZeroOrDuration;
 use super::walk::{Ctx, Section, values};
 
 const SIGNAL_KEYS: &[&str] = &[
@@ -25,6 +26,11 @@ const SIGNAL_KEYS: &[&str] = &[
     "handshake-timeout",
     "ping-interval",
     "resume-grace",
+    "hold-for",
+    "max-held-per-room",
+    "max-held-bytes-per-room",
+    "max-held-per-sender",
+    "max-held-bytes-per-sender",
 ];
 /// HS256 secrets shorter than the hash output are guessable offline from one token.
 const MIN_JWT_SECRET_CHARS: usize = 32;
@@ -41,6 +47,11 @@ pub(crate) const DEFAULT_SIGNAL_LIMITS: SignalLimits = SignalLimits {
     handshake_timeout: Duration::from_secs(10),
     ping_interval: Duration::from_secs(30),
     resume_grace: Duration::from_secs(30),
+    hold_for: Duration::from_secs(10),
+    max_held_per_room: 64,
+    max_held_bytes_per_room: 256 * 1024,
+    max_held_per_sender: 16,
+    max_held_bytes_per_sender: 64 * 1024,
 };
 
 /// The `[signal]` table: who may use the WebSocket signaling endpoint, and
@@ -99,6 +110,15 @@ pub(crate) struct SignalLimits {
     pub(crate) handshake_timeout: Duration,
     pub(crate) ping_interval: Duration,
     pub(crate) resume_grace: Duration,
+    /// How long a signal to a peer not (yet) in its room waits for it; zero
+    /// answers `peer-not-found` at once.
+    pub(crate) hold_for: Duration,
+    /// Signals held in one room, and their bytes.
+    pub(crate) max_held_per_room: u32,
+    pub(crate) max_held_bytes_per_room: u32,
+    /// Signals held from one sender in one room, and their bytes.
+    pub(crate) max_held_per_sender: u32,
+    pub(crate) max_held_bytes_per_sender: u32,
 }
 
 pub(super) fn read_signal(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> SignalConfig {
@@ -214,6 +234,30 @@ pub(super) fn read_signal(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> SignalConf
             .value,
         ping_interval: table.get(cx, "ping-interval", defaults.ping_interval).value,
         resume_grace: table.get(cx, "resume-grace", defaults.resume_grace).value,
+        hold_for: table
+            .get(cx, "hold-for", ZeroOrDuration(defaults.hold_for))
+            .value
+            .0,
+        max_held_per_room: table
+            .get(cx, "max-held-per-room", defaults.max_held_per_room)
+            .value,
+        max_held_bytes_per_room: table
+            .get(
+                cx,
+                "max-held-bytes-per-room",
+                defaults.max_held_bytes_per_room,
+            )
+            .value,
+        max_held_per_sender: table
+            .get(cx, "max-held-per-sender", defaults.max_held_per_sender)
+            .value,
+        max_held_bytes_per_sender: table
+            .get(
+                cx,
+                "max-held-bytes-per-sender",
+                defaults.max_held_bytes_per_sender,
+            )
+            .value,
     };
     SignalConfig {
         auth,
@@ -278,7 +322,21 @@ fn read_public_key(path: &Path) -> Result<PublicKey, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::testing::{MINIMAL, parse_ok};
+    use crate::config::testing::{MINIMAL, parse_err, parse_ok};
+
+    #[test]
+    fn holding_is_on_by_default_and_zero_turns_it_off() {
+        assert_eq!(
+            parse_ok(MINIMAL).signal.limits.hold_for,
+            Duration::from_secs(10)
+        );
+        let off = format!("{MINIMAL}\n[signal]\nhold-for = \"0s\"\n");
+        assert_eq!(parse_ok(&off).signal.limits.hold_for, Duration::ZERO);
+        let unitless = format!("{MINIMAL}\n[signal]\nhold-for = 5\n");
+        let errors = parse_err(&unitless).to_string();
+        assert!(errors.contains("signal.hold-for"), "{errors}");
+        assert!(errors.contains("a unit"), "{errors}");
+    }
 
     #[test]
     fn signaling_auth_follows_the_keys() {

@@ -6,165 +6,55 @@
 //! and frames for it are queued, so a client that reconnects with its resume
 //! token carries on as if nothing happened.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use rand::Rng;
 use serde_json::value::RawValue;
-use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use super::held::{Held, HeldSignals};
+use super::outbox::{Attachment, Closing, Outbox};
 use super::protocol::{self, ErrorCode, LeaveReason, PeerEntry, Problem};
 use super::token::Claims;
+use super::websocket;
 use crate::config::SignalLimits;
 use crate::logging::event;
-use crate::metrics::{Limit, Metrics};
+use crate::metrics::{Limit, Metrics, SignalHeld};
 use crate::sparse::shrink_if_sparse;
 
 pub(crate) type SessionId = u64;
 
-/// One frame waiting to be sent, and whether it only reports presence
-/// (dropped on resume, where `joined` tells the current state instead).
-struct Queued {
-    text: Utf8Bytes,
-    presence: bool,
-}
+/// The rooms of one session with its peer id in each: a handful at most
+/// (`max-rooms-per-connection`), so a list, not a map: a map's first node
+/// alone took 540 bytes per session.
+#[derive(Default)]
+struct RoomsOf(Vec<(Box<str>, Box<str>)>);
 
-/// Frames for one session, filled by any connection's task and drained by
-/// the task of the connection the session is attached to.
-pub(crate) struct Outbox {
-    state: Mutex<OutboxState>,
-    max_bytes: usize,
-}
-
-struct OutboxState {
-    frames: VecDeque<Queued>,
-    bytes: usize,
-    /// The session did not keep up; it is being closed.
-    overflowed: bool,
-    /// The operator ended the session; its connection is being closed.
-    ended: bool,
-    /// Wakes the task of the attached connection; `None` while held for resume.
-    attached: Option<Arc<Notify>>,
-}
-
-/// What the attached connection should do next.
-pub(crate) enum Drained {
-    Send(Vec<Utf8Bytes>),
-    /// More was queued than `max-queued-bytes`: the client is not reading.
-    Overflowed,
-    /// A resumed connection took the session over.
-    Superseded,
-    /// The operator ended the session (`DELETE /allocations?user=`).
-    Ended,
-}
-
-impl Outbox {
-    fn new(max_bytes: usize) -> Self {
-        Self {
-            state: Mutex::new(OutboxState {
-                frames: VecDeque::new(),
-                bytes: 0,
-                overflowed: false,
-                ended: false,
-                attached: None,
-            }),
-            max_bytes,
-        }
+impl RoomsOf {
+    fn get(&self, room: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(name, _)| &**name == room)
+            .map(|(_, peer)| &**peer)
     }
 
-    fn lock(&self) -> MutexGuard<'_, OutboxState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn insert(&mut self, room: &str, peer: &str) {
+        self.0.push((room.into(), peer.into()));
     }
 
-    pub(crate) fn push(&self, text: Utf8Bytes) {
-        self.push_frame(text, false);
+    fn remove(&mut self, room: &str) -> Option<Box<str>> {
+        let at = self.0.iter().position(|(name, _)| &**name == room)?;
+        Some(self.0.swap_remove(at).1)
     }
 
-    fn push_frame(&self, text: Utf8Bytes, presence: bool) {
-        let mut state = self.lock();
-        if state.overflowed {
-            return;
-        }
-        if state.bytes + text.len() > self.max_bytes {
-            state.overflowed = true;
-            state.frames.clear();
-            state.bytes = 0;
-        } else {
-            state.bytes += text.len();
-            state.frames.push_back(Queued { text, presence });
-        }
-        if let Some(wake) = &state.attached {
-            wake.notify_one();
-        }
+    fn len(&self) -> usize {
+        self.0.len()
     }
 
-    /// Everything queued for the connection woken by `wake`.
-    pub(crate) fn drain(&self, wake: &Arc<Notify>) -> Drained {
-        let mut state = self.lock();
-        if state.ended {
-            return Drained::Ended;
-        }
-        if !state
-            .attached
-            .as_ref()
-            .is_some_and(|w| Arc::ptr_eq(w, wake))
-        {
-            return Drained::Superseded;
-        }
-        if state.overflowed {
-            return Drained::Overflowed;
-        }
-        state.bytes = 0;
-        Drained::Send(state.frames.drain(..).map(|q| q.text).collect())
-    }
-
-    /// Hands the session to a connection: `first` goes out before anything
-    /// already queued. A previously attached connection is woken to leave.
-    fn attach(&self, wake: Arc<Notify>, first: Vec<String>, resumed: bool) {
-        let mut state = self.lock();
-        if resumed {
-            state.frames.retain(|q| !q.presence);
-        }
-        for text in first.into_iter().rev() {
-            state.bytes += text.len();
-            state.frames.push_front(Queued {
-                text: text.into(),
-                presence: false,
-            });
-        }
-        if let Some(old) = state.attached.replace(wake.clone()) {
-            old.notify_one();
-        }
-        wake.notify_one();
-    }
-
-    fn detach(&self, wake: &Arc<Notify>) -> bool {
-        let mut state = self.lock();
-        if state
-            .attached
-            .as_ref()
-            .is_some_and(|w| Arc::ptr_eq(w, wake))
-        {
-            state.attached = None;
-            true
-        } else {
-            false
-        }
-    }
-
-    pub(crate) fn is_overflowed(&self) -> bool {
-        self.lock().overflowed
-    }
-
-    /// Tells the attached connection, if any, to close.
-    fn end(&self) {
-        let mut state = self.lock();
-        state.ended = true;
-        if let Some(wake) = &state.attached {
-            wake.notify_one();
-        }
+    fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(room, peer)| (&**room, &**peer))
     }
 }
 
@@ -172,13 +62,26 @@ struct Session {
     user: Arc<str>,
     default_peer: String,
     /// Room → this session's peer id in it.
-    rooms: BTreeMap<String, String>,
+    rooms: RoomsOf,
     outbox: Arc<Outbox>,
     resume_token: String,
     /// Set while the connection is gone and the session waits for a resume;
     /// counts detachments so that an old expiry timer does nothing.
     held: Option<(u64, LeaveReason)>,
     detachments: u64,
+    /// Unix time the session began.
+    since: u64,
+}
+
+/// One session as the admin API lists it.
+pub(crate) struct SessionView {
+    pub(crate) user: Arc<str>,
+    pub(crate) peer: String,
+    /// Room and this session's peer id in it.
+    pub(crate) rooms: Vec<(String, String)>,
+    pub(crate) since: u64,
+    /// Held for a resume, not connected.
+    pub(crate) held: bool,
 }
 
 struct Member {
@@ -189,6 +92,7 @@ struct Member {
 #[derive(Default)]
 struct Room {
     members: BTreeMap<String, Member>,
+    held: HeldSignals,
 }
 
 struct HubState {
@@ -197,6 +101,12 @@ struct HubState {
     rooms: HashMap<String, Room>,
     resume_tokens: HashMap<String, SessionId>,
     next_session: SessionId,
+    next_attachment: Attachment,
+    /// Signals held in all rooms.
+    held_count: usize,
+
+    /// icegate is stopping: new sessions close at once.
+    stopping: bool,
     connections: u32,
     connections_by_ip: HashMap<IpAddr, u32>,
 }
@@ -229,6 +139,7 @@ impl Drop for ConnectionSlot {
 /// A session as a new connection takes it up.
 pub(crate) struct Opened {
     pub(crate) id: SessionId,
+    pub(crate) attachment: Attachment,
     pub(crate) outbox: Arc<Outbox>,
     pub(crate) peer: String,
     pub(crate) resume_token: String,
@@ -246,6 +157,10 @@ impl Hub {
                 rooms: HashMap::new(),
                 resume_tokens: HashMap::new(),
                 next_session: 0,
+                next_attachment: 0,
+                held_count: 0,
+
+                stopping: false,
                 connections: 0,
                 connections_by_ip: HashMap::new(),
             }),
@@ -289,7 +204,8 @@ impl Hub {
 
     /// Resumes the session of `resume_token` when it belongs to `user` and
     /// is still held, else starts a new one.
-    pub(crate) fn open(&self, user: &str, resume_token: Option<&str>) -> Opened {
+    /// `now` is the Unix time, kept as the session's start.
+    pub(crate) fn open(&self, user: &str, resume_token: Option<&str>, now: u64) -> Opened {
         let mut state = self.lock();
         let limits = state.limits;
         let resumable = resume_token
@@ -300,6 +216,8 @@ impl Hub {
                 })
             });
         let new_token = random_token();
+        state.next_attachment += 1;
+        let attachment = state.next_attachment;
         if let Some(id) = resumable {
             let state = &mut *state;
             let session = state
@@ -317,6 +235,7 @@ impl Hub {
                 .collect();
             return Opened {
                 id,
+                attachment,
                 outbox: session.outbox.clone(),
                 peer: session.default_peer.clone(),
                 resume_token: new_token,
@@ -334,15 +253,17 @@ impl Hub {
             Session {
                 user: user.into(),
                 default_peer: peer.clone(),
-                rooms: BTreeMap::new(),
+                rooms: RoomsOf::default(),
                 outbox: outbox.clone(),
                 resume_token: new_token.clone(),
                 held: None,
                 detachments: 0,
+                since: now,
             },
         );
         Opened {
             id,
+            attachment,
             outbox,
             peer,
             resume_token: new_token,
@@ -352,10 +273,24 @@ impl Hub {
     }
 
     /// Starts (or resumes) sending the session's frames to a connection.
-    pub(crate) fn attach(&self, opened: &Opened, wake: Arc<Notify>, welcome: String) {
+    pub(crate) fn attach(&self, opened: &Opened, welcome: String) {
         let mut first = vec![welcome];
         first.extend(opened.rejoined.iter().cloned());
-        opened.outbox.attach(wake, first, opened.resumed);
+        opened
+            .outbox
+            .attach(opened.attachment, first, opened.resumed);
+        if self.lock().stopping {
+            opened.outbox.close_with(Closing::Stopping);
+        }
+    }
+
+    /// Closes every connection, with 1001, and any that comes later.
+    pub(crate) fn stop(&self) {
+        let mut state = self.lock();
+        state.stopping = true;
+        for session in state.sessions.values() {
+            session.outbox.close_with(Closing::Stopping);
+        }
     }
 
     pub(crate) fn join(
@@ -396,7 +331,7 @@ impl Hub {
         let mut state = self.lock();
         let state = &mut *state;
         let session = state.sessions.get_mut(&id).ok_or_else(gone)?;
-        if session.rooms.contains_key(room) {
+        if session.rooms.get(room).is_some() {
             return Err(Problem::new(
                 ErrorCode::AlreadyJoined,
                 format!("already in room {room}"),
@@ -447,9 +382,9 @@ impl Hub {
                 ),
             ));
         }
-        session.rooms.insert(room.to_owned(), peer.clone());
+        session.rooms.insert(room, &peer);
         let user = session.user.clone();
-        let announce: Utf8Bytes = protocol::peer_joined(room, &peer, &metadata).into();
+        let announce = websocket::text(&protocol::peer_joined(room, &peer, &metadata));
         let entry = state.rooms.entry(room.to_owned()).or_default();
         for member in entry.members.values() {
             if let Some(other) = state.sessions.get(&member.session) {
@@ -463,10 +398,20 @@ impl Hub {
                 metadata,
             },
         );
+        let waiting = entry.held.take_for(&peer);
         let joined = joined_text(&state.rooms, room, &peer);
         event!(info, "signal-join", user = user, room = room, peer = peer);
         if let Some(session) = state.sessions.get(&id) {
-            session.outbox.push(joined.into());
+            session.outbox.push(websocket::text(&joined));
+            // Signals sent before it arrived, in the order they were sent.
+            for held in &waiting {
+                session.outbox.push(held.frame.clone());
+            }
+        }
+        if !waiting.is_empty() {
+            state.held_count -= waiting.len();
+            self.metrics
+                .signal_held(SignalHeld::Delivered, waiting.len());
         }
         Ok(())
     }
@@ -480,35 +425,73 @@ impl Hub {
             .remove(room)
             .ok_or_else(|| not_in_room(room))?;
         let user = session.user.clone();
-        leave_room(state, &user, room, &peer, LeaveReason::Left);
+        leave_room(state, &self.metrics, &user, room, &peer, LeaveReason::Left);
         Ok(())
     }
 
-    /// Sends `data` to one peer of `room`, or to all others when `to` is `None`.
+    /// Sends `data` to one peer of `room`, or to all others when `to` is
+    /// `None`. A signal to a peer not in the room is held for it (`message`
+    /// is the sender's message id, for an `expired` notice).
     pub(crate) fn relay(
         &self,
         id: SessionId,
         room: &str,
         to: Option<&str>,
         data: &RawValue,
+        message: Option<&RawValue>,
+        now: Instant,
     ) -> Result<(), Problem> {
-        let state = self.lock();
+        let mut guard = self.lock();
+        let state = &mut *guard;
         let session = state.sessions.get(&id).ok_or_else(gone)?;
         let from = session.rooms.get(room).ok_or_else(|| not_in_room(room))?;
-        let members = &state
-            .rooms
-            .get(room)
-            .ok_or_else(|| not_in_room(room))?
-            .members;
-        let text: Utf8Bytes = protocol::signal(room, from, data, to.is_none()).into();
+        let entry = state.rooms.get_mut(room).ok_or_else(|| not_in_room(room))?;
+        let members = &entry.members;
+        let text = protocol::signal(room, from, data, to.is_none());
         match to {
             Some(to) => {
-                let member = members.get(to).ok_or_else(|| {
-                    Problem::new(
-                        ErrorCode::PeerNotFound,
-                        format!("no peer {to} in room {room}"),
-                    )
-                })?;
+                let Some(member) = members.get(to) else {
+                    let limits = &state.limits;
+                    if limits.hold_for.is_zero() {
+                        return Err(Problem::new(
+                            ErrorCode::PeerNotFound,
+                            format!("no peer {to} in room {room}"),
+                        ));
+                    }
+                    let held = Held {
+                        to: to.into(),
+                        from: from.into(),
+                        sender: id,
+                        frame: text,
+                        id: message.map(ToOwned::to_owned),
+                        until: now + limits.hold_for,
+                    };
+                    return match entry.held.hold(held, limits) {
+                        Ok(()) => {
+                            state.held_count += 1;
+                            self.metrics.signal_held(SignalHeld::Held, 1);
+                            Ok(())
+                        }
+                        Err(limit) => {
+                            self.metrics.limit_hit(limit);
+                            event!(
+                                info,
+                                "signal-limit",
+                                limit = limit.key().trim_start_matches("signal."),
+                                user = session.user,
+                                room = room
+                            );
+                            Err(Problem::new(
+                                ErrorCode::PeerNotFound,
+                                format!(
+                                    "no peer {to} in room {room}, and no room to hold more \
+                                     for peers on their way ({})",
+                                    limit.key()
+                                ),
+                            ))
+                        }
+                    };
+                };
                 if let Some(target) = state.sessions.get(&member.session) {
                     target.outbox.push(text);
                 }
@@ -526,17 +509,44 @@ impl Hub {
         Ok(())
     }
 
-    /// The connection woken by `wake` dropped without a close frame: hold the
+    /// Answers `expired` to the senders of signals held past `hold-for`.
+    pub(crate) fn expire_held(&self, now: Instant) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        if state.held_count == 0 {
+            return;
+        }
+        let waited = state.limits.hold_for.as_secs();
+        let mut expired = 0;
+        for (name, room) in &mut state.rooms {
+            for held in room.held.take_expired(now) {
+                expired += 1;
+                if let Some(sender) = state.sessions.get(&held.sender) {
+                    let notice = protocol::expired(name, &held.to, waited, held.id.as_deref());
+                    sender.outbox.push(websocket::text(&notice));
+                }
+            }
+        }
+        state.held_count -= expired;
+        self.metrics.signal_held(SignalHeld::Expired, expired);
+    }
+
+    /// Signals held for peers on their way right now.
+    pub(crate) fn held_count(&self) -> usize {
+        self.lock().held_count
+    }
+
+    /// The connection of `attachment` dropped without a close frame: hold the
     /// session for a resume. Returns the detachment number for [`Hub::expire`].
     pub(crate) fn hold(
         &self,
         id: SessionId,
-        wake: &Arc<Notify>,
+        attachment: Attachment,
         reason: LeaveReason,
     ) -> Option<u64> {
         let mut state = self.lock();
         let session = state.sessions.get_mut(&id)?;
-        if !session.outbox.detach(wake) {
+        if !session.outbox.detach(attachment) {
             return None;
         }
         session.detachments += 1;
@@ -551,20 +561,46 @@ impl Hub {
             Some((n, reason)) if n == detachment => reason,
             _ => return,
         };
-        end_session(&mut state, id, reason);
+        end_session(&mut state, &self.metrics, id, reason);
     }
 
     /// Ends the session now (a close frame, a limit, no resume possible),
-    /// if the connection woken by `wake` still has it.
-    pub(crate) fn close(&self, id: SessionId, wake: &Arc<Notify>, reason: LeaveReason) {
+    /// if the connection of `attachment` still has it.
+    pub(crate) fn close(&self, id: SessionId, attachment: Attachment, reason: LeaveReason) {
         let mut state = self.lock();
         let owned = state
             .sessions
             .get(&id)
-            .is_some_and(|s| s.outbox.detach(wake));
+            .is_some_and(|s| s.outbox.detach(attachment));
         if owned {
-            end_session(&mut state, id, reason);
+            end_session(&mut state, &self.metrics, id, reason);
         }
+    }
+
+    /// Every session, or `user`'s, oldest first.
+    pub(crate) fn sessions(&self, user: Option<&str>) -> Vec<SessionView> {
+        let state = self.lock();
+        let mut list: Vec<(SessionId, SessionView)> = state
+            .sessions
+            .iter()
+            .filter(|(_, s)| user.is_none_or(|u| &*s.user == u))
+            .map(|(&id, s)| {
+                let view = SessionView {
+                    user: s.user.clone(),
+                    peer: s.default_peer.clone(),
+                    rooms: s
+                        .rooms
+                        .iter()
+                        .map(|(room, peer)| (room.to_string(), peer.to_string()))
+                        .collect(),
+                    since: s.since,
+                    held: s.held.is_some(),
+                };
+                (id, view)
+            })
+            .collect();
+        list.sort_by_key(|(id, _)| *id);
+        list.into_iter().map(|(_, view)| view).collect()
     }
 
     /// Sessions and rooms right now.
@@ -591,28 +627,35 @@ impl Hub {
             .collect();
         for &id in &ids {
             if let Some(session) = state.sessions.get(&id) {
-                session.outbox.end();
+                session.outbox.close_with(Closing::Ended);
             }
-            end_session(&mut state, id, LeaveReason::Closed);
+            end_session(&mut state, &self.metrics, id, LeaveReason::Closed);
         }
         ids.len()
     }
 }
 
-fn end_session(state: &mut HubState, id: SessionId, reason: LeaveReason) {
+fn end_session(state: &mut HubState, metrics: &Metrics, id: SessionId, reason: LeaveReason) {
     let Some(session) = state.sessions.remove(&id) else {
         return;
     };
     state.resume_tokens.remove(&session.resume_token);
     shrink_if_sparse(&mut state.sessions);
     shrink_if_sparse(&mut state.resume_tokens);
-    for (room, peer) in &session.rooms {
-        leave_room(state, &session.user, room, peer, reason);
+    for (room, peer) in session.rooms.iter() {
+        leave_room(state, metrics, &session.user, room, peer, reason);
     }
 }
 
 /// Takes `peer` out of `room`, logged, and tells the others.
-fn leave_room(state: &mut HubState, user: &str, room: &str, peer: &str, reason: LeaveReason) {
+fn leave_room(
+    state: &mut HubState,
+    metrics: &Metrics,
+    user: &str,
+    room: &str,
+    peer: &str,
+    reason: LeaveReason,
+) {
     event!(
         info,
         "signal-leave",
@@ -626,11 +669,15 @@ fn leave_room(state: &mut HubState, user: &str, room: &str, peer: &str, reason: 
     };
     entry.members.remove(peer);
     if entry.members.is_empty() {
+        // Nobody is left to send them to, or to tell.
+        let dropped = entry.held.len();
+        state.held_count -= dropped;
+        metrics.signal_held(SignalHeld::Expired, dropped);
         state.rooms.remove(room);
         shrink_if_sparse(&mut state.rooms);
         return;
     }
-    let text: Utf8Bytes = protocol::peer_left(room, peer, reason).into();
+    let text = websocket::text(&protocol::peer_left(room, peer, reason));
     for member in entry.members.values() {
         if let Some(other) = state.sessions.get(&member.session) {
             other.outbox.push_frame(text.clone(), true);

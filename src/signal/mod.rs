@@ -2,10 +2,13 @@
 //! answers and candidates through icegate, with TURN credentials from the
 //! same credential store as the relay. The protocol is `docs/signaling.md`.
 
+mod held;
 mod hub;
+mod outbox;
 pub(crate) mod protocol;
 mod session;
 pub(crate) mod token;
+pub(crate) mod websocket;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -16,12 +19,9 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use tokio::sync::{Notify, watch};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-use crate::config::{Config, SignalAuth, SignalConfig};
+use crate::config::{Config, SignalAuth, SignalConfig, SignalLimits};
 use crate::ice;
 use crate::logging::event;
 use crate::metrics::Limit;
@@ -30,9 +30,9 @@ use crate::server::{Server, unix_now};
 use hub::Hub;
 use token::{Claims, TokenError, TokenVerifier};
 
-/// What one read from a signaling connection takes at most; larger frames
-/// arrive over several reads.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// How often held signals are checked for expiry: `expired` comes at most
+/// this late.
+const HELD_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 /// Frames larger than this many times `max-message-bytes` are not even read.
 const HARD_SIZE_FACTOR: usize = 4;
 
@@ -41,7 +41,6 @@ pub(crate) struct Signaling {
     hub: Arc<Hub>,
     settings: Reloadable<Settings>,
     server: Arc<Server>,
-    stopping: watch::Sender<bool>,
 }
 
 /// What the config says about signaling; replaced whole on reload.
@@ -86,6 +85,17 @@ impl Settings {
     }
 }
 
+/// What a connection being upgraded brings to its session.
+struct Opening {
+    user: String,
+    claims: Option<Claims>,
+    client: IpAddr,
+    origin: String,
+    resume: Option<String>,
+    limits: SignalLimits,
+    slot: hub::ConnectionSlot,
+}
+
 /// An HTTP answer that refuses the upgrade.
 pub(crate) struct Refusal {
     pub(crate) status: StatusCode,
@@ -99,7 +109,6 @@ impl Signaling {
             hub: Hub::new(config.signal.limits, server.metrics.clone()),
             settings: Reloadable::new(Settings::new(config)),
             server,
-            stopping: watch::Sender::new(false),
         })
     }
 
@@ -142,7 +151,7 @@ impl Signaling {
 
     /// Closes every connection with 1001.
     pub(crate) fn stop(&self) {
-        self.stopping.send_replace(true);
+        self.hub.stop();
     }
 
     /// ICE servers for `user`: STUN URLs, and TURN URLs with REST
@@ -263,63 +272,31 @@ impl Signaling {
             .map_or_else(|| "anonymous".to_owned(), |c| c.sub.clone());
         let origin = origin.unwrap_or_else(|| "-".to_owned());
 
+        // Taken here, not in the task: the request's headers are not kept
+        // for the session's life.
+        let on_upgrade = hyper::upgrade::on(request);
+        let limits = settings.config.limits;
+        let opening = Box::new(Opening {
+            user,
+            claims,
+            client,
+            origin,
+            resume,
+            limits,
+            slot,
+        });
         let this = self.clone();
         tokio::spawn(async move {
-            // By value: the request's headers are not kept for the session's life.
-            let upgraded = match hyper::upgrade::on(request).await {
+            let upgraded = match on_upgrade.await {
                 Ok(upgraded) => upgraded,
                 Err(error) => {
                     log::debug!("signaling upgrade from {client} failed: {error}");
                     return;
                 }
             };
-            let limits = settings.config.limits;
-            let hard_limit = limits.max_message_bytes as usize * HARD_SIZE_FACTOR;
-            // tungstenite's default 128 KiB read buffer is allocated and
-            // zeroed per connection and per read; signaling frames are small.
-            let ws_config = WebSocketConfig::default()
-                .read_buffer_size(READ_BUFFER_BYTES)
-                .max_message_size(Some(hard_limit))
-                .max_frame_size(Some(hard_limit));
-            let ws = WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
-                Role::Server,
-                Some(ws_config),
-            )
-            .await;
-            let opened = this.hub.open(&user, resume.as_deref());
-            let welcome = protocol::welcome(&protocol::WelcomeFields {
-                user: &user,
-                peer: &opened.peer,
-                resumed: opened.resumed,
-                resume_token: &opened.resume_token,
-                resume_seconds: limits.resume_grace.as_secs(),
-                ice_servers: &this.ice_servers_for(&user),
-            });
-            this.server.metrics.signal_connected();
-            event!(
-                info,
-                "signal-connect",
-                user = user,
-                client = client,
-                origin = origin,
-                resumed = opened.resumed
-            );
-            let wake = Arc::new(Notify::new());
-            this.hub.attach(&opened, wake.clone(), welcome);
-            let connection = session::Connection {
-                hub: this.hub.clone(),
-                id: opened.id,
-                outbox: opened.outbox,
-                wake,
-                user,
-                claims,
-                client,
-                limits,
-                slot,
-                stopping: this.stopping.subscribe(),
-            };
-            session::run(ws, connection).await;
+            let session = this.open_session(TokioIo::new(upgraded), opening);
+            drop(this);
+            session.await;
         });
 
         let mut response = Response::new(Full::new(Bytes::new()));
@@ -333,6 +310,98 @@ impl Signaling {
                 .unwrap_or_else(|_| unreachable!("base64 is a valid header value")),
         );
         Ok(response)
+    }
+
+    /// Starts or resumes the session of an upgraded connection, welcomes it,
+    /// and returns the connection's task.
+    fn open_session<S>(&self, io: S, opening: Box<Opening>) -> impl Future<Output = ()> + use<S>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let Opening {
+            user,
+            claims,
+            client,
+            origin,
+            resume,
+            limits,
+            slot,
+        } = *opening;
+        let opened = self.hub.open(&user, resume.as_deref(), unix_now());
+        let welcome = protocol::welcome(&protocol::WelcomeFields {
+            user: &user,
+            peer: &opened.peer,
+            resumed: opened.resumed,
+            resume_token: &opened.resume_token,
+            resume_seconds: limits.resume_grace.as_secs(),
+            ice_servers: &self.ice_servers_for(&user),
+        });
+        self.server.metrics.signal_connected();
+        event!(
+            info,
+            "signal-connect",
+            user = user,
+            client = client,
+            origin = origin,
+            resumed = opened.resumed
+        );
+        self.hub.attach(&opened, welcome);
+        session::run(
+            io,
+            session::Connection {
+                hub: self.hub.clone(),
+                id: opened.id,
+                attachment: opened.attachment,
+                outbox: opened.outbox,
+                user,
+                claims,
+                client,
+                limits,
+                slot,
+            },
+        )
+    }
+
+    /// Expires held signals while icegate runs; what a sweep finds is
+    /// answered with `expired` to its sender.
+    pub(crate) async fn sweep_held(self: Arc<Self>) {
+        let mut every = tokio::time::interval(HELD_SWEEP_INTERVAL);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            self.hub.expire_held(tokio::time::Instant::now().into_std());
+        }
+    }
+
+    /// Signals held for peers on their way right now.
+    pub(crate) fn held_count(&self) -> usize {
+        self.hub.held_count()
+    }
+
+    /// Every signaling session, or `user`'s, as the admin API lists them.
+    pub(crate) fn sessions(&self, user: Option<&str>) -> Value {
+        let now = unix_now();
+        let list = self
+            .hub
+            .sessions(user)
+            .into_iter()
+            .map(|s| {
+                let rooms: Vec<Value> = s
+                    .rooms
+                    .iter()
+                    .map(|(room, peer)| json!({ "room": room, "peer": peer }))
+                    .collect();
+                json!({
+                    "user": &*s.user,
+                    "peer": s.peer,
+                    "rooms": rooms,
+                    "state": if s.held { "held" } else { "connected" },
+                    "since": s.since,
+                    "age_seconds": now.saturating_sub(s.since),
+                })
+            })
+            .collect();
+        Value::Array(list)
     }
 
     /// Sessions and rooms right now.

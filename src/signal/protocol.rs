@@ -5,8 +5,11 @@
 //! and written out unchanged, so forwarding never re-encodes (or reorders)
 //! an application's payload.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+
+use super::websocket;
 
 /// Longest room name or peer id, in bytes.
 pub(crate) const MAX_NAME_BYTES: usize = 64;
@@ -122,12 +125,17 @@ impl<'a> Incoming<'a> {
     pub(crate) fn parse(text: &'a str) -> Self {
         // serde would also read a struct from an array.
         let parsed = if text.trim_start().starts_with('{') {
-            // Raw values (the echoed id, forwarded payloads) are not range
-            // checked: a full parse first refuses numbers like 1e999, which
-            // strict client parsers would refuse in what the server sends.
-            serde_json::from_str::<serde_json::Value>(text)
-                .and_then(|_| serde_json::from_str(text))
+            serde_json::from_str(text)
                 .map_err(|e| e.to_string())
+                .and_then(|envelope| {
+                    // Raw values (the echoed id, forwarded payloads) are
+                    // checked by serde for syntax only: what strict client
+                    // parsers refuse must not be forwarded to them.
+                    match refused_by_strict_parsers(text) {
+                        Some(what) => Err(format!("{what} is not accepted")),
+                        None => Ok(envelope),
+                    }
+                })
         } else {
             Err("not an object".to_owned())
         };
@@ -190,6 +198,82 @@ impl<'a> Incoming<'a> {
             )),
         };
         Self { kind, id, request }
+    }
+}
+
+/// What in `json`, valid JSON as serde reads raw values, a strict parser
+/// (serde's own full parse among them) would refuse: a number beyond a
+/// double's range, or a `\u` escape of half a surrogate pair. One pass that
+/// jumps through strings with memchr (most of a signal is SDP in strings);
+/// only numbers with an exponent or hundreds of digits can be out of range,
+/// so only those are parsed.
+fn refused_by_strict_parsers(json: &str) -> Option<&'static str> {
+    let bytes = json.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                loop {
+                    let rest = bytes.get(i..).unwrap_or_default();
+                    match memchr::memchr2(b'"', b'\\', rest) {
+                        Some(k) if rest[k] == b'\\' => {
+                            i += k;
+                            if bytes.get(i + 1) != Some(&b'u') {
+                                i += 2;
+                            } else if lone_surrogate(bytes, i) {
+                                return Some("a \\u escape of half a surrogate pair");
+                            } else if surrogate(bytes, i).is_some() {
+                                // A whole pair: its second half is no lone one.
+                                i += 12;
+                            } else {
+                                i += 6;
+                            }
+                        }
+                        Some(k) => {
+                            i += k + 1;
+                            break;
+                        }
+                        None => return None,
+                    }
+                }
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < bytes.len()
+                    && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                let number = &json[start..i];
+                let may_overflow = number.len() > 300 || number.contains(['e', 'E']);
+                if may_overflow && !number.parse::<f64>().is_ok_and(f64::is_finite) {
+                    return Some("a number beyond a double's range");
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// The code unit of the `\uXXXX` escape at `at`, if it is half a surrogate pair.
+fn surrogate(bytes: &[u8], at: usize) -> Option<u16> {
+    let hex = std::str::from_utf8(bytes.get(at + 2..at + 6)?).ok()?;
+    u16::from_str_radix(hex, 16)
+        .ok()
+        .filter(|unit| (0xD800..=0xDFFF).contains(unit))
+}
+
+/// Whether the `\u` escape at `at` is a surrogate without its other half.
+fn lone_surrogate(bytes: &[u8], at: usize) -> bool {
+    match surrogate(bytes, at) {
+        None => false,
+        Some(0xD800..=0xDBFF) => {
+            bytes.get(at + 6..at + 8) != Some(b"\\u")
+                || !surrogate(bytes, at + 6).is_some_and(|low| (0xDC00..=0xDFFF).contains(&low))
+        }
+        Some(_) => true,
     }
 }
 
@@ -346,13 +430,20 @@ struct Signal<'a> {
     data: &'a RawValue,
 }
 
-pub(crate) fn signal(room: &str, from: &str, data: &RawValue, broadcast: bool) -> String {
-    to_text(&Signal {
+/// A signal as a WebSocket frame, written once for all its recipients.
+pub(crate) fn signal(room: &str, from: &str, data: &RawValue, broadcast: bool) -> Bytes {
+    let message = Signal {
         kind: "signal",
         room,
         from,
         broadcast,
         data,
+    };
+    // The fields are ASCII names and valid raw JSON: escaping adds little.
+    let size = 64 + room.len() + from.len() + data.get().len();
+    websocket::text_with(size, |out| {
+        // Plain structs of strings and already-valid raw JSON always encode.
+        let _ = serde_json::to_writer(out, &message);
     })
 }
 
@@ -381,6 +472,32 @@ pub(crate) fn error(problem: &Problem, kind: Option<&str>, id: Option<&RawValue>
         code: problem.code.as_str(),
         message: &problem.message,
         in_reply_to,
+    })
+}
+
+#[derive(Serialize)]
+struct Expired<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    room: &'a str,
+    to: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    in_reply_to: Option<InReplyTo<'a>>,
+}
+
+/// A held signal's addressee did not join in time; `id` is the signal's own.
+pub(crate) fn expired(room: &str, to: &str, waited_seconds: u64, id: Option<&RawValue>) -> String {
+    let message = format!("{to} did not join room {room} within {waited_seconds} s");
+    to_text(&Expired {
+        kind: "expired",
+        room,
+        to,
+        message: &message,
+        in_reply_to: id.map(|id| InReplyTo {
+            kind: Some("signal"),
+            id: Some(id),
+        }),
     })
 }
 
@@ -422,6 +539,19 @@ mod tests {
             problem(r#"{"type":"ping","id":1e999}"#).code,
             ErrorCode::BadJson
         );
+        let huge = format!(r#"{{"type":"ping","id":1{}}}"#, "0".repeat(400));
+        assert_eq!(problem(&huge).code, ErrorCode::BadJson);
+        let in_data =
+            r#"{"type":"signal","room":"a","to":"b","data":{"s":"1e999","n":[-2.5E+3,1e-999]}}"#;
+        assert!(Incoming::parse(in_data).request.is_ok());
+        let escaped = r#"{"type":"signal","room":"a","to":"b","data":{"s":"\"1e999","n":-1E400}}"#;
+        assert_eq!(problem(escaped).code, ErrorCode::BadJson);
+        let lone = r#"{"type":"signal","room":"a","to":"b","data":{"k\udeaa":1}}"#;
+        assert_eq!(problem(lone).code, ErrorCode::BadJson);
+        let unpaired = r#"{"type":"signal","room":"a","to":"b","data":"\ud83d\u0041"}"#;
+        assert_eq!(problem(unpaired).code, ErrorCode::BadJson);
+        let pair = r#"{"type":"signal","room":"a","to":"b","data":"\ud83d\ude00 \u00e9 \\udead"}"#;
+        assert!(Incoming::parse(pair).request.is_ok());
         assert_eq!(problem("{}").code, ErrorCode::UnknownType);
         assert_eq!(problem(r#"{"type":"dance"}"#).code, ErrorCode::UnknownType);
         assert_eq!(problem(r#"{"type":"join"}"#).code, ErrorCode::MissingField);
@@ -450,8 +580,8 @@ mod tests {
             panic!("not a signal");
         };
         assert_eq!(
-            signal("a", "p1", data, false),
-            r#"{"type":"signal","room":"a","from":"p1","data":{"z":1, "a":"\u00e9"}}"#
+            websocket::payload(&signal("a", "p1", data, false)),
+            br#"{"type":"signal","room":"a","from":"p1","data":{"z":1, "a":"\u00e9"}}"#
         );
     }
 

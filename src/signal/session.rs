@@ -1,23 +1,30 @@
 //! One signaling connection: reads the client's frames and acts on them,
 //! sends what the hub queued for it, pings, and enforces the per-connection
 //! limits.
+//!
+//! The connection is one future polled by hand rather than a `select!` of
+//! several: each wake-up drains the outbox, writes, reads and checks the
+//! ping timer in one pass, and the future holds no buffer while idle.
 
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io::IoSlice;
+use std::mem::MaybeUninit;
 use std::net::IpAddr;
+use std::ops::ControlFlow;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{Notify, watch};
-use tokio::time::{Instant, MissedTickBehavior};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::{Instant, Sleep};
 
-use super::hub::{ConnectionSlot, Drained, Hub, Outbox, SessionId};
+use super::hub::{ConnectionSlot, Hub, SessionId};
+use super::outbox::{Attachment, Closing, Drained, Outbox, Queued};
 use super::protocol::{self, ErrorCode, Incoming, LeaveReason, Problem, Request};
 use super::token::Claims;
+use super::websocket::{self, Decoder, FrameError, Received};
 use crate::config::SignalLimits;
 use crate::logging::event;
 use crate::metrics::{Limit, SignalMessage};
@@ -26,32 +33,40 @@ use crate::metrics::{Limit, SignalMessage};
 const OVERSIZED_IN_A_ROW: u32 = 3;
 /// A close frame that the client does not take within this is abandoned.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// What one read takes at most, into a buffer that lives only during the read.
+const READ_CHUNK: usize = 8 * 1024;
+/// Frames handed to the socket in one write.
+const WRITE_BATCH: usize = 32;
+/// Reads per wake-up before other connections get their turn.
+const READS_PER_POLL: usize = 16;
+/// Close codes (RFC 6455 §7.4.1).
+const GOING_AWAY: u16 = 1001;
+const POLICY: u16 = 1008;
+const TOO_BIG: u16 = 1009;
 
 /// Everything a connection's task needs.
 pub(crate) struct Connection {
     pub(crate) hub: Arc<Hub>,
     pub(crate) id: SessionId,
+    pub(crate) attachment: Attachment,
     pub(crate) outbox: Arc<Outbox>,
-    pub(crate) wake: Arc<Notify>,
     pub(crate) user: String,
     pub(crate) claims: Option<Claims>,
     pub(crate) client: IpAddr,
     pub(crate) limits: SignalLimits,
     /// Released when the task ends.
     pub(crate) slot: ConnectionSlot,
-    /// Turns true when icegate stops.
-    pub(crate) stopping: watch::Receiver<bool>,
 }
 
 /// How a connection ended, which decides what happens to its session.
 enum Ending {
-    /// The client sent a close frame: it has left.
-    Closed,
+    /// The client sent a close frame (with this code): it has left.
+    Closed(Option<u16>),
     /// The connection broke or stopped answering: hold the session for a resume.
     Dropped(LeaveReason),
     /// A limit was broken, or icegate is stopping: close with this code and
     /// end the session.
-    CloseWith(CloseCode, &'static str),
+    CloseWith(u16, &'static str),
     /// Another connection resumed the session.
     Superseded,
 }
@@ -104,189 +119,437 @@ impl RateLimit {
     }
 }
 
-pub(crate) async fn run<S>(mut ws: WebSocketStream<S>, connection: Connection)
+/// What acting on the client's frames needs, apart from the decoder.
+struct Reader {
+    connection: Connection,
+    rate: RateLimit,
+    oversized_in_a_row: u32,
+    /// Something arrived since the last ping.
+    heard: bool,
+    awaiting_pong: bool,
+}
+
+/// Frames taken from the outbox and not yet written, the first `written`
+/// bytes of the front one already out.
+#[derive(Default)]
+struct Writer {
+    sending: VecDeque<Queued>,
+    written: usize,
+    unflushed: bool,
+}
+
+/// One connection's state, in one allocation: the task's future itself
+/// holds only a pointer to it and the ping timer.
+struct Link<S> {
+    io: S,
+    decoder: Decoder,
+    reader: Reader,
+    writer: Writer,
+}
+
+/// The connection's task: serves it until it ends, then settles its session.
+pub(crate) fn run<S>(io: S, connection: Connection) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
+{
+    let limits = connection.limits;
+    let max_message = limits.max_message_bytes as usize;
+    let mut link = Box::new(Link {
+        io,
+        decoder: Decoder::new(max_message, max_message * super::HARD_SIZE_FACTOR),
+        reader: Reader {
+            rate: RateLimit::new(&limits),
+            connection,
+            oversized_in_a_row: 0,
+            heard: true,
+            awaiting_pong: false,
+        },
+        writer: Writer::default(),
+    });
+    async move {
+        let ping = tokio::time::sleep(limits.ping_interval);
+        tokio::pin!(ping);
+        let ending = poll_fn(|cx| {
+            let Link {
+                io,
+                decoder,
+                reader,
+                writer,
+            } = &mut *link;
+            poll_connection(cx, io, decoder, reader, writer, ping.as_mut())
+        })
+        .await;
+        let Link {
+            io, reader, writer, ..
+        } = *link;
+        // Boxed: the closing steps would otherwise take room in every idle
+        // connection's future.
+        Box::pin(finish(io, reader.connection, writer, ending)).await;
+    }
+}
+
+fn poll_connection<S>(
+    cx: &mut Context<'_>,
+    io: &mut S,
+    decoder: &mut Decoder,
+    reader: &mut Reader,
+    writer: &mut Writer,
+    mut ping: Pin<&mut Sleep>,
+) -> Poll<Ending>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let connection = &reader.connection;
+    match connection
+        .outbox
+        .drain(connection.attachment, cx.waker(), &mut writer.sending)
+    {
+        Drained::Send => {}
+        Drained::Close(closing) => return Poll::Ready(closing_ending(closing)),
+        Drained::Superseded => return Poll::Ready(Ending::Superseded),
+    }
+    if let Err(ending) = writer.poll_write(cx, io) {
+        return Poll::Ready(ending);
+    }
+
+    // Read until the socket says it would block: only that registers the
+    // task for the next data (after a short read tokio knows the socket is
+    // empty and says so without a system call).
+    let mut reads = 0;
+    loop {
+        if reads == READS_PER_POLL {
+            // Other connections get their turn; this one comes back.
+            cx.waker().wake_by_ref();
+            break;
+        }
+        reads += 1;
+        let mut chunk = [const { MaybeUninit::<u8>::uninit() }; READ_CHUNK];
+        let mut buf = ReadBuf::uninit(&mut chunk);
+        match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+            Poll::Pending => break,
+            Poll::Ready(Err(error)) => {
+                log::debug!(
+                    "signaling connection from {} failed: {error}",
+                    reader.connection.client
+                );
+                return Poll::Ready(Ending::Dropped(LeaveReason::Closed));
+            }
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                return Poll::Ready(Ending::Dropped(LeaveReason::Closed));
+            }
+            Poll::Ready(Ok(())) => {}
+        }
+        reader.heard = true;
+        match decoder.feed(buf.filled_mut(), |received| reader.act(received)) {
+            Ok(ControlFlow::Continue(())) => {}
+            Ok(ControlFlow::Break(ending)) => return Poll::Ready(ending),
+            Err(error) => return Poll::Ready(reader.refuse(error)),
+        }
+    }
+
+    if ping.as_mut().poll(cx).is_ready() {
+        if !reader.heard {
+            return Poll::Ready(Ending::Dropped(LeaveReason::Timeout));
+        }
+        reader.heard = false;
+        reader.awaiting_pong = true;
+        reader.connection.outbox.push(websocket::ping());
+        let interval = reader.connection.limits.ping_interval;
+        ping.as_mut().reset(Instant::now() + interval);
+        // Registers the timer's waker for the next round.
+        let _ = ping.as_mut().poll(cx);
+    }
+
+    // Replies and pings queued above go out now, not at the next wake-up.
+    let connection = &reader.connection;
+    if let Drained::Send =
+        connection
+            .outbox
+            .drain(connection.attachment, cx.waker(), &mut writer.sending)
+        && let Err(ending) = writer.poll_write(cx, io)
+    {
+        return Poll::Ready(ending);
+    }
+    Poll::Pending
+}
+
+fn closing_ending(closing: Closing) -> Ending {
+    match closing {
+        Closing::Overflowed => Ending::CloseWith(POLICY, "not reading"),
+        Closing::Ended => Ending::CloseWith(POLICY, "ended by the operator"),
+        Closing::Stopping => Ending::CloseWith(GOING_AWAY, "icegate is stopping"),
+    }
+}
+
+impl Writer {
+    /// Writes what it can without waiting; `Err` when the connection broke.
+    fn poll_write<S>(&mut self, cx: &mut Context<'_>, io: &mut S) -> Result<(), Ending>
+    where
+        S: AsyncWrite + Unpin,
+    {
+        while !self.sending.is_empty() {
+            let mut slices = [IoSlice::new(&[]); WRITE_BATCH];
+            let mut count = 0;
+            for (i, queued) in self.sending.iter().take(WRITE_BATCH).enumerate() {
+                let from = if i == 0 { self.written } else { 0 };
+                slices[i] = IoSlice::new(&queued.frame[from..]);
+                count = i + 1;
+            }
+            match Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]) {
+                Poll::Pending => return Ok(()),
+                Poll::Ready(Ok(0) | Err(_)) => return Err(Ending::Dropped(LeaveReason::Closed)),
+                Poll::Ready(Ok(n)) => self.advance(n),
+            }
+            self.unflushed = true;
+        }
+        // Frames are not kept between messages: an idle connection holds no queue.
+        self.sending = VecDeque::new();
+        if self.unflushed {
+            match Pin::new(&mut *io).poll_flush(cx) {
+                Poll::Pending => {}
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(_)) => return Err(Ending::Dropped(LeaveReason::Closed)),
+            }
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        while let Some(front) = self.sending.front() {
+            let left = front.frame.len() - self.written;
+            if n < left {
+                self.written += n;
+                return;
+            }
+            n -= left;
+            self.written = 0;
+            self.sending.pop_front();
+        }
+    }
+
+    /// The rest of what was being written, for the last words before a close.
+    fn rest(self) -> impl Iterator<Item = bytes::Bytes> {
+        let written = self.written;
+        self.sending
+            .into_iter()
+            .enumerate()
+            .map(move |(i, queued)| {
+                if i == 0 {
+                    queued.frame.slice(written..)
+                } else {
+                    queued.frame
+                }
+            })
+    }
+}
+
+impl Reader {
+    fn reply(&self, problem: &Problem, incoming: Option<&Incoming<'_>>) {
+        let (kind, id) = incoming.map_or((None, None), |i| (i.kind.as_deref(), i.id));
+        self.connection
+            .outbox
+            .push(websocket::text(&protocol::error(problem, kind, id)));
+    }
+
+    /// A frame that breaks the protocol ends the connection with its code.
+    fn refuse(&self, error: FrameError) -> Ending {
+        let Connection {
+            hub, user, client, ..
+        } = &self.connection;
+        if error == FrameError::TooLarge {
+            hub.metrics.limit_hit(Limit::SignalMaxMessageBytes);
+            event!(
+                info,
+                "signal-limit",
+                limit = "max-message-bytes",
+                user = user,
+                client = client
+            );
+        } else {
+            log::debug!(
+                "signaling connection from {client} broke the protocol: {}",
+                error.reason()
+            );
+        }
+        Ending::CloseWith(error.close_code(), error.reason())
+    }
+
+    fn act(&mut self, received: Received<'_>) -> ControlFlow<Ending> {
+        let limits = self.connection.limits;
+        match received {
+            Received::Close(code) => return ControlFlow::Break(Ending::Closed(code)),
+            // The answer to icegate's own ping is free; any other control
+            // frame costs a message, or pings would make icegate answer
+            // without bound.
+            Received::Pong if self.awaiting_pong => {
+                self.awaiting_pong = false;
+                return ControlFlow::Continue(());
+            }
+            _ => {}
+        }
+        let Connection {
+            hub, user, client, ..
+        } = &self.connection;
+        let now = Instant::now();
+        if !self.rate.take(now) {
+            hub.metrics.limit_hit(Limit::SignalMessagesPerSecond);
+            if self.rate.refused_in_a_row >= limits.message_burst {
+                event!(
+                    info,
+                    "signal-limit",
+                    limit = "messages-per-second",
+                    user = user,
+                    client = client,
+                    closed = 1008
+                );
+                return ControlFlow::Break(Ending::CloseWith(POLICY, "flooding"));
+            }
+            if self.rate.should_warn(now) {
+                event!(
+                    info,
+                    "signal-limit",
+                    limit = "messages-per-second",
+                    user = user,
+                    client = client
+                );
+                self.reply(
+                    &Problem::new(
+                        ErrorCode::RateLimited,
+                        format!(
+                            "more than {} messages a second; slow down",
+                            limits.messages_per_second
+                        ),
+                    ),
+                    None,
+                );
+            }
+            return ControlFlow::Continue(());
+        }
+        let text = match received {
+            Received::Text(text) => text,
+            Received::Ping(payload) => {
+                self.connection.outbox.push(websocket::pong(payload));
+                return ControlFlow::Continue(());
+            }
+            Received::Pong | Received::Close(_) => return ControlFlow::Continue(()),
+            Received::Binary => {
+                hub.metrics.signal_message(SignalMessage::Invalid);
+                self.reply(
+                    &Problem::new(
+                        ErrorCode::BinaryNotSupported,
+                        "binary frames are not part of the protocol; send JSON text frames",
+                    ),
+                    None,
+                );
+                return ControlFlow::Continue(());
+            }
+            Received::TooLarge(length) => {
+                hub.metrics.limit_hit(Limit::SignalMaxMessageBytes);
+                self.oversized_in_a_row += 1;
+                event!(
+                    info,
+                    "signal-limit",
+                    limit = "max-message-bytes",
+                    user = user,
+                    client = client
+                );
+                if self.oversized_in_a_row >= OVERSIZED_IN_A_ROW {
+                    return ControlFlow::Break(Ending::CloseWith(TOO_BIG, "messages too large"));
+                }
+                self.reply(
+                    &Problem::new(
+                        ErrorCode::MessageTooLarge,
+                        format!(
+                            "{length} bytes is more than the {} allowed",
+                            limits.max_message_bytes
+                        ),
+                    ),
+                    None,
+                );
+                return ControlFlow::Continue(());
+            }
+        };
+        self.oversized_in_a_row = 0;
+        self.act_on_text(text);
+        ControlFlow::Continue(())
+    }
+
+    fn act_on_text(&self, text: &str) {
+        let Connection {
+            hub,
+            id,
+            outbox,
+            claims,
+            ..
+        } = &self.connection;
+        let incoming = Incoming::parse(text);
+        hub.metrics.signal_message(match &incoming.request {
+            Err(_) => SignalMessage::Invalid,
+            Ok(Request::Join { .. }) => SignalMessage::Join,
+            Ok(Request::Leave { .. }) => SignalMessage::Leave,
+            Ok(Request::Signal { .. }) => SignalMessage::Signal,
+            Ok(Request::Broadcast { .. }) => SignalMessage::Broadcast,
+            Ok(Request::Ping) => SignalMessage::Ping,
+        });
+        let result = match &incoming.request {
+            Err(problem) => Err(problem.clone()),
+            Ok(Request::Join {
+                room,
+                peer,
+                metadata,
+            }) => hub.join(*id, claims.as_ref(), room, peer.clone(), *metadata),
+            Ok(Request::Leave { room }) => hub.leave(*id, room),
+            Ok(Request::Signal { room, to, data }) => {
+                hub.relay(*id, room, Some(to), data, incoming.id, now())
+            }
+            Ok(Request::Broadcast { room, data }) => {
+                hub.relay(*id, room, None, data, incoming.id, now())
+            }
+            Ok(Request::Ping) => {
+                outbox.push(websocket::text(&protocol::pong(incoming.id)));
+                Ok(())
+            }
+        };
+        if let Err(problem) = result {
+            self.reply(&problem, Some(&incoming));
+        }
+    }
+}
+
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+/// Settles the session and says goodbye as the ending calls for.
+async fn finish<S>(mut io: S, connection: Connection, writer: Writer, ending: Ending)
+where
+    S: AsyncWrite + Unpin,
 {
     let Connection {
         hub,
         id,
+        attachment,
         outbox,
-        wake,
         user,
-        claims,
         client,
         limits,
         slot,
-        mut stopping,
+        ..
     } = connection;
-    let mut rate = RateLimit::new(&limits);
-    let mut oversized_in_a_row = 0;
-    let mut heard = true;
-    let mut awaiting_pong = false;
-    let mut ping =
-        tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
-    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let reply = |problem: Problem, incoming: Option<&Incoming<'_>>| {
-        let (kind, id) = incoming.map_or((None, None), |i| (i.kind.as_deref(), i.id));
-        outbox.push(protocol::error(&problem, kind, id).into());
-    };
-
-    let ending = loop {
-        tokio::select! {
-            () = wake.notified() => match outbox.drain(&wake) {
-                Drained::Send(frames) => {
-                    let sending = async {
-                        for text in frames {
-                            ws.feed(Message::Text(text)).await?;
-                        }
-                        ws.flush().await
-                    };
-                    tokio::pin!(sending);
-                    // A client that does not read stalls the write; more
-                    // frames queued meanwhile may overflow its outbox, which
-                    // must end the wait.
-                    let mut woken = false;
-                    let sent = loop {
-                        tokio::select! {
-                            result = &mut sending => break Some(result),
-                            () = wake.notified() => {
-                                if outbox.is_overflowed() {
-                                    break None;
-                                }
-                                woken = true;
-                            }
-                        }
-                    };
-                    if woken {
-                        wake.notify_one();
-                    }
-                    match sent {
-                        None => break Ending::CloseWith(CloseCode::Policy, "not reading"),
-                        Some(Err(_)) => break Ending::Dropped(LeaveReason::Closed),
-                        Some(Ok(())) => {}
-                    }
-                }
-                Drained::Overflowed => break Ending::CloseWith(CloseCode::Policy, "not reading"),
-                Drained::Superseded => break Ending::Superseded,
-                Drained::Ended => break Ending::CloseWith(CloseCode::Policy, "ended by the operator"),
-            },
-            frame = ws.next() => {
-                heard = true;
-                let message = match frame {
-                    None => break Ending::Dropped(LeaveReason::Closed),
-                    Some(Err(WsError::Capacity(_))) => {
-                        hub.metrics.limit_hit(Limit::SignalMaxMessageBytes);
-                        event!(info, "signal-limit", limit = "max-message-bytes", user = user, client = client);
-                        break Ending::CloseWith(CloseCode::Size, "message too large");
-                    }
-                    Some(Err(error)) => {
-                        log::debug!("signaling connection from {client} failed: {error}");
-                        break Ending::Dropped(LeaveReason::Closed);
-                    }
-                    Some(Ok(Message::Close(_))) => break Ending::Closed,
-                    // The answer to icegate's own ping is free; any other
-                    // control frame costs a message, or pings would make
-                    // icegate answer without bound.
-                    Some(Ok(Message::Pong(_))) if awaiting_pong => {
-                        awaiting_pong = false;
-                        continue;
-                    }
-                    Some(Ok(Message::Frame(_))) => continue,
-                    Some(Ok(message)) => message,
-                };
-                let now = Instant::now();
-                if !rate.take(now) {
-                    hub.metrics.limit_hit(Limit::SignalMessagesPerSecond);
-                    if rate.refused_in_a_row >= limits.message_burst {
-                        event!(info, "signal-limit", limit = "messages-per-second", user = user, client = client, closed = 1008);
-                        break Ending::CloseWith(CloseCode::Policy, "flooding");
-                    }
-                    if rate.should_warn(now) {
-                        event!(info, "signal-limit", limit = "messages-per-second", user = user, client = client);
-                        reply(Problem::new(
-                            ErrorCode::RateLimited,
-                            format!("more than {} messages a second; slow down", limits.messages_per_second),
-                        ), None);
-                    }
-                    continue;
-                }
-                let text = match message {
-                    Message::Text(text) => text,
-                    // tungstenite has already queued the pong.
-                    Message::Ping(_) | Message::Pong(_) => continue,
-                    _ => {
-                        hub.metrics.signal_message(SignalMessage::Invalid);
-                        reply(Problem::new(
-                            ErrorCode::BinaryNotSupported,
-                            "binary frames are not part of the protocol; send JSON text frames",
-                        ), None);
-                        continue;
-                    }
-                };
-                if text.len() > limits.max_message_bytes as usize {
-                    hub.metrics.limit_hit(Limit::SignalMaxMessageBytes);
-                    oversized_in_a_row += 1;
-                    event!(info, "signal-limit", limit = "max-message-bytes", user = user, client = client);
-                    if oversized_in_a_row >= OVERSIZED_IN_A_ROW {
-                        break Ending::CloseWith(CloseCode::Size, "messages too large");
-                    }
-                    reply(Problem::new(
-                        ErrorCode::MessageTooLarge,
-                        format!("{} bytes is more than the {} allowed", text.len(), limits.max_message_bytes),
-                    ), None);
-                    continue;
-                }
-                oversized_in_a_row = 0;
-                let incoming = Incoming::parse(&text);
-                hub.metrics.signal_message(match &incoming.request {
-                    Err(_) => SignalMessage::Invalid,
-                    Ok(Request::Join { .. }) => SignalMessage::Join,
-                    Ok(Request::Leave { .. }) => SignalMessage::Leave,
-                    Ok(Request::Signal { .. }) => SignalMessage::Signal,
-                    Ok(Request::Broadcast { .. }) => SignalMessage::Broadcast,
-                    Ok(Request::Ping) => SignalMessage::Ping,
-                });
-                let result = match &incoming.request {
-                    Err(problem) => Err(problem.clone()),
-                    Ok(Request::Join { room, peer, metadata }) => {
-                        hub.join(id, claims.as_ref(), room, peer.clone(), *metadata)
-                    }
-                    Ok(Request::Leave { room }) => hub.leave(id, room),
-                    Ok(Request::Signal { room, to, data }) => hub.relay(id, room, Some(to), data),
-                    Ok(Request::Broadcast { room, data }) => hub.relay(id, room, None, data),
-                    Ok(Request::Ping) => {
-                        outbox.push(protocol::pong(incoming.id).into());
-                        Ok(())
-                    }
-                };
-                if let Err(problem) = result {
-                    reply(problem, Some(&incoming));
-                }
-            },
-            _ = stopping.changed() => break Ending::CloseWith(CloseCode::Away, "icegate is stopping"),
-            _ = ping.tick() => {
-                if !heard {
-                    break Ending::Dropped(LeaveReason::Timeout);
-                }
-                heard = false;
-                awaiting_pong = true;
-                if ws.send(Message::Ping(Default::default())).await.is_err() {
-                    break Ending::Dropped(LeaveReason::Closed);
-                }
-            }
-        }
-    };
-
     let how = match ending {
-        Ending::Closed => {
-            hub.close(id, &wake, LeaveReason::Closed);
-            // Answer the close handshake (tungstenite queued the reply).
-            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, ws.flush()).await;
+        Ending::Closed(code) => {
+            hub.close(id, attachment, LeaveReason::Closed);
+            // Answer the close handshake; what was on its way is finished first.
+            let reply = websocket::close_reply(code);
+            let _ = tokio::time::timeout(
+                CLOSE_WRITE_TIMEOUT,
+                write_frames(&mut io, writer.rest().chain([reply])),
+            )
+            .await;
             "closed"
         }
         Ending::Dropped(reason) => {
-            match hub.hold(id, &wake, reason) {
+            match hub.hold(id, attachment, reason) {
                 Some(detachment) => {
                     let hub = hub.clone();
                     let grace = limits.resume_grace;
@@ -295,7 +558,7 @@ where
                         hub.expire(id, detachment);
                     });
                 }
-                None => hub.close(id, &wake, reason),
+                None => hub.close(id, attachment, reason),
             }
             if reason == LeaveReason::Timeout {
                 "timeout"
@@ -306,22 +569,14 @@ where
         Ending::CloseWith(code, why) => {
             // What is queued (such as the errors that led here) goes out
             // before the close frame.
-            let queued = match outbox.drain(&wake) {
-                Drained::Send(frames) => frames,
-                Drained::Overflowed | Drained::Superseded | Drained::Ended => Vec::new(),
-            };
-            hub.close(id, &wake, LeaveReason::Closed);
-            let frame = CloseFrame {
-                code,
-                reason: why.into(),
-            };
-            let closing = async {
-                for text in queued {
-                    ws.feed(Message::Text(text)).await?;
-                }
-                ws.close(Some(frame)).await
-            };
-            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, closing).await;
+            let mut queued = VecDeque::new();
+            outbox.take_all(attachment, &mut queued);
+            hub.close(id, attachment, LeaveReason::Closed);
+            let frames = writer
+                .rest()
+                .chain(queued.into_iter().map(|q| q.frame))
+                .chain([websocket::close(code, why)]);
+            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, write_frames(&mut io, frames)).await;
             why
         }
         Ending::Superseded => "resumed-elsewhere",
@@ -334,4 +589,17 @@ where
         how = how
     );
     drop(slot);
+}
+
+async fn write_frames<S>(
+    io: &mut S,
+    frames: impl Iterator<Item = bytes::Bytes>,
+) -> std::io::Result<()>
+where
+    S: AsyncWrite + Unpin,
+{
+    for frame in frames {
+        io.write_all(&frame).await?;
+    }
+    io.flush().await
 }

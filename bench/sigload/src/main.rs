@@ -42,7 +42,9 @@ sigload --port PORT --pid SERVER_PID [options]
   --path P          WebSocket path (/ws)
   --token JWT       sent as ?token= (none: the server has auth = \"none\")
   --label TEXT      words put first on the result line
-  --deadline S      the run exits by itself after this (300)";
+  --deadline S      the run exits by itself after this (300)
+  --broadcast 1     send each signal as a `broadcast` to the sender's whole room:
+                    every other member's copy counts as a delivery (0)";
 
 #[derive(Clone)]
 struct Opts {
@@ -63,6 +65,7 @@ struct Opts {
     token: Option<String>,
     label: String,
     deadline: u64,
+    broadcast: bool,
 }
 
 fn parse_opts() -> Opts {
@@ -108,6 +111,7 @@ fn parse_opts() -> Opts {
         token: given.remove("token"),
         label: given.remove("label").unwrap_or_default(),
         deadline: num("deadline", given.remove("deadline").unwrap_or_else(|| "300".into())),
+        broadcast: num::<u8>("broadcast", given.remove("broadcast").unwrap_or_else(|| "0".into())) != 0,
     };
     if let Some(key) = given.keys().next() {
         fail(format!("unknown option --{key}"));
@@ -211,10 +215,12 @@ struct Phase {
     closed_loop: bool,
     end_us: u64,
     sent: u64,
+    /// Copies the server should deliver: one per signal, one per other room member per broadcast.
+    expected: u64,
     delivered: u64,
     delivered_by_end: u64,
-    /// Per signal of this phase (index seq - first_seq): still on its way.
-    in_flight: Vec<bool>,
+    /// Per signal of this phase (index seq - first_seq): copies still on their way.
+    in_flight: Vec<u8>,
     delay_us: Vec<u32>,
 }
 
@@ -257,6 +263,13 @@ impl State {
 
     fn signal_text(&self, from: u32, to: u32, seq: u64, ts: u64) -> String {
         let room = self.clients[from as usize].room;
+        if self.o.broadcast {
+            // bto is the room: every member but the sender gets it.
+            return format!(
+                "{{\"type\":\"broadcast\",\"room\":\"bench-{room}\",\"data\":{{\"bseq\":{seq},\"bts\":{ts},\"bto\":{room},\"sdp\":{{\"type\":\"offer\",\"sdp\":\"{}\"}}}}}}",
+                self.sdp
+            );
+        }
         // bseq, bts and bto lead `data` as sent; the receiver finds them wherever the server puts them.
         format!(
             "{{\"type\":\"signal\",\"room\":\"bench-{room}\",\"to\":\"c{to}\",\"data\":{{\"bseq\":{seq},\"bts\":{ts},\"bto\":{to},\"sdp\":{{\"type\":\"offer\",\"sdp\":\"{}\"}}}}}}",
@@ -271,9 +284,17 @@ impl State {
         let seq = self.next_seq;
         self.next_seq += 1;
         let text = self.signal_text(from, to, seq, self.now_us());
+        let copies = if self.o.broadcast {
+            let room = &self.rooms[self.clients[from as usize].room as usize];
+            let ready = (room.first..room.first + room.len).filter(|&c| self.clients[c as usize].ready).count();
+            u8::try_from(ready.saturating_sub(1)).unwrap_or(u8::MAX)
+        } else {
+            1
+        };
         let phase = self.phase.as_mut().expect("a phase is running");
         phase.sent += 1;
-        phase.in_flight.push(true);
+        phase.expected += u64::from(copies);
+        phase.in_flight.push(copies);
         if let Some(tx) = &self.clients[from as usize].tx {
             let _ = tx.send(Message::text(text));
         }
@@ -344,7 +365,8 @@ fn on_text(s: &Shared, me: u32, frame: &[u8]) {
         st.counts.misrouted += 1;
         return;
     };
-    if to != u64::from(me) {
+    let addressee = if st.o.broadcast { u64::from(st.clients[me as usize].room) } else { u64::from(me) };
+    if to != addressee {
         st.counts.misrouted += 1;
         return;
     }
@@ -354,7 +376,7 @@ fn on_text(s: &Shared, me: u32, frame: &[u8]) {
         return;
     };
     match usize::try_from(seq - ph.first_seq).ok().and_then(|i| ph.in_flight.get_mut(i)) {
-        Some(waiting) if *waiting => *waiting = false,
+        Some(waiting) if *waiting > 0 => *waiting -= 1,
         _ => {
             counts.duplicates += 1;
             return;
@@ -365,7 +387,9 @@ fn on_text(s: &Shared, me: u32, frame: &[u8]) {
         ph.delivered_by_end += 1;
     }
     ph.delay_us.push(u32::try_from(now.saturating_sub(ts)).unwrap_or(u32::MAX));
-    if ph.closed_loop && now < ph.end_us {
+    let whole = ph.in_flight[usize::try_from(seq - ph.first_seq).unwrap_or(0)] == 0;
+    // A broadcast is done, and the next one goes, when its last copy arrives.
+    if whole && ph.closed_loop && now < ph.end_us {
         st.send_next();
     }
 }
@@ -548,6 +572,7 @@ fn begin_phase(st: &mut State, closed_loop: bool, secs: u64) {
         closed_loop,
         end_us,
         sent: 0,
+        expected: 0,
         delivered: 0,
         delivered_by_end: 0,
         in_flight: Vec::new(),
@@ -559,7 +584,7 @@ fn begin_phase(st: &mut State, closed_loop: bool, secs: u64) {
 async fn drain(s: &Shared) {
     let stop = Instant::now() + Duration::from_secs(3);
     while Instant::now() < stop {
-        let done = s.borrow().phase.as_ref().is_none_or(|p| p.delivered >= p.sent);
+        let done = s.borrow().phase.as_ref().is_none_or(|p| p.delivered >= p.expected);
         if done {
             break;
         }
@@ -591,6 +616,7 @@ async fn run(s: Shared, out: Out) {
     put(&out, "rooms", s.borrow().rooms.len());
     put(&out, "room_avg", format!("{avg_room:.2}"));
     put(&out, "payload_b", o.payload);
+    put(&out, "mode", if o.broadcast { "broadcast" } else { "signal" });
     put(&out, "rss0_kb", rss0);
     put(&out, "srv_threads", status_kb(o.pid, "Threads"));
 
@@ -681,14 +707,14 @@ async fn run(s: Shared, out: Out) {
         put(&out, "f_sent", ph.sent);
         put(&out, "f_send_per_s", fmt(ph.sent as f64 / send_secs));
         put(&out, "f_delivered", ph.delivered);
-        put(&out, "f_deliv_pct", format!("{:.2}", 100.0 * delivered / ph.sent.max(1) as f64));
+        put(&out, "f_deliv_pct", format!("{:.2}", 100.0 * delivered / ph.expected.max(1) as f64));
         put_delays(&out, "f_", &mut ph.delay_us);
         put(&out, "f_cpu_us_per_msg", fmt(spent.srv_us / delivered));
         put(&out, "f_net_us_per_msg", fmt((spent.srv_us - idle_cores * 1e6 * spent.wall) / delivered));
         put(&out, "f_srv_cores", format!("{:.2}", spent.cores(spent.srv_us)));
         put(&out, "f_gen_cores", format!("{:.2}", spent.cores(spent.gen_us)));
         put(&out, "f_bg_cores", format!("{:.2}", spent.cores(spent.bg_us)));
-        eprintln!("sigload: fixed rate: {}/{} delivered", ph.delivered, ph.sent);
+        eprintln!("sigload: fixed rate: {}/{} delivered", ph.delivered, ph.expected);
     }
 
     // closed loop: `window` signals in flight; each arrival sends the next
@@ -716,7 +742,7 @@ async fn run(s: Shared, out: Out) {
         put(&out, "m_secs", o.max_secs);
         put(&out, "m_sent_per_s", fmt(sent_by_end as f64 / spent.wall));
         put(&out, "m_msgs_per_s", fmt(rate));
-        put(&out, "m_lost", ph.sent - ph.delivered);
+        put(&out, "m_lost", ph.expected - ph.delivered);
         put(&out, "m_srv_cores", format!("{:.2}", spent.cores(spent.srv_us)));
         put(&out, "m_gen_cores", format!("{:.2}", spent.cores(spent.gen_us)));
         put(&out, "m_bg_cores", format!("{:.2}", spent.cores(spent.bg_us)));
