@@ -28,6 +28,7 @@ mod admin;
 mod auth;
 mod bans;
 mod certificate;
+mod cluster;
 mod config;
 mod ctl;
 mod daemon;

@@ -4,7 +4,7 @@
 //! state and encodes them. No label carries a user name: REST usernames
 //! would grow the label set without bound.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::config::Transport;
 use crate::reject::Reject;
@@ -122,10 +122,11 @@ pub(crate) enum Limit {
     SignalMaxHeldPerSender,
     SignalMaxHeldBytesPerSender,
     AdminMaxBans,
+    ClusterMaxBacklog,
 }
 
 impl Limit {
-    pub(crate) const ALL: [Self; 13] = [
+    pub(crate) const ALL: [Self; 14] = [
         Self::MaxConnections,
         Self::MaxConnectionsPerIp,
         Self::SignalMaxConnections,
@@ -139,6 +140,7 @@ impl Limit {
         Self::SignalMaxHeldPerSender,
         Self::SignalMaxHeldBytesPerSender,
         Self::AdminMaxBans,
+        Self::ClusterMaxBacklog,
     ];
 
     pub(crate) fn key(self) -> &'static str {
@@ -156,6 +158,7 @@ impl Limit {
             Self::SignalMaxHeldPerSender => "signal.max-held-per-sender",
             Self::SignalMaxHeldBytesPerSender => "signal.max-held-bytes-per-sender",
             Self::AdminMaxBans => "admin.max-bans",
+            Self::ClusterMaxBacklog => "cluster.max-backlog",
         }
     }
 
@@ -211,6 +214,42 @@ pub(crate) struct Metrics {
     pub(crate) limit_hits: [AtomicU64; Limit::ALL.len()],
     /// Successful, then failed reloads.
     pub(crate) reloads: [AtomicU64; 2],
+    pub(crate) cluster: ClusterMetrics,
+}
+
+/// The Redis link between nodes (`[cluster]`); scraped only once a cluster
+/// link has started.
+#[derive(Debug, Default)]
+pub(crate) struct ClusterMetrics {
+    pub(crate) enabled: AtomicBool,
+    pub(crate) redis_up: AtomicBool,
+    /// Times the link went down (or failed to come up at start).
+    pub(crate) outages: AtomicU64,
+    pub(crate) published: AtomicU64,
+    /// From other nodes, decoded.
+    pub(crate) received: AtomicU64,
+    /// From Redis, but not a message of ours (or not for the channel it came on): dropped.
+    pub(crate) malformed: AtomicU64,
+    /// Accepted for publishing, then lost with the link; their senders were told.
+    pub(crate) lost: AtomicU64,
+}
+
+impl ClusterMetrics {
+    pub(crate) fn count(counter: &AtomicU64) {
+        bump(counter, 1);
+    }
+
+    pub(crate) fn set_up(&self, up: bool) {
+        self.redis_up.store(up, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn is_up(&self) -> bool {
+        self.redis_up.load(Ordering::Relaxed)
+    }
 }
 
 fn bump(counter: &AtomicU64, by: u64) {

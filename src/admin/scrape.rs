@@ -366,6 +366,34 @@ impl Collector for Sources {
                 ("failed", read(&metrics.reloads[1])),
             ],
         )?;
+        let cluster = &metrics.cluster;
+        if cluster.is_enabled() {
+            gauge(
+                e,
+                "cluster_redis_up",
+                "1 while the Redis server that carries signaling between nodes is reachable",
+                i64::from(cluster.is_up()),
+            )?;
+            counter(
+                e,
+                "cluster_outages",
+                "Times Redis went away (or could not be reached at start)",
+                read(&cluster.outages),
+            )?;
+            counters(
+                e,
+                "cluster_messages",
+                "Messages between nodes: published, received from other nodes, malformed \
+                 (dropped), and lost with the link after being accepted (their senders told)",
+                "result",
+                [
+                    ("published", read(&cluster.published)),
+                    ("received", read(&cluster.received)),
+                    ("malformed", read(&cluster.malformed)),
+                    ("lost", read(&cluster.lost)),
+                ],
+            )?;
+        }
         gauge(
             e,
             "bans",

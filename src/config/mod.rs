@@ -7,7 +7,7 @@
 //! own and every problem is collected, with the line of the value it concerns.
 //!
 //! One module per table: [`listen`], [`relay`], [`auth`], [`connections`], [`http`],
-//! [`signal`] and [`admin`] each hold their table's types, defaults and checks. [`walk`] opens
+//! [`signal`], [`cluster`] and [`admin`] each hold their table's types, defaults and checks. [`walk`] opens
 //! the tables and collects the problems; [`scalars`] converts single values.
 
 use std::fmt;
@@ -21,6 +21,7 @@ use toml::de::{DeTable, DeValue};
 
 mod admin;
 mod auth;
+mod cluster;
 mod connections;
 mod http;
 mod listen;
@@ -37,6 +38,7 @@ pub(crate) use self::admin::AdminConfig;
 #[cfg(test)]
 pub(crate) use self::auth::User;
 pub(crate) use self::auth::{AuthConfig, UserCredential};
+pub(crate) use self::cluster::{CaFile, ClusterConfig, MAX_NODE_NAME_CHARS, is_node_name};
 pub(crate) use self::connections::ConnectionLimits;
 use self::http::HttpConfig;
 pub(crate) use self::listen::{Listen, Services, Transport};
@@ -105,6 +107,8 @@ pub(crate) struct Config {
     pub(crate) throttle: ThrottleConfig,
     pub(crate) http: HttpConfig,
     pub(crate) signal: SignalConfig,
+    /// Signaling across nodes through Redis; a single node without `redis`.
+    pub(crate) cluster: ClusterConfig,
     /// How long a SIGTERM drain waits for allocations to end before exiting.
     pub(crate) shutdown_grace: Duration,
     pub(crate) admin: AdminConfig,
@@ -278,6 +282,7 @@ const ROOT_KEYS: &[&str] = &[
     "throttle",
     "http",
     "signal",
+    "cluster",
     "shutdown-grace",
     "admin",
     "state-directory",
@@ -323,6 +328,7 @@ fn read_config(cx: &mut Ctx<'_>, root: &DeTable<'_>) -> Config {
     let throttle = throttle::read_throttle(cx, &top);
     let http = http::read_http(cx, &top);
     let signal = signal::read_signal(cx, &top);
+    let cluster = cluster::read_cluster(cx, &top);
     let shutdown_grace = top.get(cx, "shutdown-grace", DEFAULT_SHUTDOWN_GRACE);
     let admin = admin::read_admin(cx, &top);
     let state_directory = match top.opt::<PathBuf>(cx, "state-directory").value {
@@ -344,6 +350,7 @@ fn read_config(cx: &mut Ctx<'_>, root: &DeTable<'_>) -> Config {
         throttle,
         http,
         signal,
+        cluster,
         shutdown_grace: shutdown_grace.value,
         admin,
         state_directory,

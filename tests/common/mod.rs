@@ -27,6 +27,7 @@ use sha1::Sha1;
 pub mod admin;
 pub mod browser;
 pub mod coturn;
+pub mod redis;
 pub mod signal;
 pub mod stun_client;
 pub mod turn;
