@@ -55,6 +55,14 @@ async fn serve(config: Config, origin: Origin) -> std::io::Result<()> {
     }
     let admin_listener = AdminListener::bind(&config.admin)?;
     let signal = Signaling::new(server.clone(), &config);
+    if config.cluster.redis.is_some() {
+        // The Redis link (src/cluster) is not yet joined to the hub; an
+        // operator must not believe rooms span nodes.
+        log::warn!(
+            "[cluster] redis is set, but this version keeps signaling rooms on this node: \
+             the table is checked, not used yet"
+        );
+    }
     tokio::spawn(signal.clone().sweep_held());
     let tracker = ConnectionTracker::new(config.connections);
     let (reload_requests, reloads) = mpsc::channel(4);
