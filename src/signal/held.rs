@@ -89,6 +89,10 @@ impl HeldSignals {
     pub(crate) fn len(&self) -> usize {
         self.queue.len()
     }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
 }
 
 #[cfg(test)]

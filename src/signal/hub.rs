@@ -6,7 +6,7 @@
 //! and frames for it are queued, so a client that reconnects with its resume
 //! token carries on as if nothing happened.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -104,6 +104,8 @@ struct HubState {
     next_attachment: Attachment,
     /// Signals held in all rooms.
     held_count: usize,
+    /// The rooms that hold any, which the expiry sweep visits.
+    holding: HashSet<String>,
 
     /// icegate is stopping: new sessions close at once.
     stopping: bool,
@@ -159,6 +161,7 @@ impl Hub {
                 next_session: 0,
                 next_attachment: 0,
                 held_count: 0,
+                holding: HashSet::new(),
 
                 stopping: false,
                 connections: 0,
@@ -409,6 +412,9 @@ impl Hub {
             }
         }
         if !waiting.is_empty() {
+            if entry_held_is_empty(&state.rooms, room) {
+                state.holding.remove(room);
+            }
             state.held_count -= waiting.len();
             self.metrics
                 .signal_held(SignalHeld::Delivered, waiting.len());
@@ -469,6 +475,9 @@ impl Hub {
                     return match entry.held.hold(held, limits) {
                         Ok(()) => {
                             state.held_count += 1;
+                            if !state.holding.contains(room) {
+                                state.holding.insert(room.to_owned());
+                            }
                             self.metrics.signal_held(SignalHeld::Held, 1);
                             Ok(())
                         }
@@ -518,7 +527,10 @@ impl Hub {
         }
         let waited = state.limits.hold_for.as_secs();
         let mut expired = 0;
-        for (name, room) in &mut state.rooms {
+        for name in &state.holding {
+            let Some(room) = state.rooms.get_mut(name) else {
+                continue;
+            };
             for held in room.held.take_expired(now) {
                 expired += 1;
                 if let Some(sender) = state.sessions.get(&held.sender) {
@@ -527,6 +539,10 @@ impl Hub {
                 }
             }
         }
+        let rooms = &state.rooms;
+        state
+            .holding
+            .retain(|name| rooms.get(name).is_some_and(|room| !room.held.is_empty()));
         state.held_count -= expired;
         self.metrics.signal_held(SignalHeld::Expired, expired);
     }
@@ -672,6 +688,7 @@ fn leave_room(
         // Nobody is left to send them to, or to tell.
         let dropped = entry.held.len();
         state.held_count -= dropped;
+        state.holding.remove(room);
         metrics.signal_held(SignalHeld::Expired, dropped);
         state.rooms.remove(room);
         shrink_if_sparse(&mut state.rooms);
@@ -683,6 +700,10 @@ fn leave_room(
             other.outbox.push_frame(text.clone(), true);
         }
     }
+}
+
+fn entry_held_is_empty(rooms: &HashMap<String, Room>, room: &str) -> bool {
+    rooms.get(room).is_none_or(|r| r.held.is_empty())
 }
 
 fn joined_text(rooms: &HashMap<String, Room>, room: &str, peer: &str) -> String {
