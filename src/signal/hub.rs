@@ -102,11 +102,8 @@ struct HubState {
     resume_tokens: HashMap<String, SessionId>,
     next_session: SessionId,
     next_attachment: Attachment,
-    /// Signals held in all rooms.
-    held_count: usize,
     /// The rooms that hold any, which the expiry sweep visits.
     holding: HashSet<String>,
-
     /// icegate is stopping: new sessions close at once.
     stopping: bool,
     connections: u32,
@@ -160,7 +157,6 @@ impl Hub {
                 resume_tokens: HashMap::new(),
                 next_session: 0,
                 next_attachment: 0,
-                held_count: 0,
                 holding: HashSet::new(),
 
                 stopping: false,
@@ -402,6 +398,9 @@ impl Hub {
             },
         );
         let waiting = entry.held.take_for(&peer);
+        if entry.held.is_empty() {
+            state.holding.remove(room);
+        }
         let joined = joined_text(&state.rooms, room, &peer);
         event!(info, "signal-join", user = user, room = room, peer = peer);
         if let Some(session) = state.sessions.get(&id) {
@@ -412,10 +411,6 @@ impl Hub {
             }
         }
         if !waiting.is_empty() {
-            if entry_held_is_empty(&state.rooms, room) {
-                state.holding.remove(room);
-            }
-            state.held_count -= waiting.len();
             self.metrics
                 .signal_held(SignalHeld::Delivered, waiting.len());
         }
@@ -474,7 +469,6 @@ impl Hub {
                     };
                     return match entry.held.hold(held, limits) {
                         Ok(()) => {
-                            state.held_count += 1;
                             if !state.holding.contains(room) {
                                 state.holding.insert(room.to_owned());
                             }
@@ -522,7 +516,7 @@ impl Hub {
     pub(crate) fn expire_held(&self, now: Instant) {
         let mut guard = self.lock();
         let state = &mut *guard;
-        if state.held_count == 0 {
+        if state.holding.is_empty() {
             return;
         }
         let waited = state.limits.hold_for.as_secs();
@@ -543,13 +537,18 @@ impl Hub {
         state
             .holding
             .retain(|name| rooms.get(name).is_some_and(|room| !room.held.is_empty()));
-        state.held_count -= expired;
         self.metrics.signal_held(SignalHeld::Expired, expired);
     }
 
     /// Signals held for peers on their way right now.
     pub(crate) fn held_count(&self) -> usize {
-        self.lock().held_count
+        let state = self.lock();
+        state
+            .holding
+            .iter()
+            .filter_map(|name| state.rooms.get(name))
+            .map(|room| room.held.len())
+            .sum()
     }
 
     /// The connection of `attachment` dropped without a close frame: hold the
@@ -687,7 +686,6 @@ fn leave_room(
     if entry.members.is_empty() {
         // Nobody is left to send them to, or to tell.
         let dropped = entry.held.len();
-        state.held_count -= dropped;
         state.holding.remove(room);
         metrics.signal_held(SignalHeld::Expired, dropped);
         state.rooms.remove(room);
@@ -700,10 +698,6 @@ fn leave_room(
             other.outbox.push_frame(text.clone(), true);
         }
     }
-}
-
-fn entry_held_is_empty(rooms: &HashMap<String, Room>, room: &str) -> bool {
-    rooms.get(room).is_none_or(|r| r.held.is_empty())
 }
 
 fn joined_text(rooms: &HashMap<String, Room>, room: &str, peer: &str) -> String {

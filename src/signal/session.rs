@@ -351,23 +351,29 @@ impl Reader {
             .push(websocket::text(&protocol::error(problem, kind, id)));
     }
 
-    /// A frame that breaks the protocol ends the connection with its code.
-    fn refuse(&self, error: FrameError) -> Ending {
+    /// A message over `max-message-bytes`: counted and logged.
+    fn count_oversized(&self) {
         let Connection {
             hub, user, client, ..
         } = &self.connection;
+        hub.metrics.limit_hit(Limit::SignalMaxMessageBytes);
+        event!(
+            info,
+            "signal-limit",
+            limit = "max-message-bytes",
+            user = user,
+            client = client
+        );
+    }
+
+    /// A frame that breaks the protocol ends the connection with its code.
+    fn refuse(&self, error: FrameError) -> Ending {
         if error == FrameError::TooLarge {
-            hub.metrics.limit_hit(Limit::SignalMaxMessageBytes);
-            event!(
-                info,
-                "signal-limit",
-                limit = "max-message-bytes",
-                user = user,
-                client = client
-            );
+            self.count_oversized();
         } else {
             log::debug!(
-                "signaling connection from {client} broke the protocol: {}",
+                "signaling connection from {} broke the protocol: {}",
+                self.connection.client,
                 error.reason()
             );
         }
@@ -444,15 +450,8 @@ impl Reader {
                 return ControlFlow::Continue(());
             }
             Received::TooLarge(length) => {
-                hub.metrics.limit_hit(Limit::SignalMaxMessageBytes);
+                self.count_oversized();
                 self.oversized_in_a_row += 1;
-                event!(
-                    info,
-                    "signal-limit",
-                    limit = "max-message-bytes",
-                    user = user,
-                    client = client
-                );
                 if self.oversized_in_a_row >= OVERSIZED_IN_A_ROW {
                     return ControlFlow::Break(Ending::CloseWith(TOO_BIG, "messages too large"));
                 }

@@ -13,7 +13,7 @@
 use std::io::Cursor;
 use std::ops::ControlFlow;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
@@ -299,33 +299,28 @@ fn unmask(payload: &mut [u8], mask: [u8; 4]) {
 /// The whole frame of one server message: written once, sent to any number
 /// of connections.
 pub(crate) fn frame(opcode: OpCode, payload: &[u8]) -> Bytes {
-    let header = FrameHeader {
-        opcode,
-        ..FrameHeader::default()
-    };
-    let length = payload.len() as u64;
-    let mut out = BytesMut::with_capacity(header.len(length) + payload.len()).writer();
-    // Writing into memory does not fail.
-    let _ = header.format(length, &mut out);
-    let mut out = out.into_inner();
-    out.put_slice(payload);
-    out.freeze()
+    frame_with(opcode, payload.len(), |out| out.extend_from_slice(payload))
 }
 
 pub(crate) fn text(json: &str) -> Bytes {
-    frame(OpCode::Data(Data::Text), json.as_bytes())
+    text_with(json.len(), |out| out.extend_from_slice(json.as_bytes()))
 }
 
-/// A text frame whose payload `write` puts in place, about `size` bytes:
-/// written straight behind room left for the header, not copied after.
+/// A text frame whose payload `write` puts in place, about `size` bytes.
 pub(crate) fn text_with(size: usize, write: impl FnOnce(&mut Vec<u8>)) -> Bytes {
+    frame_with(OpCode::Data(Data::Text), size, write)
+}
+
+/// A frame whose payload `write` puts in place, about `size` bytes: written
+/// straight behind room left for the header, not copied after.
+fn frame_with(opcode: OpCode, size: usize, write: impl FnOnce(&mut Vec<u8>)) -> Bytes {
     const ROOM: usize = 10;
     let mut out = Vec::with_capacity(ROOM + size);
     out.resize(ROOM, 0);
     write(&mut out);
     let length = (out.len() - ROOM) as u64;
     let header = FrameHeader {
-        opcode: OpCode::Data(Data::Text),
+        opcode,
         ..FrameHeader::default()
     };
     let start = ROOM - header.len(length);
