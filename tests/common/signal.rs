@@ -190,6 +190,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SignalClient<S> {
         message
     }
 
+    /// The next message, which must have `type` `kind`, as JSON and as the
+    /// text the server sent (to check what it passed on byte for byte).
+    pub async fn expect_raw(&mut self, kind: &str) -> (Value, String) {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("no {kind} within {WAIT:?}"));
+            match frame {
+                Some(Ok(Message::Text(text))) => {
+                    let message: Value = serde_json::from_str(&text)
+                        .unwrap_or_else(|e| panic!("server sent a frame that is not JSON ({e})"));
+                    assert_eq!(message["type"], kind, "expected {kind}, got {message}");
+                    return (message, text.as_str().to_owned());
+                }
+                Some(Ok(Message::Close(_)) | Err(_)) | None => {
+                    panic!("closed while waiting for {kind}")
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
     /// The next message must be an `error` with `code`; returns it.
     pub async fn expect_error(&mut self, code: &str) -> Value {
         let message = self.expect("error").await;
