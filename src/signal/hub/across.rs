@@ -558,3 +558,328 @@ pub(super) fn broadcast_not_crossed(room: &str) -> Problem {
         ),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    use serde_json::Value;
+
+    use super::*;
+    use crate::config::DEFAULT_SIGNAL_LIMITS;
+    use crate::signal::outbox::Queued;
+
+    /// Records what the hub asks of the other nodes; `down` and `cut_off` say
+    /// how they answer.
+    #[derive(Default)]
+    struct Recorder {
+        calls: Mutex<Vec<String>>,
+        joins: Mutex<Vec<PendingJoin>>,
+        down: bool,
+        cut_off: bool,
+    }
+
+    impl Recorder {
+        fn calls(&self) -> Vec<String> {
+            std::mem::take(&mut *self.calls.lock().unwrap())
+        }
+
+        fn record(&self, call: String) {
+            self.calls.lock().unwrap().push(call);
+        }
+    }
+
+    impl Remote for Recorder {
+        fn node(&self) -> &str {
+            "here"
+        }
+        fn is_up(&self) -> bool {
+            !self.down
+        }
+        fn join(&self, join: PendingJoin) {
+            self.record(format!("join {} {}", join.room, join.peer));
+            self.joins.lock().unwrap().push(join);
+        }
+        fn join_later(&self, room: &str, peer: &str, _: &RawValue) {
+            self.record(format!("join-later {room} {peer}"));
+        }
+        fn leave(&self, room: &str, peer: &str, reason: LeaveReason) {
+            self.record(format!("leave {room} {peer} {}", reason.as_str()));
+        }
+        fn forget(&self, room: &str, peer: &str) {
+            self.record(format!("forget {room} {peer}"));
+        }
+        fn unsubscribe(&self, room: &str) {
+            self.record(format!("unsubscribe {room}"));
+        }
+        fn signal(&self, room: &str, from: &str, to: &str, node: &str, data: &RawValue) -> bool {
+            self.record(format!("signal {room} {from}->{to}@{node} {}", data.get()));
+            !self.cut_off
+        }
+        fn broadcast(&self, room: &str, from: &str, data: &RawValue) -> bool {
+            self.record(format!("broadcast {room} {from} {}", data.get()));
+            !self.cut_off
+        }
+        fn hold_for_resume(&self, held: HeldForResume, _: Duration) {
+            self.record(format!("hold {} {}", held.user, held.rooms.len()));
+        }
+        fn resumed_here(&self, _: &str) {
+            self.record("resumed-here".to_owned());
+        }
+    }
+
+    fn raw(text: &str) -> Box<RawValue> {
+        RawValue::from_string(text.to_owned()).unwrap()
+    }
+
+    struct Client {
+        opened: Opened,
+    }
+
+    impl Client {
+        /// The JSON messages sent to it since last asked.
+        fn received(&self) -> Vec<Value> {
+            let mut frames: VecDeque<Queued> = VecDeque::new();
+            self.opened
+                .outbox
+                .take_all(self.opened.attachment, &mut frames);
+            frames
+                .iter()
+                .map(|q| serde_json::from_slice(websocket::payload(&q.frame)).unwrap())
+                .collect()
+        }
+    }
+
+    fn hub(remote: &Arc<Recorder>) -> Arc<Hub> {
+        let hub = Hub::new(DEFAULT_SIGNAL_LIMITS, Arc::new(Metrics::default()));
+        hub.connect_nodes(remote.clone());
+        hub
+    }
+
+    fn connect(hub: &Hub, user: &str) -> Client {
+        let opened = hub.open(user, None, 0);
+        hub.attach(&opened, "{}".to_owned());
+        let client = Client { opened };
+        client.received();
+        client
+    }
+
+    fn join(hub: &Hub, remote: &Recorder, client: &Client, room: &str, peer: &str) {
+        hub.join(
+            client.opened.id,
+            None,
+            room,
+            Some(peer.to_owned()),
+            None,
+            None,
+        )
+        .unwrap();
+        if let Some(pending) = remote.joins.lock().unwrap().pop() {
+            hub.joined_across(pending, JoinAnswer::Joined(Vec::new()));
+        }
+    }
+
+    #[test]
+    fn a_join_waits_for_the_other_nodes_and_lists_their_peers() {
+        let remote = Arc::new(Recorder::default());
+        let hub = hub(&remote);
+        let alice = connect(&hub, "alice");
+        hub.join(alice.opened.id, None, "r", Some("a".into()), None, None)
+            .unwrap();
+        assert_eq!(remote.calls(), ["join r a"]);
+        assert!(
+            alice.received().is_empty(),
+            "joined before the nodes agreed"
+        );
+        // A second join of the same room is refused while the first waits.
+        let again = hub.join(alice.opened.id, None, "r", None, None, None);
+        assert_eq!(again.unwrap_err().code, ErrorCode::AlreadyJoined);
+
+        let pending = remote.joins.lock().unwrap().pop().unwrap();
+        let elsewhere = vec![RemoteEntry {
+            peer: "b".into(),
+            node: "there".into(),
+            metadata: raw(r#"{"n":2}"#),
+        }];
+        hub.joined_across(pending, JoinAnswer::Joined(elsewhere));
+        let got = alice.received();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0]["type"], "joined");
+        assert_eq!(got[0]["peers"][0]["peer"], "b");
+        assert_eq!(got[0]["peers"][0]["metadata"]["n"], 2);
+    }
+
+    #[test]
+    fn a_join_refused_elsewhere_is_answered_in_reply_to_it() {
+        let remote = Arc::new(Recorder::default());
+        let hub = hub(&remote);
+        let alice = connect(&hub, "alice");
+        hub.join(
+            alice.opened.id,
+            None,
+            "r",
+            Some("a".into()),
+            None,
+            Some(&raw("7")),
+        )
+        .unwrap();
+        let pending = remote.joins.lock().unwrap().pop().unwrap();
+        hub.joined_across(pending, JoinAnswer::Taken);
+        let got = alice.received();
+        assert_eq!(got[0]["code"], "peer-id-taken");
+        assert_eq!(got[0]["in_reply_to"]["id"], 7);
+        assert_eq!(remote.calls(), ["join r a", "unsubscribe r"]);
+        // The room is free to join again.
+        join(&hub, &remote, &alice, "r", "a2");
+        assert_eq!(alice.received()[0]["type"], "joined");
+    }
+
+    #[test]
+    fn a_room_of_local_peers_never_reaches_the_other_nodes() {
+        let remote = Arc::new(Recorder::default());
+        let hub = hub(&remote);
+        let (alice, bob) = (connect(&hub, "alice"), connect(&hub, "bob"));
+        join(&hub, &remote, &alice, "r", "a");
+        join(&hub, &remote, &bob, "r", "b");
+        remote.calls();
+        let now = Instant::now();
+        hub.relay(alice.opened.id, "r", Some("b"), &raw("1"), None, now)
+            .unwrap();
+        hub.relay(alice.opened.id, "r", None, &raw("2"), None, now)
+            .unwrap();
+        assert!(remote.calls().is_empty());
+        assert_eq!(bob.received().len(), 3, "joined, the signal, the broadcast");
+    }
+
+    #[test]
+    fn signals_cross_to_the_node_of_their_peer_or_come_back_undeliverable() {
+        let remote = Arc::new(Recorder::default());
+        let hub = hub(&remote);
+        let alice = connect(&hub, "alice");
+        join(&hub, &remote, &alice, "r", "a");
+        hub.peer_joined_elsewhere("there", "r", "b", raw("{}"));
+        assert_eq!(alice.received()[1]["type"], "peer-joined");
+        remote.calls();
+        let now = Instant::now();
+        hub.relay(alice.opened.id, "r", Some("b"), &raw("1"), None, now)
+            .unwrap();
+        hub.relay(alice.opened.id, "r", None, &raw("2"), None, now)
+            .unwrap();
+        assert_eq!(remote.calls(), ["signal r a->b@there 1", "broadcast r a 2"]);
+
+        // Accepted, then lost on the way: the sender hears so.
+        hub.not_delivered("r", "a", Some("b"));
+        let got = alice.received();
+        assert_eq!(got[0]["code"], "undeliverable");
+        assert_eq!(got[0]["in_reply_to"]["type"], "signal");
+
+        let cut_off = Arc::new(Recorder {
+            cut_off: true,
+            ..Recorder::default()
+        });
+        hub.connect_nodes(cut_off);
+        let refused = hub.relay(alice.opened.id, "r", Some("b"), &raw("1"), None, now);
+        assert_eq!(refused.unwrap_err().code, ErrorCode::Undeliverable);
+        let refused = hub.relay(alice.opened.id, "r", None, &raw("1"), None, now);
+        assert_eq!(refused.unwrap_err().code, ErrorCode::Undeliverable);
+    }
+
+    #[test]
+    fn a_signal_held_here_goes_to_the_node_its_peer_joins_on() {
+        let remote = Arc::new(Recorder::default());
+        let hub = hub(&remote);
+        let alice = connect(&hub, "alice");
+        join(&hub, &remote, &alice, "r", "a");
+        remote.calls();
+        hub.relay(
+            alice.opened.id,
+            "r",
+            Some("late"),
+            &raw(r#"{"sdp":1}"#),
+            None,
+            Instant::now(),
+        )
+        .unwrap();
+        assert!(remote.calls().is_empty(), "held, not sent");
+        hub.peer_joined_elsewhere("there", "r", "late", raw("{}"));
+        assert_eq!(remote.calls(), [r#"signal r a->late@there {"sdp":1}"#]);
+        assert_eq!(hub.held_count(), 0);
+    }
+
+    #[test]
+    fn peers_elsewhere_leave_only_by_their_own_node() {
+        let remote = Arc::new(Recorder::default());
+        let hub = hub(&remote);
+        let alice = connect(&hub, "alice");
+        join(&hub, &remote, &alice, "r", "a");
+        hub.peer_joined_elsewhere("one", "r", "b", raw("{}"));
+        // It moved to another node: known, not announced again.
+        hub.peer_joined_elsewhere("two", "r", "b", raw("{}"));
+        alice.received();
+        hub.peer_left_elsewhere("one", "r", "b", LeaveReason::NodeLost);
+        assert!(
+            alice.received().is_empty(),
+            "a stale leave from its old node"
+        );
+        hub.peer_left_elsewhere("two", "r", "b", LeaveReason::NodeLost);
+        let got = alice.received();
+        assert_eq!(got[0]["type"], "peer-left");
+        assert_eq!(got[0]["reason"], "node-lost");
+    }
+
+    #[test]
+    fn a_session_held_here_that_resumed_elsewhere_goes_quietly() {
+        let remote = Arc::new(Recorder::default());
+        let hub = hub(&remote);
+        let (alice, bob) = (connect(&hub, "alice"), connect(&hub, "bob"));
+        join(&hub, &remote, &alice, "r", "a");
+        join(&hub, &remote, &bob, "r", "b");
+        let token = alice.opened.resume_token.clone();
+        hub.hold(
+            alice.opened.id,
+            alice.opened.attachment,
+            LeaveReason::Closed,
+        )
+        .unwrap();
+        assert!(remote.calls().contains(&"hold alice 1".to_owned()));
+        bob.received();
+        hub.moved_away(&token, "there");
+        assert!(
+            bob.received().is_empty(),
+            "no peer-left for a peer that moved"
+        );
+        assert_eq!(remote.calls(), ["forget r a"]);
+        hub.relay(
+            bob.opened.id,
+            "r",
+            Some("a"),
+            &raw("1"),
+            None,
+            Instant::now(),
+        )
+        .unwrap();
+        assert_eq!(remote.calls(), ["signal r b->a@there 1"]);
+        assert_eq!(hub.counts().0, 1);
+    }
+
+    #[test]
+    fn without_redis_a_node_serves_its_own_peers() {
+        let remote = Arc::new(Recorder {
+            down: true,
+            ..Recorder::default()
+        });
+        let hub = hub(&remote);
+        let alice = connect(&hub, "alice");
+        hub.join(alice.opened.id, None, "r", Some("a".into()), None, None)
+            .unwrap();
+        assert_eq!(alice.received()[0]["type"], "joined");
+        assert_eq!(remote.calls(), ["join-later r a"]);
+        hub.presence_lost("r", "a");
+        let got = alice.received();
+        assert_eq!(got[0]["code"], "peer-id-taken");
+        assert_eq!(remote.calls(), ["unsubscribe r"]);
+        assert_eq!(hub.counts().1, 0);
+    }
+}
