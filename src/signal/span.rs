@@ -22,14 +22,21 @@ use crate::cluster::{
 use crate::config::ClusterConfig;
 use crate::metrics::Metrics;
 
+/// How long after Redis is back peers missing from it are taken for gone,
+/// at least: twice the longest wait between two attempts to reconnect.
+const PRUNE_AFTER_AT_LEAST: Duration = Duration::from_secs(10);
+
 /// What waits for Redis, in order.
 enum Op {
     Join(PendingJoin),
     Leave(String, String, LeaveReason),
     StoreResume(String, ResumeRecord, Duration),
     DropResume(String),
-    /// Redis is back: the rooms' peers elsewhere are read again.
-    Refresh,
+    /// Redis is back: the rooms' peers elsewhere are read again, and after
+    /// `node-ttl` once more, to see who is gone for good.
+    Refresh {
+        prune: bool,
+    },
 }
 
 /// The hub's way to the other nodes.
@@ -56,6 +63,7 @@ impl Span {
             hub: Arc::downgrade(hub),
             cluster: OnceLock::new(),
             ops: ops.clone(),
+            node_ttl: config.node_ttl,
         });
         let cluster = Arc::new(Cluster::start(config, metrics, events.clone())?);
         let _ = events.cluster.set(Arc::downgrade(&cluster));
@@ -219,7 +227,7 @@ async fn work(cluster: Arc<Cluster>, hub: Weak<Hub>, mut queued: mpsc::Unbounded
             Op::DropResume(token) => {
                 let _ = cluster.claim_resume(&token).await;
             }
-            Op::Refresh => {
+            Op::Refresh { prune } => {
                 let Some(rooms) = hub.upgrade().map(|hub| hub.local_rooms()) else {
                     return;
                 };
@@ -228,7 +236,8 @@ async fn work(cluster: Arc<Cluster>, hub: Weak<Hub>, mut queued: mpsc::Unbounded
                         break;
                     };
                     let Some(hub) = hub.upgrade() else { return };
-                    hub.refresh_room(&room, elsewhere.into_iter().map(entry).collect());
+                    let elsewhere = elsewhere.into_iter().map(entry).collect();
+                    hub.refresh_room(&room, elsewhere, prune);
                 }
             }
         }
@@ -249,6 +258,7 @@ struct Events {
     /// Set right after the cluster starts; its events need it only later.
     cluster: OnceLock<Weak<Cluster>>,
     ops: mpsc::UnboundedSender<Op>,
+    node_ttl: Duration,
 }
 
 impl Events {
@@ -310,7 +320,15 @@ impl ClusterEvents for Events {
     }
 
     fn on_redis_up(&self) {
-        let _ = self.ops.send(Op::Refresh);
+        let _ = self.ops.send(Op::Refresh { prune: false });
+        // By then every live node has put its peers back (each retries at
+        // least every 5 s); a peer still missing left, or its node died.
+        let ops = self.ops.clone();
+        let wait = self.node_ttl.max(PRUNE_AFTER_AT_LEAST);
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let _ = ops.send(Op::Refresh { prune: true });
+        });
     }
 
     fn on_redis_down(&self) {}

@@ -358,8 +358,10 @@ impl Hub {
     }
 
     /// The room's peers elsewhere, as Redis has them after an outage: those
-    /// gone are announced as left, those new as joined.
-    pub(crate) fn refresh_room(&self, room: &str, elsewhere: Vec<RemoteEntry>) {
+    /// new are announced as joined, and with `prune` those gone as left.
+    /// (Right after an outage a Redis that restarted empty has not heard
+    /// from the other nodes yet: they put their peers back on their own.)
+    pub(crate) fn refresh_room(&self, room: &str, elsewhere: Vec<RemoteEntry>, prune: bool) {
         let mut guard = self.lock();
         let state = &mut *guard;
         let Some(entry) = state.rooms.get_mut(room) else {
@@ -368,7 +370,7 @@ impl Hub {
         let gone: Vec<String> = entry
             .remote
             .keys()
-            .filter(|peer| !elsewhere.iter().any(|e| &e.peer == *peer))
+            .filter(|peer| prune && !elsewhere.iter().any(|e| &e.peer == *peer))
             .cloned()
             .collect();
         for peer in gone {
