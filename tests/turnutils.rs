@@ -11,7 +11,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::coturn::{
-    CLIENTS, EchoPeer, Exited, Peers, REST_USER, RFC5766_CHANNELS, Tool, UCLIENT_DEADLINE, User,
+    CLIENTS, EchoPeer, Exited, Peers, REST_USER, Tool, UCLIENT_DEADLINE, User,
     assert_carried_every_message, assert_uclient_tally, uclient, wait_for_deleted,
 };
 use common::{TestConfig, TestDaemon, xor_mapped_address};
@@ -65,12 +65,11 @@ fn assert_uclient_relays_every_packet(relay_extra: &str, user: User, peers: Peer
 /// channel numbers, ChannelData both ways through an echo peer, Refresh 0.
 #[test]
 fn uclient_relays_every_packet_over_channels() {
-    assert_uclient_relays_every_packet(RFC5766_CHANNELS, User::Static, Peers::Echo, &[]);
+    assert_uclient_relays_every_packet("", User::Static, Peers::Echo, &[]);
 }
 
 /// Exercises: Send indications to the peer and Data indications back (`-s`:
-/// uclient binds no channels), RTP/RTCP pairs. Runs on the default config,
-/// since an RFC 8656 client without channels needs no compatibility key.
+/// uclient binds no channels), RTP/RTCP pairs.
 #[test]
 fn uclient_relays_every_packet_with_send_indications() {
     assert_uclient_relays_every_packet("", User::Static, Peers::Echo, &["-s"]);
@@ -81,7 +80,7 @@ fn uclient_relays_every_packet_with_send_indications() {
 /// channels; RTP/RTCP pairs; no external peer.
 #[test]
 fn uclient_clients_reach_each_other_over_channels() {
-    assert_uclient_relays_every_packet(RFC5766_CHANNELS, User::Static, Peers::EachOther, &[]);
+    assert_uclient_relays_every_packet("", User::Static, Peers::EachOther, &[]);
 }
 
 /// Exercises: client-to-client (`-y`) with Send/Data indications (`-s`)
@@ -96,7 +95,7 @@ fn uclient_clients_reach_each_other_with_send_indications() {
 /// channels to an echo peer.
 #[test]
 fn uclient_with_rest_secret_relays_every_packet() {
-    assert_uclient_relays_every_packet(RFC5766_CHANNELS, User::Rest, Peers::Echo, &["-c"]);
+    assert_uclient_relays_every_packet("", User::Rest, Peers::Echo, &["-c"]);
 }
 
 /// Exercises: REST credentials minted with the wrong secret: every Allocate
@@ -108,7 +107,6 @@ fn uclient_with_wrong_rest_secret_gets_no_allocation() {
     // out its timeouts instead. The backoff itself is tested in the core.
     let daemon = TestDaemon::start(
         &TestConfig {
-            relay_extra: RFC5766_CHANNELS,
             tables: "[throttle]\nlogin-failures = 1000\n",
             ..TestConfig::default()
         }
@@ -134,14 +132,14 @@ fn uclient_with_wrong_rest_secret_gets_no_allocation() {
     );
 }
 
-/// Documents the default: without `rfc5766-channel-numbers`, icegate takes
-/// only RFC 8656 channels (0x4000-0x4FFF) and answers 400 to uclient's binds
-/// in 0x5000-0x7FFF. uclient picks each number at random from 0x4000-0x7FFF
+/// The strict mode, `rfc5766-channel-numbers = false`: icegate takes only
+/// RFC 8656 channels (0x4000-0x4FFF) and answers 400 to uclient's binds in
+/// 0x5000-0x7FFF. uclient picks each number at random from 0x4000-0x7FFF
 /// and stops at the first error; 16 sessions make 16 binds, so the chance
 /// that all land in the allowed quarter is 4^-16.
 #[test]
-fn uclient_channel_binds_get_400_without_rfc5766_channel_numbers() {
-    let mut daemon = TestDaemon::start(&common::loopback_config(""));
+fn uclient_channel_binds_get_400_with_strict_channel_numbers() {
+    let mut daemon = TestDaemon::start(&common::loopback_config("rfc5766-channel-numbers = false"));
     let peer = EchoPeer::start();
     let run = uclient(
         daemon.udp,

@@ -175,7 +175,7 @@ pub(super) fn read_relay(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> RelayConfig
     let max_lifetime = relay.get(cx, "max-lifetime", DEFAULT_MAX_LIFETIME);
     let permission_lifetime = relay.get(cx, "permission-lifetime", DEFAULT_PERMISSION_LIFETIME);
     let channel_lifetime = relay.get(cx, "channel-lifetime", DEFAULT_CHANNEL_LIFETIME);
-    let rfc5766_channel_numbers = relay.get(cx, "rfc5766-channel-numbers", false);
+    let rfc5766_channel_numbers = relay.get(cx, "rfc5766-channel-numbers", true);
     let buffer = |cx: &mut Ctx<'_>, key: &str, default: u32| {
         bounded(cx, &relay, key, default, BUFFER_BYTES, BYTES) as usize
     };

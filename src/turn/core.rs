@@ -84,6 +84,15 @@ impl Limits {
         }
     }
 
+    /// The lifetime an Allocate or a (non-deleting) Refresh gets for the
+    /// LIFETIME it asked (RFC 8656 §7.2, §7.3): the default without one or
+    /// below it, the maximum above it.
+    pub(super) fn desired_lifetime(&self, asked: Option<u32>) -> Duration {
+        asked.map_or(self.default_lifetime, |asked| {
+            Duration::from_secs(u64::from(asked)).clamp(self.default_lifetime, self.max_lifetime)
+        })
+    }
+
     /// RFC 8656 §12 allows 0x4000–0x4FFF; RFC 5766 allowed up to 0x7FFF.
     pub(super) fn valid_channel(&self, number: u16) -> bool {
         let last = if self.rfc5766_channel_numbers {

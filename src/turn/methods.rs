@@ -3,7 +3,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::core::{
     Action, Core, Now, RESERVATION_LIFETIME, Request, finish, peer_address, saturating_secs,
@@ -208,13 +207,9 @@ impl Core {
             return Err(Reject::ServerError);
         }
 
-        let lifetime = message
-            .get(attr::LIFETIME)
-            .and_then(attr::u32_value)
-            .map_or(self.limits.default_lifetime, |asked| {
-                Duration::from_secs(u64::from(asked))
-                    .clamp(self.limits.default_lifetime, self.limits.max_lifetime)
-            });
+        let lifetime = self
+            .limits
+            .desired_lifetime(message.get(attr::LIFETIME).and_then(attr::u32_value));
 
         let mut allocation = Allocation::new(
             id,
@@ -334,9 +329,7 @@ impl Core {
             finish(&mut reply, message, &user.key);
             return Ok(Action::Reply);
         }
-        let lifetime = asked.map_or(self.limits.default_lifetime, |asked| {
-            Duration::from_secs(u64::from(asked)).min(self.limits.max_lifetime)
-        });
+        let lifetime = self.limits.desired_lifetime(asked);
         let id = self
             .table
             .id_for(five_tuple)

@@ -57,7 +57,8 @@ fn refresh_extends_the_lifetime_from_now() {
         1,
         "600 s after the refresh"
     );
-    // Without LIFETIME the default; more than the maximum is cut to it; less is kept.
+    // Without LIFETIME the default; more than the maximum is cut to it; less
+    // than the default is raised to it (RFC 8656 §7.3).
     let reply = harness.call(&alice(), harness.at(1000), Method::REFRESH, |_| {});
     assert_eq!(reply.lifetime(), Some(600));
     assert_eq!(
@@ -66,14 +67,23 @@ fn refresh_extends_the_lifetime_from_now() {
             .lifetime(),
         Some(3600)
     );
+    for asked in [1, 60, 599] {
+        assert_eq!(
+            harness
+                .refresh(&alice(), harness.at(1000), asked)
+                .lifetime(),
+            Some(600),
+            "LIFETIME {asked}"
+        );
+    }
     assert_eq!(
-        harness.refresh(&alice(), harness.at(1000), 60).lifetime(),
-        Some(60)
+        harness.refresh(&alice(), harness.at(1000), 900).lifetime(),
+        Some(900)
     );
     let port = harness.bound_port(id);
-    harness.core.handle_timeout(harness.at(1059).instant);
+    harness.core.handle_timeout(harness.at(1899).instant);
     assert_eq!(harness.core.allocation_count(), 1);
-    harness.core.handle_timeout(harness.at(1060).instant);
+    harness.core.handle_timeout(harness.at(1900).instant);
     assert_ended(&mut harness, id, port);
 }
 
@@ -333,29 +343,30 @@ fn timer_looks_only_at_allocations_with_something_due() {
             .assert_success("three permissions");
     }
     let tick = |harness: &mut Harness, secs| harness.core.handle_timeout(harness.at(secs).instant);
-    // Lengthening a lifetime leaves the entry where it was; shortening moves it.
+    // Lengthening a lifetime leaves the entry where it was; shortening moves
+    // it (to no less than the default, RFC 8656 §7.3).
     harness
         .refresh(&clients[0], harness.at(100), 3600)
         .assert_success("longer");
     harness
-        .refresh(&clients[1], harness.at(100), 60)
-        .assert_success("shorter");
-    for secs in [1, 99, 159] {
-        assert_eq!(tick(&mut harness, secs), 0, "nothing due at {secs}");
-    }
-    assert_eq!(tick(&mut harness, 160), 1, "the shortened allocation");
-    assert_eq!(harness.core.allocation_count(), usize::from(CLIENTS) - 1);
-    for secs in [161, 299] {
+        .refresh(&clients[1], harness.at(100), 3600)
+        .assert_success("longer first");
+    harness
+        .refresh(&clients[1], harness.at(100), 1)
+        .assert_success("then shorter");
+    for secs in [1, 99, 299] {
         assert_eq!(tick(&mut harness, secs), 0, "nothing due at {secs}");
     }
     assert_eq!(
         tick(&mut harness, 300),
-        usize::from(CLIENTS) - 1,
+        usize::from(CLIENTS),
         "every permission lapses"
     );
-    assert_eq!(harness.core.allocation_count(), usize::from(CLIENTS) - 1);
     assert_eq!(tick(&mut harness, 599), 0);
     assert_eq!(tick(&mut harness, 600), usize::from(CLIENTS) - 2);
+    assert_eq!(harness.core.allocation_count(), 2);
+    assert_eq!(tick(&mut harness, 699), 0);
+    assert_eq!(tick(&mut harness, 700), 1, "the shortened allocation");
     assert_eq!(harness.core.allocation_count(), 1, "the lengthened one");
     assert_eq!(tick(&mut harness, 3699), 0);
     assert_eq!(tick(&mut harness, 3700), 1);
