@@ -52,6 +52,10 @@ pub(crate) enum Reject {
     /// Allocate while draining (POST /drain or SIGTERM): 508, so that the
     /// client tries another server at once; existing allocations carry on.
     Draining,
+    /// An Allocate this node cannot take (draining, or at a node-wide limit)
+    /// handed to a sibling from `[relay] alternate-servers` (300 with
+    /// ALTERNATE-SERVER).
+    Redirected,
     /// ChannelData, Send indication or Binding indication for a 5-tuple
     /// without allocation, a channel not bound, or a peer without permission: dropped.
     NoRoute,
@@ -96,7 +100,7 @@ pub(crate) enum Reject {
 }
 
 impl Reject {
-    pub(crate) const ALL: [Self; 37] = [
+    pub(crate) const ALL: [Self; 38] = [
         Self::Garbage,
         Self::BadRequest,
         Self::UnknownAttribute,
@@ -118,6 +122,7 @@ impl Reject {
         Self::NoRelayPort,
         Self::ServerError,
         Self::Draining,
+        Self::Redirected,
         Self::NoRoute,
         Self::ConnectionLimit,
         Self::IdleConnection,
@@ -175,6 +180,7 @@ impl Reject {
             | Self::NoRelayPort
             | Self::Draining => (508, "Insufficient Capacity"),
             Self::ServerError => (500, "Server Error"),
+            Self::Redirected => (300, "Try Alternate"),
         })
     }
 
@@ -202,6 +208,7 @@ impl Reject {
             Self::NoRelayPort => "no-relay-port",
             Self::ServerError => "server-error",
             Self::Draining => "draining",
+            Self::Redirected => "redirected",
             Self::NoRoute => "no-route",
             Self::ConnectionLimit => "connection-limit",
             Self::IdleConnection => "idle-connection",
@@ -219,6 +226,15 @@ impl Reject {
             Self::AtCapacity => "at-capacity",
             Self::UserBanned => "user-banned",
         }
+    }
+
+    /// Refusals of an Allocate that another node could take instead: this
+    /// node's own state, not the client's request or quota.
+    pub(crate) fn is_redirectable(self) -> bool {
+        matches!(
+            self,
+            Self::Draining | Self::TotalQuotaReached | Self::AtCapacity | Self::NoRelayPort
+        )
     }
 
     /// Authentication failures an operator wants in the log (not the normal challenge).

@@ -43,7 +43,7 @@ pub(crate) use self::connections::ConnectionLimits;
 use self::http::HttpConfig;
 pub(crate) use self::listen::{Listen, Services, Transport};
 pub(crate) use self::rate::ByteRate;
-pub(crate) use self::relay::{BandwidthCaps, RelayConfig};
+pub(crate) use self::relay::{Alternates, BandwidthCaps, RelayConfig};
 pub(crate) use self::scalars::{PortRange, parse_duration};
 use self::scalars::{Scalar, expected, string};
 #[cfg(test)]

@@ -16,6 +16,7 @@ use crate::source::source_of;
 use crate::stun;
 use crate::turn::allocation::{AllocId, Allocation};
 use crate::turn::bandwidth::Gate;
+use crate::turn::redirect::Redirect;
 use crate::turn::shared::Shared;
 use crate::turn::table::AllocationTable;
 use crate::turn::throttle::{AuthLog, Bucket};
@@ -141,6 +142,7 @@ pub(crate) struct Core {
     /// The UDP listeners' bound addresses: never a peer, whatever the
     /// policy allows, so no allocation relays into icegate itself.
     own_listeners: Vec<SocketAddr>,
+    redirect: Redirect,
 }
 
 impl Core {
@@ -168,6 +170,7 @@ impl Core {
             counters,
             ended: Vec::new(),
             own_listeners: Vec::new(),
+            redirect: Redirect::new(&relay.alternates),
         }
     }
 
@@ -208,6 +211,7 @@ impl Core {
         self.shared.throttle.configure(config.throttle);
         self.policy = PeerPolicy::new(&relay.allow_peers, &relay.deny_peers);
         self.limits = Limits::of(relay);
+        self.redirect = Redirect::new(&relay.alternates);
         self.relay_v4 = endpoint(relay, true);
         self.relay_v6 = endpoint(relay, false);
         // A tightened policy holds for what was permitted before, at once.
@@ -679,12 +683,29 @@ impl Core {
         now: Now,
         out: &mut Vec<u8>,
     ) {
+        // Only an authenticated Allocate is sent on: a sibling takes the
+        // same credentials (RFC 8489 §10), and nobody else learns of it.
+        let alternate =
+            (message.method == Method::ALLOCATE && key.is_some() && reject.is_redirectable())
+                .then(|| self.redirect.pick(five_tuple))
+                .flatten();
+        let reject = if alternate.is_some() {
+            Reject::Redirected
+        } else {
+            reject
+        };
         self.counters.count(reject);
         let Some((code, phrase)) = reject.error_code() else {
             return;
         };
         let mut reply = MessageBuilder::reply(out, message, Class::Error);
         reply.add_error(code, phrase);
+        if let Some(alternate) = alternate {
+            reply.add_address(attr::ALTERNATE_SERVER, alternate.server);
+            if let Some(domain) = alternate.domain {
+                reply.add(attr::ALTERNATE_DOMAIN, domain.as_bytes());
+            }
+        }
         if code == 401 || code == 438 {
             reply
                 .add(attr::REALM, self.credentials.realm().as_bytes())

@@ -26,6 +26,8 @@ pub(crate) const RESERVATION_TOKEN: u16 = 0x0022;
 const PRIORITY: u16 = 0x0024;
 const USE_CANDIDATE: u16 = 0x0025;
 const PADDING: u16 = 0x0026;
+pub(crate) const ALTERNATE_DOMAIN: u16 = 0x8003;
+pub(crate) const ALTERNATE_SERVER: u16 = 0x8023;
 pub(crate) const FINGERPRINT: u16 = 0x8028;
 
 /// Comprehension-required attributes we understand or may safely ignore.
