@@ -3,6 +3,10 @@
 //!
 //! A nonce is `expiry || HMAC(server key, expiry || client address)`, so
 //! strangers cost no memory: nothing is stored until a request authenticates.
+//! A node that sends a client to a sibling (300 Try Alternate) hands it a
+//! sibling nonce, `s` then `expiry || HMAC(REST secret, expiry || client
+//! IP)`, which every node sharing the secret accepts: browsers take the
+//! nonce of the 300 to the sibling and give up on a 438 there.
 //! REST usernames are `expiry:user` (or `user:expiry`, as coturn also accepts)
 //! with password base64(HMAC-SHA1(secret, username)); every configured
 //! secret verifies, the first one mints. Static users are looked up first so
@@ -151,6 +155,18 @@ impl CredentialStore {
         URL_SAFE_NO_PAD.encode(raw)
     }
 
+    /// A nonce for the sibling a client is sent to, which accepts it if it
+    /// shares the first REST secret: bound to the client's IP only, since a
+    /// client that must reconnect (over TCP) comes from another port.
+    pub(crate) fn sibling_nonce(&self, client: SocketAddr, unix_now: u64) -> Option<String> {
+        let secret = self.secrets.first()?;
+        let expiry = unix_now + self.nonce_lifetime.as_secs();
+        let mut raw = [0u8; 8 + NONCE_MAC_LEN];
+        raw[..8].copy_from_slice(&expiry.to_be_bytes());
+        raw[8..].copy_from_slice(&sibling_mac(secret, expiry, client));
+        Some(format!("{SIBLING_NONCE}{}", URL_SAFE_NO_PAD.encode(raw)))
+    }
+
     /// Ok for a nonce this server issued to `client` that has not expired.
     pub(crate) fn check_nonce(
         &self,
@@ -158,6 +174,10 @@ impl CredentialStore {
         client: SocketAddr,
         unix_now: u64,
     ) -> Result<(), Reject> {
+        let (sibling, nonce) = match nonce.strip_prefix(SIBLING_NONCE.as_bytes()) {
+            Some(rest) => (true, rest),
+            None => (false, nonce),
+        };
         let mut raw = [0u8; 8 + NONCE_MAC_LEN];
         match URL_SAFE_NO_PAD.decode_slice(nonce, &mut raw) {
             Ok(len) if len == raw.len() => {}
@@ -166,8 +186,16 @@ impl CredentialStore {
         let mut expiry = [0u8; 8];
         expiry.copy_from_slice(&raw[..8]);
         let expiry = u64::from_be_bytes(expiry);
-        let mac = self.nonce_mac(expiry, client);
-        if !bool::from(mac.ct_eq(&raw[8..])) || expiry < unix_now {
+        let matches = |mac: [u8; NONCE_MAC_LEN]| bool::from(mac.ct_eq(&raw[8..]));
+        let issued = if sibling {
+            // Any secret: siblings rotate theirs at their own pace.
+            self.secrets
+                .iter()
+                .any(|secret| matches(sibling_mac(secret, expiry, client)))
+        } else {
+            matches(self.nonce_mac(expiry, client))
+        };
+        if !issued || expiry < unix_now {
             return Err(Reject::StaleNonce);
         }
         Ok(())
@@ -187,6 +215,24 @@ impl CredentialStore {
         out.copy_from_slice(&full[..NONCE_MAC_LEN]);
         out
     }
+}
+
+/// What starts a sibling nonce: a server's own nonces are base64url, which
+/// has no `.`.
+const SIBLING_NONCE: &str = "s.";
+
+fn sibling_mac(secret: &[u8], expiry: u64, client: SocketAddr) -> [u8; NONCE_MAC_LEN] {
+    let mut mac = Hmac::<Sha1>::new_from_slice(secret).expect("hmac accepts keys of any length");
+    mac.update(b"icegate sibling nonce");
+    mac.update(&expiry.to_be_bytes());
+    match client.ip() {
+        std::net::IpAddr::V4(ip) => mac.update(&ip.octets()),
+        std::net::IpAddr::V6(ip) => mac.update(&ip.octets()),
+    }
+    let full = mac.finalize().into_bytes();
+    let mut out = [0u8; NONCE_MAC_LEN];
+    out.copy_from_slice(&full[..NONCE_MAC_LEN]);
+    out
 }
 
 pub(crate) fn long_term_key(username: &str, realm: &str, password: &str) -> LongTermKey {
@@ -317,5 +363,34 @@ mod tests {
             store.check_nonce(b"garbage", client, NOW),
             Err(Reject::StaleNonce)
         );
+    }
+
+    #[test]
+    fn a_sibling_nonce_holds_on_every_node_sharing_the_secret() {
+        let here = store(&["shared-secret-0123"], vec![]);
+        let mut sibling = store(&["new-secret-4567", "shared-secret-0123"], vec![]);
+        sibling.nonce_key = [7; 32];
+        let client: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+        let nonce = here.sibling_nonce(client, NOW).expect("a REST secret");
+        assert_eq!(sibling.check_nonce(nonce.as_bytes(), client, NOW), Ok(()));
+        // From another port, as a client reconnecting over TCP.
+        let reconnected = "192.0.2.7:40001".parse().unwrap();
+        assert_eq!(
+            sibling.check_nonce(nonce.as_bytes(), reconnected, NOW),
+            Ok(())
+        );
+        let stranger = "192.0.2.8:40000".parse().unwrap();
+        let refused = Err(Reject::StaleNonce);
+        assert_eq!(
+            sibling.check_nonce(nonce.as_bytes(), stranger, NOW),
+            refused
+        );
+        assert_eq!(
+            sibling.check_nonce(nonce.as_bytes(), client, NOW + 601),
+            refused
+        );
+        let other = store(&["another-secret-89"], vec![]);
+        assert_eq!(other.check_nonce(nonce.as_bytes(), client, NOW), refused);
+        assert!(store(&[], vec![]).sibling_nonce(client, NOW).is_none());
     }
 }

@@ -705,6 +705,13 @@ impl Core {
             if let Some(domain) = alternate.domain {
                 reply.add(attr::ALTERNATE_DOMAIN, domain.as_bytes());
             }
+            // Browsers take this nonce to the sibling and give up on a 438
+            // there: one the sibling accepts, where the secret allows.
+            if let Some(nonce) = self.credentials.sibling_nonce(five_tuple.client, now.unix) {
+                reply
+                    .add(attr::REALM, self.credentials.realm().as_bytes())
+                    .add(attr::NONCE, nonce.as_bytes());
+            }
         }
         if code == 401 || code == 438 {
             reply
