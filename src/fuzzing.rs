@@ -315,7 +315,7 @@ impl Rig {
                         .handle_stun(now, &five_tuple, &message, &mut self.sockets, &mut out);
                 let reply = match action {
                     Action::None => None,
-                    Action::Reply | Action::ReplyAndStartRelay(_) => {
+                    Action::Reply | Action::ReplyVia { .. } | Action::ReplyAndStartRelay(_) => {
                         if let Err(error) = Message::parse(&out) {
                             panic!("the reply does not parse: {error}");
                         }

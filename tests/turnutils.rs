@@ -358,3 +358,82 @@ fn stunclient_waiting_on_response_port(daemon: &TestDaemon) -> (Tool, SocketAddr
     }
     panic!("stunclient -f exited three times before waiting on its port + 1");
 }
+
+/// A port free on both 127.0.0.1 and 127.0.0.2 just now.
+fn port_free_on_both() -> u16 {
+    loop {
+        let probe = UdpSocket::bind("127.0.0.1:0").expect("bind probe socket");
+        let port = probe.local_addr().unwrap().port();
+        if UdpSocket::bind(("127.0.0.2", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// RFC 5780 NAT behaviour discovery with coturn's `turnutils_natdiscovery`:
+/// icegate on 127.0.0.1 and 127.0.0.2, each on two ports, answers from the
+/// address each test asks for, so the tool finds loopback's mapping and
+/// filtering endpoint independent (no NAT), as it does against coturn.
+#[test]
+fn natdiscovery_finds_mapping_and_filtering_behaviour() {
+    let (first, second) = (port_free_on_both(), port_free_on_both());
+    let config = common::loopback_config("").replacen(
+        "address = \"127.0.0.1:0\"",
+        &format!("address = \"127.0.0.1:{first}\"\nother-address = \"127.0.0.2:{second}\""),
+        1,
+    );
+    let daemon = TestDaemon::start(&config);
+    for address in [
+        format!("127.0.0.2:{second}"),
+        format!("127.0.0.1:{second}"),
+        format!("127.0.0.2:{first}"),
+    ] {
+        assert!(daemon.wait_for_log(&format!("listening on udp {address}")));
+    }
+    let args: Vec<String> = [
+        "-m",
+        "-f",
+        "-P",
+        "-p",
+        &first.to_string(),
+        "-L",
+        "127.0.0.1",
+    ]
+    .into_iter()
+    .chain(["127.0.0.1"])
+    .map(String::from)
+    .collect();
+    let run = Tool::spawn("turnutils_natdiscovery", &args).finish(QUICK_DEADLINE);
+    assert!(run.status.success(), "natdiscovery:\n{}", run.output);
+    for expected in [
+        "NAT with Endpoint Independent Mapping!",
+        "NAT with Endpoint Independent Filtering!",
+        &format!("Response origin: : 127.0.0.2:{second}"),
+        &format!("Other addr: : 127.0.0.2:{second}"),
+    ] {
+        assert!(
+            run.output.contains(expected),
+            "no {expected:?} in natdiscovery's output:\n{}",
+            run.output
+        );
+    }
+    // Without an other-address the same requests get 420, as before.
+    let plain = TestDaemon::start(&common::loopback_config(""));
+    let args: Vec<String> = [
+        "-f",
+        "-p",
+        &plain.udp.port().to_string(),
+        "-L",
+        "127.0.0.1",
+        "127.0.0.1",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    let run = Tool::spawn("turnutils_natdiscovery", &args).finish(QUICK_DEADLINE);
+    assert!(
+        !run.output.contains("Endpoint Independent Filtering"),
+        "natdiscovery:\n{}",
+        run.output
+    );
+}

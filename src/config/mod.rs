@@ -481,12 +481,14 @@ mod tests {
                     transport: Transport::Udp,
                     tls: None,
                     services: Services::TURN,
+                    other_address: None,
                 },
                 Listen {
                     address: "0.0.0.0:3478".parse().unwrap(),
                     transport: Transport::Tcp,
                     tls: None,
                     services: Services::TURN,
+                    other_address: None,
                 }
             ]
         );
@@ -587,12 +589,14 @@ mod tests {
                     transport: Transport::Udp,
                     tls: None,
                     services: Services::TURN,
+                    other_address: None,
                 },
                 Listen {
                     address: "127.0.0.1:8478".parse().unwrap(),
                     transport: Transport::Http,
                     tls: None,
                     services: Services::HTTP,
+                    other_address: None,
                 }
             ]
         );

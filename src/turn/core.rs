@@ -38,6 +38,9 @@ pub(crate) enum Action<'a> {
     None,
     /// Send the bytes written to `out` back to the client.
     Reply,
+    /// Send `out` from the UDP listener at `from` to `to` (a Binding answered
+    /// for NAT behaviour discovery, RFC 5780).
+    ReplyVia { from: SocketAddr, to: SocketAddr },
     /// Send `out` back and start receiving on the relay socket opened for `AllocId`.
     ReplyAndStartRelay(AllocId),
     /// Send `data` to `peer` from the relay socket of allocation `relay`.
@@ -143,6 +146,8 @@ pub(crate) struct Core {
     /// policy allows, so no allocation relays into icegate itself.
     own_listeners: Vec<SocketAddr>,
     redirect: Redirect,
+    /// The UDP listeners that serve RFC 5780 NAT behaviour discovery.
+    discovery: Vec<stun::Discovery>,
 }
 
 impl Core {
@@ -171,6 +176,7 @@ impl Core {
             ended: Vec::new(),
             own_listeners: Vec::new(),
             redirect: Redirect::new(&relay.alternates),
+            discovery: discovery_of(config),
         }
     }
 
@@ -212,6 +218,7 @@ impl Core {
         self.policy = PeerPolicy::new(&relay.allow_peers, &relay.deny_peers);
         self.limits = Limits::of(relay);
         self.redirect = Redirect::new(&relay.alternates);
+        self.discovery = discovery_of(config);
         self.relay_v4 = endpoint(relay, true);
         self.relay_v6 = endpoint(relay, false);
         // A tightened policy holds for what was permitted before, at once.
@@ -299,7 +306,11 @@ impl Core {
                 return Action::None;
             }
         }
-        let unknown = message.unknown_required();
+        let discovery = (five_tuple.transport == Transport::Udp)
+            .then(|| self.discovery.iter().find(|d| d.here == five_tuple.server))
+            .flatten()
+            .copied();
+        let unknown = message.unknown_required(discovery.is_some());
         if !unknown.is_empty() {
             self.reject(
                 message,
@@ -336,8 +347,10 @@ impl Core {
                 self.counters.count(Reject::BindingThrottled);
                 return Action::None;
             }
-            stun::answer_binding(message, five_tuple.client, out);
-            return Action::Reply;
+            return match stun::answer_binding(message, five_tuple.client, discovery, out) {
+                stun::Answered::Back => Action::Reply,
+                stun::Answered::Via { from, to } => Action::ReplyVia { from, to },
+            };
         }
         if message.is_classic() {
             self.reject(message, Reject::BadRequest, None, five_tuple, now, out);
@@ -782,6 +795,21 @@ fn is_own_listener(
                         || peer.ip() == server
                         || is_relay_address(peer.ip()))))
     })
+}
+
+/// The UDP listeners with an `other-address`.
+fn discovery_of(config: &Config) -> Vec<stun::Discovery> {
+    config
+        .listen
+        .iter()
+        .filter(|listen| listen.transport == Transport::Udp)
+        .filter_map(|listen| {
+            Some(stun::Discovery {
+                here: listen.address,
+                other: listen.other_address?,
+            })
+        })
+        .collect()
 }
 
 fn endpoint(relay: &RelayConfig, v4: bool) -> Option<RelayEndpoint> {

@@ -20,6 +20,9 @@
 //!   request; its data is not checked, since a ban ends its allocations.
 //! - An Allocate this node cannot take while draining or at a node-wide
 //!   limit is sent to a sibling in `[relay] alternate-servers` (300).
+//! - Binding on a listener with `other-address` serves RFC 5780 NAT
+//!   behaviour discovery (`crate::stun`); answers from another listener
+//!   leave as [`core::Action::ReplyVia`].
 //! - Not implemented yet: ADDITIONAL-ADDRESS-FAMILY dual allocations, TCP
 //!   allocations (RFC 6062), MESSAGE-INTEGRITY-SHA256 and PASSWORD-ALGORITHMS,
 //!   mobility (RFC 8016). Browsers use none of them.

@@ -112,6 +112,10 @@ enum Outcome {
         peer: SocketAddr,
         data: Vec<u8>,
     },
+    ReplyVia {
+        from: SocketAddr,
+        to: SocketAddr,
+    },
 }
 
 impl From<Action<'_>> for Outcome {
@@ -119,6 +123,7 @@ impl From<Action<'_>> for Outcome {
         match action {
             Action::None => Self::Nothing,
             Action::Reply => Self::Reply,
+            Action::ReplyVia { from, to } => Self::ReplyVia { from, to },
             Action::ReplyAndStartRelay(id) => Self::Started(id),
             Action::ToPeer { relay, peer, data } => Self::ToPeer {
                 relay,

@@ -25,16 +25,21 @@ pub(crate) const XOR_MAPPED_ADDRESS: u16 = 0x0020;
 pub(crate) const RESERVATION_TOKEN: u16 = 0x0022;
 const PRIORITY: u16 = 0x0024;
 const USE_CANDIDATE: u16 = 0x0025;
-const PADDING: u16 = 0x0026;
+pub(crate) const PADDING: u16 = 0x0026;
+pub(crate) const RESPONSE_PORT: u16 = 0x0027;
 pub(crate) const ALTERNATE_DOMAIN: u16 = 0x8003;
+pub(crate) const RESPONSE_ORIGIN: u16 = 0x802B;
+pub(crate) const OTHER_ADDRESS: u16 = 0x802C;
 pub(crate) const ALTERNATE_SERVER: u16 = 0x8023;
 pub(crate) const FINGERPRINT: u16 = 0x8028;
 
 /// Comprehension-required attributes we understand or may safely ignore.
 /// Anything else below 0x8000 in a request earns a 420 (RFC 8489 §7.3.1);
-/// so does RESPONSE-PORT (RFC 5780 §7.5: we cannot answer on another port).
-/// CHANGE-REQUEST is known only with no flags set: classic clients send it
-/// empty, and asking for another address or port gets a 420 (RFC 5780 §7.2).
+/// so does RESPONSE-PORT (RFC 5780 §7.5), unless the listener serves NAT
+/// behaviour discovery (see [`crate::wire::Message::unknown_required`]).
+/// CHANGE-REQUEST is known only with no flags set there too: classic clients
+/// send it empty, and asking for another address or port gets a 420 (RFC
+/// 5780 §7.2).
 pub(crate) fn is_known(kind: u16) -> bool {
     matches!(
         kind,

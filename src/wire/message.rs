@@ -201,6 +201,11 @@ impl<'a> Message<'a> {
         None
     }
 
+    /// The whole message's length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.raw.len()
+    }
+
     pub(crate) fn has_fingerprint(&self) -> bool {
         self.attributes().any(|a| a.kind == attr::FINGERPRINT)
     }
@@ -209,13 +214,20 @@ impl<'a> Message<'a> {
         self.transaction.is_classic()
     }
 
-    /// Comprehension-required attributes this server does not know (RFC 8489 §15).
-    pub(crate) fn unknown_required(&self) -> Vec<u16> {
+    /// Comprehension-required attributes this server does not know (RFC 8489
+    /// §15); a listener with `nat_discovery` (RFC 5780) knows CHANGE-REQUEST
+    /// with flags and RESPONSE-PORT besides.
+    pub(crate) fn unknown_required(&self, nat_discovery: bool) -> Vec<u16> {
         let mut unknown = Vec::new();
         for attribute in self.attributes() {
             let change_asked = attribute.kind == attr::CHANGE_REQUEST
                 && attribute.value.iter().any(|&byte| byte != 0);
-            if attribute.kind < 0x8000 && (!attr::is_known(attribute.kind) || change_asked) {
+            let known = if nat_discovery {
+                attr::is_known(attribute.kind) || attribute.kind == attr::RESPONSE_PORT
+            } else {
+                attr::is_known(attribute.kind) && !change_asked
+            };
+            if attribute.kind < 0x8000 && !known {
                 unknown.push(attribute.kind);
             }
             if attribute.kind == attr::MESSAGE_INTEGRITY {
@@ -381,6 +393,11 @@ impl<'b> MessageBuilder<'b> {
     /// A response to `request`, same method and transaction.
     pub(crate) fn reply(buf: &'b mut Vec<u8>, request: &Message<'_>, class: Class) -> Self {
         Self::new(buf, request.method, class, request.transaction)
+    }
+
+    /// The message written so far, in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.buf.len()
     }
 
     pub(crate) fn add(&mut self, kind: u16, value: &[u8]) -> &mut Self {
