@@ -23,6 +23,8 @@ struct Admitted<'m> {
     family: Option<&'m [u8]>,
     even_port: Option<&'m [u8]>,
     dont_fragment: bool,
+    /// ADDITIONAL-ADDRESS-FAMILY (IPv6) was asked besides IPv4.
+    dual: bool,
     /// The user's bandwidth state, which the new allocation shares.
     user_bandwidth: Arc<Cells>,
 }
@@ -74,7 +76,15 @@ impl Core {
         let even_port = message.get(attr::EVEN_PORT);
         let token = message.get(attr::RESERVATION_TOKEN);
         let family = message.get(attr::REQUESTED_ADDRESS_FAMILY);
-        if token.is_some() && (even_port.is_some() || family.is_some()) {
+        let additional = message.get(attr::ADDITIONAL_ADDRESS_FAMILY);
+        if token.is_some() && (even_port.is_some() || family.is_some() || additional.is_some()) {
+            return Err(Reject::BadRequest);
+        }
+        // RFC 8656 §7.2: one family asked for two ways, or IPv4 as the
+        // additional one (only IPv6 may be).
+        if additional.is_some()
+            && (family.is_some() || additional != Some(&[attr::FAMILY_IPV6, 0, 0, 0][..]))
+        {
             return Err(Reject::BadRequest);
         }
         let dont_fragment = message.get(attr::DONT_FRAGMENT).is_some();
@@ -101,6 +111,7 @@ impl Core {
             family,
             even_port,
             dont_fragment,
+            dual: additional.is_some(),
             user_bandwidth,
         };
         let result = self.allocate_admitted(request, admitted, sockets, out);
@@ -130,6 +141,7 @@ impl Core {
             family,
             even_port,
             dont_fragment,
+            dual,
             user_bandwidth,
         } = admitted;
         let (endpoint, reserved_port) = match token {
@@ -229,6 +241,10 @@ impl Core {
             .add_xor_address(attr::XOR_RELAYED_ADDRESS, relayed)
             .add_u32(attr::LIFETIME, saturating_secs(lifetime))
             .add_xor_address(attr::XOR_MAPPED_ADDRESS, five_tuple.client);
+        if dual {
+            // The IPv4 relay only: one allocation holds one relay socket.
+            reply.add_address_error(attr::FAMILY_IPV6, 440, "Address Family not Supported");
+        }
         if reserve_next {
             let expires = now.instant + RESERVATION_LIFETIME;
             let token = self.shared.reserve(bound_port + 1, endpoint.bind, expires);

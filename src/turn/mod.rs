@@ -23,7 +23,10 @@
 //! - Binding on a listener with `other-address` serves RFC 5780 NAT
 //!   behaviour discovery (`crate::stun`); answers from another listener
 //!   leave as [`core::Action::ReplyVia`].
-//! - Not implemented yet: ADDITIONAL-ADDRESS-FAMILY dual allocations, TCP
+//! - An Allocate with ADDITIONAL-ADDRESS-FAMILY (§7.2) gets its IPv4 relay
+//!   and ADDRESS-ERROR-CODE 440 for IPv6: an allocation holds one relay
+//!   socket so far. The §7.2 combinations that are errors get 400.
+//! - Not implemented yet: both relays of a dual-stack allocation, TCP
 //!   allocations (RFC 6062), MESSAGE-INTEGRITY-SHA256 and PASSWORD-ALGORITHMS,
 //!   mobility (RFC 8016). Browsers use none of them.
 

@@ -440,13 +440,13 @@ impl<'b> MessageBuilder<'b> {
 
     /// ERROR-CODE with the standard reason phrase (RFC 8489 §14.8).
     pub(crate) fn add_error(&mut self, code: u16, reason: &str) -> &mut Self {
-        let mut value = Vec::with_capacity(4 + reason.len());
-        #[expect(clippy::cast_possible_truncation, reason = "code / 100 is 3..=6")]
-        let class = (code / 100) as u8;
-        let number = (code % 100) as u8;
-        value.extend_from_slice(&[0, 0, class, number]);
-        value.extend_from_slice(reason.as_bytes());
-        self.add(attr::ERROR_CODE, &value)
+        self.add(attr::ERROR_CODE, &error_value(0, code, reason))
+    }
+
+    /// ADDRESS-ERROR-CODE (RFC 8656 §18.13): why the `family` (an
+    /// ADDITIONAL-ADDRESS-FAMILY value) was not allocated.
+    pub(crate) fn add_address_error(&mut self, family: u8, code: u16, reason: &str) -> &mut Self {
+        self.add(attr::ADDRESS_ERROR_CODE, &error_value(family, code, reason))
     }
 
     /// MESSAGE-INTEGRITY over everything so far.
@@ -486,6 +486,17 @@ fn encode_address(value: &mut [u8; 20], address: SocketAddr) -> usize {
             20
         }
     }
+}
+
+/// An ERROR-CODE value, or ADDRESS-ERROR-CODE's with `family` in its first byte.
+fn error_value(family: u8, code: u16, reason: &str) -> Vec<u8> {
+    let mut value = Vec::with_capacity(4 + reason.len());
+    #[expect(clippy::cast_possible_truncation, reason = "code / 100 is 3..=6")]
+    let class = (code / 100) as u8;
+    let number = (code % 100) as u8;
+    value.extend_from_slice(&[family, 0, class, number]);
+    value.extend_from_slice(reason.as_bytes());
+    value
 }
 
 #[cfg(test)]

@@ -405,3 +405,49 @@ fn a_node_with_no_sibling_to_send_to_refuses_as_before() {
         .assert_error(508, "Allocate while draining, no other sibling");
     assert_eq!(harness.rejected(Reject::Draining), 1);
 }
+
+#[test]
+fn a_dual_stack_allocate_gets_its_ipv4_relay_and_says_why_not_ipv6() {
+    let mut harness = Harness::new();
+    let now = harness.at(0);
+    let ipv6 = [attr::FAMILY_IPV6, 0, 0, 0];
+    let reply = harness.call(&alice(), now, Method::ALLOCATE, |b| {
+        udp_transport(b);
+        b.add(attr::ADDITIONAL_ADDRESS_FAMILY, &ipv6);
+    });
+    reply.started();
+    let relayed = reply.xor_address(attr::XOR_RELAYED_ADDRESS).unwrap();
+    assert!(relayed.is_ipv4());
+    let error = reply
+        .message()
+        .get(attr::ADDRESS_ERROR_CODE)
+        .unwrap()
+        .to_vec();
+    assert_eq!(&error[..4], &[attr::FAMILY_IPV6, 0, 4, 40]);
+
+    // RFC 8656 §7.2: both family attributes, IPv4 as the additional one, or
+    // with a reservation token: 400.
+    let ipv4 = [attr::FAMILY_IPV4, 0, 0, 0];
+    for (port, (kind, value)) in [
+        (attr::REQUESTED_ADDRESS_FAMILY, ipv4),
+        (attr::ADDITIONAL_ADDRESS_FAMILY, ipv4),
+        (attr::RESERVATION_TOKEN, [0; 4]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let client = bob().on_port(45000 + u16::try_from(port).unwrap());
+        let reply = harness.call(&client, now, Method::ALLOCATE, |b| {
+            udp_transport(b);
+            if kind == attr::RESERVATION_TOKEN {
+                b.add(kind, &[0; 8]);
+            } else {
+                b.add(kind, &value);
+            }
+            if kind != attr::ADDITIONAL_ADDRESS_FAMILY {
+                b.add(attr::ADDITIONAL_ADDRESS_FAMILY, &ipv6);
+            }
+        });
+        reply.assert_error(400, &format!("ADDITIONAL-ADDRESS-FAMILY with {kind:#06x}"));
+    }
+}
