@@ -93,10 +93,13 @@ pub(crate) enum Reject {
     /// A request that authenticated as a user who is banned
     /// (`icegate ctl ban`) (403).
     UserBanned,
+    /// PASSWORD-ALGORITHMS or PASSWORD-ALGORITHM missing, altered or not
+    /// among those the nonce cookie offered: a bid-down (RFC 8489 §9.2.4) (400).
+    PasswordAlgorithmMismatch,
 }
 
 impl Reject {
-    pub(crate) const ALL: [Self; 37] = [
+    pub(crate) const ALL: [Self; 38] = [
         Self::Garbage,
         Self::BadRequest,
         Self::UnknownAttribute,
@@ -134,6 +137,7 @@ impl Reject {
         Self::NodeBandwidth,
         Self::AtCapacity,
         Self::UserBanned,
+        Self::PasswordAlgorithmMismatch,
     ];
 
     /// The STUN error code and reason phrase, or None for a silent drop.
@@ -154,7 +158,7 @@ impl Reject {
             | Self::AllocationBandwidth
             | Self::UserBandwidth
             | Self::NodeBandwidth => return None,
-            Self::BadRequest => (400, "Bad Request"),
+            Self::BadRequest | Self::PasswordAlgorithmMismatch => (400, "Bad Request"),
             Self::UnknownAttribute => (420, "Unknown Attribute"),
             Self::Challenge
             | Self::UnknownUser
@@ -218,6 +222,7 @@ impl Reject {
             Self::NodeBandwidth => "node-bandwidth",
             Self::AtCapacity => "at-capacity",
             Self::UserBanned => "user-banned",
+            Self::PasswordAlgorithmMismatch => "password-algorithm-mismatch",
         }
     }
 
@@ -229,6 +234,7 @@ impl Reject {
                 | Self::ExpiredCredentials
                 | Self::WrongPassword
                 | Self::WrongCredentials
+                | Self::PasswordAlgorithmMismatch
         )
     }
 

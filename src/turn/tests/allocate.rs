@@ -23,7 +23,7 @@ fn allocate_binds_one_relay_socket_and_answers_with_its_addresses() {
         Some(client.five_tuple.client)
     );
     assert_eq!(reply.lifetime(), Some(600));
-    assert!(reply.message().integrity_matches(&client.key));
+    assert!(reply.message().integrity_matches(client.key.as_bytes()));
     assert!(harness.core.has_allocation(&client.five_tuple));
     assert_eq!(harness.core.allocation_count(), 1);
 }
@@ -82,7 +82,10 @@ fn requested_transport_tcp_gets_442() {
         b.add(attr::REQUESTED_TRANSPORT, &[TCP, 0, 0, 0]);
     });
     reply.assert_error(442, "Allocate for TCP");
-    assert!(reply.message().integrity_matches(&alice().key), "signed");
+    assert!(
+        reply.message().integrity_matches(alice().key.as_bytes()),
+        "signed"
+    );
     assert!(harness.sockets.open.is_empty());
 }
 
