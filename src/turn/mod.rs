@@ -4,7 +4,9 @@
 //! DONT-FRAGMENT, EVEN-PORT with RESERVATION-TOKEN), Refresh (§7.3),
 //! CreatePermission (§9, several peers at once), ChannelBind (§11, channels
 //! 0x4000–0x4FFF as §12 requires), Send and Data indications (§10),
-//! ChannelData both ways (§12.4), long-term credentials (RFC 8489 §9.2).
+//! ChannelData both ways (§12.4), long-term credentials (RFC 8489 §9.2)
+//! with MESSAGE-INTEGRITY or MESSAGE-INTEGRITY-SHA256, MD5 or SHA-256
+//! password algorithm, and USERHASH for static users.
 //!
 //! Deliberate choices:
 //! - Retransmitted requests on an allocation are answered from a small
@@ -18,8 +20,7 @@
 //! - A banned user (`crate::bans`) authenticates and then gets 403 on every
 //!   request; its data is not checked, since a ban ends its allocations.
 //! - Not implemented yet: ADDITIONAL-ADDRESS-FAMILY dual allocations, TCP
-//!   allocations (RFC 6062), MESSAGE-INTEGRITY-SHA256 and PASSWORD-ALGORITHMS,
-//!   mobility (RFC 8016). Browsers use none of them.
+//!   allocations (RFC 6062), mobility (RFC 8016). Browsers use none of them.
 
 //!
 //! The core is a state machine: bytes, addresses and time come in, replies
