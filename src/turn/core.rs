@@ -796,7 +796,8 @@ fn endpoint(relay: &RelayConfig, v4: bool) -> Option<RelayEndpoint> {
 }
 
 /// PASSWORD-ALGORITHMS as every 401 and 438 sends it: SHA-256, then MD5
-/// (RFC 8489 §18.5; a client takes the first one it supports). No parameters.
+/// (RFC 8489 §14.11, numbers from §18.5; a client picks the first it
+/// supports). Neither takes parameters.
 const OFFERED_ALGORITHMS: [u8; 8] = [0, 2, 0, 0, 0, 1, 0, 0];
 
 /// The password algorithm a request chose, once the bid-down checks of
