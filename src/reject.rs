@@ -97,10 +97,13 @@ pub(crate) enum Reject {
     /// A request that authenticated as a user who is banned
     /// (`icegate ctl ban`) (403).
     UserBanned,
+    /// PASSWORD-ALGORITHMS or PASSWORD-ALGORITHM missing, altered or not
+    /// among those the nonce cookie offered: a bid-down (RFC 8489 §9.2.4) (400).
+    PasswordAlgorithmMismatch,
 }
 
 impl Reject {
-    pub(crate) const ALL: [Self; 38] = [
+    pub(crate) const ALL: [Self; 39] = [
         Self::Garbage,
         Self::BadRequest,
         Self::UnknownAttribute,
@@ -139,6 +142,7 @@ impl Reject {
         Self::NodeBandwidth,
         Self::AtCapacity,
         Self::UserBanned,
+        Self::PasswordAlgorithmMismatch,
     ];
 
     /// The STUN error code and reason phrase, or None for a silent drop.
@@ -159,7 +163,7 @@ impl Reject {
             | Self::AllocationBandwidth
             | Self::UserBandwidth
             | Self::NodeBandwidth => return None,
-            Self::BadRequest => (400, "Bad Request"),
+            Self::BadRequest | Self::PasswordAlgorithmMismatch => (400, "Bad Request"),
             Self::UnknownAttribute => (420, "Unknown Attribute"),
             Self::Challenge
             | Self::UnknownUser
@@ -225,6 +229,7 @@ impl Reject {
             Self::NodeBandwidth => "node-bandwidth",
             Self::AtCapacity => "at-capacity",
             Self::UserBanned => "user-banned",
+            Self::PasswordAlgorithmMismatch => "password-algorithm-mismatch",
         }
     }
 
@@ -245,6 +250,7 @@ impl Reject {
                 | Self::ExpiredCredentials
                 | Self::WrongPassword
                 | Self::WrongCredentials
+                | Self::PasswordAlgorithmMismatch
         )
     }
 

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::auth::{CredentialStore, LongTermKey};
+use crate::auth::{CredentialStore, LongTermKey, PasswordAlgorithm};
 use crate::config::{BandwidthCaps, Config, PortRange, RelayConfig, Transport};
 use crate::logging::event;
 use crate::policy::PeerPolicy;
@@ -241,7 +241,11 @@ impl Core {
             .iter()
             .filter(|allocation| {
                 // An expired REST username is no reason: its next Refresh fails anyway.
-                match self.credentials.keys(&allocation.username, now.unix) {
+                let algorithm = allocation.key.algorithm();
+                match self
+                    .credentials
+                    .keys(&allocation.username, algorithm, now.unix)
+                {
                     Ok(keys) => !keys.iter().any(|key| *key == allocation.key),
                     Err(reject) => reject != Reject::ExpiredCredentials,
                 }
@@ -370,7 +374,7 @@ impl Core {
         }
         // A client with an allocation proved its key on this 5-tuple, which
         // no attacker can send from: its refreshes never wait out a backoff.
-        let username = username_of(message);
+        let username = self.claimed_user(message);
         if let Some(name) = username
             && self.table.id_for(five_tuple).is_none()
             && self.shared.throttle.user_blocked(name, now.instant)
@@ -458,7 +462,7 @@ impl Core {
             self.counters.count(Reject::UnauthenticatedThrottled);
             return Action::None;
         }
-        let user = username_of(message).unwrap_or("");
+        let user = self.claimed_user(message).unwrap_or("");
         if matches!(reject, Reject::WrongPassword | Reject::WrongCredentials)
             && let Some(backoff) = throttle.user_failed(user, now.instant)
         {
@@ -517,25 +521,49 @@ impl Core {
         );
     }
 
+    /// The user a request names, by USERNAME or by USERHASH, for backoff
+    /// and logs: authentication is what proves it.
+    fn claimed_user<'s>(&'s self, message: &Message<'s>) -> Option<&'s str> {
+        match message.get(attr::USERNAME) {
+            Some(username) => std::str::from_utf8(username).ok(),
+            None => self.credentials.user_by_hash(message.get(attr::USERHASH)?),
+        }
+    }
+
     fn authenticate(
         &self,
         now: Now,
         five_tuple: &FiveTuple,
         message: &Message<'_>,
     ) -> Result<Authenticated, Reject> {
-        if message.get(attr::MESSAGE_INTEGRITY).is_none() {
+        // With both, only MESSAGE-INTEGRITY-SHA256 is checked (RFC 8489 §9.2.4).
+        let sha256 = message.get(attr::MESSAGE_INTEGRITY_SHA256).is_some();
+        if !sha256 && message.get(attr::MESSAGE_INTEGRITY).is_none() {
             return Err(Reject::Challenge);
         }
-        let (Some(username), Some(_realm), Some(nonce)) = (
-            message.get(attr::USERNAME),
-            message.get(attr::REALM),
-            message.get(attr::NONCE),
-        ) else {
+        let (Some(_realm), Some(nonce)) = (message.get(attr::REALM), message.get(attr::NONCE))
+        else {
             return Err(Reject::BadRequest);
         };
-        let username = std::str::from_utf8(username).map_err(|_| Reject::BadRequest)?;
+        let username = match (message.get(attr::USERNAME), message.get(attr::USERHASH)) {
+            (Some(username), _) => {
+                Some(std::str::from_utf8(username).map_err(|_| Reject::BadRequest)?)
+            }
+            (None, Some(hash)) => self.credentials.user_by_hash(hash),
+            (None, None) => return Err(Reject::BadRequest),
+        };
         self.credentials
             .check_nonce(nonce, five_tuple.client, now.unix)?;
+        let algorithm = password_algorithm(message)?;
+        // Only static users can be found by USERHASH (see CredentialStore).
+        let username = username.ok_or(Reject::UnknownUser)?;
+        let matches = |key: &LongTermKey| {
+            if sha256 {
+                message.integrity_sha256_matches(key.as_bytes())
+            } else {
+                message.integrity_matches(key.as_bytes())
+            }
+        };
         // A client with an allocation keeps the key it allocated with, as
         // coturn does: refreshing does not fail when a REST username expires.
         if let Some(id) = self.table.id_for(five_tuple) {
@@ -546,7 +574,7 @@ impl Core {
             if allocation.username != username {
                 return Err(Reject::WrongCredentials);
             }
-            return if message.integrity_matches(&allocation.key) {
+            return if allocation.key.algorithm() == algorithm && matches(&allocation.key) {
                 Ok(Authenticated {
                     username: username.to_owned(),
                     owner: allocation.owner.clone(),
@@ -556,10 +584,10 @@ impl Core {
                 Err(Reject::WrongPassword)
             };
         }
-        let keys = self.credentials.keys(username, now.unix)?;
+        let keys = self.credentials.keys(username, algorithm, now.unix)?;
         let key = keys
             .iter()
-            .find(|key| message.integrity_matches(key.as_slice()))
+            .find(|key| matches(key))
             .ok_or(Reject::WrongPassword)?;
         Ok(Authenticated {
             username: username.to_owned(),
@@ -734,7 +762,8 @@ impl Core {
                     self.credentials
                         .nonce(five_tuple.client, now.unix)
                         .as_bytes(),
-                );
+                )
+                .add(attr::PASSWORD_ALGORITHMS, &OFFERED_ALGORITHMS);
         }
         match key {
             Some(key) => finish(&mut reply, message, key),
@@ -822,9 +851,45 @@ fn endpoint(relay: &RelayConfig, v4: bool) -> Option<RelayEndpoint> {
     Some(RelayEndpoint { bind, advertise })
 }
 
-/// MESSAGE-INTEGRITY, then FINGERPRINT if the request had one.
+/// PASSWORD-ALGORITHMS as every 401 and 438 sends it: SHA-256, then MD5
+/// (RFC 8489 §14.11, numbers from §18.5; a client picks the first it
+/// supports). Neither takes parameters.
+const OFFERED_ALGORITHMS: [u8; 8] = [0, 2, 0, 0, 0, 1, 0, 0];
+
+/// The password algorithm a request chose, once the bid-down checks of
+/// RFC 8489 §9.2.4 pass: every nonce we issue carries the cookie, so a
+/// request naming algorithms must repeat our list and pick from it. One
+/// naming none is MD5, as every client before RFC 8489 uses.
+fn password_algorithm(message: &Message<'_>) -> Result<PasswordAlgorithm, Reject> {
+    let offered = message.get(attr::PASSWORD_ALGORITHMS);
+    let chosen = message.get(attr::PASSWORD_ALGORITHM);
+    let (offered, chosen) = match (offered, chosen) {
+        (None, None) => return Ok(PasswordAlgorithm::Md5),
+        (Some(offered), Some(chosen)) => (offered, chosen),
+        _ => return Err(Reject::PasswordAlgorithmMismatch),
+    };
+    if offered != OFFERED_ALGORITHMS {
+        return Err(Reject::PasswordAlgorithmMismatch);
+    }
+    // Neither algorithm takes parameters, so the value is 4 bytes.
+    let &[high, low, 0, 0] = chosen else {
+        return Err(Reject::PasswordAlgorithmMismatch);
+    };
+    match u16::from_be_bytes([high, low]) {
+        attr::ALGORITHM_MD5 => Ok(PasswordAlgorithm::Md5),
+        attr::ALGORITHM_SHA256 => Ok(PasswordAlgorithm::Sha256),
+        _ => Err(Reject::PasswordAlgorithmMismatch),
+    }
+}
+
+/// The integrity attribute the request was checked with (RFC 8489 §9.2.4:
+/// a response carries the same kind), then FINGERPRINT if the request had one.
 pub(super) fn finish(reply: &mut MessageBuilder<'_>, request: &Message<'_>, key: &LongTermKey) {
-    reply.add_integrity(key);
+    if request.get(attr::MESSAGE_INTEGRITY_SHA256).is_some() {
+        reply.add_integrity_sha256(key.as_bytes());
+    } else {
+        reply.add_integrity(key.as_bytes());
+    }
     if request.has_fingerprint() {
         reply.add_fingerprint();
     }
@@ -838,10 +903,6 @@ pub(super) fn peer_address(message: &Message<'_>, value: &[u8]) -> Option<Socket
         crate::policy::canonical(peer.ip()),
         peer.port(),
     ))
-}
-
-fn username_of<'a>(message: &Message<'a>) -> Option<&'a str> {
-    std::str::from_utf8(message.get(attr::USERNAME)?).ok()
 }
 
 pub(super) fn saturating_secs(duration: Duration) -> u32 {

@@ -3,9 +3,11 @@
 //! Implemented: Allocate (§7.2; REQUESTED-TRANSPORT UDP, REQUESTED-ADDRESS-FAMILY,
 //! DONT-FRAGMENT, EVEN-PORT with RESERVATION-TOKEN), Refresh (§7.3),
 //! CreatePermission (§9, several peers at once), ChannelBind (§11, channels
-//! 0x4000–0x7FFF as RFC 5766 allowed, or only 0x4000–0x4FFF as §12 requires), Send and Data indications (§10),
-//! ChannelData both ways (§12.4), long-term credentials (RFC 8489 §9.2),
-//! ALTERNATE-SERVER redirects (RFC 8489 §10).
+//! 0x4000–0x7FFF as RFC 5766 allowed, or only 0x4000–0x4FFF as §12 requires),
+//! Send and Data indications (§10), ChannelData both ways (§12.4),
+//! long-term credentials (RFC 8489 §9.2) with MESSAGE-INTEGRITY or
+//! MESSAGE-INTEGRITY-SHA256, MD5 or SHA-256 password algorithm, and USERHASH
+//! for static users; ALTERNATE-SERVER redirects (RFC 8489 §10).
 //!
 //! Deliberate choices:
 //! - Retransmitted requests on an allocation are answered from a small
@@ -27,8 +29,7 @@
 //!   and ADDRESS-ERROR-CODE 440 for IPv6: an allocation holds one relay
 //!   socket so far. The §7.2 combinations that are errors get 400.
 //! - Not implemented yet: both relays of a dual-stack allocation, TCP
-//!   allocations (RFC 6062), MESSAGE-INTEGRITY-SHA256 and PASSWORD-ALGORITHMS,
-//!   mobility (RFC 8016). Browsers use none of them.
+//!   allocations (RFC 6062), mobility (RFC 8016). Browsers use none of them.
 
 //!
 //! The core is a state machine: bytes, addresses and time come in, replies

@@ -9,6 +9,7 @@ mod auth;
 mod bans;
 mod caps;
 mod expiry;
+mod integrity;
 mod malformed;
 mod peers;
 mod throttle;
@@ -203,7 +204,7 @@ fn sign(builder: &mut MessageBuilder<'_>, client: &Client, nonce: &str) {
         .add(attr::USERNAME, client.username.as_bytes())
         .add(attr::REALM, REALM.as_bytes())
         .add(attr::NONCE, nonce.as_bytes())
-        .add_integrity(&client.key);
+        .add_integrity(client.key.as_bytes());
 }
 
 fn udp_transport(builder: &mut MessageBuilder<'_>) {

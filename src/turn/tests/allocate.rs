@@ -24,7 +24,7 @@ fn allocate_binds_one_relay_socket_and_answers_with_its_addresses() {
         Some(client.five_tuple.client)
     );
     assert_eq!(reply.lifetime(), Some(600));
-    assert!(reply.message().integrity_matches(&client.key));
+    assert!(reply.message().integrity_matches(client.key.as_bytes()));
     assert!(harness.core.has_allocation(&client.five_tuple));
     assert_eq!(harness.core.allocation_count(), 1);
 }
@@ -83,7 +83,10 @@ fn requested_transport_tcp_gets_442() {
         b.add(attr::REQUESTED_TRANSPORT, &[TCP, 0, 0, 0]);
     });
     reply.assert_error(442, "Allocate for TCP");
-    assert!(reply.message().integrity_matches(&alice().key), "signed");
+    assert!(
+        reply.message().integrity_matches(alice().key.as_bytes()),
+        "signed"
+    );
     assert!(harness.sockets.open.is_empty());
 }
 
@@ -355,7 +358,10 @@ fn a_draining_or_full_node_sends_allocations_to_its_siblings_in_turn() {
         let reply = harness.allocate(&bob().on_port(41000 + port), now);
         reply.assert_error(300, "Allocate past max-allocations");
         let message = reply.message();
-        assert!(message.integrity_matches(&bob().key), "signed as bob");
+        assert!(
+            message.integrity_matches(bob().key.as_bytes()),
+            "signed as bob"
+        );
         let alternate = message
             .get(attr::ALTERNATE_SERVER)
             .expect("ALTERNATE-SERVER");

@@ -50,7 +50,7 @@ fn refresh_extends_the_lifetime_from_now() {
     let reply = harness.refresh(&alice(), harness.at(500), 600);
     reply.assert_success("Refresh");
     assert_eq!(reply.lifetime(), Some(600));
-    assert!(reply.message().integrity_matches(&alice().key));
+    assert!(reply.message().integrity_matches(alice().key.as_bytes()));
     harness.core.handle_timeout(harness.at(1099).instant);
     assert_eq!(
         harness.core.allocation_count(),
@@ -96,7 +96,7 @@ fn refresh_with_lifetime_zero_deletes_the_allocation() {
     let reply = harness.refresh(&alice(), now, 0);
     reply.assert_success("Refresh with LIFETIME 0");
     assert_eq!(reply.lifetime(), Some(0));
-    assert!(reply.message().integrity_matches(&alice().key));
+    assert!(reply.message().integrity_matches(alice().key.as_bytes()));
     assert_ended(&mut harness, id, port);
     harness
         .refresh(&alice(), now, 0)
