@@ -333,6 +333,21 @@ impl Core {
             message,
             user,
         } = *request;
+        // RFC 8656 §7.3: a family other than the allocation's is a mismatch.
+        if let Some(family) = message.get(attr::REQUESTED_ADDRESS_FAMILY) {
+            let allocation = self
+                .table
+                .by_five_tuple(five_tuple)
+                .ok_or(Reject::AllocationMismatch)?;
+            let ours = if allocation.relayed.is_ipv4() {
+                attr::FAMILY_IPV4
+            } else {
+                attr::FAMILY_IPV6
+            };
+            if family.first() != Some(&ours) {
+                return Err(Reject::PeerAddressFamilyMismatch);
+            }
+        }
         let asked = message.get(attr::LIFETIME).and_then(attr::u32_value);
         if asked == Some(0) {
             let id = self

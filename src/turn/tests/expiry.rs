@@ -372,3 +372,24 @@ fn timer_looks_only_at_allocations_with_something_due() {
     assert_eq!(tick(&mut harness, 3700), 1);
     assert_eq!(harness.core.allocation_count(), 0);
 }
+
+#[test]
+fn refresh_asking_another_family_gets_443() {
+    let mut harness = Harness::new();
+    let now = harness.at(0);
+    harness.allocated(&alice(), now);
+    let reply = harness.call(&alice(), now, Method::REFRESH, |b| {
+        b.add(
+            attr::REQUESTED_ADDRESS_FAMILY,
+            &[attr::FAMILY_IPV6, 0, 0, 0],
+        );
+    });
+    reply.assert_error(443, "Refresh asking IPv6 of an IPv4 allocation");
+    let reply = harness.call(&alice(), now, Method::REFRESH, |b| {
+        b.add(
+            attr::REQUESTED_ADDRESS_FAMILY,
+            &[attr::FAMILY_IPV4, 0, 0, 0],
+        );
+    });
+    reply.assert_success("Refresh asking its own family");
+}
