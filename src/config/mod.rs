@@ -8,7 +8,9 @@
 //!
 //! One module per table: [`listen`], [`relay`], [`auth`], [`connections`], [`http`],
 //! [`signal`], [`cluster`] and [`admin`] each hold their table's types, defaults and checks. [`walk`] opens
-//! the tables and collects the problems; [`scalars`] converts single values.
+//! the tables and collects the problems; [`scalars`] converts single values. [`hints`] words
+//! the problem of an unknown key, naming icegate's key for a coturn option from
+//! [`coturn_options`], the table `icegate convert-coturn` follows too.
 
 use std::fmt;
 use std::fs;
@@ -23,6 +25,8 @@ mod admin;
 mod auth;
 mod cluster;
 mod connections;
+mod coturn_options;
+mod hints;
 mod http;
 mod listen;
 mod rate;
