@@ -41,14 +41,17 @@ mod walk;
 pub(crate) use self::admin::AdminConfig;
 #[cfg(test)]
 pub(crate) use self::auth::User;
-pub(crate) use self::auth::{AuthConfig, UserCredential};
+pub(crate) use self::auth::{AuthConfig, MAX_USERNAME_BYTES, MIN_SECRET_CHARS, UserCredential};
 pub(crate) use self::cluster::{CaFile, ClusterConfig, MAX_NODE_NAME_CHARS, is_node_name};
 pub(crate) use self::connections::ConnectionLimits;
+#[cfg(test)]
+pub(crate) use self::coturn_options::COTURN_OPTIONS;
+pub(crate) use self::coturn_options::{Equivalent, coturn_option};
 use self::http::HttpConfig;
 pub(crate) use self::listen::{Listen, Services, Transport};
 pub(crate) use self::rate::ByteRate;
-pub(crate) use self::relay::{BandwidthCaps, RelayConfig};
-pub(crate) use self::scalars::{PortRange, parse_duration};
+pub(crate) use self::relay::{BandwidthCaps, RELAY_KEYS, RelayConfig};
+pub(crate) use self::scalars::{MAX_DURATION, PortRange, parse_duration};
 use self::scalars::{Scalar, expected, string};
 #[cfg(test)]
 pub(crate) use self::signal::DEFAULT_SIGNAL_LIMITS;
@@ -57,7 +60,7 @@ pub(crate) use self::throttle::{DEFAULT_THROTTLE, ThrottleConfig};
 use self::walk::{ConfigErrors, ConfigProblem, Ctx, Section, column_of, line_of};
 
 /// RFC 8489 §14.9: REALM must be fewer than 128 characters.
-const MAX_REALM_CHARS: usize = 127;
+pub(crate) const MAX_REALM_CHARS: usize = 127;
 
 const DEFAULT_REALM: &str = "icegate";
 /// How long SIGTERM waits for allocations to end (systemd's TimeoutStopSec must be longer).

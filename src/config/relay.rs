@@ -42,7 +42,7 @@ const BUFFER_BYTES: RangeInclusive<u32> = 4096..=(256 << 20);
 /// sharing or a dozen received video streams, and keeps one client (or a
 /// stolen credential's one allocation) from taking a whole uplink.
 const DEFAULT_MAX_BPS: ByteRate = ByteRate(Some(5_000_000));
-const RELAY_KEYS: &[&str] = &[
+pub(crate) const RELAY_KEYS: &[&str] = &[
     "addresses",
     "external-addresses",
     "ports",
