@@ -50,7 +50,7 @@ pub(crate) use self::coturn_options::{Equivalent, coturn_option};
 use self::http::HttpConfig;
 pub(crate) use self::listen::{Listen, Services, Transport};
 pub(crate) use self::rate::ByteRate;
-pub(crate) use self::relay::{BandwidthCaps, RELAY_KEYS, RelayConfig};
+pub(crate) use self::relay::{BandwidthCaps, DEFAULT_LIFETIME, RELAY_KEYS, RelayConfig};
 pub(crate) use self::scalars::{MAX_DURATION, PortRange, parse_duration};
 use self::scalars::{Scalar, expected, string};
 #[cfg(test)]

@@ -5,12 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use super::Environment;
-use super::settings::Settings;
+use super::settings::{COTURN_PORT, COTURN_TLS_PORT, Settings};
 use super::writer::{TomlWriter, quoted};
-
-/// coturn's defaults for `listening-port` and `tls-listening-port`.
-const DEFAULT_PORT: u16 = 3478;
-const DEFAULT_TLS_PORT: u16 = 5349;
 
 /// One `[[listen]]` table to write.
 struct Listener {
@@ -26,8 +22,8 @@ pub(super) fn write_listeners(w: &mut TomlWriter, s: &Settings, env: &Environmen
     } else {
         (s.listening_ips.clone(), "listening-ip, ")
     };
-    let plain_port = s.listening_port.unwrap_or(DEFAULT_PORT);
-    let tls_port = s.tls_listening_port.unwrap_or(DEFAULT_TLS_PORT);
+    let plain_port = s.listening_port.unwrap_or(COTURN_PORT);
+    let tls_port = s.tls_listening_port.unwrap_or(COTURN_TLS_PORT);
     let tls_files = if s.no_tls { None } else { tls_files(w, s, env) };
     let plain_from = if s.listening_port.is_some() {
         "listening-port"

@@ -13,7 +13,7 @@ mod relay;
 mod settings;
 mod writer;
 
-use self::settings::{SetAside, Settings};
+use self::settings::{COTURN_PROMETHEUS_PORT, SetAside, Settings};
 use self::writer::{TomlWriter, quoted};
 
 /// What the conversion needs besides the file's text.
@@ -65,7 +65,7 @@ fn write_admin(w: &mut TomlWriter, s: &Settings) {
     if !s.prometheus {
         return;
     }
-    let port = s.prometheus_port.unwrap_or(9641);
+    let port = s.prometheus_port.unwrap_or(COTURN_PROMETHEUS_PORT);
     w.table("[admin]");
     w.comment(
         "coturn served /metrics on every address. icegate's admin listener can also end\n\

@@ -7,21 +7,19 @@ use ipnet::IpNet;
 
 use super::settings::Settings;
 use super::writer::{TomlWriter, array, quoted};
-use crate::config::RELAY_KEYS;
+use crate::config::{DEFAULT_LIFETIME, RELAY_KEYS};
 
 /// coturn's relay port range when min-port or max-port is left out.
-const DEFAULT_MIN_PORT: u16 = 49152;
-const DEFAULT_MAX_PORT: u16 = 65535;
-/// icegate's `default-lifetime`, which `max-lifetime` may not be below.
-const ICEGATE_DEFAULT_LIFETIME_SECS: u64 = 600;
+const COTURN_MIN_PORT: u16 = 49152;
+const COTURN_MAX_PORT: u16 = 65535;
 
 /// Writes `[relay]`.
 pub(super) fn write_relay(w: &mut TomlWriter, s: &Settings) {
     w.table("[relay]");
     write_addresses(w, s);
     if s.min_port.is_some() || s.max_port.is_some() {
-        let low = s.min_port.unwrap_or(DEFAULT_MIN_PORT);
-        let high = s.max_port.unwrap_or(DEFAULT_MAX_PORT);
+        let low = s.min_port.unwrap_or(COTURN_MIN_PORT);
+        let high = s.max_port.unwrap_or(COTURN_MAX_PORT);
         if low <= high {
             w.key(
                 "ports",
@@ -172,7 +170,8 @@ fn write_quotas(w: &mut TomlWriter, s: &Settings) {
 
 fn write_lifetimes(w: &mut TomlWriter, s: &Settings) {
     if let Some(secs) = s.max_allocate_lifetime {
-        if secs < ICEGATE_DEFAULT_LIFETIME_SECS {
+        // icegate refuses a max-lifetime below its default-lifetime.
+        if secs < DEFAULT_LIFETIME.as_secs() {
             w.key(
                 "default-lifetime",
                 quoted(&format!("{secs}s")),

@@ -12,6 +12,14 @@ use crate::config::{
     coturn_option,
 };
 
+/// coturn's ports when its file names none: `listening-port`, `tls-listening-port` and
+/// `prometheus-port`.
+pub(super) const COTURN_PORT: u16 = 3478;
+pub(super) const COTURN_TLS_PORT: u16 = 5349;
+pub(super) const COTURN_PROMETHEUS_PORT: u16 = 9641;
+/// What a bare `stale-nonce` means to coturn, in seconds.
+const COTURN_STALE_NONCE_SECS: u64 = 600;
+
 /// A static user's credential as `user=name:credential` gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Credential {
@@ -135,14 +143,20 @@ impl Settings {
             "allow-loopback-peers" => self.allow_loopback_peers = flag(value)?,
             "cert" => self.cert = Some(required(value)?.to_owned()),
             "pkey" => self.pkey = Some(required(value)?.to_owned()),
-            "alternate-server" => push_new(&mut self.alternate_servers, server(value, 3478)?),
+            "alternate-server" => {
+                push_new(&mut self.alternate_servers, server(value, COTURN_PORT)?)
+            }
             "tls-alternate-server" => {
-                push_new(&mut self.tls_alternate_servers, server(value, 5349)?);
+                push_new(
+                    &mut self.tls_alternate_servers,
+                    server(value, COTURN_TLS_PORT)?,
+                );
             }
             "prometheus" => self.prometheus = flag(value)?,
             "prometheus-port" => self.prometheus_port = Some(port(value)?),
-            // A bare stale-nonce is coturn's 600 seconds.
-            "stale-nonce" => self.stale_nonce = Some(value.map_or(Ok(600), seconds)?),
+            "stale-nonce" => {
+                self.stale_nonce = Some(value.map_or(Ok(COTURN_STALE_NONCE_SECS), seconds)?);
+            }
             "max-allocate-lifetime" => self.max_allocate_lifetime = Some(lifetime(value)?),
             "channel-lifetime" => self.channel_lifetime = Some(lifetime(value)?),
             "permission-lifetime" => self.permission_lifetime = Some(lifetime(value)?),
