@@ -35,7 +35,9 @@ pub(crate) fn convert(text: &str, env: &Environment<'_>) -> String {
     w.comment(&format!(
         "icegate.toml made by `icegate convert-coturn` from {}.\n\
          Each line names the coturn options it came from; what icegate has no equivalent for\n\
-         is listed at the end. Check it with: icegate check-config --config FILE",
+         is listed at the end. Check it with: icegate check-config --config FILE\n\
+         It holds the coturn file's secrets and passwords: keep it as private (the package's\n\
+         /etc/icegate/icegate.toml is root:icegate 0640).",
         env.source
     ));
     w.blank();
