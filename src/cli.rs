@@ -1,13 +1,15 @@
-//! The command line: run, check-config, credentials, token, ctl, version.
+//! The command line: run, check-config, convert-coturn, credentials, token, ctl, version.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
 use crate::auth::CredentialStore;
+use crate::certificate::{TlsFiles, load_certified_key};
 use crate::config::{self, Config};
+use crate::coturn_convert::{self, Environment};
 use crate::daemon::{self, Origin};
 use crate::ice;
 use crate::logging::LogTarget;
@@ -16,6 +18,8 @@ use crate::signal::token;
 
 /// sysexits.h: the configuration is wrong (systemd's RestartPreventExitStatus).
 const EXIT_CONFIG: u8 = 78;
+/// sysexits.h: an input file cannot be read.
+const EXIT_NO_INPUT: u8 = 66;
 /// sysexits.h: an internal failure, such as a port that cannot be bound.
 const EXIT_SOFTWARE: u8 = 70;
 
@@ -44,6 +48,13 @@ enum Command {
     CheckConfig {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+    },
+    /// Print an icegate.toml that does what a coturn turnserver.conf did; each line names
+    /// the coturn options it came from, and what has no equivalent is listed at the end.
+    ConvertCoturn {
+        /// coturn's configuration file, such as /etc/turnserver.conf.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
     },
     /// Mint TURN REST credentials and print them with the iceServers JSON.
     Credentials {
@@ -87,6 +98,7 @@ pub fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::ConvertCoturn { file } => convert_coturn(&file),
         Command::Credentials { user, ttl, config } => credentials(&user, ttl, config),
         Command::Token {
             user,
@@ -130,6 +142,36 @@ fn run(path: Option<PathBuf>, log_target: LogTarget) -> ExitCode {
             ExitCode::from(EXIT_SOFTWARE)
         }
     }
+}
+
+fn convert_coturn(path: &Path) -> ExitCode {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            eprintln!("icegate: cannot read {}: {e}", path.display());
+            return ExitCode::from(EXIT_NO_INPUT);
+        }
+    };
+    let check_tls = |certificate: &Path, private_key: &Path| {
+        let files = TlsFiles {
+            certificate: certificate.to_owned(),
+            private_key: private_key.to_owned(),
+        };
+        load_certified_key(&files)
+            .map(drop)
+            .map_err(|problem| problem.message)
+    };
+    let env = Environment {
+        source: &path.display().to_string(),
+        config_dir: path.parent().unwrap_or(Path::new("/")),
+        fresh_secret: &fresh_secret(),
+        check_tls: &check_tls,
+    };
+    print!(
+        "{}",
+        coturn_convert::convert(&String::from_utf8_lossy(&bytes), &env)
+    );
+    ExitCode::SUCCESS
 }
 
 fn credentials(user: &str, ttl: Option<Duration>, path: Option<PathBuf>) -> ExitCode {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::auth::{CredentialStore, LongTermKey, long_term_key};
 use crate::config::{Config, Transport};
+use crate::coturn_convert::{self, Environment};
 use crate::policy::PeerPolicy;
 use crate::reject::RejectCounters;
 use crate::signal::protocol::{self, Incoming, Request};
@@ -31,7 +32,7 @@ pub type Target = (&'static str, fn(&[u8]));
 
 /// The fuzz targets, by name: the directories under `fuzz/seeds/` and
 /// `fuzz/regressions/`, and the files under `fuzz/fuzz_targets/`.
-pub const TARGETS: [Target; 7] = [
+pub const TARGETS: [Target; 8] = [
     ("stun_core", stun_core),
     ("channel_data", channel_data),
     ("stream_framing", stream_framing),
@@ -39,6 +40,7 @@ pub const TARGETS: [Target; 7] = [
     ("websocket_frames", websocket_frames),
     ("token", token),
     ("config", config),
+    ("coturn_config", coturn_config),
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -964,6 +966,24 @@ pub fn config(data: &[u8]) {
             assert!(!errors.problems.is_empty(), "refused without a problem");
             let _ = errors.to_string();
         }
+    }
+}
+
+/// A coturn `turnserver.conf` through `icegate convert-coturn`'s conversion, with
+/// certificates that never load (so no file is read): whatever the input, the output must
+/// load as an icegate config, as the converter promises.
+pub fn coturn_config(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let never_loads = |_: &Path, _: &Path| Err("not in the fuzz target".to_owned());
+    let env = Environment {
+        source: "turnserver.conf",
+        config_dir: sandbox(),
+        fresh_secret: "fresh-secret-0123456789abcdef",
+        check_tls: &never_loads,
+    };
+    let converted = coturn_convert::convert(&text, &env);
+    if let Err(errors) = Config::parse_sandboxed(&converted, sandbox()) {
+        panic!("the conversion does not load: {errors}\n--- converted:\n{converted}");
     }
 }
 

@@ -21,7 +21,8 @@
 //! `stun`. `config` reads
 //! the TOML file, one module per table; `certificate` loads a TLS listener's
 //! certificate and key from PEM files, for `config` (which checks them) and
-//! `transport` (which serves them) alike. `cli` and `daemon` run it all.
+//! `transport` (which serves them) alike. `coturn_convert` turns a coturn `turnserver.conf` into such a
+//! TOML file. `cli` and `daemon` run it all.
 //! Imports point down these layers only (`.ci/check-layers.py`).
 
 pub mod cli;
@@ -34,6 +35,7 @@ mod bans;
 mod certificate;
 mod cluster;
 mod config;
+mod coturn_convert;
 mod ctl;
 mod daemon;
 mod datagrams;

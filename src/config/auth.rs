@@ -14,9 +14,9 @@ use super::scalars::{Scalar, kind};
 use super::walk::{Ctx, Section, line_of, values};
 
 /// Shortest accepted REST secret; shorter ones are guessable offline from one credential.
-const MIN_SECRET_CHARS: usize = 8;
+pub(crate) const MIN_SECRET_CHARS: usize = 8;
 /// RFC 8489 §14.3: USERNAME must be fewer than 513 bytes.
-const MAX_USERNAME_BYTES: usize = 512;
+pub(crate) const MAX_USERNAME_BYTES: usize = 512;
 const DEFAULT_CREDENTIAL_TTL: Duration = Duration::from_secs(24 * 3600);
 const DEFAULT_NONCE_LIFETIME: Duration = Duration::from_secs(600);
 const AUTH_KEYS: &[&str] = &[

@@ -8,7 +8,9 @@
 //!
 //! One module per table: [`listen`], [`relay`], [`auth`], [`connections`], [`http`],
 //! [`signal`], [`cluster`] and [`admin`] each hold their table's types, defaults and checks. [`walk`] opens
-//! the tables and collects the problems; [`scalars`] converts single values.
+//! the tables and collects the problems; [`scalars`] converts single values. [`hints`] words
+//! the problem of an unknown key, naming icegate's key for a coturn option from
+//! [`coturn_options`], the table `icegate convert-coturn` follows too.
 
 use std::fmt;
 use std::fs;
@@ -23,6 +25,8 @@ mod admin;
 mod auth;
 mod cluster;
 mod connections;
+mod coturn_options;
+mod hints;
 mod http;
 mod listen;
 mod rate;
@@ -37,14 +41,17 @@ mod walk;
 pub(crate) use self::admin::AdminConfig;
 #[cfg(test)]
 pub(crate) use self::auth::User;
-pub(crate) use self::auth::{AuthConfig, UserCredential};
+pub(crate) use self::auth::{AuthConfig, MAX_USERNAME_BYTES, MIN_SECRET_CHARS, UserCredential};
 pub(crate) use self::cluster::{CaFile, ClusterConfig, MAX_NODE_NAME_CHARS, is_node_name};
 pub(crate) use self::connections::ConnectionLimits;
+#[cfg(test)]
+pub(crate) use self::coturn_options::COTURN_OPTIONS;
+pub(crate) use self::coturn_options::{Equivalent, coturn_option};
 use self::http::HttpConfig;
 pub(crate) use self::listen::{Listen, Services, Transport};
 pub(crate) use self::rate::ByteRate;
-pub(crate) use self::relay::{Alternates, BandwidthCaps, RelayConfig};
-pub(crate) use self::scalars::{PortRange, parse_duration};
+pub(crate) use self::relay::{Alternates, BandwidthCaps, DEFAULT_LIFETIME, RelayConfig};
+pub(crate) use self::scalars::{MAX_DURATION, PortRange, parse_duration};
 use self::scalars::{Scalar, expected, string};
 #[cfg(test)]
 pub(crate) use self::signal::DEFAULT_SIGNAL_LIMITS;
@@ -53,7 +60,7 @@ pub(crate) use self::throttle::{DEFAULT_THROTTLE, ThrottleConfig};
 use self::walk::{ConfigErrors, ConfigProblem, Ctx, Section, column_of, line_of};
 
 /// RFC 8489 §14.9: REALM must be fewer than 128 characters.
-const MAX_REALM_CHARS: usize = 127;
+pub(crate) const MAX_REALM_CHARS: usize = 127;
 
 const DEFAULT_REALM: &str = "icegate";
 /// How long SIGTERM waits for allocations to end (systemd's TimeoutStopSec must be longer).

@@ -20,6 +20,8 @@ pub(crate) struct ByteRate(pub(crate) Option<u64>);
 
 impl ByteRate {
     pub(crate) const UNLIMITED: Self = Self(None);
+    /// The slowest and fastest cap a file may set, in bytes per second.
+    pub(crate) const LIMITS: std::ops::RangeInclusive<u64> = LOWEST..=HIGHEST;
 }
 
 impl fmt::Display for ByteRate {

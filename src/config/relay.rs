@@ -28,7 +28,7 @@ const PERMISSIONS_PER_ALLOCATION: RangeInclusive<u32> = 1..=65536;
 /// RFC 8656 §12 gives 0x1000 channel numbers, RFC 5766 0x4000.
 const CHANNELS_PER_ALLOCATION: RangeInclusive<u32> = 1..=0x4000;
 // RFC 8656 §3.2, §9 and §12: 600 s allocations, 300 s permissions, 600 s channels.
-const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
+pub(crate) const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
 const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(3600);
 const DEFAULT_PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
 const DEFAULT_CHANNEL_LIFETIME: Duration = Duration::from_secs(600);

@@ -112,7 +112,7 @@ const DURATION_WHAT: &str = "a duration like \"10m\", \"90s\" or \"1h30m\"";
 /// setting, and far within what a clock reading can have added to it (a
 /// lifetime of 500 billion years made the first Allocate panic).
 /// Years of 365.25 days, as humantime reads "y".
-const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
 
 /// A humane duration greater than zero and at most 100 years with a unit, as in the config file
 /// and on the command line; the error says what was expected.

@@ -11,6 +11,7 @@ use std::path::Path;
 use toml::Spanned;
 use toml::de::{DeString, DeTable, DeValue};
 
+use super::hints::unknown_key;
 use super::scalars::{Scalar, got};
 
 /// Every problem found in one configuration file.
@@ -174,11 +175,7 @@ impl<'a, 'i> Section<'a, 'i> {
         for key in table.into_iter().flat_map(|t| t.keys()) {
             let name: &str = key.get_ref();
             if !known.contains(&name) {
-                let normalized = name.to_ascii_lowercase().replace('_', "-");
-                let hint = match known.iter().find(|k| **k == normalized) {
-                    Some(k) => format!("unknown key; did you mean {k}?"),
-                    None => format!("unknown key; expected one of: {}", known.join(", ")),
-                };
+                let hint = unknown_key(name, known);
                 cx.report(section.key(name), Some(&key.span()), hint);
             }
         }

@@ -732,12 +732,39 @@ fn config_seeds() -> Seeds {
     ]
 }
 
+fn coturn_config_seeds() -> Seeds {
+    let hand_written = "listening-port=3478\n--tls-listening-port 5349\nlistening-ip=192.0.2.1\n\
+        listening-ip=2001:db8::1\nrelay-ip=192.0.2.1\nexternal-ip=203.0.113.1/192.0.2.1\n\
+        min-port=40000\nmax-port=40999\nrealm=turn.example.org\nlt-cred-mech\n\
+        user=alice:wonderland\nuser=bob:0x0123456789abcdef0123456789abcdef\nuse-auth-secret\n\
+        static-auth-secret=0123456789abcdef\ntotal-quota=100\nuser-quota=4\nmax-bps=125000\n\
+        bps-capacity=0\ndenied-peer-ip=10.0.0.0-10.255.255.255\nallowed-peer-ip=10.1.2.3\n\
+        allow-loopback-peers\ncert=cert.pem\npkey=key.pem\nalternate-server=198.51.100.1\n\
+        prometheus\nstale-nonce\nmax-allocate-lifetime=300\nverbose\nno-cli\nfrobnicate\n";
+    let mut seeds = vec![
+        ("hand-written", hand_written.as_bytes().to_vec()),
+        (
+            "nothing-served",
+            b"no-udp\nno-tcp\nno-tls\nexternal-ip=2001:db8::1\n".to_vec(),
+        ),
+    ];
+    // Every option name icegate knows, with values of each kind an option takes.
+    let values = ["", "=1", " 192.0.2.1", "=a:b", "=10.0.0.0-10.0.0.255", "=0"];
+    let every_option: String = crate::config::COTURN_OPTIONS
+        .iter()
+        .zip(values.iter().cycle())
+        .map(|((name, _), value)| format!("--{name}{value}\n"))
+        .collect();
+    seeds.push(("every-option", every_option.into_bytes()));
+    seeds
+}
+
 /// Rewrites `fuzz/seeds/`: real messages as the tests build them, signed
 /// with the nonces the targets' cores accept, and the shipped configs.
 #[test]
 #[ignore = "writes fuzz/seeds/; run by hand when the input formats change"]
 fn write_seeds() {
-    let targets: [(&str, Seeds); 7] = [
+    let targets: [(&str, Seeds); 8] = [
         ("stun_core", stun_core_seeds()),
         ("channel_data", channel_data_seeds()),
         ("stream_framing", stream_framing_seeds()),
@@ -745,6 +772,7 @@ fn write_seeds() {
         ("websocket_frames", websocket_seeds()),
         ("token", token_seeds()),
         ("config", config_seeds()),
+        ("coturn_config", coturn_config_seeds()),
     ];
     for (target, seeds) in targets {
         let dir = fuzz_dir().join("seeds").join(target);
