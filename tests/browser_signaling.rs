@@ -11,7 +11,8 @@
 //! UDP port, all on 127.0.0.1; Chromium resolves only the test host (to
 //! 127.0.0.1) and trusts the test CA through its NSS database, as a user
 //! who imported it would. Every child process runs under a deadline.
-//! Needs what tests/browser.rs needs.
+//! Needs what tests/browser.rs needs; the cluster test also needs
+//! Debian's `redis-server`.
 
 mod common;
 
@@ -22,6 +23,7 @@ use serde_json::{Value, json};
 
 use common::browser::{Report, TURN_HOST, assert_relay_pair, nss_home_trusting, run_script};
 use common::coturn::{EchoPeer, User, assert_uclient_tally, uclient};
+use common::redis::TestRedis;
 use common::signal::{JWT_SECRET, token_for};
 use common::{TestConfig, TestDaemon};
 
@@ -37,32 +39,70 @@ const SCREENSHOT_ENV: &str = "ICEGATE_DEMO_SCREENSHOT";
 
 /// A daemon with UDP TURN and one TLS port for TURN and HTTPS (the demo
 /// page and signaling), a certificate for TURN_HOST from a test CA, and a
-/// HOME for Chromium that trusts the CA.
+/// HOME for Chromium that trusts the CA. From [`Demo::cluster`], page b
+/// goes to a second such daemon, a node of the same cluster.
 struct Demo {
     daemon: TestDaemon,
+    /// Page b's node. Fields drop in order: the nodes stop before their Redis.
+    node_b: Option<TestDaemon>,
+    _redis: Option<TestRedis>,
     home: PathBuf,
     ca: PathBuf,
     dir: tempfile::TempDir,
+}
+
+/// A demo daemon with the certificate in `certs` and `tables` after
+/// `[signal]`'s keys.
+fn demo_daemon(certs: &common::TestCerts, tables: &str) -> TestDaemon {
+    let signal = format!("[signal]\njwt-secrets = [\"{JWT_SECRET}\"]\n{tables}");
+    let config = TestConfig {
+        tls: Some((&certs.cert, &certs.key)),
+        tls_services: &["turn", "http"],
+        public_host: Some(TURN_HOST),
+        tables: &signal,
+        // coturn 4.6's uclient binds channels in the RFC 5766 range.
+        relay_extra: "rfc5766-channel-numbers = true",
+        ..TestConfig::default()
+    };
+    TestDaemon::start(&config.render())
 }
 
 impl Demo {
     fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let certs = common::make_test_ca_and_cert(dir.path(), TURN_HOST);
-        let signal = format!("[signal]\njwt-secrets = [\"{JWT_SECRET}\"]\n");
-        let config = TestConfig {
-            tls: Some((&certs.cert, &certs.key)),
-            tls_services: &["turn", "http"],
-            public_host: Some(TURN_HOST),
-            tables: &signal,
-            // coturn 4.6's uclient binds channels in the RFC 5766 range.
-            relay_extra: "rfc5766-channel-numbers = true",
-            ..TestConfig::default()
-        };
-        let daemon = TestDaemon::start(&config.render());
+        let daemon = demo_daemon(&certs, "");
         let home = nss_home_trusting(&certs.ca, dir.path());
         Self {
             daemon,
+            node_b: None,
+            _redis: None,
+            home,
+            ca: certs.ca,
+            dir,
+        }
+    }
+
+    /// Two nodes, `a` (page a's) and `b` (page b's), sharing one Redis
+    /// server; besides it they share only what TestConfig gives every
+    /// daemon (the TURN REST secret) and the JWT secret.
+    fn cluster() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let certs = common::make_test_ca_and_cert(dir.path(), TURN_HOST);
+        let redis = TestRedis::start();
+        let node = |name: &str| {
+            let cluster = format!(
+                "[cluster]\nredis = \"{}\"\nnode-name = \"{name}\"\n",
+                redis.url()
+            );
+            demo_daemon(&certs, &cluster)
+        };
+        let (daemon, node_b) = (node("a"), node("b"));
+        let home = nss_home_trusting(&certs.ca, dir.path());
+        Self {
+            daemon,
+            node_b: Some(node_b),
+            _redis: Some(redis),
             home,
             ca: certs.ca,
             dir,
@@ -70,10 +110,7 @@ impl Demo {
     }
 
     fn tls_port(&self) -> u16 {
-        self.daemon
-            .tls
-            .expect("icegate announced its tls listener")
-            .port()
+        tls_port(&self.daemon)
     }
 
     /// Runs signaling.mjs: both pages with `relay=1&turn=TURN`, and `extra`
@@ -91,6 +128,10 @@ impl Demo {
             ("--timeout-ms", SCRIPT_TIMEOUT.as_millis().to_string()),
         ]
         .into_iter()
+        .chain(self.node_b.as_ref().map(|node| {
+            let base = format!("https://{TURN_HOST}:{}", tls_port(node));
+            ("--base-b", base)
+        }))
         .flat_map(|(flag, value)| [flag.to_owned(), value])
         .chain(extra.iter().map(|arg| (*arg).to_owned()))
         .collect::<Vec<_>>();
@@ -100,14 +141,21 @@ impl Demo {
     }
 }
 
+fn tls_port(daemon: &TestDaemon) -> u16 {
+    daemon
+        .tls
+        .expect("icegate announced its tls listener")
+        .port()
+}
+
 fn page<'r>(report: &'r Report, name: &str) -> &'r Value {
     &report.json["pages"][name]
 }
 
 /// Each page was welcomed as its token's user, with TURN credentials for
 /// that user, and offered its RTCPeerConnection only the TURN URLs of the
-/// chosen transport (`wanted`).
-fn assert_welcomed(report: &Report, wanted: impl Fn(&str) -> bool) {
+/// chosen transport (`wanted(page, url)`).
+fn assert_welcomed(report: &Report, wanted: impl Fn(&str, &str) -> bool) {
     for (name, user) in USERS {
         let page = page(report, name);
         let welcome = &page["welcome"];
@@ -136,7 +184,7 @@ fn assert_welcomed(report: &Report, wanted: impl Fn(&str) -> bool) {
             .filter(|url| url.starts_with("turn"))
             .collect();
         assert!(
-            !used.is_empty() && used.iter().all(|url| wanted(url)),
+            !used.is_empty() && used.iter().all(|url| wanted(name, url)),
             "{name} used TURN URLs {used:?}:\n{}",
             report.output
         );
@@ -197,9 +245,10 @@ fn assert_chatted(report: &Report) {
 }
 
 /// Both sides' selected candidate pair is relay-to-relay, the local one
-/// allocated from `url` over `relay_protocol`, and the page says so.
-fn assert_relayed(report: &Report, url: &str, relay_protocol: &str) {
-    for (side, _) in USERS {
+/// allocated from `urls[i]` (page a, page b) over `relay_protocol`, and the
+/// page says so.
+fn assert_relayed(report: &Report, urls: [&str; 2], relay_protocol: &str) {
+    for ((side, _), url) in USERS.into_iter().zip(urls) {
         let page = page(report, side);
         let pair = &page["selected"];
         assert_relay_pair(pair, side, url, relay_protocol, &report.output);
@@ -234,11 +283,11 @@ fn two_pages_chat_over_turn_udp_with_credentials_from_the_welcome() {
     let screenshot = demo.dir.path().join("demo.png");
     let report = demo.chat("udp", &screenshot, &[]);
     let url = format!("turn:{TURN_HOST}:{}?transport=udp", demo.daemon.udp.port());
-    assert_welcomed(&report, |u| {
+    assert_welcomed(&report, |_, u| {
         u.starts_with("turn:") && u.ends_with("?transport=udp")
     });
     assert_chatted(&report);
-    assert_relayed(&report, &url, "udp");
+    assert_relayed(&report, [&url, &url], "udp");
     keep_screenshot(&screenshot);
 }
 
@@ -250,9 +299,9 @@ fn two_pages_chat_over_turn_tls_on_the_signaling_port_that_uclient_shares() {
     let screenshot = demo.dir.path().join("demo.png");
     let report = demo.chat("tls", &screenshot, &[]);
     let url = format!("turns:{TURN_HOST}:{}?transport=tcp", demo.tls_port());
-    assert_welcomed(&report, |u| u == url);
+    assert_welcomed(&report, |_, u| u == url);
     assert_chatted(&report);
-    assert_relayed(&report, &url, "tls");
+    assert_relayed(&report, [&url, &url], "tls");
 
     // And coturn's TURN client on that same port, over TLS.
     let peer = EchoPeer::start();
@@ -328,4 +377,39 @@ fn a_page_whose_connection_drops_resumes_its_session() {
         report.output
     );
     assert_chatted(&report);
+}
+
+/// Two nodes of a cluster sharing one Redis: page a signals through node
+/// a, page b through node b. b finds a in the room across the nodes and
+/// calls it; offer, answer and candidates cross through Redis; each page
+/// relays (relay-only) through its own node's TURN server with the
+/// credentials its own node's welcome gave, and the two chat.
+#[test]
+fn two_pages_on_two_cluster_nodes_chat_each_relayed_by_its_own_node() {
+    let demo = Demo::cluster();
+    let node_b = demo.node_b.as_ref().expect("a second node");
+    let screenshot = demo.dir.path().join("demo.png");
+    let report = demo.chat("udp", &screenshot, &[]);
+    let url = |node: &TestDaemon| format!("turn:{TURN_HOST}:{}?transport=udp", node.udp.port());
+    let urls = [url(&demo.daemon), url(node_b)];
+    assert_ne!(urls[0], urls[1], "the two nodes share a UDP port");
+    assert_welcomed(&report, |side, u| {
+        u == if side == "a" { &urls[0] } else { &urls[1] }
+    });
+    assert_chatted(&report);
+    assert_relayed(&report, [&urls[0], &urls[1]], "udp");
+    // Each side's remote candidate is the other's relay address, on the
+    // other node.
+    for (me, other) in [("a", "b"), ("b", "a")] {
+        let (mine, theirs) = (
+            &page(&report, me)["selected"],
+            &page(&report, other)["selected"],
+        );
+        assert_eq!(
+            mine["remote"]["port"], theirs["local"]["port"],
+            "{me}'s remote candidate is not {other}'s relay address:\n{}",
+            report.output
+        );
+    }
+    keep_screenshot(&screenshot);
 }

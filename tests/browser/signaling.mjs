@@ -12,6 +12,9 @@
 // user names, never passwords), the status area and getStats()'s selected
 // candidate pair.
 //
+// With --base-b, page b opens its page (and so its signaling and TURN) on
+// another icegate than page a: two nodes of a cluster.
+//
 // With --resume, page a goes through a TCP proxy on 127.0.0.1 (TLS stays
 // end to end) that then cuts a's connections, as a network change would:
 // a reconnects, resumes its session, and a and b signal each other again.
@@ -33,6 +36,7 @@ import { Harness, checkUrls, chromiumArgs, closeBrowser, sleep } from './chromiu
 const { values: opts } = parseArgs({
   options: {
     base: { type: 'string' },
+    'base-b': { type: 'string' },
     room: { type: 'string', default: 'standup' },
     'token-a': { type: 'string' },
     'token-b': { type: 'string' },
@@ -184,8 +188,11 @@ async function main() {
     if (!opts[key]) return harness.fail(`--${key} is required`);
   }
   const turnHost = opts['turn-host'];
-  if (new URL(opts.base).hostname !== turnHost) {
-    return harness.fail(`--base must be on ${turnHost}, the one name Chromium resolves`);
+  const baseB = opts['base-b'] ?? opts.base;
+  for (const base of [opts.base, baseB]) {
+    if (new URL(base).hostname !== turnHost) {
+      return harness.fail(`--base and --base-b must be on ${turnHost}, the one name Chromium resolves`);
+    }
   }
   launching = chromium.launch({
     executablePath: opts.chromium,
@@ -209,7 +216,7 @@ async function main() {
   await until(a, 'a joins', () => window.icegateDemo?.peer);
   // a has not called anyone yet: check its ICE servers before b may use them.
   checkUrls(await a.evaluate(() => window.icegateDemo.client.iceServers), turnHost);
-  const b = await open('b', opts['token-b']);
+  const b = await open('b', opts['token-b'], baseB);
   const open_ = () => window.icegateDemo.channel?.readyState === 'open';
   await until(a, 'a: data channel open', open_);
   await until(b, 'b: data channel open', open_);
