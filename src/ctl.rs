@@ -331,7 +331,7 @@ fn session_table(list: &Value) -> String {
         return "no signaling sessions\n".to_owned();
     }
     let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
-    let mut table = vec![["USER", "PEER", "ROOMS", "STATE", "AGE"].map(str::to_owned)];
+    let mut table = vec![["USER", "PEER", "ROOMS", "STATE", "NODE", "AGE"].map(str::to_owned)];
     for row in rows {
         let rooms: Vec<String> = row["rooms"]
             .as_array()
@@ -349,6 +349,10 @@ fn session_table(list: &Value) -> String {
                 rooms.join(",")
             },
             text(&row["state"]),
+            // Named with `[cluster]` only.
+            row["node"]
+                .as_str()
+                .map_or_else(|| "-".to_owned(), str::to_owned),
             format!("{}s", row["age_seconds"]),
         ]);
     }

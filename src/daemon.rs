@@ -56,12 +56,9 @@ async fn serve(config: Config, origin: Origin) -> std::io::Result<()> {
     let admin_listener = AdminListener::bind(&config.admin)?;
     let signal = Signaling::new(server.clone(), &config);
     if config.cluster.redis.is_some() {
-        // The Redis link (src/cluster) is not yet joined to the hub; an
-        // operator must not believe rooms span nodes.
-        log::warn!(
-            "[cluster] redis is set, but this version keeps signaling rooms on this node: \
-             the table is checked, not used yet"
-        );
+        signal
+            .join_cluster(&config.cluster)
+            .map_err(std::io::Error::other)?;
     }
     tokio::spawn(signal.clone().sweep_held());
     let tracker = ConnectionTracker::new(config.connections);
@@ -125,6 +122,7 @@ async fn serve(config: Config, origin: Origin) -> std::io::Result<()> {
         // Let the close frames go out.
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+    daemon.signal.leave_cluster().await;
     let refusals: Vec<String> = crate::reject::Reject::ALL
         .iter()
         .map(|&r| (r, daemon.server.rejects.get(r)))

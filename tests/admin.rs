@@ -337,6 +337,8 @@ async fn signaling_metrics_and_ending_a_users_signaling_sessions() {
     assert_eq!(sessions[0]["user"], "bob");
     assert_eq!(sessions[0]["rooms"], json!([{"room": "room", "peer": "b"}]));
     assert_eq!(sessions[0]["state"], "connected");
+    // A single node names none.
+    assert!(sessions[0]["node"].is_null(), "{sessions}");
     let admin = format!("http://{}", daemon.admin);
     let table = tokio::task::block_in_place(|| ctl_ok(&["--admin", &admin, "sessions"]));
     let lines: Vec<&str> = table.lines().collect();

@@ -203,7 +203,8 @@ async fn serve(
                         // The heartbeat had expired: the others may have swept this node.
                         restore_presence(shared).await?;
                     }
-                    within(sink.ping::<String>()).await?;
+                    // Subscribed, RESP2 answers `["pong", ""]`, not a string.
+                    within(sink.ping::<redis::Value>()).await?;
                     sweep(shared, &mut connection).await
                 };
                 alive.await

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::store;
+use crate::signal::protocol::LeaveReason;
 
 /// A message between nodes. Room messages go to the room's channel, which every node with a
 /// local member subscribes to; notices for one node go to that node's inbox.
@@ -24,7 +25,7 @@ pub(crate) enum ClusterMessage {
     PeerLeft {
         room: String,
         peer: String,
-        reason: LeftReason,
+        reason: LeaveReason,
     },
     /// For `to`, a peer on `to_node` (as the sender's presence view says); if `to_node` has no
     /// such peer it answers the sending node with [`ClusterMessage::Undeliverable`].
@@ -56,28 +57,6 @@ pub(crate) enum ClusterMessage {
         from_node: String,
         to_node: String,
     },
-}
-
-/// Why a peer left, as `peer-left` says to clients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub(crate) enum LeftReason {
-    Left,
-    Closed,
-    Timeout,
-    /// Its node stopped sending heartbeats: it died or lost Redis for longer than `node-ttl`.
-    NodeLost,
-}
-
-impl LeftReason {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Self::Left => "left",
-            Self::Closed => "closed",
-            Self::Timeout => "timeout",
-            Self::NodeLost => "node-lost",
-        }
-    }
 }
 
 /// Where a message is published.
@@ -178,7 +157,7 @@ mod tests {
         let ClusterMessage::PeerLeft { peer, reason, .. } = msg else {
             panic!("{msg:?}")
         };
-        assert_eq!((peer.as_str(), reason), ("p/1", LeftReason::NodeLost));
+        assert_eq!((peer.as_str(), reason), ("p/1", LeaveReason::NodeLost));
     }
 
     #[test]
@@ -188,7 +167,7 @@ mod tests {
             &ClusterMessage::PeerLeft {
                 room: "r".into(),
                 peer: "p".into(),
-                reason: LeftReason::Left,
+                reason: LeaveReason::Left,
             },
         );
         assert!(decode("icegate:room:other", left.as_bytes()).is_none());

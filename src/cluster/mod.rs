@@ -21,11 +21,6 @@
 //!   [`Cluster::claim_resume`], [`Cluster::claim_presence`] for each room, then
 //!   [`ClusterMessage::Takeover`] to the node that held it.
 
-#![allow(
-    dead_code,
-    reason = "the signal hub takes the cluster up next; until then its tests use it"
-)]
-
 mod link;
 mod message;
 mod store;
@@ -48,7 +43,9 @@ use tokio::task::JoinHandle;
 use crate::config::{ClusterConfig, MAX_NODE_NAME_CHARS, is_node_name};
 use crate::metrics::{ClusterMetrics, Limit, Metrics};
 
-pub(crate) use message::{ClusterMessage, LeftReason};
+pub(crate) use message::ClusterMessage;
+
+use crate::signal::protocol::LeaveReason;
 
 /// How long one Redis command may take before the link is taken for broken.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
@@ -124,8 +121,18 @@ pub(crate) struct ResumeRecord {
     /// The node that holds the session.
     pub(crate) node: String,
     pub(crate) user: String,
-    /// Room → the session's peer id in it.
-    pub(crate) rooms: BTreeMap<String, String>,
+    /// The session's own peer id (its `welcome`'s).
+    pub(crate) peer: String,
+    /// Room → the session's peer id and metadata in it.
+    pub(crate) rooms: BTreeMap<String, ResumedPeer>,
+}
+
+/// A session's place in one room, as its resume record keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ResumedPeer {
+    pub(crate) peer: String,
+    /// The peer's metadata as JSON text.
+    pub(crate) metadata: String,
 }
 
 /// This node's presence entry, as it should be in Redis.
@@ -133,14 +140,14 @@ pub(crate) struct ResumeRecord {
 enum Owned {
     Present(Box<RawValue>),
     /// Left locally; the entry goes when Redis answers.
-    Leaving(LeftReason),
+    Leaving(LeaveReason),
 }
 
 /// The handle the hub holds; dropping it stops the link without cleaning up (as a crash
 /// would: the other nodes sweep this node's presence after `node-ttl`).
 pub(crate) struct Cluster {
     shared: Arc<Shared>,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// What the handle and the link's tasks share.
@@ -220,7 +227,10 @@ impl Cluster {
             tokio::spawn(link::supervise(shared.clone())),
             tokio::spawn(link::publish_backlog(shared.clone(), queued)),
         ];
-        Ok(Self { shared, tasks })
+        Ok(Self {
+            shared,
+            tasks: Mutex::new(tasks),
+        })
     }
 
     /// This node's name in the cluster.
@@ -288,7 +298,7 @@ impl Cluster {
                 // Redis is back, lest the id stay taken by no one.
                 lock(&shared.owned)
                     .entry(key)
-                    .or_insert(Owned::Leaving(LeftReason::Left));
+                    .or_insert(Owned::Leaving(LeaveReason::Left));
                 return Err(e.into());
             }
         };
@@ -313,13 +323,33 @@ impl Cluster {
         }
     }
 
+    /// Puts `peer` into `room` without asking Redis, which is away now: the link claims it
+    /// when Redis is back, and [`ClusterEvents::on_presence_lost`] says if another node had
+    /// taken the id meanwhile.
+    pub(crate) fn join_later(&self, room: &str, peer: &str, metadata: &RawValue) {
+        if check_names(room, peer).is_err() {
+            return;
+        }
+        self.subscribe(room);
+        lock(&self.shared.owned).insert(
+            (room.to_owned(), peer.to_owned()),
+            Owned::Present(metadata.to_owned()),
+        );
+    }
+
+    /// Forgets `peer` in `room` without touching Redis: its presence belongs to another node
+    /// now (the session resumed there).
+    pub(crate) fn forget(&self, room: &str, peer: &str) {
+        lock(&self.shared.owned).remove(&(room.to_owned(), peer.to_owned()));
+    }
+
     /// Takes `peer` out of `room` across the nodes, with `peer-left` for `reason`. While Redis
     /// is away, it happens when Redis is back.
     pub(crate) async fn leave(
         &self,
         room: &str,
         peer: &str,
-        reason: LeftReason,
+        reason: LeaveReason,
     ) -> Result<(), ClusterError> {
         let key = (room.to_owned(), peer.to_owned());
         lock(&self.shared.owned).insert(key.clone(), Owned::Leaving(reason));
@@ -422,8 +452,8 @@ impl Cluster {
 
     /// Leaves the cluster cleanly (on shutdown): removes what is left of this node's
     /// presence (with `peer-left`, reason `node-lost`) and its heartbeat, then stops the link.
-    pub(crate) async fn shutdown(mut self) {
-        for task in self.tasks.drain(..) {
+    pub(crate) async fn shutdown(&self) {
+        for task in lock(&self.tasks).drain(..) {
             task.abort();
         }
         let _ = link::forget_node(&self.shared).await;
@@ -433,7 +463,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for task in &self.tasks {
+        for task in lock(&self.tasks).iter() {
             task.abort();
         }
     }
@@ -494,7 +524,7 @@ impl Shared {
         }
     }
 
-    async fn leave(&self, room: &str, peer: &str, reason: LeftReason) -> Result<(), ClusterError> {
+    async fn leave(&self, room: &str, peer: &str, reason: LeaveReason) -> Result<(), ClusterError> {
         let announce = message::encode(
             &self.node,
             &ClusterMessage::PeerLeft {

@@ -24,7 +24,9 @@ enum Heard {
     Message(String, ClusterMessage),
     Up,
     Down,
-    Undelivered(ClusterMessage),
+    Undelivered(
+        #[allow(dead_code, reason = "read through Debug in failure messages")] ClusterMessage,
+    ),
     PresenceLost(String, String),
 }
 
@@ -183,13 +185,13 @@ async fn two_nodes_share_presence_messages_and_resume_records() {
     assert!(read(&b.metrics.cluster.received) >= 2);
 
     b.cluster
-        .leave("r", "bob", LeftReason::Closed)
+        .leave("r", "bob", LeaveReason::Closed)
         .await
         .expect("leaves");
     a.heard
         .until(|h| {
             matches!(h, Heard::Message(_, ClusterMessage::PeerLeft { peer, reason, .. })
-                if peer == "bob" && *reason == LeftReason::Closed)
+                if peer == "bob" && *reason == LeaveReason::Closed)
         })
         .await;
     let members = b.cluster.members("r").await.expect("members");
@@ -198,7 +200,7 @@ async fn two_nodes_share_presence_messages_and_resume_records() {
     assert_eq!(peers, ["alice", "carol"]);
     // A node leaves only what it owns.
     b.cluster
-        .leave("r", "alice", LeftReason::Left)
+        .leave("r", "alice", LeaveReason::Left)
         .await
         .expect("no-op");
     assert_eq!(b.cluster.members("r").await.expect("members").len(), 2);
@@ -215,7 +217,15 @@ async fn two_nodes_share_presence_messages_and_resume_records() {
     let record = ResumeRecord {
         node: "node-a".into(),
         user: "alice".into(),
-        rooms: [("r".to_owned(), "alice".to_owned())].into(),
+        peer: "alice".into(),
+        rooms: [(
+            "r".to_owned(),
+            ResumedPeer {
+                peer: "alice".to_owned(),
+                metadata: "{}".to_owned(),
+            },
+        )]
+        .into(),
     };
     a.cluster
         .store_resume("s1", &record, Duration::from_secs(5))
@@ -239,7 +249,7 @@ async fn two_nodes_share_presence_messages_and_resume_records() {
     assert!(entry.contains("node-b "), "{entry}");
     // A, which held it, can no longer take it out.
     a.cluster
-        .leave("r", "alice", LeftReason::Timeout)
+        .leave("r", "alice", LeaveReason::Timeout)
         .await
         .expect("no-op");
     assert!(
@@ -279,7 +289,7 @@ async fn the_peers_of_a_dead_node_leave_their_rooms() {
     b.heard
         .until(|h| {
             matches!(h, Heard::Message(n, ClusterMessage::PeerLeft { peer, reason, .. })
-                if n == "node-a" && peer == "alice" && *reason == LeftReason::NodeLost)
+                if n == "node-a" && peer == "alice" && *reason == LeaveReason::NodeLost)
         })
         .await;
     assert!(
@@ -338,7 +348,7 @@ async fn a_node_outlives_a_redis_outage() {
     assert!(!a.metrics.cluster.is_up());
     // A leave while Redis is away happens when it is back.
     a.cluster
-        .leave("r", "alice", LeftReason::Left)
+        .leave("r", "alice", LeaveReason::Left)
         .await
         .expect_err("Redis is away");
 

@@ -6,7 +6,6 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use crate::config::SignalLimits;
@@ -18,11 +17,19 @@ pub(crate) struct Held {
     /// The sender's peer id in the room, and its session (the hub's id).
     pub(crate) from: Box<str>,
     pub(crate) sender: u64,
-    /// The `signal` frame, ready to send.
-    pub(crate) frame: Bytes,
+    /// The signal's `data`, as the sender wrote it: the frame is written on delivery, here
+    /// or by the node the peer joins on.
+    pub(crate) data: Box<RawValue>,
     /// The sender's message id, echoed in `expired`.
     pub(crate) id: Option<Box<RawValue>>,
     pub(crate) until: Instant,
+}
+
+impl Held {
+    /// What it counts against the byte limits.
+    fn size(&self) -> usize {
+        self.data.get().len()
+    }
 }
 
 /// The signals held in one room, oldest first.
@@ -35,7 +42,7 @@ pub(crate) struct HeldSignals {
 impl HeldSignals {
     /// Holds `held`, unless that breaks one of the limits, which is returned.
     pub(crate) fn hold(&mut self, held: Held, limits: &SignalLimits) -> Result<(), Limit> {
-        let size = held.frame.len();
+        let size = held.size();
         if self.queue.len() >= limits.max_held_per_room as usize {
             return Err(Limit::SignalMaxHeldPerRoom);
         }
@@ -46,7 +53,7 @@ impl HeldSignals {
             .queue
             .iter()
             .filter(|h| h.sender == held.sender && h.from == held.from)
-            .fold((0usize, 0usize), |(n, b), h| (n + 1, b + h.frame.len()));
+            .fold((0usize, 0usize), |(n, b), h| (n + 1, b + h.size()));
         if count >= limits.max_held_per_sender as usize {
             return Err(Limit::SignalMaxHeldPerSender);
         }
@@ -82,7 +89,7 @@ impl HeldSignals {
             }
         }
         self.queue = kept;
-        self.bytes = self.queue.iter().map(|h| h.frame.len()).sum();
+        self.bytes = self.queue.iter().map(Held::size).sum();
         out
     }
 
@@ -107,7 +114,7 @@ mod tests {
             to: to.into(),
             from: format!("p{sender}").into(),
             sender,
-            frame: Bytes::from(vec![b'x'; size]),
+            data: RawValue::from_string(format!("\"{}\"", "x".repeat(size - 2))).unwrap(),
             id: None,
             until,
         }

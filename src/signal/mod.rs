@@ -7,11 +7,12 @@ mod hub;
 mod outbox;
 pub(crate) mod protocol;
 mod session;
+mod span;
 pub(crate) mod token;
 pub(crate) mod websocket;
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -21,13 +22,14 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use crate::config::{Config, SignalAuth, SignalConfig, SignalLimits};
+use crate::config::{ClusterConfig, Config, SignalAuth, SignalConfig, SignalLimits};
 use crate::ice;
 use crate::logging::event;
 use crate::metrics::Limit;
 use crate::reloadable::Reloadable;
 use crate::server::{Server, unix_now};
 use hub::Hub;
+use span::Span;
 use token::{Claims, TokenError, TokenVerifier};
 
 /// How often held signals are checked for expiry: `expired` comes at most
@@ -41,6 +43,8 @@ pub(crate) struct Signaling {
     hub: Arc<Hub>,
     settings: Reloadable<Settings>,
     server: Arc<Server>,
+    /// The other nodes, with `[cluster] redis`.
+    span: OnceLock<Arc<Span>>,
 }
 
 /// What the config says about signaling; replaced whole on reload.
@@ -109,7 +113,25 @@ impl Signaling {
             hub: Hub::new(config.signal.limits, server.metrics.clone()),
             settings: Reloadable::new(Settings::new(config)),
             server,
+            span: OnceLock::new(),
         })
+    }
+
+    /// Joins the other nodes of `[cluster]` (at start, on the runtime): rooms
+    /// span them from now on. Fails only on a Redis setting the client
+    /// refuses; Redis itself may come later.
+    pub(crate) fn join_cluster(&self, config: &ClusterConfig) -> Result<(), String> {
+        let span = Span::start(config, &self.hub, self.server.metrics.clone())?;
+        let _ = self.span.set(span);
+        Ok(())
+    }
+
+    /// Leaves the other nodes cleanly, at shutdown: this node's peers are
+    /// gone from every room at once, rather than after `node-ttl`.
+    pub(crate) async fn leave_cluster(&self) {
+        if let Some(span) = self.span.get() {
+            span.shutdown().await;
+        }
     }
 
     /// Takes up the config (at start, with the bound addresses, and on each
@@ -294,7 +316,14 @@ impl Signaling {
                     return;
                 }
             };
-            let session = this.open_session(TokioIo::new(upgraded), opening);
+            // A resume token this node does not know may be another node's.
+            let moved = match (&opening.resume, this.span.get()) {
+                (Some(token), Some(span)) if !this.hub.knows_resume(token) => {
+                    Box::pin(span.take_over(token, &opening.user)).await
+                }
+                _ => None,
+            };
+            let session = this.open_session(TokioIo::new(upgraded), opening, moved);
             drop(this);
             session.await;
         });
@@ -314,7 +343,12 @@ impl Signaling {
 
     /// Starts or resumes the session of an upgraded connection, welcomes it,
     /// and returns the connection's task.
-    fn open_session<S>(&self, io: S, opening: Box<Opening>) -> impl Future<Output = ()> + use<S>
+    fn open_session<S>(
+        &self,
+        io: S,
+        opening: Box<Opening>,
+        moved: Option<span::Moved>,
+    ) -> impl Future<Output = ()> + use<S>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
@@ -327,7 +361,12 @@ impl Signaling {
             limits,
             slot,
         } = *opening;
-        let opened = self.hub.open(&user, resume.as_deref(), unix_now());
+        let opened = match moved {
+            Some(moved) => self
+                .hub
+                .open_moved(&user, moved.peer, moved.rooms, unix_now()),
+            None => self.hub.open(&user, resume.as_deref(), unix_now()),
+        };
         let welcome = protocol::welcome(&protocol::WelcomeFields {
             user: &user,
             peer: &opened.peer,
@@ -396,6 +435,7 @@ impl Signaling {
                     "peer": s.peer,
                     "rooms": rooms,
                     "state": if s.held { "held" } else { "connected" },
+                    "node": s.node,
                     "since": s.since,
                     "age_seconds": now.saturating_sub(s.since),
                 })

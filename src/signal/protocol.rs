@@ -31,6 +31,8 @@ pub(crate) enum ErrorCode {
     MessageTooLarge,
     RateLimited,
     AlreadyJoined,
+    /// A signal for a peer on another node that could not cross.
+    Undeliverable,
 }
 
 impl ErrorCode {
@@ -50,6 +52,7 @@ impl ErrorCode {
             ErrorCode::MessageTooLarge => "message-too-large",
             ErrorCode::RateLimited => "rate-limited",
             ErrorCode::AlreadyJoined => "already-joined",
+            ErrorCode::Undeliverable => "undeliverable",
         }
     }
 }
@@ -383,12 +386,15 @@ pub(crate) fn peer_joined(room: &str, peer: &str, metadata: &RawValue) -> String
     })
 }
 
-/// Why a peer left a room, as `peer-left` reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a peer left a room, as `peer-left` reports it (and as nodes tell each other).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub(crate) enum LeaveReason {
     Left,
     Closed,
     Timeout,
+    /// Its node stopped sending heartbeats: it died or lost Redis for longer than `node-ttl`.
+    NodeLost,
 }
 
 impl LeaveReason {
@@ -397,6 +403,7 @@ impl LeaveReason {
             LeaveReason::Left => "left",
             LeaveReason::Closed => "closed",
             LeaveReason::Timeout => "timeout",
+            LeaveReason::NodeLost => "node-lost",
         }
     }
 }

@@ -496,7 +496,14 @@ impl Reader {
                 room,
                 peer,
                 metadata,
-            }) => hub.join(*id, claims.as_ref(), room, peer.clone(), *metadata),
+            }) => hub.join(
+                *id,
+                claims.as_ref(),
+                room,
+                peer.clone(),
+                *metadata,
+                incoming.id,
+            ),
             Ok(Request::Leave { room }) => hub.leave(*id, room),
             Ok(Request::Signal { room, to, data }) => {
                 hub.relay(*id, room, Some(to), data, incoming.id, now())

@@ -5,6 +5,11 @@
 //! when the connection drops without a close frame: its peer ids stay taken
 //! and frames for it are queued, so a client that reconnects with its resume
 //! token carries on as if nothing happened.
+//!
+//! With `[cluster]`, rooms span nodes: what concerns peers elsewhere is in
+//! `across`, and reaches them through a [`Remote`].
+
+mod across;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
@@ -13,6 +18,9 @@ use std::time::Instant;
 
 use rand::Rng;
 use serde_json::value::RawValue;
+
+use across::RemoteMember;
+pub(crate) use across::{HeldForResume, JoinAnswer, MovedRoom, PendingJoin, Remote, RemoteEntry};
 
 use super::held::{Held, HeldSignals};
 use super::outbox::{Attachment, Closing, Outbox};
@@ -71,6 +79,8 @@ struct Session {
     detachments: u64,
     /// Unix time the session began.
     since: u64,
+    /// Joins waiting for the cluster's answer.
+    joining: u8,
 }
 
 /// One session as the admin API lists it.
@@ -82,6 +92,8 @@ pub(crate) struct SessionView {
     pub(crate) since: u64,
     /// Held for a resume, not connected.
     pub(crate) held: bool,
+    /// The cluster node it is on, with `[cluster]`.
+    pub(crate) node: Option<String>,
 }
 
 struct Member {
@@ -92,7 +104,29 @@ struct Member {
 #[derive(Default)]
 struct Room {
     members: BTreeMap<String, Member>,
+    /// Peers of the room on other nodes.
+    remote: BTreeMap<String, RemoteMember>,
+    /// Local joins waiting for the cluster's answer: peer id and session.
+    joining: Vec<(Box<str>, SessionId)>,
     held: HeldSignals,
+}
+
+impl Room {
+    /// Peers here, elsewhere and on their way in.
+    fn size(&self) -> usize {
+        self.members.len() + self.remote.len() + self.joining.len()
+    }
+
+    fn has_peer(&self, peer: &str) -> bool {
+        self.members.contains_key(peer)
+            || self.remote.contains_key(peer)
+            || self.joining.iter().any(|(id, _)| &**id == peer)
+    }
+
+    /// Nobody here is in it or on the way in: the room goes.
+    fn is_unused(&self) -> bool {
+        self.members.is_empty() && self.joining.is_empty()
+    }
 }
 
 struct HubState {
@@ -106,6 +140,8 @@ struct HubState {
     holding: HashSet<String>,
     /// icegate is stopping: new sessions close at once.
     stopping: bool,
+    /// The other nodes, with `[cluster]`.
+    remote: Option<Arc<dyn Remote>>,
     connections: u32,
     connections_by_ip: HashMap<IpAddr, u32>,
 }
@@ -158,8 +194,8 @@ impl Hub {
                 next_session: 0,
                 next_attachment: 0,
                 holding: HashSet::new(),
-
                 stopping: false,
+                remote: None,
                 connections: 0,
                 connections_by_ip: HashMap::new(),
             }),
@@ -206,7 +242,6 @@ impl Hub {
     /// `now` is the Unix time, kept as the session's start.
     pub(crate) fn open(&self, user: &str, resume_token: Option<&str>, now: u64) -> Opened {
         let mut state = self.lock();
-        let limits = state.limits;
         let resumable = resume_token
             .and_then(|token| state.resume_tokens.get(token).copied())
             .filter(|id| {
@@ -215,15 +250,18 @@ impl Hub {
                 })
             });
         let new_token = random_token();
-        state.next_attachment += 1;
-        let attachment = state.next_attachment;
         if let Some(id) = resumable {
+            state.next_attachment += 1;
+            let attachment = state.next_attachment;
             let state = &mut *state;
             let session = state
                 .sessions
                 .get_mut(&id)
                 .unwrap_or_else(|| unreachable!());
             state.resume_tokens.remove(&session.resume_token);
+            if let Some(remote) = &state.remote {
+                remote.resumed_here(&session.resume_token);
+            }
             state.resume_tokens.insert(new_token.clone(), id);
             session.resume_token = new_token.clone();
             session.held = None;
@@ -242,33 +280,7 @@ impl Hub {
                 rejoined,
             };
         }
-        state.next_session += 1;
-        let id = state.next_session;
-        let outbox = Arc::new(Outbox::new(limits.max_queued_bytes as usize));
-        let peer = random_peer_id();
-        state.resume_tokens.insert(new_token.clone(), id);
-        state.sessions.insert(
-            id,
-            Session {
-                user: user.into(),
-                default_peer: peer.clone(),
-                rooms: RoomsOf::default(),
-                outbox: outbox.clone(),
-                resume_token: new_token.clone(),
-                held: None,
-                detachments: 0,
-                since: now,
-            },
-        );
-        Opened {
-            id,
-            attachment,
-            outbox,
-            peer,
-            resume_token: new_token,
-            resumed: false,
-            rejoined: Vec::new(),
-        }
+        new_session(&mut state, user, random_peer_id(), new_token, now)
     }
 
     /// Starts (or resumes) sending the session's frames to a connection.
@@ -292,6 +304,9 @@ impl Hub {
         }
     }
 
+    /// Puts the session into `room`: `joined` follows, at once or (with
+    /// `[cluster]`) when the other nodes have agreed; an error is returned
+    /// now or sent then, in reply to `reply_to`.
     pub(crate) fn join(
         &self,
         id: SessionId,
@@ -299,6 +314,7 @@ impl Hub {
         room: &str,
         peer: Option<String>,
         metadata: Option<&RawValue>,
+        reply_to: Option<&RawValue>,
     ) -> Result<(), Problem> {
         let limits = self.lock().limits;
         if claims.is_some_and(|c| !c.may_join(room)) {
@@ -330,13 +346,19 @@ impl Hub {
         let mut state = self.lock();
         let state = &mut *state;
         let session = state.sessions.get_mut(&id).ok_or_else(gone)?;
-        if session.rooms.get(room).is_some() {
+        let entering = state
+            .rooms
+            .get(room)
+            .is_some_and(|r| r.joining.iter().any(|(_, s)| *s == id));
+        if session.rooms.get(room).is_some() || entering {
             return Err(Problem::new(
                 ErrorCode::AlreadyJoined,
                 format!("already in room {room}"),
             ));
         }
-        if session.rooms.len() >= limits.max_rooms_per_connection as usize {
+        if session.rooms.len() + usize::from(session.joining)
+            >= limits.max_rooms_per_connection as usize
+        {
             self.metrics.limit_hit(Limit::SignalMaxRoomsPerConnection);
             event!(
                 info,
@@ -353,66 +375,38 @@ impl Hub {
             ));
         }
         let peer = peer.unwrap_or_else(|| session.default_peer.clone());
-        let members = state.rooms.get(room).map_or(0, |r| r.members.len());
-        if state
-            .rooms
-            .get(room)
-            .is_some_and(|r| r.members.contains_key(&peer))
-        {
-            return Err(Problem::new(
-                ErrorCode::PeerIdTaken,
-                format!("peer id {peer} is taken in room {room}"),
-            ));
+        if state.rooms.get(room).is_some_and(|r| r.has_peer(&peer)) {
+            return Err(peer_id_taken(room, &peer));
         }
-        if members >= limits.max_peers_per_room as usize {
-            self.metrics.limit_hit(Limit::SignalMaxPeersPerRoom);
-            event!(
-                info,
-                "signal-limit",
-                limit = "max-peers-per-room",
-                user = session.user,
-                room = room
-            );
-            return Err(Problem::new(
-                ErrorCode::RoomFull,
-                format!(
-                    "room {room} has {} peers, the most allowed",
-                    limits.max_peers_per_room
-                ),
-            ));
+        if state.rooms.get(room).map_or(0, Room::size) >= limits.max_peers_per_room as usize {
+            return Err(room_full(&self.metrics, &session.user, room, &limits));
         }
-        session.rooms.insert(room, &peer);
-        let user = session.user.clone();
-        let announce = websocket::text(&protocol::peer_joined(room, &peer, &metadata));
-        let entry = state.rooms.entry(room.to_owned()).or_default();
-        for member in entry.members.values() {
-            if let Some(other) = state.sessions.get(&member.session) {
-                other.outbox.push_frame(announce.clone(), true);
+        match state.remote.clone() {
+            Some(remote) if remote.is_up() => {
+                session.joining += 1;
+                state
+                    .rooms
+                    .entry(room.to_owned())
+                    .or_default()
+                    .joining
+                    .push((peer.as_str().into(), id));
+                remote.join(PendingJoin {
+                    session: id,
+                    room: room.to_owned(),
+                    peer,
+                    metadata,
+                    max_members: limits.max_peers_per_room,
+                    reply_to: reply_to.map(ToOwned::to_owned),
+                });
             }
-        }
-        entry.members.insert(
-            peer.clone(),
-            Member {
-                session: id,
-                metadata,
-            },
-        );
-        let waiting = entry.held.take_for(&peer);
-        if entry.held.is_empty() {
-            state.holding.remove(room);
-        }
-        let joined = joined_text(&state.rooms, room, &peer);
-        event!(info, "signal-join", user = user, room = room, peer = peer);
-        if let Some(session) = state.sessions.get(&id) {
-            session.outbox.push(websocket::text(&joined));
-            // Signals sent before it arrived, in the order they were sent.
-            for held in &waiting {
-                session.outbox.push(held.frame.clone());
+            remote => {
+                // Without Redis the node serves its own peers; the id is
+                // claimed across nodes once Redis is back.
+                if let Some(remote) = remote {
+                    remote.join_later(room, &peer, &metadata);
+                }
+                seat(state, &self.metrics, id, room, peer, metadata, Vec::new());
             }
-        }
-        if !waiting.is_empty() {
-            self.metrics
-                .signal_held(SignalHeld::Delivered, waiting.len());
         }
         Ok(())
     }
@@ -448,9 +442,19 @@ impl Hub {
         let from = session.rooms.get(room).ok_or_else(|| not_in_room(room))?;
         let entry = state.rooms.get_mut(room).ok_or_else(|| not_in_room(room))?;
         let members = &entry.members;
-        let text = protocol::signal(room, from, data, to.is_none());
         match to {
             Some(to) => {
+                if let Some(elsewhere) = entry.remote.get(to) {
+                    let sent = state
+                        .remote
+                        .as_ref()
+                        .is_some_and(|remote| remote.signal(room, from, to, &elsewhere.node, data));
+                    return if sent {
+                        Ok(())
+                    } else {
+                        Err(across::not_crossed(room, to))
+                    };
+                }
                 let Some(member) = members.get(to) else {
                     let limits = &state.limits;
                     if limits.hold_for.is_zero() {
@@ -463,7 +467,7 @@ impl Hub {
                         to: to.into(),
                         from: from.into(),
                         sender: id,
-                        frame: text,
+                        data: data.to_owned(),
                         id: message.map(ToOwned::to_owned),
                         until: now + limits.hold_for,
                     };
@@ -496,15 +500,28 @@ impl Hub {
                     };
                 };
                 if let Some(target) = state.sessions.get(&member.session) {
-                    target.outbox.push(text);
+                    target
+                        .outbox
+                        .push(protocol::signal(room, from, data, false));
                 }
             }
             None => {
+                let text = protocol::signal(room, from, data, true);
                 for (peer, member) in members {
                     if peer != from
                         && let Some(target) = state.sessions.get(&member.session)
                     {
                         target.outbox.push(text.clone());
+                    }
+                }
+                // A room whose peers are all here never reaches the cluster.
+                if !entry.remote.is_empty() {
+                    let sent = state
+                        .remote
+                        .as_ref()
+                        .is_some_and(|remote| remote.broadcast(room, from, data));
+                    if !sent {
+                        return Err(across::broadcast_not_crossed(room));
                     }
                 }
             }
@@ -559,14 +576,37 @@ impl Hub {
         attachment: Attachment,
         reason: LeaveReason,
     ) -> Option<u64> {
-        let mut state = self.lock();
+        let mut guard = self.lock();
+        let state = &mut *guard;
         let session = state.sessions.get_mut(&id)?;
         if !session.outbox.detach(attachment) {
             return None;
         }
         session.detachments += 1;
         session.held = Some((session.detachments, reason));
-        Some(session.detachments)
+        let detachment = session.detachments;
+        let session = &*session;
+        if let Some(remote) = &state.remote
+            && session.rooms.len() > 0
+        {
+            // Whichever node the client comes back to may take it up.
+            let rooms = session
+                .rooms
+                .iter()
+                .filter_map(|(room, peer)| {
+                    let member = state.rooms.get(room)?.members.get(peer)?;
+                    Some((room.to_owned(), peer.to_owned(), member.metadata.clone()))
+                })
+                .collect();
+            let held = HeldForResume {
+                token: session.resume_token.clone(),
+                user: session.user.to_string(),
+                peer: session.default_peer.clone(),
+                rooms,
+            };
+            remote.hold_for_resume(held, state.limits.resume_grace);
+        }
+        Some(detachment)
     }
 
     /// Ends a held session whose grace period ran out, unless it resumed.
@@ -610,6 +650,7 @@ impl Hub {
                         .collect(),
                     since: s.since,
                     held: s.held.is_some(),
+                    node: state.remote.as_ref().map(|r| r.node().to_owned()),
                 };
                 (id, view)
             })
@@ -650,6 +691,128 @@ impl Hub {
     }
 }
 
+/// A session that starts now, with no rooms.
+fn new_session(
+    state: &mut HubState,
+    user: &str,
+    peer: String,
+    resume_token: String,
+    now: u64,
+) -> Opened {
+    state.next_attachment += 1;
+    state.next_session += 1;
+    let id = state.next_session;
+    let outbox = Arc::new(Outbox::new(state.limits.max_queued_bytes as usize));
+    state.resume_tokens.insert(resume_token.clone(), id);
+    state.sessions.insert(
+        id,
+        Session {
+            user: user.into(),
+            default_peer: peer.clone(),
+            rooms: RoomsOf::default(),
+            outbox: outbox.clone(),
+            resume_token: resume_token.clone(),
+            held: None,
+            detachments: 0,
+            since: now,
+            joining: 0,
+        },
+    );
+    Opened {
+        id,
+        attachment: state.next_attachment,
+        outbox,
+        peer,
+        resume_token,
+        resumed: false,
+        rejoined: Vec::new(),
+    }
+}
+
+/// Puts a session's peer into a room (the checks passed), with the room's
+/// peers on other nodes as the cluster knows them: tells the others, answers
+/// `joined`, and hands over what was held for the peer.
+fn seat(
+    state: &mut HubState,
+    metrics: &Metrics,
+    id: SessionId,
+    room: &str,
+    peer: String,
+    metadata: Box<RawValue>,
+    elsewhere: Vec<RemoteEntry>,
+) {
+    let Some(session) = state.sessions.get_mut(&id) else {
+        return;
+    };
+    session.rooms.insert(room, &peer);
+    let user = session.user.clone();
+    state.rooms.entry(room.to_owned()).or_default();
+    // Peers elsewhere this node had not heard of yet (their `peer-joined`
+    // is on its way): the others here learn of them too.
+    for remote in elsewhere {
+        if remote.peer != peer {
+            across::arrive(state, metrics, room, remote);
+        }
+    }
+    let announce = websocket::text(&protocol::peer_joined(room, &peer, &metadata));
+    let entry = state.rooms.entry(room.to_owned()).or_default();
+    for member in entry.members.values() {
+        if let Some(other) = state.sessions.get(&member.session) {
+            other.outbox.push_frame(announce.clone(), true);
+        }
+    }
+    entry.members.insert(
+        peer.clone(),
+        Member {
+            session: id,
+            metadata,
+        },
+    );
+    let waiting = entry.held.take_for(&peer);
+    if entry.held.is_empty() {
+        state.holding.remove(room);
+    }
+    let joined = joined_text(&state.rooms, room, &peer);
+    event!(info, "signal-join", user = user, room = room, peer = peer);
+    if let Some(session) = state.sessions.get(&id) {
+        session.outbox.push(websocket::text(&joined));
+        // Signals sent before it arrived, in the order they were sent.
+        for held in &waiting {
+            session
+                .outbox
+                .push(protocol::signal(room, &held.from, &held.data, false));
+        }
+    }
+    if !waiting.is_empty() {
+        metrics.signal_held(SignalHeld::Delivered, waiting.len());
+    }
+}
+
+fn peer_id_taken(room: &str, peer: &str) -> Problem {
+    Problem::new(
+        ErrorCode::PeerIdTaken,
+        format!("peer id {peer} is taken in room {room}"),
+    )
+}
+
+fn room_full(metrics: &Metrics, user: &str, room: &str, limits: &SignalLimits) -> Problem {
+    metrics.limit_hit(Limit::SignalMaxPeersPerRoom);
+    event!(
+        info,
+        "signal-limit",
+        limit = "max-peers-per-room",
+        user = user,
+        room = room
+    );
+    Problem::new(
+        ErrorCode::RoomFull,
+        format!(
+            "room {room} has {} peers, the most allowed",
+            limits.max_peers_per_room
+        ),
+    )
+}
+
 fn end_session(state: &mut HubState, metrics: &Metrics, id: SessionId, reason: LeaveReason) {
     let Some(session) = state.sessions.remove(&id) else {
         return;
@@ -679,17 +842,15 @@ fn leave_room(
         peer = peer,
         reason = reason.as_str()
     );
+    if let Some(remote) = &state.remote {
+        remote.leave(room, peer, reason);
+    }
     let Some(entry) = state.rooms.get_mut(room) else {
         return;
     };
     entry.members.remove(peer);
-    if entry.members.is_empty() {
-        // Nobody is left to send them to, or to tell.
-        let dropped = entry.held.len();
-        state.holding.remove(room);
-        metrics.signal_held(SignalHeld::Expired, dropped);
-        state.rooms.remove(room);
-        shrink_if_sparse(&mut state.rooms);
+    if entry.is_unused() {
+        drop_room(state, metrics, room);
         return;
     }
     let text = websocket::text(&protocol::peer_left(room, peer, reason));
@@ -700,16 +861,30 @@ fn leave_room(
     }
 }
 
+/// A room nobody here is in: what it held goes (nobody is left to send it
+/// to, or to tell), and so does this node's interest in it.
+fn drop_room(state: &mut HubState, metrics: &Metrics, room: &str) {
+    let Some(entry) = state.rooms.remove(room) else {
+        return;
+    };
+    state.holding.remove(room);
+    metrics.signal_held(SignalHeld::Expired, entry.held.len());
+    shrink_if_sparse(&mut state.rooms);
+    if let Some(remote) = &state.remote {
+        remote.unsubscribe(room);
+    }
+}
+
 fn joined_text(rooms: &HashMap<String, Room>, room: &str, peer: &str) -> String {
-    let others: Vec<PeerEntry<'_>> = rooms
-        .get(room)
-        .into_iter()
-        .flat_map(|r| r.members.iter())
+    let Some(entry) = rooms.get(room) else {
+        return protocol::joined(room, peer, &[]);
+    };
+    let here = entry.members.iter().map(|(id, m)| (id, &m.metadata));
+    let elsewhere = entry.remote.iter().map(|(id, m)| (id, &m.metadata));
+    let others: Vec<PeerEntry<'_>> = here
+        .chain(elsewhere)
         .filter(|(id, _)| id.as_str() != peer)
-        .map(|(id, member)| PeerEntry {
-            peer: id,
-            metadata: &member.metadata,
-        })
+        .map(|(id, metadata)| PeerEntry { peer: id, metadata })
         .collect();
     protocol::joined(room, peer, &others)
 }
