@@ -5,7 +5,9 @@
 //! JWT, the newer one calls the other, and they chat over a DataChannel
 //! relayed by icegate's TURN server with the credentials the signaling
 //! `welcome` handed out; the test checks the messages and what `getStats()`
-//! selected on each side.
+//! selected on each side. Two tests do the same across two icegate nodes
+//! sharing one Redis server (`[cluster]`): the pages on different nodes,
+//! and a page that resumes its session on the other node.
 //!
 //! The daemon has one TLS port for TURN and HTTPS (the page, `/ws`) and a
 //! UDP port, all on 127.0.0.1; Chromium resolves only the test host (to
@@ -83,16 +85,16 @@ impl Demo {
         }
     }
 
-    /// Two nodes, `a` (page a's) and `b` (page b's), sharing one Redis
-    /// server; besides it they share only what TestConfig gives every
-    /// daemon (the TURN REST secret) and the JWT secret.
-    fn cluster() -> Self {
+    /// Two nodes, `a` and `b`, sharing one Redis server; besides it they
+    /// share only what TestConfig gives every daemon (the TURN REST secret)
+    /// and the JWT secret. `signal_extra` goes into both `[signal]` tables.
+    fn cluster(signal_extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let certs = common::make_test_ca_and_cert(dir.path(), TURN_HOST);
         let redis = TestRedis::start();
         let node = |name: &str| {
             let cluster = format!(
-                "[cluster]\nredis = \"{}\"\nnode-name = \"{name}\"\n",
+                "{signal_extra}\n[cluster]\nredis = \"{}\"\nnode-name = \"{name}\"\n",
                 redis.url()
             );
             demo_daemon(&certs, &cluster)
@@ -113,6 +115,11 @@ impl Demo {
         tls_port(&self.daemon)
     }
 
+    /// The second node of [`Demo::cluster`].
+    fn node_b(&self) -> &TestDaemon {
+        self.node_b.as_ref().expect("a cluster of two nodes")
+    }
+
     /// Runs signaling.mjs: both pages with `relay=1&turn=TURN`, and `extra`
     /// arguments.
     fn chat(&self, turn: &str, screenshot: &Path, extra: &[&str]) -> Report {
@@ -128,10 +135,6 @@ impl Demo {
             ("--timeout-ms", SCRIPT_TIMEOUT.as_millis().to_string()),
         ]
         .into_iter()
-        .chain(self.node_b.as_ref().map(|node| {
-            let base = format!("https://{TURN_HOST}:{}", tls_port(node));
-            ("--base-b", base)
-        }))
         .flat_map(|(flag, value)| [flag.to_owned(), value])
         .chain(extra.iter().map(|arg| (*arg).to_owned()))
         .collect::<Vec<_>>();
@@ -139,6 +142,12 @@ impl Demo {
         report.expect_success();
         report
     }
+}
+
+/// Where `daemon` serves the demo page (and `/ws`), as signaling.mjs's
+/// `--base` and `--base-b` take it.
+fn base(daemon: &TestDaemon) -> String {
+    format!("https://{TURN_HOST}:{}", tls_port(daemon))
 }
 
 fn tls_port(daemon: &TestDaemon) -> u16 {
@@ -386,10 +395,10 @@ fn a_page_whose_connection_drops_resumes_its_session() {
 /// credentials its own node's welcome gave, and the two chat.
 #[test]
 fn two_pages_on_two_cluster_nodes_chat_each_relayed_by_its_own_node() {
-    let demo = Demo::cluster();
-    let node_b = demo.node_b.as_ref().expect("a second node");
+    let demo = Demo::cluster("");
+    let node_b = demo.node_b();
     let screenshot = demo.dir.path().join("demo.png");
-    let report = demo.chat("udp", &screenshot, &[]);
+    let report = demo.chat("udp", &screenshot, &["--base-b", &base(node_b)]);
     let url = |node: &TestDaemon| format!("turn:{TURN_HOST}:{}?transport=udp", node.udp.port());
     let urls = [url(&demo.daemon), url(node_b)];
     assert_ne!(urls[0], urls[1], "the two nodes share a UDP port");
@@ -412,4 +421,80 @@ fn two_pages_on_two_cluster_nodes_chat_each_relayed_by_its_own_node() {
         );
     }
     keep_screenshot(&screenshot);
+}
+
+/// Both pages on node a, page a through a proxy that cuts its connections
+/// and then sends its reconnection to node b: a resumes its session on
+/// node b, b (still on node a) never sees it leave, not even once a's old
+/// connection's resume grace on node a has run out, and signals cross
+/// between the nodes both ways.
+#[test]
+fn a_page_whose_connection_drops_resumes_its_session_on_the_other_node() {
+    let grace = Duration::from_secs(2);
+    let demo = Demo::cluster(&format!("resume-grace = \"{}s\"", grace.as_secs()));
+    let screenshot = demo.dir.path().join("demo.png");
+    let watch = (grace + Duration::from_secs(2)).as_millis().to_string();
+    let node_b = base(demo.node_b());
+    let report = demo.chat(
+        "udp",
+        &screenshot,
+        &[
+            "--resume",
+            "--resume-to",
+            &node_b,
+            "--resume-watch-ms",
+            &watch,
+        ],
+    );
+    let resume = &report.json["resume"];
+    let ports = &resume["upstreamPorts"];
+    let (port_a, port_b) = (demo.tls_port(), tls_port(demo.node_b()));
+    assert!(
+        resume["connectionsCut"].as_u64().is_some_and(|n| n >= 1)
+            && ports["beforeCut"]
+                .as_array()
+                .is_some_and(|p| { !p.is_empty() && p.iter().all(|port| port == port_a) }),
+        "a did not reach node a through the proxy before the cut:\n{}",
+        report.output
+    );
+    assert!(
+        ports["afterCut"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty() && p.iter().all(|port| port == port_b)),
+        "a did not reconnect to node b:\n{}",
+        report.output
+    );
+    let peers = &resume["peersBefore"];
+    let (seen_a, seen_b) = (&resume["seen"]["a"], &resume["seen"]["b"]);
+    assert_eq!(
+        seen_a["welcomes"],
+        json!([{ "peer": peers["a"], "resumed": true }]),
+        "a was not resumed on node b as the same peer:\n{}",
+        report.output
+    );
+    assert_eq!(
+        seen_b["peerLeft"],
+        json!([]),
+        "b saw a leave:\n{}",
+        report.output
+    );
+    for (seen, from, text) in [
+        (seen_a, &peers["b"], "b after the cut"),
+        (seen_b, &peers["a"], "a after the cut"),
+    ] {
+        assert_eq!(
+            seen["signals"],
+            json!([{ "from": from, "data": { "text": text } }]),
+            "signals across the nodes after the resume:\n{}",
+            report.output
+        );
+    }
+    assert!(
+        page(&report, "a")["status"]["signaling"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("(resumed)")),
+        "a's status:\n{}",
+        report.output
+    );
+    assert_chatted(&report);
 }
