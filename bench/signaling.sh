@@ -31,7 +31,8 @@
 #   -- ARGS     passed to every sigload run (e.g. -- --rooms 4-4 --window 128)
 #
 # Environment: CARGO_TARGET_DIR (where icegate and sigload are built), ICEGATE (a
-# binary to use instead of building one), BASE_PORT (18600), SERVER_CPUS, GEN_CPUS,
+# binary to use instead of building one), REDIS_SERVER (/usr/bin/redis-server),
+# BASE_PORT (18600), SERVER_CPUS, GEN_CPUS,
 # NOFILE (16384, or N + 1024 if larger; capped at the hard limit), QUIET_CORES (0.3)
 # and QUIET_WAIT (20 s): before each run wait until the rest of the machine is idle;
 # MAX_BG (e.g. 0.3): leave out of the table runs during which other processes used
@@ -51,7 +52,7 @@ while [[ $# -gt 0 ]]; do
 	--nodes) NODES=$2; shift 2 ;;
 	--no-pin) PIN=0; shift ;;
 	--) shift; GEN_ARGS=("$@"); break ;;
-	-h | --help) sed -n '2,38p' "$0"; exit 0 ;;
+	-h | --help) sed -n '2,39p' "$0"; exit 0 ;;
 	*) echo "unknown argument $1 (-h for help)" >&2; exit 2 ;;
 	esac
 done

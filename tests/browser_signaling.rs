@@ -13,7 +13,7 @@
 //! UDP port, all on 127.0.0.1; Chromium resolves only the test host (to
 //! 127.0.0.1) and trusts the test CA through its NSS database, as a user
 //! who imported it would. Every child process runs under a deadline.
-//! Needs what tests/browser.rs needs; the cluster test also needs
+//! Needs what tests/browser.rs needs; the cluster tests also need
 //! Debian's `redis-server`.
 
 mod common;
