@@ -32,8 +32,8 @@
 #
 # Environment: CARGO_TARGET_DIR (where icegate and sigload are built), ICEGATE (a
 # binary to use instead of building one), REDIS_SERVER (/usr/bin/redis-server),
-# BASE_PORT (18600), SERVER_CPUS, GEN_CPUS,
-# NOFILE (16384, or N + 1024 if larger; capped at the hard limit), QUIET_CORES (0.3)
+# BASE_PORT (18600), SERVER_CPUS, GEN_CPUS, NOFILE (16384, or N + 1024 if larger;
+# capped at the hard limit), QUIET_CORES (0.3)
 # and QUIET_WAIT (20 s): before each run wait until the rest of the machine is idle;
 # MAX_BG (e.g. 0.3): leave out of the table runs during which other processes used
 # more cores than this in a signal phase.
@@ -131,11 +131,13 @@ message-burst = 1000000
 # Unused here; any free port, so that two nodes side by side do not collide.
 address = "127.0.0.1:0"
 TOML
-	[[ -n ${4:-} ]] && cat >>"$1" <<TOML
+	if [[ -n ${4:-} ]]; then
+		cat >>"$1" <<TOML
 [cluster]
 redis = "redis://127.0.0.1:$4"
 node-name = "$5"
 TOML
+	fi
 }
 
 stop_server() { # pid [name]
