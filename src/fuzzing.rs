@@ -271,7 +271,7 @@ impl Rig {
             .add(attr::USERNAME, client.username.as_bytes())
             .add(attr::REALM, REALM.as_bytes())
             .add(attr::NONCE, nonce.as_bytes())
-            .add_integrity(&client.key);
+            .add_integrity(client.key.as_bytes());
         if fingerprint {
             builder.add_fingerprint();
         }
@@ -315,7 +315,7 @@ impl Rig {
                         .handle_stun(now, &five_tuple, &message, &mut self.sockets, &mut out);
                 let reply = match action {
                     Action::None => None,
-                    Action::Reply | Action::ReplyAndStartRelay(_) => {
+                    Action::Reply | Action::ReplyVia { .. } | Action::ReplyAndStartRelay(_) => {
                         if let Err(error) = Message::parse(&out) {
                             panic!("the reply does not parse: {error}");
                         }
@@ -821,7 +821,7 @@ fn exercise_core(config: &Config, credentials: Arc<CredentialStore>) {
                 user.name.clone(),
                 long_term_key(&user.name, &config.realm, password),
             ),
-            UserCredential::Key(key) => (user.name.clone(), *key),
+            UserCredential::Key(key) => (user.name.clone(), LongTermKey::Md5(*key)),
         },
         None => match credentials.mint("fuzz", Duration::from_secs(3600), UNIX) {
             Some((username, password)) => {
@@ -862,7 +862,7 @@ fn exercise_core(config: &Config, credentials: Arc<CredentialStore>) {
                 .add(attr::USERNAME, username.as_bytes())
                 .add(attr::REALM, config.realm.as_bytes())
                 .add(attr::NONCE, nonce.as_bytes())
-                .add_integrity(&key);
+                .add_integrity(key.as_bytes());
         }
         let message = Message::parse(&request).expect("a built request parses");
         let mut out = Vec::new();

@@ -14,7 +14,11 @@
 //! (`datagrams`). Every refusal is a `reject::Reject`, which picks the STUN
 //! error code, the log event and the counter (`metrics`; the admin
 //! listener's scrape reads them). `http` serves `/ice-servers`, the demo
-//! page and `/ws`, where `signal` keeps the signaling rooms. `config` reads
+//! page and `/ws`, where `signal` keeps the signaling rooms; with
+//! `[cluster]` they span nodes through Redis (`cluster`), and a peer's
+//! leaving is one `presence::LeaveReason` to clients and nodes alike.
+//! A listener with an `other-address` answers RFC 5780 NAT discovery in
+//! `stun`. `config` reads
 //! the TOML file, one module per table; `certificate` loads a TLS listener's
 //! certificate and key from PEM files, for `config` (which checks them) and
 //! `transport` (which serves them) alike. `cli` and `daemon` run it all.
@@ -39,6 +43,7 @@ mod ice;
 mod logging;
 mod metrics;
 mod policy;
+mod presence;
 mod reject;
 mod reloadable;
 mod server;

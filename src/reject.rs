@@ -52,6 +52,10 @@ pub(crate) enum Reject {
     /// Allocate while draining (POST /drain or SIGTERM): 508, so that the
     /// client tries another server at once; existing allocations carry on.
     Draining,
+    /// An Allocate this node cannot take (draining, or at a node-wide limit)
+    /// handed to a sibling from `[relay] alternate-servers` (300 with
+    /// ALTERNATE-SERVER).
+    Redirected,
     /// ChannelData, Send indication or Binding indication for a 5-tuple
     /// without allocation, a channel not bound, or a peer without permission: dropped.
     NoRoute,
@@ -93,10 +97,13 @@ pub(crate) enum Reject {
     /// A request that authenticated as a user who is banned
     /// (`icegate ctl ban`) (403).
     UserBanned,
+    /// PASSWORD-ALGORITHMS or PASSWORD-ALGORITHM missing, altered or not
+    /// among those the nonce cookie offered: a bid-down (RFC 8489 §9.2.4) (400).
+    PasswordAlgorithmMismatch,
 }
 
 impl Reject {
-    pub(crate) const ALL: [Self; 37] = [
+    pub(crate) const ALL: [Self; 39] = [
         Self::Garbage,
         Self::BadRequest,
         Self::UnknownAttribute,
@@ -118,6 +125,7 @@ impl Reject {
         Self::NoRelayPort,
         Self::ServerError,
         Self::Draining,
+        Self::Redirected,
         Self::NoRoute,
         Self::ConnectionLimit,
         Self::IdleConnection,
@@ -134,6 +142,7 @@ impl Reject {
         Self::NodeBandwidth,
         Self::AtCapacity,
         Self::UserBanned,
+        Self::PasswordAlgorithmMismatch,
     ];
 
     /// The STUN error code and reason phrase, or None for a silent drop.
@@ -154,7 +163,7 @@ impl Reject {
             | Self::AllocationBandwidth
             | Self::UserBandwidth
             | Self::NodeBandwidth => return None,
-            Self::BadRequest => (400, "Bad Request"),
+            Self::BadRequest | Self::PasswordAlgorithmMismatch => (400, "Bad Request"),
             Self::UnknownAttribute => (420, "Unknown Attribute"),
             Self::Challenge
             | Self::UnknownUser
@@ -175,6 +184,7 @@ impl Reject {
             | Self::NoRelayPort
             | Self::Draining => (508, "Insufficient Capacity"),
             Self::ServerError => (500, "Server Error"),
+            Self::Redirected => (300, "Try Alternate"),
         })
     }
 
@@ -202,6 +212,7 @@ impl Reject {
             Self::NoRelayPort => "no-relay-port",
             Self::ServerError => "server-error",
             Self::Draining => "draining",
+            Self::Redirected => "redirected",
             Self::NoRoute => "no-route",
             Self::ConnectionLimit => "connection-limit",
             Self::IdleConnection => "idle-connection",
@@ -218,7 +229,17 @@ impl Reject {
             Self::NodeBandwidth => "node-bandwidth",
             Self::AtCapacity => "at-capacity",
             Self::UserBanned => "user-banned",
+            Self::PasswordAlgorithmMismatch => "password-algorithm-mismatch",
         }
+    }
+
+    /// Refusals of an Allocate that another node could take instead: this
+    /// node's own state, not the client's request or quota.
+    pub(crate) fn is_redirectable(self) -> bool {
+        matches!(
+            self,
+            Self::Draining | Self::TotalQuotaReached | Self::AtCapacity | Self::NoRelayPort
+        )
     }
 
     /// Authentication failures an operator wants in the log (not the normal challenge).
@@ -229,6 +250,7 @@ impl Reject {
                 | Self::ExpiredCredentials
                 | Self::WrongPassword
                 | Self::WrongCredentials
+                | Self::PasswordAlgorithmMismatch
         )
     }
 

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use common::admin::{Scrape, request};
 use common::browser::{
     Report, TURN_HOST, assert_relay_pair, certutil, nss_home_trusting, run_script,
 };
@@ -48,6 +49,11 @@ fn ice_servers(url: &str, username: &str, credential: &str) -> Value {
 
 /// Runs relay.mjs with `ice_servers` and Chromium's HOME set to `home`.
 fn run_relay(mode: Mode, ice_servers: &Value, home: &Path) -> Report {
+    run_relay_with(mode, ice_servers, home, &[])
+}
+
+/// [`run_relay`] with more of relay.mjs's options.
+fn run_relay_with(mode: Mode, ice_servers: &Value, home: &Path, more: &[(&str, String)]) -> Report {
     let mode = match mode {
         Mode::Connect => "connect",
         Mode::Gather => "gather",
@@ -60,6 +66,7 @@ fn run_relay(mode: Mode, ice_servers: &Value, home: &Path) -> Report {
         ("--gather-ms", GATHER_FOR.as_millis().to_string()),
     ]
     .into_iter()
+    .chain(more.iter().cloned())
     .flat_map(|(flag, value)| [flag.to_owned(), value])
     .collect::<Vec<_>>();
     run_script("relay.mjs", &args, home, SCRIPT_DEADLINE)
@@ -141,6 +148,98 @@ fn chromium_relays_datachannel_over_turn_udp() {
     let home = tempfile::tempdir().expect("temp HOME");
     let url = format!("turn:{TURN_HOST}:{}?transport=udp", daemon.udp.port());
     assert_datachannel_relays(&url, "udp", home.path());
+}
+
+/// Where the sibling of `a_drained_node_sends_chromium_to_its_sibling...`
+/// listens: Chromium refuses a redirect to a loopback address, so the test
+/// runs in a network namespace of its own, with this address on a veth.
+const SIBLING_IP: &str = "192.0.2.1";
+/// Set in the namespace the test re-runs itself in.
+const IN_NAMESPACE: &str = "ICEGATE_TEST_IN_NETNS";
+
+/// A drained node hands Chromium to its sibling (300 Try Alternate with
+/// ALTERNATE-SERVER): both peers allocate there and connect, relay-only.
+#[test]
+fn a_drained_node_sends_chromium_to_its_sibling_and_the_call_connects_there() {
+    const NAME: &str = "a_drained_node_sends_chromium_to_its_sibling_and_the_call_connects_there";
+    if std::env::var_os(IN_NAMESPACE).is_none() {
+        let exe = std::env::current_exe().expect("the test binary");
+        // A veth pair, not `lo`: Chromium gathers on no network at all when
+        // the only interface is a loopback one.
+        let setup = format!(
+            "ip link set lo up && ip link add v0 type veth peer name v1 && \
+             ip addr add {SIBLING_IP}/24 dev v0 && ip link set v0 up && ip link set v1 up && \
+             exec \"$0\" \"$@\""
+        );
+        let ran = std::process::Command::new("unshare")
+            .args(["--net", "sh", "-c", &setup])
+            .arg(exe)
+            .args([NAME, "--exact", "--nocapture"])
+            .env(IN_NAMESPACE, "1")
+            .output()
+            .expect("unshare (util-linux) runs");
+        let output = format!(
+            "{}{}",
+            String::from_utf8_lossy(&ran.stdout),
+            String::from_utf8_lossy(&ran.stderr)
+        );
+        assert!(ran.status.success(), "in its namespace:\n{output}");
+        assert!(output.contains("1 passed"), "in its namespace:\n{output}");
+        return;
+    }
+    // Both on one address, as behind one NAT: a browser's socket reaches
+    // both from one IP, which the nonce for the sibling is bound to.
+    let on_sibling_ip = |config: String| {
+        config.replacen(
+            "address = \"127.0.0.1:0\"",
+            &format!("address = \"{SIBLING_IP}:0\""),
+            1,
+        )
+    };
+    let sibling = TestDaemon::start(&on_sibling_ip(common::loopback_config("")));
+    let drained = TestDaemon::start(&on_sibling_ip(common::loopback_config(&format!(
+        "alternate-servers = [\"{}\"]",
+        sibling.udp
+    ))));
+    let answer = request(drained.admin, "POST", "/drain", None, &[]);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let home = tempfile::tempdir().expect("temp HOME");
+    let url = format!("turn:{TURN_HOST}:{}?transport=udp", drained.udp.port());
+    let rules = [
+        format!("MAP {TURN_HOST} {SIBLING_IP}"),
+        format!("MAP {TURN_HOST}. {SIBLING_IP}"),
+        "MAP * ~NOTFOUND".to_owned(),
+        "EXCLUDE localhost".to_owned(),
+        "EXCLUDE 127.0.0.1".to_owned(),
+    ]
+    .join(", ");
+    let report = run_relay_with(
+        Mode::Connect,
+        &ice_servers(&url, USER, PASSWORD),
+        home.path(),
+        &[("--resolver-rules", rules)],
+    );
+    report.expect_success();
+    assert_received(&report, "a", "b");
+    assert_received(&report, "b", "a");
+    for side in ["a", "b"] {
+        let local = &report.json["selected"][side]["local"];
+        assert_eq!(local["candidateType"], "relay", "{}", report.output);
+    }
+    let created = sibling.log().matches("allocation-created").count();
+    assert!(
+        created >= 2,
+        "the sibling made {created} allocations:\n{}",
+        sibling.log()
+    );
+    assert!(
+        !drained.log().contains("allocation-created"),
+        "the drained node allocated:\n{}",
+        drained.log()
+    );
+    let redirected =
+        Scrape::of(&drained, None).get("icegate_refusals_total", &[("reason", "redirected")]);
+    assert!(redirected >= 2.0, "{redirected} Allocates redirected");
 }
 
 #[test]

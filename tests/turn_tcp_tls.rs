@@ -40,8 +40,8 @@ use turn::proto::relayaddr::RelayedAddress;
 use turn::proto::reqtrans::RequestedTransport;
 
 use common::coturn::{
-    CLIENTS, Deleted, Exited, Peers, RFC5766_CHANNELS, UCLIENT_DEADLINE, User,
-    assert_carried_every_message, assert_uclient_tally, uclient, wait_for_deleted,
+    CLIENTS, Deleted, Exited, Peers, UCLIENT_DEADLINE, User, assert_carried_every_message,
+    assert_uclient_tally, uclient, wait_for_deleted,
 };
 use common::{PASSWORD, REALM, TestCerts, TestConfig, TestDaemon, USER, xor_mapped_address};
 
@@ -575,7 +575,7 @@ fn assert_uclient_relays_every_packet(
 /// ways (padded to 4 bytes on the stream) through an echo peer.
 #[test]
 fn uclient_over_tcp_relays_every_packet_over_channels() {
-    assert_uclient_relays_every_packet(Over::Tcp, RFC5766_CHANNELS, User::Static, Peers::Echo, &[]);
+    assert_uclient_relays_every_packet(Over::Tcp, "", User::Static, Peers::Echo, &[]);
 }
 
 /// Exercises over TCP: Send indications to the peer and Data indications back.
@@ -588,33 +588,21 @@ fn uclient_over_tcp_relays_every_packet_with_send_indications() {
 /// allocations, each on its own connection, over channels.
 #[test]
 fn uclient_over_tcp_clients_reach_each_other_over_channels() {
-    assert_uclient_relays_every_packet(
-        Over::Tcp,
-        RFC5766_CHANNELS,
-        User::Static,
-        Peers::EachOther,
-        &[],
-    );
+    assert_uclient_relays_every_packet(Over::Tcp, "", User::Static, Peers::EachOther, &[]);
 }
 
 /// Exercises over TCP: TURN REST credentials (`-W`), single allocations
 /// (`-c`), channels to an echo peer.
 #[test]
 fn uclient_over_tcp_with_rest_secret_relays_every_packet() {
-    assert_uclient_relays_every_packet(
-        Over::Tcp,
-        RFC5766_CHANNELS,
-        User::Rest,
-        Peers::Echo,
-        &["-c"],
-    );
+    assert_uclient_relays_every_packet(Over::Tcp, "", User::Rest, Peers::Echo, &["-c"]);
 }
 
 /// Exercises over TLS (`-t -S`, the server verified with the test CA):
 /// static user, RTP/RTCP pairs, channels, through an echo peer.
 #[test]
 fn uclient_over_tls_relays_every_packet_over_channels() {
-    assert_uclient_relays_every_packet(Over::Tls, RFC5766_CHANNELS, User::Static, Peers::Echo, &[]);
+    assert_uclient_relays_every_packet(Over::Tls, "", User::Static, Peers::Echo, &[]);
 }
 
 /// Exercises over TLS: Send and Data indications.
@@ -626,25 +614,13 @@ fn uclient_over_tls_relays_every_packet_with_send_indications() {
 /// Exercises over TLS: TURN REST credentials, single allocations, channels.
 #[test]
 fn uclient_over_tls_with_rest_secret_relays_every_packet() {
-    assert_uclient_relays_every_packet(
-        Over::Tls,
-        RFC5766_CHANNELS,
-        User::Rest,
-        Peers::Echo,
-        &["-c"],
-    );
+    assert_uclient_relays_every_packet(Over::Tls, "", User::Rest, Peers::Echo, &["-c"]);
 }
 
 /// A coturn user's expectation: the TLS port answers plain TCP clients too.
 #[test]
 fn uclient_over_plain_tcp_on_the_tls_port_relays_every_packet() {
-    assert_uclient_relays_every_packet(
-        Over::TcpOnTlsPort,
-        RFC5766_CHANNELS,
-        User::Static,
-        Peers::Echo,
-        &[],
-    );
+    assert_uclient_relays_every_packet(Over::TcpOnTlsPort, "", User::Static, Peers::Echo, &[]);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::coturn::{
-    CLIENTS, EchoPeer, Exited, Peers, REST_USER, RFC5766_CHANNELS, Tool, UCLIENT_DEADLINE, User,
+    CLIENTS, EchoPeer, Exited, Peers, REST_USER, Tool, UCLIENT_DEADLINE, User,
     assert_carried_every_message, assert_uclient_tally, uclient, wait_for_deleted,
 };
 use common::{TestConfig, TestDaemon, xor_mapped_address};
@@ -65,12 +65,11 @@ fn assert_uclient_relays_every_packet(relay_extra: &str, user: User, peers: Peer
 /// channel numbers, ChannelData both ways through an echo peer, Refresh 0.
 #[test]
 fn uclient_relays_every_packet_over_channels() {
-    assert_uclient_relays_every_packet(RFC5766_CHANNELS, User::Static, Peers::Echo, &[]);
+    assert_uclient_relays_every_packet("", User::Static, Peers::Echo, &[]);
 }
 
 /// Exercises: Send indications to the peer and Data indications back (`-s`:
-/// uclient binds no channels), RTP/RTCP pairs. Runs on the default config,
-/// since an RFC 8656 client without channels needs no compatibility key.
+/// uclient binds no channels), RTP/RTCP pairs.
 #[test]
 fn uclient_relays_every_packet_with_send_indications() {
     assert_uclient_relays_every_packet("", User::Static, Peers::Echo, &["-s"]);
@@ -81,7 +80,7 @@ fn uclient_relays_every_packet_with_send_indications() {
 /// channels; RTP/RTCP pairs; no external peer.
 #[test]
 fn uclient_clients_reach_each_other_over_channels() {
-    assert_uclient_relays_every_packet(RFC5766_CHANNELS, User::Static, Peers::EachOther, &[]);
+    assert_uclient_relays_every_packet("", User::Static, Peers::EachOther, &[]);
 }
 
 /// Exercises: client-to-client (`-y`) with Send/Data indications (`-s`)
@@ -96,7 +95,7 @@ fn uclient_clients_reach_each_other_with_send_indications() {
 /// channels to an echo peer.
 #[test]
 fn uclient_with_rest_secret_relays_every_packet() {
-    assert_uclient_relays_every_packet(RFC5766_CHANNELS, User::Rest, Peers::Echo, &["-c"]);
+    assert_uclient_relays_every_packet("", User::Rest, Peers::Echo, &["-c"]);
 }
 
 /// Exercises: REST credentials minted with the wrong secret: every Allocate
@@ -108,7 +107,6 @@ fn uclient_with_wrong_rest_secret_gets_no_allocation() {
     // out its timeouts instead. The backoff itself is tested in the core.
     let daemon = TestDaemon::start(
         &TestConfig {
-            relay_extra: RFC5766_CHANNELS,
             tables: "[throttle]\nlogin-failures = 1000\n",
             ..TestConfig::default()
         }
@@ -134,14 +132,14 @@ fn uclient_with_wrong_rest_secret_gets_no_allocation() {
     );
 }
 
-/// Documents the default: without `rfc5766-channel-numbers`, icegate takes
-/// only RFC 8656 channels (0x4000-0x4FFF) and answers 400 to uclient's binds
-/// in 0x5000-0x7FFF. uclient picks each number at random from 0x4000-0x7FFF
+/// The strict mode, `rfc5766-channel-numbers = false`: icegate takes only
+/// RFC 8656 channels (0x4000-0x4FFF) and answers 400 to uclient's binds in
+/// 0x5000-0x7FFF. uclient picks each number at random from 0x4000-0x7FFF
 /// and stops at the first error; 16 sessions make 16 binds, so the chance
 /// that all land in the allowed quarter is 4^-16.
 #[test]
-fn uclient_channel_binds_get_400_without_rfc5766_channel_numbers() {
-    let mut daemon = TestDaemon::start(&common::loopback_config(""));
+fn uclient_channel_binds_get_400_with_strict_channel_numbers() {
+    let mut daemon = TestDaemon::start(&common::loopback_config("rfc5766-channel-numbers = false"));
     let peer = EchoPeer::start();
     let run = uclient(
         daemon.udp,
@@ -359,4 +357,83 @@ fn stunclient_waiting_on_response_port(daemon: &TestDaemon) -> (Tool, SocketAddr
         }
     }
     panic!("stunclient -f exited three times before waiting on its port + 1");
+}
+
+/// A port free on both 127.0.0.1 and 127.0.0.2 just now.
+fn port_free_on_both() -> u16 {
+    loop {
+        let probe = UdpSocket::bind("127.0.0.1:0").expect("bind probe socket");
+        let port = probe.local_addr().unwrap().port();
+        if UdpSocket::bind(("127.0.0.2", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// RFC 5780 NAT behaviour discovery with coturn's `turnutils_natdiscovery`:
+/// icegate on 127.0.0.1 and 127.0.0.2, each on two ports, answers from the
+/// address each test asks for, so the tool finds loopback's mapping and
+/// filtering endpoint independent (no NAT), as it does against coturn.
+#[test]
+fn natdiscovery_finds_mapping_and_filtering_behaviour() {
+    let (first, second) = (port_free_on_both(), port_free_on_both());
+    let config = common::loopback_config("").replacen(
+        "address = \"127.0.0.1:0\"",
+        &format!("address = \"127.0.0.1:{first}\"\nother-address = \"127.0.0.2:{second}\""),
+        1,
+    );
+    let daemon = TestDaemon::start(&config);
+    for address in [
+        format!("127.0.0.2:{second}"),
+        format!("127.0.0.1:{second}"),
+        format!("127.0.0.2:{first}"),
+    ] {
+        assert!(daemon.wait_for_log(&format!("listening on udp {address}")));
+    }
+    let args: Vec<String> = [
+        "-m",
+        "-f",
+        "-P",
+        "-p",
+        &first.to_string(),
+        "-L",
+        "127.0.0.1",
+    ]
+    .into_iter()
+    .chain(["127.0.0.1"])
+    .map(String::from)
+    .collect();
+    let run = Tool::spawn("turnutils_natdiscovery", &args).finish(QUICK_DEADLINE);
+    assert!(run.status.success(), "natdiscovery:\n{}", run.output);
+    for expected in [
+        "NAT with Endpoint Independent Mapping!",
+        "NAT with Endpoint Independent Filtering!",
+        &format!("Response origin: : 127.0.0.2:{second}"),
+        &format!("Other addr: : 127.0.0.2:{second}"),
+    ] {
+        assert!(
+            run.output.contains(expected),
+            "no {expected:?} in natdiscovery's output:\n{}",
+            run.output
+        );
+    }
+    // Without an other-address the same requests get 420, as before.
+    let plain = TestDaemon::start(&common::loopback_config(""));
+    let args: Vec<String> = [
+        "-f",
+        "-p",
+        &plain.udp.port().to_string(),
+        "-L",
+        "127.0.0.1",
+        "127.0.0.1",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    let run = Tool::spawn("turnutils_natdiscovery", &args).finish(QUICK_DEADLINE);
+    assert!(
+        !run.output.contains("Endpoint Independent Filtering"),
+        "natdiscovery:\n{}",
+        run.output
+    );
 }

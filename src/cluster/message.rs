@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::store;
-use crate::signal::protocol::LeaveReason;
+use crate::presence::LeaveReason;
 
 /// A message between nodes. Room messages go to the room's channel, which every node with a
 /// local member subscribes to; notices for one node go to that node's inbox.

@@ -45,7 +45,7 @@ use crate::metrics::{ClusterMetrics, Limit, Metrics};
 
 pub(crate) use message::ClusterMessage;
 
-use crate::signal::protocol::LeaveReason;
+use crate::presence::LeaveReason;
 
 /// How long one Redis command may take before the link is taken for broken.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);

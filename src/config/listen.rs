@@ -17,6 +17,7 @@ const LISTEN_KEYS: &[&str] = &[
     "certificate",
     "private-key",
     "services",
+    "other-address",
 ];
 
 /// One socket the server answers STUN/TURN requests on.
@@ -27,6 +28,10 @@ pub(crate) struct Listen {
     /// Certificate chain and key (PEM), present exactly when `transport` is tls or https.
     pub(crate) tls: Option<TlsFiles>,
     pub(crate) services: Services,
+    /// With RFC 5780 NAT behaviour discovery: the address that differs from
+    /// this one in both IP and port, among the four listeners of a UDP
+    /// `[[listen]]` with `other-address`.
+    pub(crate) other_address: Option<SocketAddr>,
 }
 
 /// What a stream listener serves: TURN (and STUN), HTTP, or both on one
@@ -118,6 +123,7 @@ pub(super) fn read_listen(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> Vec<Listen
         let certificate = section.opt::<PathBuf>(cx, "certificate");
         let private_key = section.opt::<PathBuf>(cx, "private-key");
         let services = section.list::<String>(cx, "services", Vec::new());
+        let other_address = section.opt::<SocketAddr>(cx, "other-address");
         let Some(address_value) = address.value else {
             if address.ok {
                 cx.report(
@@ -128,8 +134,27 @@ pub(super) fn read_listen(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> Vec<Listen
             }
             continue;
         };
-        if !transport.ok || !certificate.ok || !private_key.ok || !services.ok {
+        if !transport.ok || !certificate.ok || !private_key.ok || !services.ok || !other_address.ok
+        {
             continue;
+        }
+        if let Some(other) = other_address.value {
+            let problem = if transport.value != Transport::Udp {
+                Some(format!(
+                    "only a udp listener takes other-address, this one is {}",
+                    transport.value
+                ))
+            } else {
+                nat_discovery_problem(address_value, other)
+            };
+            if let Some(message) = problem {
+                cx.report(
+                    section.key("other-address"),
+                    other_address.span.as_ref(),
+                    message,
+                );
+                continue;
+            }
         }
         let Some(services) = read_services(cx, section, transport.value, &services) else {
             continue;
@@ -203,6 +228,7 @@ pub(super) fn read_listen(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> Vec<Listen
             transport: transport.value,
             tls,
             services,
+            other_address: other_address.value,
         };
         let line = address.span.as_ref().map(|s| line_of(cx.text, s.start));
         // Port 0 asks the system for a free port: two such listeners never clash.
@@ -223,10 +249,54 @@ pub(super) fn read_listen(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> Vec<Listen
             cx.report(section.key("address"), address.span.as_ref(), message);
         } else {
             seen.push((entry.address, entry.transport, line));
-            listen.push(entry);
+            listen.extend(nat_discovery_quad(entry));
         }
     }
     listen
+}
+
+/// Why `address` and `other` cannot serve RFC 5780 together: both concrete,
+/// of one family, differing in IP and in port.
+fn nat_discovery_problem(address: SocketAddr, other: SocketAddr) -> Option<String> {
+    if address.ip().is_unspecified() || other.ip().is_unspecified() {
+        Some("expected concrete addresses here and in address, not a wildcard".to_owned())
+    } else if address.port() == 0 || other.port() == 0 {
+        Some("expected a port other than 0 here and in address".to_owned())
+    } else if address.is_ipv4() != other.is_ipv4() {
+        Some(format!(
+            "expected an address of {address}'s family, got {other}"
+        ))
+    } else if address.ip() == other.ip() || address.port() == other.port() {
+        Some(format!(
+            "expected an IP and a port both different from {address}'s, got {other}"
+        ))
+    } else {
+        None
+    }
+}
+
+/// A listener with `other-address` is four (RFC 5780 §4.1): its own
+/// address, the other one, and the two that mix their IPs and ports; each
+/// knows the one that differs from it in both.
+fn nat_discovery_quad(listen: Listen) -> Vec<Listen> {
+    let Some(other) = listen.other_address else {
+        return vec![listen];
+    };
+    let here = listen.address;
+    let mixed = |ip: SocketAddr, port: SocketAddr| SocketAddr::new(ip.ip(), port.port());
+    [
+        (here, other),
+        (other, here),
+        (mixed(here, other), mixed(other, here)),
+        (mixed(other, here), mixed(here, other)),
+    ]
+    .into_iter()
+    .map(|(address, diagonal)| Listen {
+        address,
+        other_address: Some(diagonal),
+        ..listen.clone()
+    })
+    .collect()
 }
 
 /// What a listener serves: `services` may only be given on a tls listener,
@@ -275,4 +345,62 @@ fn read_services(
         return None;
     }
     Some(services)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::testing::{parse_err, parse_ok};
+
+    const AUTH: &str = "[auth]\nsecrets = [\"0123456789abcdef\"]\n";
+
+    #[test]
+    fn other_address_makes_four_listeners_for_nat_discovery() {
+        let text = format!(
+            "[[listen]]\naddress = \"192.0.2.1:3478\"\nother-address = \"192.0.2.2:3479\"\n{AUTH}"
+        );
+        let config = parse_ok(&text);
+        let quad: Vec<(String, String)> = config
+            .listen
+            .iter()
+            .map(|l| (l.address.to_string(), l.other_address.unwrap().to_string()))
+            .collect();
+        let pairs = [
+            ("192.0.2.1:3478", "192.0.2.2:3479"),
+            ("192.0.2.2:3479", "192.0.2.1:3478"),
+            ("192.0.2.1:3479", "192.0.2.2:3478"),
+            ("192.0.2.2:3478", "192.0.2.1:3479"),
+        ];
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+            .collect();
+        assert_eq!(quad, pairs);
+    }
+
+    #[test]
+    fn other_address_needs_two_concrete_ips_and_ports() {
+        for (address, other, transport, says) in [
+            ("0.0.0.0:3478", "192.0.2.2:3479", "udp", "wildcard"),
+            ("192.0.2.1:3478", "192.0.2.1:3479", "udp", "both different"),
+            ("192.0.2.1:3478", "192.0.2.2:3478", "udp", "both different"),
+            ("192.0.2.1:3478", "[2001:db8::2]:3479", "udp", "family"),
+            ("192.0.2.1:0", "192.0.2.2:3479", "udp", "other than 0"),
+            (
+                "192.0.2.1:3478",
+                "192.0.2.2:3479",
+                "tcp",
+                "only a udp listener",
+            ),
+        ] {
+            let text = format!(
+                "[[listen]]\naddress = \"{address}\"\ntransport = \"{transport}\"\n\
+                 other-address = \"{other}\"\n{AUTH}"
+            );
+            let errors = parse_err(&text);
+            let problem = &errors.problems[0];
+            assert_eq!(problem.key, "listen[0].other-address", "{errors}");
+            assert_eq!(problem.line, Some(4), "{errors}");
+            assert!(problem.message.contains(says), "{errors}");
+        }
+    }
 }

@@ -43,7 +43,7 @@ pub(crate) use self::connections::ConnectionLimits;
 use self::http::HttpConfig;
 pub(crate) use self::listen::{Listen, Services, Transport};
 pub(crate) use self::rate::ByteRate;
-pub(crate) use self::relay::{BandwidthCaps, RelayConfig};
+pub(crate) use self::relay::{Alternates, BandwidthCaps, RelayConfig};
 pub(crate) use self::scalars::{PortRange, parse_duration};
 use self::scalars::{Scalar, expected, string};
 #[cfg(test)]
@@ -481,12 +481,14 @@ mod tests {
                     transport: Transport::Udp,
                     tls: None,
                     services: Services::TURN,
+                    other_address: None,
                 },
                 Listen {
                     address: "0.0.0.0:3478".parse().unwrap(),
                     transport: Transport::Tcp,
                     tls: None,
                     services: Services::TURN,
+                    other_address: None,
                 }
             ]
         );
@@ -587,12 +589,14 @@ mod tests {
                     transport: Transport::Udp,
                     tls: None,
                     services: Services::TURN,
+                    other_address: None,
                 },
                 Listen {
                     address: "127.0.0.1:8478".parse().unwrap(),
                     transport: Transport::Http,
                     tls: None,
                     services: Services::HTTP,
+                    other_address: None,
                 }
             ]
         );

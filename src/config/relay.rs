@@ -1,7 +1,7 @@
 //! The `[relay]` table: where relay sockets bind, which peers they may reach, and how long
 //! allocations, permissions and channels last.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
@@ -62,6 +62,9 @@ const RELAY_KEYS: &[&str] = &[
     "max-bps",
     "max-bps-per-user",
     "bps-capacity",
+    "alternate-servers",
+    "alternate-tls-servers",
+    "alternate-domain",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +96,20 @@ pub(crate) struct RelayConfig {
     /// SO_RCVBUF of each UDP listener socket.
     pub(crate) listener_receive_buffer: usize,
     pub(crate) bandwidth: BandwidthCaps,
+    pub(crate) alternates: Alternates,
+}
+
+/// Sibling nodes that take this node's clients while it drains or is full:
+/// an Allocate it cannot take is answered 300 with one of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Alternates {
+    /// For clients over UDP and TCP.
+    pub(crate) servers: Vec<SocketAddr>,
+    /// For clients over TLS.
+    pub(crate) tls_servers: Vec<SocketAddr>,
+    /// The name the siblings' certificates hold, sent to TLS clients as
+    /// ALTERNATE-DOMAIN to check the certificate against.
+    pub(crate) domain: Option<String>,
 }
 
 /// Bytes per second the relay carries; beyond a cap, datagrams are dropped.
@@ -175,7 +192,7 @@ pub(super) fn read_relay(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> RelayConfig
     let max_lifetime = relay.get(cx, "max-lifetime", DEFAULT_MAX_LIFETIME);
     let permission_lifetime = relay.get(cx, "permission-lifetime", DEFAULT_PERMISSION_LIFETIME);
     let channel_lifetime = relay.get(cx, "channel-lifetime", DEFAULT_CHANNEL_LIFETIME);
-    let rfc5766_channel_numbers = relay.get(cx, "rfc5766-channel-numbers", false);
+    let rfc5766_channel_numbers = relay.get(cx, "rfc5766-channel-numbers", true);
     let buffer = |cx: &mut Ctx<'_>, key: &str, default: u32| {
         bounded(cx, &relay, key, default, BUFFER_BYTES, BYTES) as usize
     };
@@ -190,6 +207,12 @@ pub(super) fn read_relay(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> RelayConfig
         allocation: relay.get(cx, "max-bps", DEFAULT_MAX_BPS).value,
         user: relay.get(cx, "max-bps-per-user", ByteRate::UNLIMITED).value,
         node: relay.get(cx, "bps-capacity", ByteRate::UNLIMITED).value,
+    };
+
+    let alternates = Alternates {
+        servers: alternate_list(cx, &relay, "alternate-servers"),
+        tls_servers: alternate_list(cx, &relay, "alternate-tls-servers"),
+        domain: relay.opt::<String>(cx, "alternate-domain").value,
     };
 
     if default_lifetime.ok && max_lifetime.ok && max_lifetime.value < default_lifetime.value {
@@ -235,7 +258,24 @@ pub(super) fn read_relay(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> RelayConfig
         socket_receive_buffer,
         listener_receive_buffer,
         bandwidth,
+        alternates,
     }
+}
+
+/// Addresses of sibling nodes: each one a client could be sent to.
+fn alternate_list(cx: &mut Ctx<'_>, relay: &Section<'_, '_>, name: &str) -> Vec<SocketAddr> {
+    let list = relay.list::<SocketAddr>(cx, name, Vec::new());
+    let key = relay.key(name);
+    for (i, item) in list.value.iter().enumerate() {
+        if item.value.ip().is_unspecified() || item.value.port() == 0 {
+            let message = format!(
+                "expected an address and port clients can reach, got {}",
+                item.value
+            );
+            cx.report(format!("{key}[{i}]"), item.span.as_ref(), message);
+        }
+    }
+    values(list.value)
 }
 
 /// How a bounded number is named in an error: ("a size", " bytes").

@@ -110,6 +110,11 @@ pub(crate) enum Handled {
     Nothing,
     /// Send the reply buffer to the client.
     Reply,
+    /// Send the reply from the UDP listener at `from` to `to` (RFC 5780).
+    ReplyVia {
+        from: SocketAddr,
+        to: SocketAddr,
+    },
     /// Send the reply, then serve the new relay socket of allocation `AllocId`.
     ReplyAndServeRelay(AllocId, RelayReceiver),
 }
@@ -334,6 +339,11 @@ impl Server {
                     self.metrics.binding_answered(five_tuple.transport);
                 }
                 Handled::Reply
+            }
+            Action::ReplyVia { from, to } => {
+                drop(guard);
+                self.metrics.binding_answered(five_tuple.transport);
+                Handled::ReplyVia { from, to }
             }
             Action::ReplyAndStartRelay(id) => match sockets.take_receiver(id) {
                 Some(receiver) => {

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::websocket;
+pub(crate) use crate::presence::LeaveReason;
 
 /// Longest room name or peer id, in bytes.
 pub(crate) const MAX_NAME_BYTES: usize = 64;
@@ -384,28 +385,6 @@ pub(crate) fn peer_joined(room: &str, peer: &str, metadata: &RawValue) -> String
         peer,
         metadata,
     })
-}
-
-/// Why a peer left a room, as `peer-left` reports it (and as nodes tell each other).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub(crate) enum LeaveReason {
-    Left,
-    Closed,
-    Timeout,
-    /// Its node stopped sending heartbeats: it died or lost Redis for longer than `node-ttl`.
-    NodeLost,
-}
-
-impl LeaveReason {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            LeaveReason::Left => "left",
-            LeaveReason::Closed => "closed",
-            LeaveReason::Timeout => "timeout",
-            LeaveReason::NodeLost => "node-lost",
-        }
-    }
 }
 
 #[derive(Serialize)]

@@ -26,6 +26,7 @@ pub(crate) fn handle_message(
     match server.handle_message(five_tuple, data, out) {
         Handled::Nothing => {}
         Handled::Reply => route.send(out),
+        Handled::ReplyVia { from, to } => udp::send_via(from, to, out),
         Handled::ReplyAndServeRelay(id, receiver) => {
             route.send(out);
             tokio::spawn(relay::run(server.clone(), id, receiver, route.clone()));

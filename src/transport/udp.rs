@@ -10,7 +10,7 @@
 
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use quinn_udp::{BATCH_SIZE, RecvMeta};
@@ -142,9 +142,32 @@ impl UdpRoute {
     }
 }
 
+/// The UDP listeners being served, by address: an answer for NAT behaviour
+/// discovery (RFC 5780) leaves from another listener than the one asked.
+static SERVED: Mutex<Vec<(SocketAddr, Weak<UdpListener>)>> = Mutex::new(Vec::new());
+
+/// Sends `bytes` to `to` from the listener at `from`; dropped if there is
+/// none (it was removed by a reload meanwhile).
+pub(crate) fn send_via(from: SocketAddr, to: SocketAddr, bytes: &[u8]) {
+    let listener = SERVED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(address, _)| *address == from)
+        .and_then(|(_, listener)| listener.upgrade());
+    if let Some(listener) = listener {
+        listener.sockets[0].socket.send(to, None, bytes);
+    }
+}
+
 /// Serves every socket of the listener until the process ends (or the
 /// listener is removed: aborting this task ends the sockets' tasks).
 pub(crate) async fn serve(server: Arc<Server>, listener: Arc<UdpListener>) {
+    {
+        let mut served = SERVED.lock().unwrap_or_else(|e| e.into_inner());
+        served.retain(|(_, listener)| listener.strong_count() > 0);
+        served.push((listener.local, Arc::downgrade(&listener)));
+    }
     let mut tasks = JoinSet::new();
     for socket in &listener.sockets {
         tasks.spawn(serve_socket(server.clone(), socket.clone()));

@@ -355,7 +355,7 @@ mod tests {
             AllocId(1),
             five_tuple,
             "alice".into(),
-            [0; 16],
+            LongTermKey::Md5([0; 16]),
             "192.0.2.2:50000".parse().unwrap(),
             "192.0.2.2:50000".parse().unwrap(),
             now,

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::auth::{CredentialStore, LongTermKey};
+use crate::auth::{CredentialStore, LongTermKey, PasswordAlgorithm};
 use crate::config::{BandwidthCaps, Config, PortRange, RelayConfig, Transport};
 use crate::logging::event;
 use crate::policy::PeerPolicy;
@@ -16,6 +16,7 @@ use crate::source::source_of;
 use crate::stun;
 use crate::turn::allocation::{AllocId, Allocation};
 use crate::turn::bandwidth::Gate;
+use crate::turn::redirect::Redirect;
 use crate::turn::shared::Shared;
 use crate::turn::table::AllocationTable;
 use crate::turn::throttle::{AuthLog, Bucket};
@@ -37,6 +38,9 @@ pub(crate) enum Action<'a> {
     None,
     /// Send the bytes written to `out` back to the client.
     Reply,
+    /// Send `out` from the UDP listener at `from` to `to` (a Binding answered
+    /// for NAT behaviour discovery, RFC 5780).
+    ReplyVia { from: SocketAddr, to: SocketAddr },
     /// Send `out` back and start receiving on the relay socket opened for `AllocId`.
     ReplyAndStartRelay(AllocId),
     /// Send `data` to `peer` from the relay socket of allocation `relay`.
@@ -82,6 +86,15 @@ impl Limits {
             rfc5766_channel_numbers: relay.rfc5766_channel_numbers,
             bandwidth: relay.bandwidth,
         }
+    }
+
+    /// The lifetime an Allocate or a (non-deleting) Refresh gets for the
+    /// LIFETIME it asked (RFC 8656 §7.2, §7.3): the default without one or
+    /// below it, the maximum above it.
+    pub(super) fn desired_lifetime(&self, asked: Option<u32>) -> Duration {
+        asked.map_or(self.default_lifetime, |asked| {
+            Duration::from_secs(u64::from(asked)).clamp(self.default_lifetime, self.max_lifetime)
+        })
     }
 
     /// RFC 8656 §12 allows 0x4000–0x4FFF; RFC 5766 allowed up to 0x7FFF.
@@ -132,6 +145,9 @@ pub(crate) struct Core {
     /// The UDP listeners' bound addresses: never a peer, whatever the
     /// policy allows, so no allocation relays into icegate itself.
     own_listeners: Vec<SocketAddr>,
+    redirect: Redirect,
+    /// The UDP listeners that serve RFC 5780 NAT behaviour discovery.
+    discovery: Vec<stun::Discovery>,
 }
 
 impl Core {
@@ -159,6 +175,8 @@ impl Core {
             counters,
             ended: Vec::new(),
             own_listeners: Vec::new(),
+            redirect: Redirect::new(&relay.alternates),
+            discovery: discovery_of(config),
         }
     }
 
@@ -199,6 +217,8 @@ impl Core {
         self.shared.throttle.configure(config.throttle);
         self.policy = PeerPolicy::new(&relay.allow_peers, &relay.deny_peers);
         self.limits = Limits::of(relay);
+        self.redirect = Redirect::new(&relay.alternates);
+        self.discovery = discovery_of(config);
         self.relay_v4 = endpoint(relay, true);
         self.relay_v6 = endpoint(relay, false);
         // A tightened policy holds for what was permitted before, at once.
@@ -221,7 +241,11 @@ impl Core {
             .iter()
             .filter(|allocation| {
                 // An expired REST username is no reason: its next Refresh fails anyway.
-                match self.credentials.keys(&allocation.username, now.unix) {
+                let algorithm = allocation.key.algorithm();
+                match self
+                    .credentials
+                    .keys(&allocation.username, algorithm, now.unix)
+                {
                     Ok(keys) => !keys.iter().any(|key| *key == allocation.key),
                     Err(reject) => reject != Reject::ExpiredCredentials,
                 }
@@ -286,7 +310,11 @@ impl Core {
                 return Action::None;
             }
         }
-        let unknown = message.unknown_required();
+        let discovery = (five_tuple.transport == Transport::Udp)
+            .then(|| self.discovery.iter().find(|d| d.here == five_tuple.server))
+            .flatten()
+            .copied();
+        let unknown = message.unknown_required(discovery.is_some());
         if !unknown.is_empty() {
             self.reject(
                 message,
@@ -323,8 +351,10 @@ impl Core {
                 self.counters.count(Reject::BindingThrottled);
                 return Action::None;
             }
-            stun::answer_binding(message, five_tuple.client, out);
-            return Action::Reply;
+            return match stun::answer_binding(message, five_tuple.client, discovery, out) {
+                stun::Answered::Back => Action::Reply,
+                stun::Answered::Via { from, to } => Action::ReplyVia { from, to },
+            };
         }
         if message.is_classic() {
             self.reject(message, Reject::BadRequest, None, five_tuple, now, out);
@@ -344,7 +374,7 @@ impl Core {
         }
         // A client with an allocation proved its key on this 5-tuple, which
         // no attacker can send from: its refreshes never wait out a backoff.
-        let username = username_of(message);
+        let username = self.claimed_user(message);
         if let Some(name) = username
             && self.table.id_for(five_tuple).is_none()
             && self.shared.throttle.user_blocked(name, now.instant)
@@ -432,7 +462,7 @@ impl Core {
             self.counters.count(Reject::UnauthenticatedThrottled);
             return Action::None;
         }
-        let user = username_of(message).unwrap_or("");
+        let user = self.claimed_user(message).unwrap_or("");
         if matches!(reject, Reject::WrongPassword | Reject::WrongCredentials)
             && let Some(backoff) = throttle.user_failed(user, now.instant)
         {
@@ -491,25 +521,49 @@ impl Core {
         );
     }
 
+    /// The user a request names, by USERNAME or by USERHASH, for backoff
+    /// and logs: authentication is what proves it.
+    fn claimed_user<'s>(&'s self, message: &Message<'s>) -> Option<&'s str> {
+        match message.get(attr::USERNAME) {
+            Some(username) => std::str::from_utf8(username).ok(),
+            None => self.credentials.user_by_hash(message.get(attr::USERHASH)?),
+        }
+    }
+
     fn authenticate(
         &self,
         now: Now,
         five_tuple: &FiveTuple,
         message: &Message<'_>,
     ) -> Result<Authenticated, Reject> {
-        if message.get(attr::MESSAGE_INTEGRITY).is_none() {
+        // With both, only MESSAGE-INTEGRITY-SHA256 is checked (RFC 8489 §9.2.4).
+        let sha256 = message.get(attr::MESSAGE_INTEGRITY_SHA256).is_some();
+        if !sha256 && message.get(attr::MESSAGE_INTEGRITY).is_none() {
             return Err(Reject::Challenge);
         }
-        let (Some(username), Some(_realm), Some(nonce)) = (
-            message.get(attr::USERNAME),
-            message.get(attr::REALM),
-            message.get(attr::NONCE),
-        ) else {
+        let (Some(_realm), Some(nonce)) = (message.get(attr::REALM), message.get(attr::NONCE))
+        else {
             return Err(Reject::BadRequest);
         };
-        let username = std::str::from_utf8(username).map_err(|_| Reject::BadRequest)?;
+        let username = match (message.get(attr::USERNAME), message.get(attr::USERHASH)) {
+            (Some(username), _) => {
+                Some(std::str::from_utf8(username).map_err(|_| Reject::BadRequest)?)
+            }
+            (None, Some(hash)) => self.credentials.user_by_hash(hash),
+            (None, None) => return Err(Reject::BadRequest),
+        };
         self.credentials
             .check_nonce(nonce, five_tuple.client, now.unix)?;
+        let algorithm = password_algorithm(message)?;
+        // Only static users can be found by USERHASH (see CredentialStore).
+        let username = username.ok_or(Reject::UnknownUser)?;
+        let matches = |key: &LongTermKey| {
+            if sha256 {
+                message.integrity_sha256_matches(key.as_bytes())
+            } else {
+                message.integrity_matches(key.as_bytes())
+            }
+        };
         // A client with an allocation keeps the key it allocated with, as
         // coturn does: refreshing does not fail when a REST username expires.
         if let Some(id) = self.table.id_for(five_tuple) {
@@ -520,7 +574,7 @@ impl Core {
             if allocation.username != username {
                 return Err(Reject::WrongCredentials);
             }
-            return if message.integrity_matches(&allocation.key) {
+            return if allocation.key.algorithm() == algorithm && matches(&allocation.key) {
                 Ok(Authenticated {
                     username: username.to_owned(),
                     owner: allocation.owner.clone(),
@@ -530,10 +584,10 @@ impl Core {
                 Err(Reject::WrongPassword)
             };
         }
-        let keys = self.credentials.keys(username, now.unix)?;
+        let keys = self.credentials.keys(username, algorithm, now.unix)?;
         let key = keys
             .iter()
-            .find(|key| message.integrity_matches(key.as_slice()))
+            .find(|key| matches(key))
             .ok_or(Reject::WrongPassword)?;
         Ok(Authenticated {
             username: username.to_owned(),
@@ -670,12 +724,36 @@ impl Core {
         now: Now,
         out: &mut Vec<u8>,
     ) {
+        // Only an authenticated Allocate is sent on: a sibling takes the
+        // same credentials (RFC 8489 §10), and nobody else learns of it.
+        let alternate =
+            (message.method == Method::ALLOCATE && key.is_some() && reject.is_redirectable())
+                .then(|| self.redirect.pick(five_tuple))
+                .flatten();
+        let reject = if alternate.is_some() {
+            Reject::Redirected
+        } else {
+            reject
+        };
         self.counters.count(reject);
         let Some((code, phrase)) = reject.error_code() else {
             return;
         };
         let mut reply = MessageBuilder::reply(out, message, Class::Error);
         reply.add_error(code, phrase);
+        if let Some(alternate) = alternate {
+            reply.add_address(attr::ALTERNATE_SERVER, alternate.server);
+            if let Some(domain) = alternate.domain {
+                reply.add(attr::ALTERNATE_DOMAIN, domain.as_bytes());
+            }
+            // Browsers take this nonce to the sibling and give up on a 438
+            // there: one the sibling accepts, where the secret allows.
+            if let Some(nonce) = self.credentials.sibling_nonce(five_tuple.client, now.unix) {
+                reply
+                    .add(attr::REALM, self.credentials.realm().as_bytes())
+                    .add(attr::NONCE, nonce.as_bytes());
+            }
+        }
         if code == 401 || code == 438 {
             reply
                 .add(attr::REALM, self.credentials.realm().as_bytes())
@@ -684,7 +762,8 @@ impl Core {
                     self.credentials
                         .nonce(five_tuple.client, now.unix)
                         .as_bytes(),
-                );
+                )
+                .add(attr::PASSWORD_ALGORITHMS, &OFFERED_ALGORITHMS);
         }
         match key {
             Some(key) => finish(&mut reply, message, key),
@@ -747,6 +826,21 @@ fn is_own_listener(
     })
 }
 
+/// The UDP listeners with an `other-address`.
+fn discovery_of(config: &Config) -> Vec<stun::Discovery> {
+    config
+        .listen
+        .iter()
+        .filter(|listen| listen.transport == Transport::Udp)
+        .filter_map(|listen| {
+            Some(stun::Discovery {
+                here: listen.address,
+                other: listen.other_address?,
+            })
+        })
+        .collect()
+}
+
 fn endpoint(relay: &RelayConfig, v4: bool) -> Option<RelayEndpoint> {
     let bind = *relay.addresses.iter().find(|ip| ip.is_ipv4() == v4)?;
     let advertise = relay
@@ -757,9 +851,45 @@ fn endpoint(relay: &RelayConfig, v4: bool) -> Option<RelayEndpoint> {
     Some(RelayEndpoint { bind, advertise })
 }
 
-/// MESSAGE-INTEGRITY, then FINGERPRINT if the request had one.
+/// PASSWORD-ALGORITHMS as every 401 and 438 sends it: SHA-256, then MD5
+/// (RFC 8489 §14.11, numbers from §18.5; a client picks the first it
+/// supports). Neither takes parameters.
+const OFFERED_ALGORITHMS: [u8; 8] = [0, 2, 0, 0, 0, 1, 0, 0];
+
+/// The password algorithm a request chose, once the bid-down checks of
+/// RFC 8489 §9.2.4 pass: every nonce we issue carries the cookie, so a
+/// request naming algorithms must repeat our list and pick from it. One
+/// naming none is MD5, as every client before RFC 8489 uses.
+fn password_algorithm(message: &Message<'_>) -> Result<PasswordAlgorithm, Reject> {
+    let offered = message.get(attr::PASSWORD_ALGORITHMS);
+    let chosen = message.get(attr::PASSWORD_ALGORITHM);
+    let (offered, chosen) = match (offered, chosen) {
+        (None, None) => return Ok(PasswordAlgorithm::Md5),
+        (Some(offered), Some(chosen)) => (offered, chosen),
+        _ => return Err(Reject::PasswordAlgorithmMismatch),
+    };
+    if offered != OFFERED_ALGORITHMS {
+        return Err(Reject::PasswordAlgorithmMismatch);
+    }
+    // Neither algorithm takes parameters, so the value is 4 bytes.
+    let &[high, low, 0, 0] = chosen else {
+        return Err(Reject::PasswordAlgorithmMismatch);
+    };
+    match u16::from_be_bytes([high, low]) {
+        attr::ALGORITHM_MD5 => Ok(PasswordAlgorithm::Md5),
+        attr::ALGORITHM_SHA256 => Ok(PasswordAlgorithm::Sha256),
+        _ => Err(Reject::PasswordAlgorithmMismatch),
+    }
+}
+
+/// The integrity attribute the request was checked with (RFC 8489 §9.2.4:
+/// a response carries the same kind), then FINGERPRINT if the request had one.
 pub(super) fn finish(reply: &mut MessageBuilder<'_>, request: &Message<'_>, key: &LongTermKey) {
-    reply.add_integrity(key);
+    if request.get(attr::MESSAGE_INTEGRITY_SHA256).is_some() {
+        reply.add_integrity_sha256(key.as_bytes());
+    } else {
+        reply.add_integrity(key.as_bytes());
+    }
     if request.has_fingerprint() {
         reply.add_fingerprint();
     }
@@ -773,10 +903,6 @@ pub(super) fn peer_address(message: &Message<'_>, value: &[u8]) -> Option<Socket
         crate::policy::canonical(peer.ip()),
         peer.port(),
     ))
-}
-
-fn username_of<'a>(message: &Message<'a>) -> Option<&'a str> {
-    std::str::from_utf8(message.get(attr::USERNAME)?).ok()
 }
 
 pub(super) fn saturating_secs(duration: Duration) -> u32 {

@@ -3,7 +3,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::core::{
     Action, Core, Now, RESERVATION_LIFETIME, Request, finish, peer_address, saturating_secs,
@@ -24,6 +23,8 @@ struct Admitted<'m> {
     family: Option<&'m [u8]>,
     even_port: Option<&'m [u8]>,
     dont_fragment: bool,
+    /// ADDITIONAL-ADDRESS-FAMILY (IPv6) was asked besides IPv4.
+    dual: bool,
     /// The user's bandwidth state, which the new allocation shares.
     user_bandwidth: Arc<Cells>,
 }
@@ -75,7 +76,15 @@ impl Core {
         let even_port = message.get(attr::EVEN_PORT);
         let token = message.get(attr::RESERVATION_TOKEN);
         let family = message.get(attr::REQUESTED_ADDRESS_FAMILY);
-        if token.is_some() && (even_port.is_some() || family.is_some()) {
+        let additional = message.get(attr::ADDITIONAL_ADDRESS_FAMILY);
+        if token.is_some() && (even_port.is_some() || family.is_some() || additional.is_some()) {
+            return Err(Reject::BadRequest);
+        }
+        // RFC 8656 §7.2: one family asked for two ways, or IPv4 as the
+        // additional one (only IPv6 may be).
+        if additional.is_some()
+            && (family.is_some() || additional != Some(&[attr::FAMILY_IPV6, 0, 0, 0][..]))
+        {
             return Err(Reject::BadRequest);
         }
         let dont_fragment = message.get(attr::DONT_FRAGMENT).is_some();
@@ -102,6 +111,7 @@ impl Core {
             family,
             even_port,
             dont_fragment,
+            dual: additional.is_some(),
             user_bandwidth,
         };
         let result = self.allocate_admitted(request, admitted, sockets, out);
@@ -131,6 +141,7 @@ impl Core {
             family,
             even_port,
             dont_fragment,
+            dual,
             user_bandwidth,
         } = admitted;
         let (endpoint, reserved_port) = match token {
@@ -208,13 +219,9 @@ impl Core {
             return Err(Reject::ServerError);
         }
 
-        let lifetime = message
-            .get(attr::LIFETIME)
-            .and_then(attr::u32_value)
-            .map_or(self.limits.default_lifetime, |asked| {
-                Duration::from_secs(u64::from(asked))
-                    .clamp(self.limits.default_lifetime, self.limits.max_lifetime)
-            });
+        let lifetime = self
+            .limits
+            .desired_lifetime(message.get(attr::LIFETIME).and_then(attr::u32_value));
 
         let mut allocation = Allocation::new(
             id,
@@ -234,6 +241,10 @@ impl Core {
             .add_xor_address(attr::XOR_RELAYED_ADDRESS, relayed)
             .add_u32(attr::LIFETIME, saturating_secs(lifetime))
             .add_xor_address(attr::XOR_MAPPED_ADDRESS, five_tuple.client);
+        if dual {
+            // The IPv4 relay only: one allocation holds one relay socket.
+            reply.add_address_error(attr::FAMILY_IPV6, 440, "Address Family not Supported");
+        }
         if reserve_next {
             let expires = now.instant + RESERVATION_LIFETIME;
             let token = self.shared.reserve(bound_port + 1, endpoint.bind, expires);
@@ -322,6 +333,21 @@ impl Core {
             message,
             user,
         } = *request;
+        // RFC 8656 §7.3: a family other than the allocation's is a mismatch.
+        if let Some(family) = message.get(attr::REQUESTED_ADDRESS_FAMILY) {
+            let allocation = self
+                .table
+                .by_five_tuple(five_tuple)
+                .ok_or(Reject::AllocationMismatch)?;
+            let ours = if allocation.relayed.is_ipv4() {
+                attr::FAMILY_IPV4
+            } else {
+                attr::FAMILY_IPV6
+            };
+            if family.first() != Some(&ours) {
+                return Err(Reject::PeerAddressFamilyMismatch);
+            }
+        }
         let asked = message.get(attr::LIFETIME).and_then(attr::u32_value);
         if asked == Some(0) {
             let id = self
@@ -334,9 +360,7 @@ impl Core {
             finish(&mut reply, message, &user.key);
             return Ok(Action::Reply);
         }
-        let lifetime = asked.map_or(self.limits.default_lifetime, |asked| {
-            Duration::from_secs(u64::from(asked)).min(self.limits.max_lifetime)
-        });
+        let lifetime = self.limits.desired_lifetime(asked);
         let id = self
             .table
             .id_for(five_tuple)

@@ -3,8 +3,11 @@
 //! Implemented: Allocate (§7.2; REQUESTED-TRANSPORT UDP, REQUESTED-ADDRESS-FAMILY,
 //! DONT-FRAGMENT, EVEN-PORT with RESERVATION-TOKEN), Refresh (§7.3),
 //! CreatePermission (§9, several peers at once), ChannelBind (§11, channels
-//! 0x4000–0x4FFF as §12 requires), Send and Data indications (§10),
-//! ChannelData both ways (§12.4), long-term credentials (RFC 8489 §9.2).
+//! 0x4000–0x7FFF as RFC 5766 allowed, or only 0x4000–0x4FFF as §12 requires),
+//! Send and Data indications (§10), ChannelData both ways (§12.4),
+//! long-term credentials (RFC 8489 §9.2) with MESSAGE-INTEGRITY or
+//! MESSAGE-INTEGRITY-SHA256, MD5 or SHA-256 password algorithm, and USERHASH
+//! for static users; ALTERNATE-SERVER redirects (RFC 8489 §10).
 //!
 //! Deliberate choices:
 //! - Retransmitted requests on an allocation are answered from a small
@@ -17,9 +20,16 @@
 //!   allow; coturn has no such cap.
 //! - A banned user (`crate::bans`) authenticates and then gets 403 on every
 //!   request; its data is not checked, since a ban ends its allocations.
-//! - Not implemented yet: ADDITIONAL-ADDRESS-FAMILY dual allocations, TCP
-//!   allocations (RFC 6062), MESSAGE-INTEGRITY-SHA256 and PASSWORD-ALGORITHMS,
-//!   mobility (RFC 8016). Browsers use none of them.
+//! - An Allocate this node cannot take while draining or at a node-wide
+//!   limit is sent to a sibling in `[relay] alternate-servers` (300).
+//! - Binding on a listener with `other-address` serves RFC 5780 NAT
+//!   behaviour discovery (`crate::stun`); answers from another listener
+//!   leave as [`core::Action::ReplyVia`].
+//! - An Allocate with ADDITIONAL-ADDRESS-FAMILY (§7.2) gets its IPv4 relay
+//!   and ADDRESS-ERROR-CODE 440 for IPv6: an allocation holds one relay
+//!   socket so far. The §7.2 combinations that are errors get 400.
+//! - Not implemented yet: both relays of a dual-stack allocation, TCP
+//!   allocations (RFC 6062), mobility (RFC 8016). Browsers use none of them.
 
 //!
 //! The core is a state machine: bytes, addresses and time come in, replies
@@ -33,6 +43,7 @@ pub(crate) mod bandwidth;
 pub(crate) mod core;
 mod methods;
 pub(crate) mod ports;
+mod redirect;
 pub(crate) mod shared;
 pub(crate) mod table;
 #[cfg(test)]

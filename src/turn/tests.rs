@@ -9,6 +9,7 @@ mod auth;
 mod bans;
 mod caps;
 mod expiry;
+mod integrity;
 mod malformed;
 mod peers;
 mod throttle;
@@ -112,6 +113,10 @@ enum Outcome {
         peer: SocketAddr,
         data: Vec<u8>,
     },
+    ReplyVia {
+        from: SocketAddr,
+        to: SocketAddr,
+    },
 }
 
 impl From<Action<'_>> for Outcome {
@@ -119,6 +124,7 @@ impl From<Action<'_>> for Outcome {
         match action {
             Action::None => Self::Nothing,
             Action::Reply => Self::Reply,
+            Action::ReplyVia { from, to } => Self::ReplyVia { from, to },
             Action::ReplyAndStartRelay(id) => Self::Started(id),
             Action::ToPeer { relay, peer, data } => Self::ToPeer {
                 relay,
@@ -198,7 +204,7 @@ fn sign(builder: &mut MessageBuilder<'_>, client: &Client, nonce: &str) {
         .add(attr::USERNAME, client.username.as_bytes())
         .add(attr::REALM, REALM.as_bytes())
         .add(attr::NONCE, nonce.as_bytes())
-        .add_integrity(&client.key);
+        .add_integrity(client.key.as_bytes());
 }
 
 fn udp_transport(builder: &mut MessageBuilder<'_>) {

@@ -18,21 +18,36 @@ pub(crate) const REQUESTED_ADDRESS_FAMILY: u16 = 0x0017;
 pub(crate) const EVEN_PORT: u16 = 0x0018;
 pub(crate) const REQUESTED_TRANSPORT: u16 = 0x0019;
 pub(crate) const DONT_FRAGMENT: u16 = 0x001A;
-const MESSAGE_INTEGRITY_SHA256: u16 = 0x001C;
-const PASSWORD_ALGORITHM: u16 = 0x001D;
-const USERHASH: u16 = 0x001E;
+pub(crate) const MESSAGE_INTEGRITY_SHA256: u16 = 0x001C;
+pub(crate) const PASSWORD_ALGORITHM: u16 = 0x001D;
+pub(crate) const USERHASH: u16 = 0x001E;
 pub(crate) const XOR_MAPPED_ADDRESS: u16 = 0x0020;
 pub(crate) const RESERVATION_TOKEN: u16 = 0x0022;
 const PRIORITY: u16 = 0x0024;
 const USE_CANDIDATE: u16 = 0x0025;
-const PADDING: u16 = 0x0026;
+pub(crate) const PADDING: u16 = 0x0026;
+pub(crate) const RESPONSE_PORT: u16 = 0x0027;
+pub(crate) const ADDITIONAL_ADDRESS_FAMILY: u16 = 0x8000;
+pub(crate) const ADDRESS_ERROR_CODE: u16 = 0x8001;
+/// Comprehension-optional, so clients that predate RFC 8489 skip it.
+pub(crate) const PASSWORD_ALGORITHMS: u16 = 0x8002;
+pub(crate) const ALTERNATE_DOMAIN: u16 = 0x8003;
+pub(crate) const RESPONSE_ORIGIN: u16 = 0x802B;
+pub(crate) const OTHER_ADDRESS: u16 = 0x802C;
+pub(crate) const ALTERNATE_SERVER: u16 = 0x8023;
 pub(crate) const FINGERPRINT: u16 = 0x8028;
+
+/// Password algorithm numbers (RFC 8489 §18.5).
+pub(crate) const ALGORITHM_MD5: u16 = 0x0001;
+pub(crate) const ALGORITHM_SHA256: u16 = 0x0002;
 
 /// Comprehension-required attributes we understand or may safely ignore.
 /// Anything else below 0x8000 in a request earns a 420 (RFC 8489 §7.3.1);
-/// so does RESPONSE-PORT (RFC 5780 §7.5: we cannot answer on another port).
-/// CHANGE-REQUEST is known only with no flags set: classic clients send it
-/// empty, and asking for another address or port gets a 420 (RFC 5780 §7.2).
+/// so does RESPONSE-PORT (RFC 5780 §7.5), unless the listener serves NAT
+/// behaviour discovery (see [`crate::wire::Message::unknown_required`]).
+/// CHANGE-REQUEST is known only with no flags set there too: classic clients
+/// send it empty, and asking for another address or port gets a 420 (RFC
+/// 5780 §7.2).
 pub(crate) fn is_known(kind: u16) -> bool {
     matches!(
         kind,

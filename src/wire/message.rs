@@ -7,8 +7,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
+use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use super::attr;
@@ -19,6 +21,9 @@ const ATTR_HEADER_LEN: usize = 4;
 /// The longest body a STUN length field announces: 16 bits, a multiple of 4.
 pub(crate) const MAX_BODY_LEN: usize = 0xFFFC;
 const INTEGRITY_LEN: usize = 20;
+const INTEGRITY_SHA256_LEN: usize = 32;
+/// The shortest MESSAGE-INTEGRITY-SHA256 a sender may truncate to (RFC 8489 §14.6).
+const INTEGRITY_SHA256_MIN_LEN: usize = 16;
 const FINGERPRINT_XOR: u32 = 0x5354_554E;
 
 /// A STUN method (RFC 8489 §18.2, RFC 8656 §17).
@@ -87,6 +92,9 @@ pub(crate) enum ParseError {
     /// A FINGERPRINT attribute is present and wrong.
     #[error("stun fingerprint mismatch")]
     BadFingerprint,
+    /// An attribute follows FINGERPRINT, which must be last (RFC 8489 §14.7).
+    #[error("stun attribute after fingerprint")]
+    AfterFingerprint,
 }
 
 /// The 16 header bytes after type and length: magic cookie plus transaction ID,
@@ -162,6 +170,9 @@ impl<'a> Message<'a> {
         let mut fingerprint = None;
         for attribute in message.walk() {
             let attribute = attribute?;
+            if fingerprint.is_some() {
+                return Err(ParseError::AfterFingerprint);
+            }
             if attribute.kind == attr::FINGERPRINT {
                 fingerprint = Some(attribute);
             }
@@ -187,18 +198,35 @@ impl<'a> Message<'a> {
         self.walk().map_while(Result::ok)
     }
 
-    /// The first attribute of `kind` that integrity covers (RFC 8489 §14.5:
-    /// attributes after MESSAGE-INTEGRITY other than FINGERPRINT are ignored).
+    /// The first attribute of `kind` that integrity covers (RFC 8489 §14.5,
+    /// §14.6: after MESSAGE-INTEGRITY only MESSAGE-INTEGRITY-SHA256 and
+    /// FINGERPRINT count, after MESSAGE-INTEGRITY-SHA256 only FINGERPRINT).
     pub(crate) fn get(&self, kind: u16) -> Option<&'a [u8]> {
+        self.find(kind).map(|attribute| attribute.value)
+    }
+
+    fn find(&self, kind: u16) -> Option<Attribute<'a>> {
+        let mut after_integrity = false;
         for attribute in self.attributes() {
-            if attribute.kind == kind {
-                return Some(attribute.value);
+            let seen = match attribute.kind {
+                attr::FINGERPRINT | attr::MESSAGE_INTEGRITY_SHA256 => true,
+                _ => !after_integrity,
+            };
+            if attribute.kind == kind && seen {
+                return Some(attribute);
             }
-            if attribute.kind == attr::MESSAGE_INTEGRITY {
-                return None;
+            match attribute.kind {
+                attr::MESSAGE_INTEGRITY => after_integrity = true,
+                attr::MESSAGE_INTEGRITY_SHA256 if kind != attr::FINGERPRINT => return None,
+                _ => {}
             }
         }
         None
+    }
+
+    /// The whole message's length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.raw.len()
     }
 
     pub(crate) fn has_fingerprint(&self) -> bool {
@@ -209,16 +237,23 @@ impl<'a> Message<'a> {
         self.transaction.is_classic()
     }
 
-    /// Comprehension-required attributes this server does not know (RFC 8489 §15).
-    pub(crate) fn unknown_required(&self) -> Vec<u16> {
+    /// Comprehension-required attributes this server does not know (RFC 8489
+    /// §15); a listener with `nat_discovery` (RFC 5780) knows CHANGE-REQUEST
+    /// with flags and RESPONSE-PORT besides.
+    pub(crate) fn unknown_required(&self, nat_discovery: bool) -> Vec<u16> {
         let mut unknown = Vec::new();
         for attribute in self.attributes() {
             let change_asked = attribute.kind == attr::CHANGE_REQUEST
                 && attribute.value.iter().any(|&byte| byte != 0);
-            if attribute.kind < 0x8000 && (!attr::is_known(attribute.kind) || change_asked) {
+            let known = if nat_discovery {
+                attr::is_known(attribute.kind) || attribute.kind == attr::RESPONSE_PORT
+            } else {
+                attr::is_known(attribute.kind) && !change_asked
+            };
+            if attribute.kind < 0x8000 && !known {
                 unknown.push(attribute.kind);
             }
-            if attribute.kind == attr::MESSAGE_INTEGRITY {
+            if is_integrity(attribute.kind) {
                 break;
             }
         }
@@ -227,22 +262,35 @@ impl<'a> Message<'a> {
 
     /// Checks MESSAGE-INTEGRITY (HMAC-SHA1 with the long-term `key`) in constant time.
     pub(crate) fn integrity_matches(&self, key: &[u8]) -> bool {
-        let Some(attribute) = self
-            .attributes()
-            .find(|a| a.kind == attr::MESSAGE_INTEGRITY)
-        else {
+        let Some(attribute) = self.find(attr::MESSAGE_INTEGRITY) else {
             return false;
         };
         if attribute.value.len() != INTEGRITY_LEN {
             return false;
         }
         let covered = &self.raw[..attribute.offset];
-        let mac = integrity_of(
-            covered,
-            attribute.offset + ATTR_HEADER_LEN + INTEGRITY_LEN,
-            key,
-        );
-        bool::from(mac.ct_eq(attribute.value))
+        let length_to = attribute.offset + ATTR_HEADER_LEN + INTEGRITY_LEN;
+        let mac = mac_of::<Hmac<Sha1>>(covered, length_to, key).finalize();
+        bool::from(mac.into_bytes().ct_eq(attribute.value))
+    }
+
+    /// Checks MESSAGE-INTEGRITY-SHA256 (HMAC-SHA256 with `key`) in constant
+    /// time; a value truncated as RFC 8489 §14.6 allows (at least 16 bytes,
+    /// a multiple of 4) is compared with as many leading bytes of the HMAC.
+    pub(crate) fn integrity_sha256_matches(&self, key: &[u8]) -> bool {
+        let Some(attribute) = self.find(attr::MESSAGE_INTEGRITY_SHA256) else {
+            return false;
+        };
+        let len = attribute.value.len();
+        if !(INTEGRITY_SHA256_MIN_LEN..=INTEGRITY_SHA256_LEN).contains(&len) || len % 4 != 0 {
+            return false;
+        }
+        let covered = &self.raw[..attribute.offset];
+        let length_to = attribute.offset + ATTR_HEADER_LEN + len;
+        let mac = mac_of::<Hmac<Sha256>>(covered, length_to, key)
+            .finalize()
+            .into_bytes();
+        bool::from(mac[..len].ct_eq(attribute.value))
     }
 
     /// XOR-PEER-ADDRESS, XOR-MAPPED-ADDRESS, XOR-RELAYED-ADDRESS values decoded.
@@ -250,10 +298,10 @@ impl<'a> Message<'a> {
         decode_xor_address(value, &self.transaction)
     }
 
-    /// All values of `kind` before MESSAGE-INTEGRITY (CreatePermission may carry several peers).
+    /// All values of `kind` before the integrity attributes (CreatePermission may carry several peers).
     pub(crate) fn all(&self, kind: u16) -> impl Iterator<Item = &'a [u8]> + use<'a> {
         self.attributes()
-            .take_while(|a| a.kind != attr::MESSAGE_INTEGRITY)
+            .take_while(|a| !is_integrity(a.kind))
             .filter(move |a| a.kind == kind)
             .map(|a| a.value)
     }
@@ -293,19 +341,23 @@ impl<'a> Iterator for AttributeWalk<'a> {
     }
 }
 
-/// HMAC-SHA1 over `covered` with the header length field replaced by
-/// `length_to` − 20, as RFC 8489 §14.5 prescribes.
-fn integrity_of(covered: &[u8], length_to: usize, key: &[u8]) -> [u8; INTEGRITY_LEN] {
+fn is_integrity(kind: u16) -> bool {
+    kind == attr::MESSAGE_INTEGRITY || kind == attr::MESSAGE_INTEGRITY_SHA256
+}
+
+/// An HMAC fed `covered` with the header length field replaced by
+/// `length_to` − 20, as RFC 8489 §14.5 and §14.6 prescribe.
+fn mac_of<M: Mac + KeyInit>(covered: &[u8], length_to: usize, key: &[u8]) -> M {
     #[expect(
         clippy::cast_possible_truncation,
         reason = "stun messages are < 64 KiB"
     )]
     let length = (length_to - HEADER_LEN) as u16;
-    let mut mac = Hmac::<Sha1>::new_from_slice(key).expect("hmac accepts keys of any length");
+    let mut mac = <M as Mac>::new_from_slice(key).expect("hmac accepts keys of any length");
     mac.update(&covered[..2]);
     mac.update(&length.to_be_bytes());
     mac.update(&covered[4..]);
-    mac.finalize().into_bytes().into()
+    mac
 }
 
 fn fingerprint_of(covered: &[u8], length_to: usize) -> u32 {
@@ -383,6 +435,11 @@ impl<'b> MessageBuilder<'b> {
         Self::new(buf, request.method, class, request.transaction)
     }
 
+    /// The message written so far, in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.buf.len()
+    }
+
     pub(crate) fn add(&mut self, kind: u16, value: &[u8]) -> &mut Self {
         #[expect(
             clippy::cast_possible_truncation,
@@ -423,20 +480,27 @@ impl<'b> MessageBuilder<'b> {
 
     /// ERROR-CODE with the standard reason phrase (RFC 8489 §14.8).
     pub(crate) fn add_error(&mut self, code: u16, reason: &str) -> &mut Self {
-        let mut value = Vec::with_capacity(4 + reason.len());
-        #[expect(clippy::cast_possible_truncation, reason = "code / 100 is 3..=6")]
-        let class = (code / 100) as u8;
-        let number = (code % 100) as u8;
-        value.extend_from_slice(&[0, 0, class, number]);
-        value.extend_from_slice(reason.as_bytes());
-        self.add(attr::ERROR_CODE, &value)
+        self.add(attr::ERROR_CODE, &error_value(0, code, reason))
+    }
+
+    /// ADDRESS-ERROR-CODE (RFC 8656 §18.13): why the `family` (an
+    /// ADDITIONAL-ADDRESS-FAMILY value) was not allocated.
+    pub(crate) fn add_address_error(&mut self, family: u8, code: u16, reason: &str) -> &mut Self {
+        self.add(attr::ADDRESS_ERROR_CODE, &error_value(family, code, reason))
     }
 
     /// MESSAGE-INTEGRITY over everything so far.
     pub(crate) fn add_integrity(&mut self, key: &[u8]) -> &mut Self {
         let length_to = self.buf.len() + ATTR_HEADER_LEN + INTEGRITY_LEN;
-        let mac = integrity_of(self.buf, length_to, key);
-        self.add(attr::MESSAGE_INTEGRITY, &mac)
+        let mac = mac_of::<Hmac<Sha1>>(self.buf, length_to, key).finalize();
+        self.add(attr::MESSAGE_INTEGRITY, &mac.into_bytes())
+    }
+
+    /// MESSAGE-INTEGRITY-SHA256 over everything so far, never truncated.
+    pub(crate) fn add_integrity_sha256(&mut self, key: &[u8]) -> &mut Self {
+        let length_to = self.buf.len() + ATTR_HEADER_LEN + INTEGRITY_SHA256_LEN;
+        let mac = mac_of::<Hmac<Sha256>>(self.buf, length_to, key).finalize();
+        self.add(attr::MESSAGE_INTEGRITY_SHA256, &mac.into_bytes())
     }
 
     pub(crate) fn add_fingerprint(&mut self) -> &mut Self {
@@ -469,6 +533,17 @@ fn encode_address(value: &mut [u8; 20], address: SocketAddr) -> usize {
             20
         }
     }
+}
+
+/// An ERROR-CODE value, or ADDRESS-ERROR-CODE's with `family` in its first byte.
+fn error_value(family: u8, code: u16, reason: &str) -> Vec<u8> {
+    let mut value = Vec::with_capacity(4 + reason.len());
+    #[expect(clippy::cast_possible_truncation, reason = "code / 100 is 3..=6")]
+    let class = (code / 100) as u8;
+    let number = (code % 100) as u8;
+    value.extend_from_slice(&[family, 0, class, number]);
+    value.extend_from_slice(reason.as_bytes());
+    value
 }
 
 #[cfg(test)]
@@ -539,5 +614,223 @@ mod tests {
         let mut bad = buf.clone();
         bad[HEADER_LEN + 3] = 200;
         assert_eq!(Message::parse(&bad).unwrap_err(), ParseError::BadAttribute);
+    }
+
+    fn unhex(text: &str) -> Vec<u8> {
+        let digits: Vec<u8> = text.bytes().filter(u8::is_ascii_hexdigit).collect();
+        digits
+            .chunks(2)
+            .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap())
+            .collect()
+    }
+
+    const RFC5769_PASSWORD: &[u8] = b"VOkJxbRl1RmTxUk/WvJxBt";
+
+    #[test]
+    fn rfc5769_sample_request_checks() {
+        // RFC 5769 §2.1: short-term credentials, SOFTWARE, PRIORITY, ICE-CONTROLLED.
+        let bytes = unhex(
+            "000100582112a442b7e7a701bc34d686fa87dfae802200105354554e2074657374
+             20636c69656e74002400046e0001ff80290008932ff9b151263b360006000965767
+             46a3a68367659202020000800149aeaa70cbfd8cb56781ef2b5b2d3f249c1b571a28
+             0280004e57a3bcf",
+        );
+        let message = Message::parse(&bytes).unwrap();
+        assert_eq!(message.get(attr::USERNAME), Some(&b"evtj:h6vY"[..]));
+        assert!(message.integrity_matches(RFC5769_PASSWORD));
+        assert!(!message.integrity_matches(b"VOkJxbRl1RmTxUk/WvJxBu"));
+        assert!(message.has_fingerprint());
+        // Unknown comprehension-optional ICE-CONTROLLED aside, PRIORITY is known.
+        assert!(message.unknown_required(false).is_empty());
+    }
+
+    #[test]
+    fn rfc5769_sample_responses_check() {
+        // RFC 5769 §2.2 and §2.3: 192.0.2.1 and 2001:db8:1234:5678:11:2233:4455:6677, port 32853.
+        let v4 = unhex(
+            "0101003c2112a442b7e7a701bc34d686fa87dfae8022000b7465737420766563746f
+             7220002000080001a147e112a643000800142b91f599fd9e90c38c7489f92af9ba53
+             f06be7d780280004c07d4c96",
+        );
+        let v6 = unhex(
+            "010100482112a442b7e7a701bc34d686fa87dfae8022000b7465737420766563746f
+             7220002000140002a1470113a9faa5d3f179bc25f4b5bed2b9d900080014a382954e
+             4be67bf11784c97c8292c275bfe3ed4180280004c8fb0b4c",
+        );
+        for (bytes, expected) in [
+            (v4, "192.0.2.1:32853"),
+            (v6, "[2001:db8:1234:5678:11:2233:4455:6677]:32853"),
+        ] {
+            let message = Message::parse(&bytes).unwrap();
+            assert_eq!(message.class, Class::Success);
+            let value = message.get(attr::XOR_MAPPED_ADDRESS).unwrap();
+            assert_eq!(message.xor_address(value), Some(expected.parse().unwrap()));
+            assert!(message.integrity_matches(RFC5769_PASSWORD), "{expected}");
+        }
+    }
+
+    /// The RFC 5769 and RFC 8489 long-term vectors' user, realm and
+    /// password (after SASLprep / OpaqueString).
+    const MATRIX_USER: &str = "\u{30DE}\u{30C8}\u{30EA}\u{30C3}\u{30AF}\u{30B9}";
+
+    fn matrix_hash<D: md5::Digest>(parts: &str) -> Vec<u8> {
+        D::digest(parts.as_bytes()).to_vec()
+    }
+
+    #[test]
+    fn rfc5769_long_term_request_checks_with_the_md5_key() {
+        // RFC 5769 §2.4.
+        let bytes = unhex(
+            "000100602112a44278ad3433c6ad72c029da412e00060012e3839ee38388e383aae3
+             8383e382afe382b900000015001c662f2f3439396b393534643 64f4c33346f4c39
+             46535476793634734100140 00b6578616d706c652e6f7267000008001 4f67024656
+             dd64a3e02b8e0712e85c9a28ca89666",
+        );
+        let message = Message::parse(&bytes).unwrap();
+        assert_eq!(message.get(attr::USERNAME), Some(MATRIX_USER.as_bytes()));
+        assert_eq!(
+            message.get(attr::NONCE),
+            Some(&b"f//499k954d6OL34oL9FSTvy64sA"[..])
+        );
+        let key = matrix_hash::<md5::Md5>(&format!("{MATRIX_USER}:example.org:TheMatrIX"));
+        assert!(message.integrity_matches(&key));
+    }
+
+    /// RFC 8489 Appendix B.1 as its verified erratum corrects it:
+    /// the published message length (0x9c) is wrong and PASSWORD-ALGORITHM
+    /// (SHA-256) is missing, so its MESSAGE-INTEGRITY-SHA256 matches nothing.
+    const RFC8489_B1: &str = "
+        000100902112a44278ad3433c6ad72c029da412e
+        001e00204a3cf38fef6992bda952c6780417da0f24819415569e60b205c46e41407f1704
+        001500296f624d61744a6f73324141414366 2f2f343939 6b3935346436 4f4c33346f4c39
+        46535476793634734100 0000
+        0014000b6578616d706c652e6f726700
+        001d000400020000
+        001c0020b5c7bf005b6c52a21c51c5e892f81924136296cb927c43149309278cc6518e65";
+
+    #[test]
+    fn rfc8489_sha256_request_checks_and_rebuilds() {
+        let bytes = unhex(RFC8489_B1);
+        let message = Message::parse(&bytes).unwrap();
+        let userhash = matrix_hash::<Sha256>(&format!("{MATRIX_USER}:example.org"));
+        assert_eq!(message.get(attr::USERHASH), Some(userhash.as_slice()));
+        assert_eq!(
+            message.get(attr::PASSWORD_ALGORITHM),
+            Some(&[0, 2, 0, 0][..])
+        );
+        let key = matrix_hash::<Sha256>(&format!("{MATRIX_USER}:example.org:TheMatrIX"));
+        assert!(message.integrity_sha256_matches(&key));
+        assert!(!message.integrity_sha256_matches(&key[1..]));
+        assert!(!message.integrity_matches(&key), "no MESSAGE-INTEGRITY");
+
+        let mut transaction = [0; 16];
+        transaction.copy_from_slice(&bytes[4..20]);
+        let mut rebuilt = Vec::new();
+        MessageBuilder::new(
+            &mut rebuilt,
+            Method::BINDING,
+            Class::Request,
+            TransactionId(transaction),
+        )
+        .add(attr::USERHASH, &userhash)
+        .add(attr::NONCE, b"obMatJos2AAACf//499k954d6OL34oL9FSTvy64sA")
+        .add(attr::REALM, b"example.org")
+        .add(attr::PASSWORD_ALGORITHM, &[0, 2, 0, 0])
+        .add_integrity_sha256(&key);
+        assert_eq!(rebuilt, bytes);
+
+        // As published: the length field says 20 bytes more than there are.
+        let mut published = bytes.clone();
+        published.drain(136..144);
+        published[2..4].copy_from_slice(&[0x00, 0x9c]);
+        assert_eq!(
+            Message::parse(&published).unwrap_err(),
+            ParseError::BadLength
+        );
+    }
+
+    /// A request signed with MESSAGE-INTEGRITY-SHA256 cut to `len` bytes,
+    /// the header length counting the cut attribute as §14.6 says.
+    fn truncated(len: usize) -> Vec<u8> {
+        let mut buf = Vec::new();
+        MessageBuilder::new(&mut buf, Method::ALLOCATE, Class::Request, tid())
+            .add(attr::USERNAME, b"user");
+        let length_to = buf.len() + ATTR_HEADER_LEN + len;
+        let mac = mac_of::<Hmac<Sha256>>(&buf, length_to, b"key")
+            .finalize()
+            .into_bytes();
+        MessageBuilder {
+            buf: &mut buf,
+            transaction: tid(),
+        }
+        .add(attr::MESSAGE_INTEGRITY_SHA256, &mac[..len.min(32)]);
+        buf
+    }
+
+    #[test]
+    fn truncated_sha256_integrity_is_accepted_down_to_16_bytes() {
+        for len in [16, 20, 24, 28, 32] {
+            let buf = truncated(len);
+            let message = Message::parse(&buf).unwrap();
+            assert!(message.integrity_sha256_matches(b"key"), "{len} bytes");
+            assert!(!message.integrity_sha256_matches(b"other"), "{len} bytes");
+        }
+        for len in [4, 12, 18] {
+            let buf = truncated(len);
+            let message = Message::parse(&buf).unwrap();
+            assert!(!message.integrity_sha256_matches(b"key"), "{len} bytes");
+        }
+    }
+
+    #[test]
+    fn both_integrity_attributes_sign_and_check() {
+        let mut buf = Vec::new();
+        MessageBuilder::new(&mut buf, Method::REFRESH, Class::Success, tid())
+            .add_u32(attr::LIFETIME, 600)
+            .add_integrity(b"key")
+            .add_integrity_sha256(b"key")
+            .add_fingerprint();
+        let message = Message::parse(&buf).unwrap();
+        assert!(message.integrity_matches(b"key"));
+        assert!(message.integrity_sha256_matches(b"key"));
+        assert_eq!(message.get(attr::LIFETIME), Some(&600u32.to_be_bytes()[..]));
+    }
+
+    #[test]
+    fn attributes_after_integrity_are_ignored_and_fingerprint_is_last() {
+        let mut buf = Vec::new();
+        MessageBuilder::new(&mut buf, Method::REFRESH, Class::Request, tid())
+            .add_integrity_sha256(b"key")
+            .add_u32(attr::LIFETIME, 600)
+            .add_integrity(b"key");
+        let message = Message::parse(&buf).unwrap();
+        assert_eq!(
+            message.get(attr::LIFETIME),
+            None,
+            "after MESSAGE-INTEGRITY-SHA256"
+        );
+        assert!(
+            !message.integrity_matches(b"key"),
+            "MESSAGE-INTEGRITY after MESSAGE-INTEGRITY-SHA256 does not count"
+        );
+        assert_eq!(message.all(attr::LIFETIME).count(), 0);
+
+        let mut buf = Vec::new();
+        MessageBuilder::new(&mut buf, Method::REFRESH, Class::Request, tid())
+            .add_integrity(b"key")
+            .add_u32(attr::LIFETIME, 600)
+            .add_integrity_sha256(b"key");
+        let message = Message::parse(&buf).unwrap();
+        assert_eq!(message.get(attr::LIFETIME), None, "after MESSAGE-INTEGRITY");
+        assert!(message.integrity_sha256_matches(b"key"));
+
+        let mut buf = Vec::new();
+        MessageBuilder::new(&mut buf, Method::BINDING, Class::Request, tid())
+            .add_fingerprint()
+            .add_u32(attr::LIFETIME, 600);
+        assert_eq!(
+            Message::parse(&buf).unwrap_err(),
+            ParseError::AfterFingerprint
+        );
     }
 }

@@ -14,9 +14,6 @@ use std::time::{Duration, Instant};
 
 use super::{PASSWORD, SECRET, TestDaemon, USER, wait_for_line_in, wait_within};
 
-/// The relay setting uclient's channels need: coturn 4.6's uclient picks
-/// channel numbers in 0x4000-0x7FFF (RFC 5766).
-pub const RFC5766_CHANNELS: &str = "rfc5766-channel-numbers = true";
 /// Messages each uclient session sends.
 pub const MESSAGES: u64 = 50;
 /// uclient sessions (`-m`). uclient rounds it up to whole RTP/RTCP pairs

@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 
 use super::{
-    Hub, HubState, Member, Opened, SessionId, drop_room, joined_text, new_session, peer_id_taken,
-    random_token, room_full, seat,
+    Hub, HubState, Member, Opened, SessionId, announce, drop_room, joined_text, new_session,
+    peer_id_taken, random_token, room_full, seat,
 };
 use crate::logging::event;
 use crate::metrics::{Metrics, SignalHeld};
@@ -140,6 +140,8 @@ impl Hub {
         };
         let limits = state.limits;
         let refused = match answer {
+            JoinAnswer::Taken => peer_id_taken(&room, &peer),
+            JoinAnswer::Full => room_full(&self.metrics, &user, &room, &limits),
             JoinAnswer::Joined(elsewhere) => {
                 seat(
                     state,
@@ -167,8 +169,6 @@ impl Hub {
                 );
                 return;
             }
-            JoinAnswer::Taken => peer_id_taken(&room, &peer),
-            JoinAnswer::Full => room_full(&self.metrics, &user, &room, &limits),
         };
         if let Some(s) = state.sessions.get(&session) {
             let text = protocol::error(&refused, Some("join"), reply_to.as_deref());
@@ -217,11 +217,7 @@ impl Hub {
         }
         entry.remote.remove(peer);
         let text = websocket::text(&protocol::peer_left(room, peer, reason));
-        for member in entry.members.values() {
-            if let Some(other) = state.sessions.get(&member.session) {
-                other.outbox.push_frame(text.clone(), true);
-            }
-        }
+        announce(&state.sessions, &entry.members, &text);
     }
 
     /// A signal from a peer elsewhere for `to` here; false if `to` is not here.
@@ -345,11 +341,7 @@ impl Hub {
             return;
         }
         let text = websocket::text(&protocol::peer_left(room, peer, LeaveReason::Left));
-        for member in entry.members.values() {
-            if let Some(other) = state.sessions.get(&member.session) {
-                other.outbox.push_frame(text.clone(), true);
-            }
-        }
+        announce(&state.sessions, &entry.members, &text);
     }
 
     /// Rooms with peers here.
@@ -376,11 +368,7 @@ impl Hub {
         for peer in gone {
             entry.remote.remove(&peer);
             let text = websocket::text(&protocol::peer_left(room, &peer, LeaveReason::Left));
-            for member in entry.members.values() {
-                if let Some(other) = state.sessions.get(&member.session) {
-                    other.outbox.push_frame(text.clone(), true);
-                }
-            }
+            announce(&state.sessions, &entry.members, &text);
         }
         for remote in elsewhere {
             arrive(state, &self.metrics, room, remote);
@@ -425,11 +413,7 @@ impl Hub {
             // The others knew it on its old node: only where it is changes.
             if entry.remote.remove(&peer).is_none() {
                 let text = websocket::text(&protocol::peer_joined(&room, &peer, &metadata));
-                for member in entry.members.values() {
-                    if let Some(other) = state.sessions.get(&member.session) {
-                        other.outbox.push_frame(text.clone(), true);
-                    }
-                }
+                announce(&state.sessions, &entry.members, &text);
             }
             entry.members.insert(
                 peer.clone(),
@@ -482,11 +466,7 @@ pub(super) fn arrive(state: &mut HubState, metrics: &Metrics, room: &str, remote
         return;
     }
     let text = websocket::text(&protocol::peer_joined(room, &peer, &metadata));
-    for member in entry.members.values() {
-        if let Some(other) = state.sessions.get(&member.session) {
-            other.outbox.push_frame(text.clone(), true);
-        }
-    }
+    announce(&state.sessions, &entry.members, &text);
     let waiting = entry.held.take_for(&peer);
     if entry.held.is_empty() {
         state.holding.remove(room);

@@ -16,6 +16,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use bytes::Bytes;
 use rand::Rng;
 use serde_json::value::RawValue;
 
@@ -754,13 +755,9 @@ fn seat(
             across::arrive(state, metrics, room, remote);
         }
     }
-    let announce = websocket::text(&protocol::peer_joined(room, &peer, &metadata));
+    let news = websocket::text(&protocol::peer_joined(room, &peer, &metadata));
     let entry = state.rooms.entry(room.to_owned()).or_default();
-    for member in entry.members.values() {
-        if let Some(other) = state.sessions.get(&member.session) {
-            other.outbox.push_frame(announce.clone(), true);
-        }
-    }
+    announce(&state.sessions, &entry.members, &news);
     entry.members.insert(
         peer.clone(),
         Member {
@@ -854,11 +851,7 @@ fn leave_room(
         return;
     }
     let text = websocket::text(&protocol::peer_left(room, peer, reason));
-    for member in entry.members.values() {
-        if let Some(other) = state.sessions.get(&member.session) {
-            other.outbox.push_frame(text.clone(), true);
-        }
-    }
+    announce(&state.sessions, &entry.members, &text);
 }
 
 /// A room nobody here is in: what it held goes (nobody is left to send it
@@ -872,6 +865,19 @@ fn drop_room(state: &mut HubState, metrics: &Metrics, room: &str) {
     shrink_if_sparse(&mut state.rooms);
     if let Some(remote) = &state.remote {
         remote.unsubscribe(room);
+    }
+}
+
+/// Presence news (`peer-joined`, `peer-left`) for every peer of a room here.
+fn announce(
+    sessions: &HashMap<SessionId, Session>,
+    members: &BTreeMap<String, Member>,
+    frame: &Bytes,
+) {
+    for member in members.values() {
+        if let Some(other) = sessions.get(&member.session) {
+            other.outbox.push_frame(frame.clone(), true);
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::{Harness, Outcome, alice, bob, peer, rest_client, udp_transport};
+use crate::config::Transport;
 use crate::reject::Reject;
 use crate::wire::{Class, Method, attr};
 
@@ -23,7 +24,7 @@ fn allocate_binds_one_relay_socket_and_answers_with_its_addresses() {
         Some(client.five_tuple.client)
     );
     assert_eq!(reply.lifetime(), Some(600));
-    assert!(reply.message().integrity_matches(&client.key));
+    assert!(reply.message().integrity_matches(client.key.as_bytes()));
     assert!(harness.core.has_allocation(&client.five_tuple));
     assert_eq!(harness.core.allocation_count(), 1);
 }
@@ -82,7 +83,10 @@ fn requested_transport_tcp_gets_442() {
         b.add(attr::REQUESTED_TRANSPORT, &[TCP, 0, 0, 0]);
     });
     reply.assert_error(442, "Allocate for TCP");
-    assert!(reply.message().integrity_matches(&alice().key), "signed");
+    assert!(
+        reply.message().integrity_matches(alice().key.as_bytes()),
+        "signed"
+    );
     assert!(harness.sockets.open.is_empty());
 }
 
@@ -327,4 +331,129 @@ fn rest_usernames_minted_apart_count_against_one_users_quota() {
     assert_eq!(harness.rejected(Reject::UserQuotaReached), 1);
     harness.allocated(&rest_client(40103, "erin", now.unix + 3600), now);
     harness.allocated(&alice(), now);
+}
+
+/// The address of a plain (not XOR'd) address attribute such as ALTERNATE-SERVER.
+fn plain_address(value: &[u8]) -> SocketAddr {
+    let port = u16::from_be_bytes([value[2], value[3]]);
+    match value[1] {
+        0x01 => SocketAddr::from((<[u8; 4]>::try_from(&value[4..8]).unwrap(), port)),
+        _ => SocketAddr::from((<[u8; 16]>::try_from(&value[4..20]).unwrap(), port)),
+    }
+}
+
+#[test]
+fn a_draining_or_full_node_sends_allocations_to_its_siblings_in_turn() {
+    let mut harness = Harness::with_relay(
+        "max-allocations = 1\nalternate-servers = [\"127.0.0.1:3478\", \"127.0.0.2:3478\", \
+         \"127.0.0.3:3478\", \"[::1]:3478\"]\nalternate-tls-servers = [\"127.0.0.4:5349\"]\n\
+         alternate-domain = \"turn.example.org\"",
+    );
+    let now = harness.at(0);
+    harness.allocated(&alice(), now);
+    // Full: the next ones go to the siblings of the client's family, in
+    // turn, never to the address the client reached (127.0.0.1:3478).
+    let mut sent_to = Vec::new();
+    for port in 0..4 {
+        let reply = harness.allocate(&bob().on_port(41000 + port), now);
+        reply.assert_error(300, "Allocate past max-allocations");
+        let message = reply.message();
+        assert!(
+            message.integrity_matches(bob().key.as_bytes()),
+            "signed as bob"
+        );
+        let alternate = message
+            .get(attr::ALTERNATE_SERVER)
+            .expect("ALTERNATE-SERVER");
+        sent_to.push(plain_address(alternate));
+        assert!(message.get(attr::ALTERNATE_DOMAIN).is_none(), "UDP");
+    }
+    let [second, third] = ["127.0.0.2:3478", "127.0.0.3:3478"].map(peer);
+    assert_eq!(sent_to, [second, third, second, third]);
+    assert_eq!(harness.rejected(Reject::Redirected), 4);
+    assert_eq!(harness.rejected(Reject::TotalQuotaReached), 0);
+
+    // A TLS client goes to a TLS sibling, with the name to check its certificate against.
+    let mut tls = bob().on_port(42000);
+    tls.five_tuple.transport = Transport::Tls;
+    tls.five_tuple.server = peer("127.0.0.1:5349");
+    let reply = harness.allocate(&tls, now);
+    reply.assert_error(300, "Allocate over TLS");
+    let message = reply.message();
+    assert_eq!(
+        plain_address(message.get(attr::ALTERNATE_SERVER).unwrap()),
+        peer("127.0.0.4:5349")
+    );
+    assert_eq!(
+        message.get(attr::ALTERNATE_DOMAIN),
+        Some(&b"turn.example.org"[..])
+    );
+
+    // Unauthenticated requests learn nothing of the siblings; a user at its
+    // own quota is refused, not sent on.
+    harness.core.shared.set_draining();
+    let request = harness.unsigned(Method::ALLOCATE, udp_transport);
+    let unsigned = harness.send(now, &bob().on_port(43000).five_tuple, &request);
+    unsigned.assert_error(401, "Allocate without credentials");
+    assert!(unsigned.message().get(attr::ALTERNATE_SERVER).is_none());
+    let refresh = harness.refresh(&alice(), now, 600);
+    refresh.assert_success("Refresh while draining");
+}
+
+#[test]
+fn a_node_with_no_sibling_to_send_to_refuses_as_before() {
+    // The only sibling is this node itself.
+    let mut harness = Harness::with_relay("alternate-servers = [\"127.0.0.1:3478\"]");
+    let now = harness.at(0);
+    harness.core.shared.set_draining();
+    harness
+        .allocate(&alice(), now)
+        .assert_error(508, "Allocate while draining, no other sibling");
+    assert_eq!(harness.rejected(Reject::Draining), 1);
+}
+
+#[test]
+fn a_dual_stack_allocate_gets_its_ipv4_relay_and_says_why_not_ipv6() {
+    let mut harness = Harness::new();
+    let now = harness.at(0);
+    let ipv6 = [attr::FAMILY_IPV6, 0, 0, 0];
+    let reply = harness.call(&alice(), now, Method::ALLOCATE, |b| {
+        udp_transport(b);
+        b.add(attr::ADDITIONAL_ADDRESS_FAMILY, &ipv6);
+    });
+    reply.started();
+    let relayed = reply.xor_address(attr::XOR_RELAYED_ADDRESS).unwrap();
+    assert!(relayed.is_ipv4());
+    let error = reply
+        .message()
+        .get(attr::ADDRESS_ERROR_CODE)
+        .unwrap()
+        .to_vec();
+    assert_eq!(&error[..4], &[attr::FAMILY_IPV6, 0, 4, 40]);
+
+    // RFC 8656 §7.2: both family attributes, IPv4 as the additional one, or
+    // with a reservation token: 400.
+    let ipv4 = [attr::FAMILY_IPV4, 0, 0, 0];
+    for (port, (kind, value)) in [
+        (attr::REQUESTED_ADDRESS_FAMILY, ipv4),
+        (attr::ADDITIONAL_ADDRESS_FAMILY, ipv4),
+        (attr::RESERVATION_TOKEN, [0; 4]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let client = bob().on_port(45000 + u16::try_from(port).unwrap());
+        let reply = harness.call(&client, now, Method::ALLOCATE, |b| {
+            udp_transport(b);
+            if kind == attr::RESERVATION_TOKEN {
+                b.add(kind, &[0; 8]);
+            } else {
+                b.add(kind, &value);
+            }
+            if kind != attr::ADDITIONAL_ADDRESS_FAMILY {
+                b.add(attr::ADDITIONAL_ADDRESS_FAMILY, &ipv6);
+            }
+        });
+        reply.assert_error(400, &format!("ADDITIONAL-ADDRESS-FAMILY with {kind:#06x}"));
+    }
 }

@@ -48,7 +48,8 @@ fn integrity_without_username_realm_or_nonce_is_a_bad_request() {
     let client = alice();
     let request = harness.unsigned(Method::ALLOCATE, |b| {
         udp_transport(b);
-        b.add(attr::USERNAME, b"alice").add_integrity(&client.key);
+        b.add(attr::USERNAME, b"alice")
+            .add_integrity(client.key.as_bytes());
     });
     harness
         .send(now, &client.five_tuple, &request)

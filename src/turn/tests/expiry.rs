@@ -50,14 +50,15 @@ fn refresh_extends_the_lifetime_from_now() {
     let reply = harness.refresh(&alice(), harness.at(500), 600);
     reply.assert_success("Refresh");
     assert_eq!(reply.lifetime(), Some(600));
-    assert!(reply.message().integrity_matches(&alice().key));
+    assert!(reply.message().integrity_matches(alice().key.as_bytes()));
     harness.core.handle_timeout(harness.at(1099).instant);
     assert_eq!(
         harness.core.allocation_count(),
         1,
         "600 s after the refresh"
     );
-    // Without LIFETIME the default; more than the maximum is cut to it; less is kept.
+    // Without LIFETIME the default; more than the maximum is cut to it; less
+    // than the default is raised to it (RFC 8656 §7.3).
     let reply = harness.call(&alice(), harness.at(1000), Method::REFRESH, |_| {});
     assert_eq!(reply.lifetime(), Some(600));
     assert_eq!(
@@ -66,14 +67,23 @@ fn refresh_extends_the_lifetime_from_now() {
             .lifetime(),
         Some(3600)
     );
+    for asked in [1, 60, 599] {
+        assert_eq!(
+            harness
+                .refresh(&alice(), harness.at(1000), asked)
+                .lifetime(),
+            Some(600),
+            "LIFETIME {asked}"
+        );
+    }
     assert_eq!(
-        harness.refresh(&alice(), harness.at(1000), 60).lifetime(),
-        Some(60)
+        harness.refresh(&alice(), harness.at(1000), 900).lifetime(),
+        Some(900)
     );
     let port = harness.bound_port(id);
-    harness.core.handle_timeout(harness.at(1059).instant);
+    harness.core.handle_timeout(harness.at(1899).instant);
     assert_eq!(harness.core.allocation_count(), 1);
-    harness.core.handle_timeout(harness.at(1060).instant);
+    harness.core.handle_timeout(harness.at(1900).instant);
     assert_ended(&mut harness, id, port);
 }
 
@@ -86,7 +96,7 @@ fn refresh_with_lifetime_zero_deletes_the_allocation() {
     let reply = harness.refresh(&alice(), now, 0);
     reply.assert_success("Refresh with LIFETIME 0");
     assert_eq!(reply.lifetime(), Some(0));
-    assert!(reply.message().integrity_matches(&alice().key));
+    assert!(reply.message().integrity_matches(alice().key.as_bytes()));
     assert_ended(&mut harness, id, port);
     harness
         .refresh(&alice(), now, 0)
@@ -333,31 +343,53 @@ fn timer_looks_only_at_allocations_with_something_due() {
             .assert_success("three permissions");
     }
     let tick = |harness: &mut Harness, secs| harness.core.handle_timeout(harness.at(secs).instant);
-    // Lengthening a lifetime leaves the entry where it was; shortening moves it.
+    // Lengthening a lifetime leaves the entry where it was; shortening moves
+    // it (to no less than the default, RFC 8656 §7.3).
     harness
         .refresh(&clients[0], harness.at(100), 3600)
         .assert_success("longer");
     harness
-        .refresh(&clients[1], harness.at(100), 60)
-        .assert_success("shorter");
-    for secs in [1, 99, 159] {
-        assert_eq!(tick(&mut harness, secs), 0, "nothing due at {secs}");
-    }
-    assert_eq!(tick(&mut harness, 160), 1, "the shortened allocation");
-    assert_eq!(harness.core.allocation_count(), usize::from(CLIENTS) - 1);
-    for secs in [161, 299] {
+        .refresh(&clients[1], harness.at(100), 3600)
+        .assert_success("longer first");
+    harness
+        .refresh(&clients[1], harness.at(100), 1)
+        .assert_success("then shorter");
+    for secs in [1, 99, 299] {
         assert_eq!(tick(&mut harness, secs), 0, "nothing due at {secs}");
     }
     assert_eq!(
         tick(&mut harness, 300),
-        usize::from(CLIENTS) - 1,
+        usize::from(CLIENTS),
         "every permission lapses"
     );
-    assert_eq!(harness.core.allocation_count(), usize::from(CLIENTS) - 1);
     assert_eq!(tick(&mut harness, 599), 0);
     assert_eq!(tick(&mut harness, 600), usize::from(CLIENTS) - 2);
+    assert_eq!(harness.core.allocation_count(), 2);
+    assert_eq!(tick(&mut harness, 699), 0);
+    assert_eq!(tick(&mut harness, 700), 1, "the shortened allocation");
     assert_eq!(harness.core.allocation_count(), 1, "the lengthened one");
     assert_eq!(tick(&mut harness, 3699), 0);
     assert_eq!(tick(&mut harness, 3700), 1);
     assert_eq!(harness.core.allocation_count(), 0);
+}
+
+#[test]
+fn refresh_asking_another_family_gets_443() {
+    let mut harness = Harness::new();
+    let now = harness.at(0);
+    harness.allocated(&alice(), now);
+    let reply = harness.call(&alice(), now, Method::REFRESH, |b| {
+        b.add(
+            attr::REQUESTED_ADDRESS_FAMILY,
+            &[attr::FAMILY_IPV6, 0, 0, 0],
+        );
+    });
+    reply.assert_error(443, "Refresh asking IPv6 of an IPv4 allocation");
+    let reply = harness.call(&alice(), now, Method::REFRESH, |b| {
+        b.add(
+            attr::REQUESTED_ADDRESS_FAMILY,
+            &[attr::FAMILY_IPV4, 0, 0, 0],
+        );
+    });
+    reply.assert_success("Refresh asking its own family");
 }

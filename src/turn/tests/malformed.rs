@@ -197,7 +197,7 @@ impl Sweep {
         let outcome = Outcome::from(action);
         match outcome {
             Outcome::Nothing => {}
-            Outcome::Reply | Outcome::Started(_) => {
+            Outcome::Reply | Outcome::ReplyVia { .. } | Outcome::Started(_) => {
                 let reply = Message::parse(&out)
                     .unwrap_or_else(|e| panic!("reply to {message:?} does not parse: {e}"));
                 assert_eq!(reply.transaction, message.transaction, "{message:?}");

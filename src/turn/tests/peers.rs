@@ -6,8 +6,8 @@ use crate::reject::Reject;
 use crate::wire::{Method, attr};
 
 #[test]
-fn channel_numbers_outside_0x4000_to_0x4fff_get_400() {
-    let mut harness = Harness::new();
+fn strict_channel_numbers_outside_0x4000_to_0x4fff_get_400() {
+    let mut harness = Harness::with_relay("rfc5766-channel-numbers = false");
     let now = harness.at(0);
     harness.allocated(&alice(), now);
     for (number, peer_port) in [
@@ -31,8 +31,8 @@ fn channel_numbers_outside_0x4000_to_0x4fff_get_400() {
 }
 
 #[test]
-fn rfc5766_channel_numbers_accept_up_to_0x7fff() {
-    let mut harness = Harness::with_relay("rfc5766-channel-numbers = true");
+fn channel_numbers_up_to_0x7fff_are_accepted_by_default() {
+    let mut harness = Harness::new();
     let now = harness.at(0);
     harness.allocated(&alice(), now);
     for (number, peer_port) in [(0x5000_u16, 1), (0x7FFF, 2)] {
