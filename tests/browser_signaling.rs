@@ -5,13 +5,16 @@
 //! JWT, the newer one calls the other, and they chat over a DataChannel
 //! relayed by icegate's TURN server with the credentials the signaling
 //! `welcome` handed out; the test checks the messages and what `getStats()`
-//! selected on each side.
+//! selected on each side. Two tests do the same across two icegate nodes
+//! sharing one Redis server (`[cluster]`): the pages on different nodes,
+//! and a page that resumes its session on the other node.
 //!
 //! The daemon has one TLS port for TURN and HTTPS (the page, `/ws`) and a
 //! UDP port, all on 127.0.0.1; Chromium resolves only the test host (to
 //! 127.0.0.1) and trusts the test CA through its NSS database, as a user
 //! who imported it would. Every child process runs under a deadline.
-//! Needs what tests/browser.rs needs.
+//! Needs what tests/browser.rs needs; the cluster tests also need
+//! Debian's `redis-server`.
 
 mod common;
 
@@ -22,6 +25,7 @@ use serde_json::{Value, json};
 
 use common::browser::{Report, TURN_HOST, assert_relay_pair, nss_home_trusting, run_script};
 use common::coturn::{EchoPeer, User, assert_uclient_tally, uclient};
+use common::redis::TestRedis;
 use common::signal::{JWT_SECRET, token_for};
 use common::{TestConfig, TestDaemon};
 
@@ -37,32 +41,70 @@ const SCREENSHOT_ENV: &str = "ICEGATE_DEMO_SCREENSHOT";
 
 /// A daemon with UDP TURN and one TLS port for TURN and HTTPS (the demo
 /// page and signaling), a certificate for TURN_HOST from a test CA, and a
-/// HOME for Chromium that trusts the CA.
+/// HOME for Chromium that trusts the CA. From [`Demo::cluster`], page b
+/// goes to a second such daemon, a node of the same cluster.
 struct Demo {
     daemon: TestDaemon,
+    /// Page b's node. Fields drop in order: the nodes stop before their Redis.
+    node_b: Option<TestDaemon>,
+    _redis: Option<TestRedis>,
     home: PathBuf,
     ca: PathBuf,
     dir: tempfile::TempDir,
+}
+
+/// A demo daemon with the certificate in `certs` and `tables` after
+/// `[signal]`'s keys.
+fn demo_daemon(certs: &common::TestCerts, tables: &str) -> TestDaemon {
+    let signal = format!("[signal]\njwt-secrets = [\"{JWT_SECRET}\"]\n{tables}");
+    let config = TestConfig {
+        tls: Some((&certs.cert, &certs.key)),
+        tls_services: &["turn", "http"],
+        public_host: Some(TURN_HOST),
+        tables: &signal,
+        // coturn 4.6's uclient binds channels in the RFC 5766 range.
+        relay_extra: "rfc5766-channel-numbers = true",
+        ..TestConfig::default()
+    };
+    TestDaemon::start(&config.render())
 }
 
 impl Demo {
     fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let certs = common::make_test_ca_and_cert(dir.path(), TURN_HOST);
-        let signal = format!("[signal]\njwt-secrets = [\"{JWT_SECRET}\"]\n");
-        let config = TestConfig {
-            tls: Some((&certs.cert, &certs.key)),
-            tls_services: &["turn", "http"],
-            public_host: Some(TURN_HOST),
-            tables: &signal,
-            // coturn 4.6's uclient binds channels in the RFC 5766 range.
-            relay_extra: "rfc5766-channel-numbers = true",
-            ..TestConfig::default()
-        };
-        let daemon = TestDaemon::start(&config.render());
+        let daemon = demo_daemon(&certs, "");
         let home = nss_home_trusting(&certs.ca, dir.path());
         Self {
             daemon,
+            node_b: None,
+            _redis: None,
+            home,
+            ca: certs.ca,
+            dir,
+        }
+    }
+
+    /// Two nodes, `a` and `b`, sharing one Redis server; besides it they
+    /// share only what TestConfig gives every daemon (the TURN REST secret)
+    /// and the JWT secret. `signal_extra` goes into both `[signal]` tables.
+    fn cluster(signal_extra: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let certs = common::make_test_ca_and_cert(dir.path(), TURN_HOST);
+        let redis = TestRedis::start();
+        let node = |name: &str| {
+            let cluster = format!(
+                "{signal_extra}\n[cluster]\nredis = \"{}\"\nnode-name = \"{name}\"\n",
+                redis.url()
+            );
+            demo_daemon(&certs, &cluster)
+        };
+        let (daemon, node_b) = (node("a"), node("b"));
+        let home = nss_home_trusting(&certs.ca, dir.path());
+        Self {
+            daemon,
+            node_b: Some(node_b),
+            _redis: Some(redis),
             home,
             ca: certs.ca,
             dir,
@@ -70,10 +112,12 @@ impl Demo {
     }
 
     fn tls_port(&self) -> u16 {
-        self.daemon
-            .tls
-            .expect("icegate announced its tls listener")
-            .port()
+        tls_port(&self.daemon)
+    }
+
+    /// The second node of [`Demo::cluster`].
+    fn node_b(&self) -> &TestDaemon {
+        self.node_b.as_ref().expect("a cluster of two nodes")
     }
 
     /// Runs signaling.mjs: both pages with `relay=1&turn=TURN`, and `extra`
@@ -100,14 +144,27 @@ impl Demo {
     }
 }
 
+/// Where `daemon` serves the demo page (and `/ws`), as signaling.mjs's
+/// `--base` and `--base-b` take it.
+fn base(daemon: &TestDaemon) -> String {
+    format!("https://{TURN_HOST}:{}", tls_port(daemon))
+}
+
+fn tls_port(daemon: &TestDaemon) -> u16 {
+    daemon
+        .tls
+        .expect("icegate announced its tls listener")
+        .port()
+}
+
 fn page<'r>(report: &'r Report, name: &str) -> &'r Value {
     &report.json["pages"][name]
 }
 
 /// Each page was welcomed as its token's user, with TURN credentials for
 /// that user, and offered its RTCPeerConnection only the TURN URLs of the
-/// chosen transport (`wanted`).
-fn assert_welcomed(report: &Report, wanted: impl Fn(&str) -> bool) {
+/// chosen transport (`wanted(page, url)`).
+fn assert_welcomed(report: &Report, wanted: impl Fn(&str, &str) -> bool) {
     for (name, user) in USERS {
         let page = page(report, name);
         let welcome = &page["welcome"];
@@ -136,7 +193,7 @@ fn assert_welcomed(report: &Report, wanted: impl Fn(&str) -> bool) {
             .filter(|url| url.starts_with("turn"))
             .collect();
         assert!(
-            !used.is_empty() && used.iter().all(|url| wanted(url)),
+            !used.is_empty() && used.iter().all(|url| wanted(name, url)),
             "{name} used TURN URLs {used:?}:\n{}",
             report.output
         );
@@ -197,9 +254,10 @@ fn assert_chatted(report: &Report) {
 }
 
 /// Both sides' selected candidate pair is relay-to-relay, the local one
-/// allocated from `url` over `relay_protocol`, and the page says so.
-fn assert_relayed(report: &Report, url: &str, relay_protocol: &str) {
-    for (side, _) in USERS {
+/// allocated from `urls[i]` (page a, page b) over `relay_protocol`, and the
+/// page says so.
+fn assert_relayed(report: &Report, urls: [&str; 2], relay_protocol: &str) {
+    for ((side, _), url) in USERS.into_iter().zip(urls) {
         let page = page(report, side);
         let pair = &page["selected"];
         assert_relay_pair(pair, side, url, relay_protocol, &report.output);
@@ -234,11 +292,11 @@ fn two_pages_chat_over_turn_udp_with_credentials_from_the_welcome() {
     let screenshot = demo.dir.path().join("demo.png");
     let report = demo.chat("udp", &screenshot, &[]);
     let url = format!("turn:{TURN_HOST}:{}?transport=udp", demo.daemon.udp.port());
-    assert_welcomed(&report, |u| {
+    assert_welcomed(&report, |_, u| {
         u.starts_with("turn:") && u.ends_with("?transport=udp")
     });
     assert_chatted(&report);
-    assert_relayed(&report, &url, "udp");
+    assert_relayed(&report, [&url, &url], "udp");
     keep_screenshot(&screenshot);
 }
 
@@ -250,9 +308,9 @@ fn two_pages_chat_over_turn_tls_on_the_signaling_port_that_uclient_shares() {
     let screenshot = demo.dir.path().join("demo.png");
     let report = demo.chat("tls", &screenshot, &[]);
     let url = format!("turns:{TURN_HOST}:{}?transport=tcp", demo.tls_port());
-    assert_welcomed(&report, |u| u == url);
+    assert_welcomed(&report, |_, u| u == url);
     assert_chatted(&report);
-    assert_relayed(&report, &url, "tls");
+    assert_relayed(&report, [&url, &url], "tls");
 
     // And coturn's TURN client on that same port, over TLS.
     let peer = EchoPeer::start();
@@ -317,6 +375,117 @@ fn a_page_whose_connection_drops_resumes_its_session() {
             seen["signals"],
             json!([{ "from": from, "data": { "text": text } }]),
             "signals after the resume:\n{}",
+            report.output
+        );
+    }
+    assert!(
+        page(&report, "a")["status"]["signaling"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("(resumed)")),
+        "a's status:\n{}",
+        report.output
+    );
+    assert_chatted(&report);
+}
+
+/// Two nodes of a cluster sharing one Redis: page a signals through node
+/// a, page b through node b. b finds a in the room across the nodes and
+/// calls it; offer, answer and candidates cross through Redis; each page
+/// relays (relay-only) through its own node's TURN server with the
+/// credentials its own node's welcome gave, and the two chat.
+#[test]
+fn two_pages_on_two_cluster_nodes_chat_each_relayed_by_its_own_node() {
+    let demo = Demo::cluster("");
+    let node_b = demo.node_b();
+    let screenshot = demo.dir.path().join("demo.png");
+    let report = demo.chat("udp", &screenshot, &["--base-b", &base(node_b)]);
+    let url = |node: &TestDaemon| format!("turn:{TURN_HOST}:{}?transport=udp", node.udp.port());
+    let urls = [url(&demo.daemon), url(node_b)];
+    assert_ne!(urls[0], urls[1], "the two nodes share a UDP port");
+    assert_welcomed(&report, |side, u| {
+        u == if side == "a" { &urls[0] } else { &urls[1] }
+    });
+    assert_chatted(&report);
+    assert_relayed(&report, [&urls[0], &urls[1]], "udp");
+    // Each side's remote candidate is the other's relay address, on the
+    // other node.
+    for (me, other) in [("a", "b"), ("b", "a")] {
+        let (mine, theirs) = (
+            &page(&report, me)["selected"],
+            &page(&report, other)["selected"],
+        );
+        assert_eq!(
+            mine["remote"]["port"], theirs["local"]["port"],
+            "{me}'s remote candidate is not {other}'s relay address:\n{}",
+            report.output
+        );
+    }
+    keep_screenshot(&screenshot);
+}
+
+/// Both pages on node a, page a through a proxy that cuts its connections
+/// and then sends its reconnection to node b: a resumes its session on
+/// node b, b (still on node a) never sees it leave, not even once a's old
+/// connection's resume grace on node a has run out, and signals cross
+/// between the nodes both ways.
+#[test]
+fn a_page_whose_connection_drops_resumes_its_session_on_the_other_node() {
+    let grace = Duration::from_secs(2);
+    let demo = Demo::cluster(&format!("resume-grace = \"{}s\"", grace.as_secs()));
+    let screenshot = demo.dir.path().join("demo.png");
+    let watch = (grace + Duration::from_secs(2)).as_millis().to_string();
+    let node_b = base(demo.node_b());
+    let report = demo.chat(
+        "udp",
+        &screenshot,
+        &[
+            "--resume",
+            "--resume-to",
+            &node_b,
+            "--resume-watch-ms",
+            &watch,
+        ],
+    );
+    let resume = &report.json["resume"];
+    let ports = &resume["upstreamPorts"];
+    let (port_a, port_b) = (demo.tls_port(), tls_port(demo.node_b()));
+    assert!(
+        resume["connectionsCut"].as_u64().is_some_and(|n| n >= 1)
+            && ports["beforeCut"]
+                .as_array()
+                .is_some_and(|p| { !p.is_empty() && p.iter().all(|port| port == port_a) }),
+        "a did not reach node a through the proxy before the cut:\n{}",
+        report.output
+    );
+    assert!(
+        ports["afterCut"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty() && p.iter().all(|port| port == port_b)),
+        "a did not reconnect to node b:\n{}",
+        report.output
+    );
+    let peers = &resume["peersBefore"];
+    let (seen_a, seen_b) = (&resume["seen"]["a"], &resume["seen"]["b"]);
+    assert_eq!(
+        seen_a["welcomes"],
+        json!([{ "peer": peers["a"], "resumed": true }]),
+        "a was not resumed on node b as the same peer:\n{}",
+        report.output
+    );
+    assert_eq!(
+        seen_b["peerLeft"],
+        json!([]),
+        "b saw a leave:\n{}",
+        report.output
+    );
+    for (seen, from, text) in [
+        (seen_a, &peers["b"], "b after the cut"),
+        (seen_b, &peers["a"], "a after the cut"),
+    ] {
+        assert_eq!(
+            seen["signals"],
+            json!([{ "from": from, "data": { "text": text } }]),
+            "signals across the nodes after the resume:\n{}",
             report.output
         );
     }

@@ -12,9 +12,14 @@
 // user names, never passwords), the status area and getStats()'s selected
 // candidate pair.
 //
+// With --base-b, page b opens its page (and so its signaling and TURN) on
+// another icegate than page a: two nodes of a cluster.
+//
 // With --resume, page a goes through a TCP proxy on 127.0.0.1 (TLS stays
 // end to end) that then cuts a's connections, as a network change would:
 // a reconnects, resumes its session, and a and b signal each other again.
+// With --resume-to BASE as well, the proxy sends a's new connections to
+// that icegate instead (another node of the cluster) once it has cut them.
 //
 // Chromium runs with the environment's HOME, whose .pki/nssdb must trust
 // the test CA (tests/browser_signaling.rs sets it up). Only --turn-host
@@ -33,6 +38,7 @@ import { Harness, checkUrls, chromiumArgs, closeBrowser, sleep } from './chromiu
 const { values: opts } = parseArgs({
   options: {
     base: { type: 'string' },
+    'base-b': { type: 'string' },
     room: { type: 'string', default: 'standup' },
     'token-a': { type: 'string' },
     'token-b': { type: 'string' },
@@ -41,6 +47,9 @@ const { values: opts } = parseArgs({
     'turn-host': { type: 'string', default: 'turn.icegate.test' },
     screenshot: { type: 'string' },
     resume: { type: 'boolean', default: false },
+    'resume-to': { type: 'string' },
+    // How long after the resume to watch for a peer-left that must not come.
+    'resume-watch-ms': { type: 'string', default: '500' },
     'timeout-ms': { type: 'string', default: '40000' },
     chromium: { type: 'string', default: '/usr/bin/chromium' },
   },
@@ -59,12 +68,15 @@ harness.cleanup = async () => {
   proxy?.close();
 };
 
-// A TCP proxy on 127.0.0.1 to `target`; cut() ends every connection
-// through it at once, without a word to either side.
+// A TCP proxy on 127.0.0.1 to `server.target`; cut() ends every
+// connection through it at once, without a word to either side.
+// `upstreamPorts` lists where each connection went, in order.
 function startProxy(target) {
   const sockets = new Set();
   const server = createServer((client) => {
-    const upstream = connect(target.port, target.hostname);
+    const { port, hostname } = server.target;
+    server.upstreamPorts.push(port);
+    const upstream = connect(port, hostname);
     for (const [from, to] of [[client, upstream], [upstream, client]]) {
       sockets.add(from);
       from.pipe(to);
@@ -75,6 +87,8 @@ function startProxy(target) {
       });
     }
   });
+  server.target = target;
+  server.upstreamPorts = [];
   server.cut = () => {
     const n = Math.ceil(sockets.size / 2);
     for (const socket of sockets) socket.resetAndDestroy();
@@ -164,6 +178,8 @@ async function cutAndResume(a, b) {
   await a.evaluate(record);
   await b.evaluate(record);
   const peers = { a: await a.evaluate(() => window.icegateDemo.peer), b: await b.evaluate(() => window.icegateDemo.peer) };
+  if (opts['resume-to']) proxy.target = { hostname: '127.0.0.1', port: Number(new URL(opts['resume-to']).port) };
+  const before = proxy.upstreamPorts.length;
   const cut = proxy.cut();
   await until(a, 'a is welcomed again', () => window.seen.welcomes.length > 0 && window.icegateDemo.client.connected);
   const send = (page, to, text) =>
@@ -173,10 +189,11 @@ async function cutAndResume(a, b) {
   const got = (text) => window.seen.signals.some((s) => s.data.text === text);
   await until(a, 'a gets b\'s signal', got, 'b after the cut');
   await until(b, 'b gets a\'s signal', got, 'a after the cut');
-  // A peer-left for a would come about now, had the session not resumed.
-  await sleep(500);
+  // A peer-left for a would come by then, had the session not resumed.
+  await sleep(Number(opts['resume-watch-ms']));
   const seen = { a: await a.evaluate(() => window.seen), b: await b.evaluate(() => window.seen) };
-  return { connectionsCut: cut, peersBefore: peers, seen };
+  const upstreamPorts = { beforeCut: proxy.upstreamPorts.slice(0, before), afterCut: proxy.upstreamPorts.slice(before) };
+  return { connectionsCut: cut, upstreamPorts, peersBefore: peers, seen };
 }
 
 async function main() {
@@ -184,8 +201,11 @@ async function main() {
     if (!opts[key]) return harness.fail(`--${key} is required`);
   }
   const turnHost = opts['turn-host'];
-  if (new URL(opts.base).hostname !== turnHost) {
-    return harness.fail(`--base must be on ${turnHost}, the one name Chromium resolves`);
+  const baseB = opts['base-b'] ?? opts.base;
+  for (const base of [opts.base, baseB, opts['resume-to'] ?? opts.base]) {
+    if (new URL(base).hostname !== turnHost) {
+      return harness.fail(`--base, --base-b and --resume-to must be on ${turnHost}, the one name Chromium resolves`);
+    }
   }
   launching = chromium.launch({
     executablePath: opts.chromium,
@@ -209,7 +229,7 @@ async function main() {
   await until(a, 'a joins', () => window.icegateDemo?.peer);
   // a has not called anyone yet: check its ICE servers before b may use them.
   checkUrls(await a.evaluate(() => window.icegateDemo.client.iceServers), turnHost);
-  const b = await open('b', opts['token-b']);
+  const b = await open('b', opts['token-b'], baseB);
   const open_ = () => window.icegateDemo.channel?.readyState === 'open';
   await until(a, 'a: data channel open', open_);
   await until(b, 'b: data channel open', open_);

@@ -4,6 +4,10 @@
 //! in a closed loop (highest rate), close. Prints one `key=value` line on stdout
 //! and a summary on stderr; bench/README.md explains the fields.
 //!
+//! Given several ports (nodes of one cluster), the members of each room take the
+//! ports in turn, so that every room has peers on more than one node; the server
+//! figures then add up the PIDs given.
+//!
 //! One thread (tokio current_thread): the generator must stay below one core
 //! while the server under test uses its own.
 
@@ -28,7 +32,11 @@ type Ws = WebSocketStream<TcpStream>;
 type Shared = Rc<RefCell<State>>;
 
 const USAGE: &str = "\
-sigload --port PORT --pid SERVER_PID [options]
+sigload --port PORT[,PORT...] --pid SERVER_PID[,PID...] [options]
+  --port P1,P2      several nodes of a cluster: each room's members take the
+                    ports in turn (first member P1, second P2, ...)
+  --pid A,B         server CPU, memory and threads are the sum over these PIDs
+                    (the nodes, and the Redis server they share)
   --n N             clients (1000)
   --rooms MIN-MAX   room sizes, cycling MIN, MIN+1, ..., MAX (2-8)
   --rate R          fixed-rate phase: signals per second (2000)
@@ -48,8 +56,8 @@ sigload --port PORT --pid SERVER_PID [options]
 
 #[derive(Clone)]
 struct Opts {
-    port: u16,
-    pid: u32,
+    ports: Vec<u16>,
+    pids: Vec<u32>,
     n: usize,
     room_min: usize,
     room_max: usize,
@@ -91,11 +99,14 @@ fn parse_opts() -> Opts {
             std::process::exit(2)
         })
     }
+    fn list<T: std::str::FromStr>(key: &str, v: String) -> Vec<T> {
+        v.split(',').map(|item| num(key, item.trim().to_owned())).collect()
+    }
     let rooms = take("rooms", "2-8");
     let (lo, hi) = rooms.split_once('-').unwrap_or((&rooms, &rooms));
     let o = Opts {
-        port: num("port", take("port", "0")),
-        pid: num("pid", take("pid", "0")),
+        ports: list("port", take("port", "0")),
+        pids: list("pid", take("pid", "0")),
         n: num("n", take("n", "1000")),
         room_min: num("rooms", lo.to_owned()),
         room_max: num("rooms", hi.to_owned()),
@@ -116,8 +127,11 @@ fn parse_opts() -> Opts {
     if let Some(key) = given.keys().next() {
         fail(format!("unknown option --{key}"));
     }
-    if o.port == 0 || o.pid == 0 {
+    if o.ports.contains(&0) || o.pids.contains(&0) {
         fail("--port and --pid are required".into());
+    }
+    if o.ports.len() > usize::from(u8::MAX) {
+        fail("at most 255 ports".into());
     }
     if o.room_min < 2 || o.room_max < o.room_min {
         fail(format!("--rooms {rooms}: rooms need at least 2 peers, MIN <= MAX"));
@@ -144,6 +158,11 @@ fn cpu_us(pid: &str) -> f64 {
     (tick(11) + tick(12)) * TICK_US
 }
 
+/// CPU time of the server's processes together, in µs.
+fn srv_cpu_us(pids: &[u32]) -> f64 {
+    pids.iter().map(|pid| cpu_us(&pid.to_string())).sum()
+}
+
 /// A `kB` line of /proc/PID/status (VmRSS, VmHWM), or 0 once the process is gone.
 fn status_kb(pid: u32, key: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -152,6 +171,11 @@ fn status_kb(pid: u32, key: &str) -> u64 {
         .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// [`status_kb`] summed over the server's processes.
+fn status_kb_sum(pids: &[u32], key: &str) -> u64 {
+    pids.iter().map(|&pid| status_kb(pid, key)).sum()
 }
 
 /// Busy time of the whole machine (every CPU), in µs.
@@ -179,11 +203,11 @@ struct Spent {
 }
 
 impl Clock {
-    fn start(pid: &str) -> Clock {
-        Clock { at: Instant::now(), srv: cpu_us(pid), gen_: cpu_us("self"), busy: machine_busy_us() }
+    fn start(pids: &[u32]) -> Clock {
+        Clock { at: Instant::now(), srv: srv_cpu_us(pids), gen_: cpu_us("self"), busy: machine_busy_us() }
     }
-    fn read(&self, pid: &str) -> Spent {
-        let (srv_us, gen_us) = (cpu_us(pid) - self.srv, cpu_us("self") - self.gen_);
+    fn read(&self, pids: &[u32]) -> Spent {
+        let (srv_us, gen_us) = (srv_cpu_us(pids) - self.srv, cpu_us("self") - self.gen_);
         let bg_us = machine_busy_us() - self.busy - srv_us - gen_us;
         Spent { wall: self.at.elapsed().as_secs_f64(), srv_us, gen_us, bg_us }
     }
@@ -199,6 +223,8 @@ impl Spent {
 
 struct Client {
     room: u32,
+    /// Index of the port (node) it connects to.
+    node: u8,
     tx: Option<mpsc::UnboundedSender<Message>>,
     ready: bool,
 }
@@ -475,12 +501,12 @@ async fn await_type(ws: &mut Ws, want: &str) -> Result<(), String> {
 
 /// Connects client `me`, waits for `welcome`, joins its room and waits for `joined`;
 /// also returns how long each of the two steps took.
-async fn join_one(o: &Opts, me: u32, room: u32) -> Result<(Ws, Duration, Duration), String> {
+async fn join_one(o: &Opts, me: u32, room: u32, port: u16) -> Result<(Ws, Duration, Duration), String> {
     let started = Instant::now();
-    let tcp = TcpStream::connect(("127.0.0.1", o.port)).await.map_err(|e| format!("connect-{:?}", e.kind()).to_lowercase())?;
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| format!("connect-{:?}", e.kind()).to_lowercase())?;
     tcp.set_nodelay(true).map_err(|_| "nodelay".to_owned())?;
     let query = o.token.as_ref().map(|t| format!("?token={t}")).unwrap_or_default();
-    let url = format!("ws://127.0.0.1:{}{}{query}", o.port, o.path);
+    let url = format!("ws://127.0.0.1:{port}{}{query}", o.path);
     // tungstenite zeroes its whole read buffer (128 KiB by default) before each read: a
     // small one keeps the generator's CPU per frame low. Frames here are below 1 KiB.
     let config = WebSocketConfig::default().read_buffer_size(8 * 1024);
@@ -503,9 +529,13 @@ async fn connect_all(s: &Shared) -> usize {
         let (s, o, gate) = (s.clone(), o.clone(), gate.clone());
         handles.push(spawn_local(async move {
             let Ok(_permit) = gate.acquire().await else { return false };
-            let room = s.borrow().clients[me as usize].room;
+            let (room, node) = {
+                let c = &s.borrow().clients[me as usize];
+                (c.room, c.node)
+            };
+            let port = o.ports[usize::from(node)];
             let limit = (tokio::time::Instant::now() + Duration::from_secs(o.connect_secs)).min(phase_end);
-            let (ws, to_welcome, to_joined) = match timeout_at(limit, join_one(&o, me, room)).await {
+            let (ws, to_welcome, to_joined) = match timeout_at(limit, join_one(&o, me, room, port)).await {
                 Ok(Ok(joined)) => joined,
                 Ok(Err(why)) => return fail(&s, why),
                 Err(_) => return fail(&s, "timeout".into()),
@@ -609,21 +639,22 @@ fn put_delays(out: &Out, prefix: &str, delays: &mut [u32]) {
 
 async fn run(s: Shared, out: Out) {
     let o = s.borrow().o.clone();
-    let spid = o.pid.to_string();
-    let rss0 = status_kb(o.pid, "VmRSS");
+    let spid = &o.pids[..];
+    let rss0 = status_kb_sum(spid, "VmRSS");
     let avg_room = o.n as f64 / s.borrow().rooms.len() as f64;
     put(&out, "n", o.n);
     put(&out, "rooms", s.borrow().rooms.len());
     put(&out, "room_avg", format!("{avg_room:.2}"));
     put(&out, "payload_b", o.payload);
     put(&out, "mode", if o.broadcast { "broadcast" } else { "signal" });
+    put(&out, "nodes", o.ports.len());
     put(&out, "rss0_kb", rss0);
-    put(&out, "srv_threads", status_kb(o.pid, "Threads"));
+    put(&out, "srv_threads", status_kb_sum(spid, "Threads"));
 
     // connect: handshake, welcome, join, joined
-    let clock = Clock::start(&spid);
+    let clock = Clock::start(spid);
     let ok = connect_all(&s).await;
-    let spent = clock.read(&spid);
+    let spent = clock.read(spid);
     put(&out, "conn_ok", ok);
     put(&out, "conn_fail", o.n - ok);
     put(&out, "conn_s", format!("{:.2}", spent.wall));
@@ -644,11 +675,11 @@ async fn run(s: Shared, out: Out) {
     eprintln!("sigload: {ok}/{} clients joined in {:.1} s", o.n, spent.wall);
 
     // idle: memory per connection, CPU of an idle server (its keep-alive timers)
-    let clock = Clock::start(&spid);
+    let clock = Clock::start(spid);
     sleep(Duration::from_secs(o.settle)).await;
-    let idle = clock.read(&spid);
+    let idle = clock.read(spid);
     let idle_cores = idle.cores(idle.srv_us);
-    let rss_n = status_kb(o.pid, "VmRSS");
+    let rss_n = status_kb_sum(spid, "VmRSS");
     put(&out, "rssN_kb", rss_n);
     put(&out, "rss_kb_per_conn", format!("{:.2}", (rss_n as f64 - rss0 as f64) / ok.max(1) as f64));
     put(&out, "idle_cpu_pct", format!("{:.1}", idle_cores * 100.0));
@@ -667,6 +698,10 @@ async fn run(s: Shared, out: Out) {
             put(&out, "aborted", "no_room_with_two_peers");
             return;
         }
+        // Rooms of an odd size have one pair on the same node (the last member to the first).
+        let node = |c: u32| st.clients[c as usize].node;
+        let cross = pairs.iter().filter(|&&(a, b)| node(a) != node(b)).count();
+        put(&out, "cross_node_pct", format!("{:.1}", 100.0 * cross as f64 / pairs.len() as f64));
         // Interleave the rooms so that consecutive signals go to different rooms.
         let stride = pairs.len() / 7 + 1;
         let mut spread = Vec::with_capacity(pairs.len());
@@ -677,7 +712,7 @@ async fn run(s: Shared, out: Out) {
     }
 
     // fixed rate, open loop: what is due every millisecond
-    let clock = Clock::start(&spid);
+    let clock = Clock::start(spid);
     begin_phase(&mut s.borrow_mut(), false, o.secs);
     let total = o.rate * o.secs;
     let started = Instant::now();
@@ -697,7 +732,7 @@ async fn run(s: Shared, out: Out) {
     }
     let send_secs = started.elapsed().as_secs_f64();
     drain(&s).await;
-    let spent = clock.read(&spid);
+    let spent = clock.read(spid);
     {
         let mut st = s.borrow_mut();
         let ph = st.phase.as_mut().unwrap();
@@ -718,7 +753,7 @@ async fn run(s: Shared, out: Out) {
     }
 
     // closed loop: `window` signals in flight; each arrival sends the next
-    let clock = Clock::start(&spid);
+    let clock = Clock::start(spid);
     {
         let mut st = s.borrow_mut();
         begin_phase(&mut st, true, o.max_secs);
@@ -727,7 +762,7 @@ async fn run(s: Shared, out: Out) {
         }
     }
     sleep(Duration::from_secs(o.max_secs)).await;
-    let spent = clock.read(&spid);
+    let spent = clock.read(spid);
     let (sent_by_end, delivered_by_end) = {
         let st = s.borrow();
         let ph = st.phase.as_ref().unwrap();
@@ -750,19 +785,19 @@ async fn run(s: Shared, out: Out) {
         put_delays(&out, "m_", &mut ph.delay_us);
         eprintln!("sigload: closed loop: {} delivered/s", fmt(rate));
     }
-    put(&out, "rss_end_kb", status_kb(o.pid, "VmRSS"));
-    put(&out, "rss_peak_kb", status_kb(o.pid, "VmHWM"));
+    put(&out, "rss_end_kb", status_kb_sum(spid, "VmRSS"));
+    put(&out, "rss_peak_kb", status_kb_sum(spid, "VmHWM"));
 }
 
 /// Closes every client (close handshake) and reads the server's RSS 2 s later.
 async fn close_all(s: &Shared, out: &Out) {
-    let pid = {
+    let pids = {
         let mut st = s.borrow_mut();
         st.closing = true;
         for c in &mut st.clients {
             c.tx = None; // the writer sends Close and ends
         }
-        st.o.pid
+        st.o.pids.clone()
     };
     let stop = Instant::now() + Duration::from_secs(5);
     while s.borrow().readers > 0 && Instant::now() < stop {
@@ -770,7 +805,7 @@ async fn close_all(s: &Shared, out: &Out) {
     }
     put(out, "close_left", s.borrow().readers);
     sleep(Duration::from_secs(2)).await;
-    put(out, "rss_closed_kb", status_kb(pid, "VmRSS"));
+    put(out, "rss_closed_kb", status_kb_sum(&pids, "VmRSS"));
 }
 
 fn rooms_for(o: &Opts) -> Vec<Room> {
@@ -813,7 +848,9 @@ fn main() {
     let rooms = rooms_for(&o);
     let mut clients = Vec::with_capacity(o.n);
     for (k, r) in rooms.iter().enumerate() {
-        clients.extend((0..r.len).map(|_| Client { room: k as u32, tx: None, ready: false }));
+        // Members take the ports in turn: with two, neighbours in a room are on different nodes.
+        let nodes = o.ports.len() as u32;
+        clients.extend((0..r.len).map(|i| Client { room: k as u32, node: (i % nodes) as u8, tx: None, ready: false }));
     }
     let label = o.label.clone();
     let mut st = State {
