@@ -347,9 +347,9 @@ async fn nodes_serve_their_own_peers_while_redis_is_down_and_heal_after() {
     wait_for_redis_up(a, 1.0, Duration::from_secs(5));
     // Last, so that a wrong event name does not hide how the rest went.
     assert_eq!(
-        a.log().matches("cluster-redis-down").count(),
+        a.log().matches("cluster-down").count(),
         1,
-        "one outage, logged once as event cluster-redis-down"
+        "one outage, logged once as event cluster-down"
     );
 }
 
