@@ -303,7 +303,8 @@ impl ClusterEvents for Events {
                     .get()
                     .and_then(Weak::upgrade)
                     .is_some_and(|c| c.node() == to_node);
-                if mine && !hub.signal_from_elsewhere(&room, &from, &to, &data) {
+                let now = tokio::time::Instant::now().into_std();
+                if mine && !hub.signal_from_elsewhere(&room, &from, &to, &data, now) {
                     self.reply_undeliverable(room, from, to, from_node);
                 }
             }

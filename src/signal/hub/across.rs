@@ -5,7 +5,7 @@
 //! they say comes back as calls here. Nothing here waits.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
 
@@ -15,8 +15,16 @@ use super::{
 };
 use crate::logging::event;
 use crate::metrics::{Metrics, SignalHeld};
+use crate::signal::held::Held;
 use crate::signal::protocol::{self, ErrorCode, LeaveReason, Problem};
 use crate::signal::websocket;
+
+/// The sender of a signal held for a peer on its way that came from another
+/// node: no session here (sessions count from 1), so no `expired` notice.
+const NO_SESSION: SessionId = 0;
+/// How long a signal waits here for a peer whose join the other nodes saw
+/// before this node had their answer: a Redis round trip, with room to spare.
+const JOIN_ANSWER_WAIT: Duration = Duration::from_secs(5);
 
 /// The other nodes, as the hub reaches them. Called with the hub locked:
 /// each returns at once and never calls the hub back from inside.
@@ -221,21 +229,46 @@ impl Hub {
     }
 
     /// A signal from a peer elsewhere for `to` here; false if `to` is not here.
+    /// A peer whose join waits for the cluster's answer is here already for
+    /// the other nodes (Redis announced it with the join): its signals wait
+    /// for it, and follow its `joined`.
     pub(crate) fn signal_from_elsewhere(
         &self,
         room: &str,
         from: &str,
         to: &str,
         data: &RawValue,
+        now: Instant,
     ) -> bool {
-        let state = self.lock();
-        let Some(member) = state.rooms.get(room).and_then(|r| r.members.get(to)) else {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let Some(entry) = state.rooms.get_mut(room) else {
             return false;
         };
-        if let Some(target) = state.sessions.get(&member.session) {
-            target
-                .outbox
-                .push(protocol::signal(room, from, data, false));
+        if let Some(member) = entry.members.get(to) {
+            if let Some(target) = state.sessions.get(&member.session) {
+                target
+                    .outbox
+                    .push(protocol::signal(room, from, data, false));
+            }
+            return true;
+        }
+        if !entry.joining.iter().any(|(peer, _)| &**peer == to) {
+            return false;
+        }
+        let held = Held {
+            to: to.into(),
+            from: from.into(),
+            sender: NO_SESSION,
+            data: data.to_owned(),
+            id: None,
+            until: now + JOIN_ANSWER_WAIT,
+        };
+        if entry.held.hold(held, &state.limits).is_err() {
+            return false;
+        }
+        if !state.holding.contains(room) {
+            state.holding.insert(room.to_owned());
         }
         true
     }
@@ -863,5 +896,26 @@ mod tests {
         assert_eq!(got[0]["code"], "peer-id-taken");
         assert_eq!(remote.calls(), ["unsubscribe r"]);
         assert_eq!(hub.counts().1, 0);
+    }
+
+    #[test]
+    fn a_signal_for_a_peer_whose_join_is_still_being_answered_follows_its_joined() {
+        let remote = Arc::new(Recorder::default());
+        let hub = hub(&remote);
+        let bob = connect(&hub, "bob");
+        hub.join(bob.opened.id, None, "r", Some("b".into()), None, None)
+            .unwrap();
+        // Redis announced the join to the other nodes, which answered at once.
+        let now = Instant::now();
+        assert!(hub.signal_from_elsewhere("r", "a", "b", &raw(r#"{"sdp":1}"#), now));
+        assert!(!hub.signal_from_elsewhere("r", "a", "nobody", &raw("1"), now));
+        assert!(bob.received().is_empty());
+        let pending = remote.joins.lock().unwrap().pop().unwrap();
+        hub.joined_across(pending, JoinAnswer::Joined(Vec::new()));
+        let got = bob.received();
+        assert_eq!(got[0]["type"], "joined");
+        assert_eq!(got[1]["type"], "signal");
+        assert_eq!(got[1]["from"], "a");
+        assert_eq!(got[1]["data"]["sdp"], 1);
     }
 }
