@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 
 use super::{
     Hub, HubState, Member, Opened, SessionId, announce, drop_room, joined_text, new_session,
-    peer_id_taken, random_token, room_full, seat,
+    peer_id_taken, random_token, room_full, seat, seat_here,
 };
 use crate::logging::event;
 use crate::metrics::{Metrics, SignalHeld};
@@ -151,7 +151,7 @@ impl Hub {
             JoinAnswer::Taken => peer_id_taken(&room, &peer),
             JoinAnswer::Full => room_full(&self.metrics, &user, &room, &limits),
             JoinAnswer::Joined(elsewhere) => {
-                seat(
+                return seat(
                     state,
                     &self.metrics,
                     session,
@@ -160,22 +160,9 @@ impl Hub {
                     metadata,
                     elsewhere,
                 );
-                return;
             }
             JoinAnswer::Unavailable => {
-                if let Some(remote) = &state.remote {
-                    remote.join_later(&room, &peer, &metadata);
-                }
-                seat(
-                    state,
-                    &self.metrics,
-                    session,
-                    &room,
-                    peer,
-                    metadata,
-                    Vec::new(),
-                );
-                return;
+                return seat_here(state, &self.metrics, session, &room, peer, metadata);
             }
         };
         if let Some(s) = state.sessions.get(&session) {

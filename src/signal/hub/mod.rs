@@ -400,14 +400,7 @@ impl Hub {
                     reply_to: reply_to.map(ToOwned::to_owned),
                 });
             }
-            remote => {
-                // Without Redis the node serves its own peers; the id is
-                // claimed across nodes once Redis is back.
-                if let Some(remote) = remote {
-                    remote.join_later(room, &peer, &metadata);
-                }
-                seat(state, &self.metrics, id, room, peer, metadata, Vec::new());
-            }
+            _ => seat_here(state, &self.metrics, id, room, peer, metadata),
         }
         Ok(())
     }
@@ -783,6 +776,23 @@ fn seat(
     if !waiting.is_empty() {
         metrics.signal_held(SignalHeld::Delivered, waiting.len());
     }
+}
+
+/// [`seat`] without asking the other nodes (there are none, or Redis is
+/// away): the node serves its own peers, and the id is claimed across
+/// nodes once Redis is back.
+fn seat_here(
+    state: &mut HubState,
+    metrics: &Metrics,
+    id: SessionId,
+    room: &str,
+    peer: String,
+    metadata: Box<RawValue>,
+) {
+    if let Some(remote) = &state.remote {
+        remote.join_later(room, &peer, &metadata);
+    }
+    seat(state, metrics, id, room, peer, metadata, Vec::new());
 }
 
 fn peer_id_taken(room: &str, peer: &str) -> Problem {
