@@ -164,6 +164,10 @@ impl RelaySockets for Sockets {
         }
         Ok(())
     }
+
+    fn open_tcp(&mut self, id: AllocId, address: SocketAddr) -> std::io::Result<()> {
+        self.open(id, address, false)
+    }
 }
 
 /// Seconds the clock moves before a record, by the record's high nibble;
@@ -525,7 +529,10 @@ fn cut_in_chunks(stream: &[u8], max_frame: usize, chunks: impl Iterator<Item = u
         let (read, after) = rest.split_at(take.min(rest.len()));
         buf.extend_from_slice(read);
         rest = after;
-        match cut_frames(&buf, max_frame, |frame| frames.push(frame.to_vec())) {
+        match cut_frames(&buf, max_frame, |frame| {
+            frames.push(frame.to_vec());
+            std::ops::ControlFlow::Continue(())
+        }) {
             Ok(consumed) => {
                 buf.drain(..consumed);
             }

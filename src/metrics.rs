@@ -29,15 +29,18 @@ pub(crate) enum Framing {
     ChannelData,
     /// A Send indication (to a peer) or a Data indication (from a peer).
     Indication,
+    /// Bytes on a TCP allocation's data connection (RFC 6062): one read each.
+    TcpData,
 }
 
 pub(crate) const DIRECTIONS: [(Direction, &str); 2] = [
     (Direction::ToPeer, "to_peer"),
     (Direction::FromPeer, "from_peer"),
 ];
-pub(crate) const FRAMINGS: [(Framing, &str); 2] = [
+pub(crate) const FRAMINGS: [(Framing, &str); 3] = [
     (Framing::ChannelData, "channel_data"),
     (Framing::Indication, "indication"),
+    (Framing::TcpData, "tcp"),
 ];
 
 pub(crate) fn relay_index(direction: Direction, framing: Framing) -> usize {
@@ -48,8 +51,9 @@ pub(crate) fn relay_index(direction: Direction, framing: Framing) -> usize {
     let f = match framing {
         Framing::ChannelData => 0,
         Framing::Indication => 1,
+        Framing::TcpData => 2,
     };
-    d * 2 + f
+    d * FRAMINGS.len() + f
 }
 
 /// A signaling message a client sent, by type.
@@ -171,7 +175,7 @@ impl Limit {
 }
 
 /// Limits whose hits are already counted as refusals.
-pub(crate) const LIMIT_REFUSALS: [(&str, Reject); 14] = [
+pub(crate) const LIMIT_REFUSALS: [(&str, Reject); 15] = [
     (
         "connections.unauthenticated-timeout",
         Reject::UnauthenticatedConnection,
@@ -185,6 +189,10 @@ pub(crate) const LIMIT_REFUSALS: [(&str, Reject); 14] = [
     (
         "relay.max-channels-per-allocation",
         Reject::ChannelQuotaReached,
+    ),
+    (
+        "relay.max-tcp-connections-per-allocation",
+        Reject::TcpConnectionQuota,
     ),
     ("relay.ports", Reject::NoRelayPort),
     ("connections.max-frame-bytes", Reject::FrameTooLarge),
@@ -204,8 +212,8 @@ pub(crate) const LIMIT_REFUSALS: [(&str, Reject); 14] = [
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
     pub(crate) allocations_created: [AtomicU64; TURN_TRANSPORTS.len()],
-    pub(crate) relayed_packets: [AtomicU64; 4],
-    pub(crate) relayed_bytes: [AtomicU64; 4],
+    pub(crate) relayed_packets: [AtomicU64; 6],
+    pub(crate) relayed_bytes: [AtomicU64; 6],
     pub(crate) binding_responses: [AtomicU64; TURN_TRANSPORTS.len()],
     pub(crate) tls_handshakes_ok: AtomicU64,
     pub(crate) signal_connections_opened: AtomicU64,

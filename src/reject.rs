@@ -27,7 +27,7 @@ pub(crate) enum Reject {
     WrongCredentials,
     /// Allocate on a 5-tuple that has an allocation, or a request needing one that has none (437).
     AllocationMismatch,
-    /// REQUESTED-TRANSPORT other than UDP (442).
+    /// REQUESTED-TRANSPORT other than UDP or TCP (442).
     UnsupportedTransport,
     /// REQUESTED-ADDRESS-FAMILY this server has no relay address for (440).
     AddressFamilyNotSupported,
@@ -100,10 +100,26 @@ pub(crate) enum Reject {
     /// PASSWORD-ALGORITHMS or PASSWORD-ALGORITHM missing, altered or not
     /// among those the nonce cookie offered: a bid-down (RFC 8489 §9.2.4) (400).
     PasswordAlgorithmMismatch,
+    /// A request that does not fit the allocation's relay transport (RFC
+    /// 6062): a TCP allocation asked over UDP or with UDP-only attributes,
+    /// Connect on a UDP allocation, ChannelBind on a TCP one (400).
+    RelayTransportMismatch,
+    /// Connect to a peer the allocation is connecting or connected to (446).
+    ConnectionExists,
+    /// The connection to a peer named by Connect failed or timed out (447).
+    ConnectFailed,
+    /// A Connect, or a connection from a peer, past the allocation's
+    /// `max-tcp-connections-per-allocation` (508 on Connect; closed from a peer).
+    TcpConnectionQuota,
+    /// ConnectionBind naming no connection that waits for one, or sent on
+    /// a connection that is not a fresh TCP/TLS one (400).
+    UnknownConnection,
+    /// A peer connection whose client sent no ConnectionBind within 30 s: closed.
+    ConnectionBindTimeout,
 }
 
 impl Reject {
-    pub(crate) const ALL: [Self; 39] = [
+    pub(crate) const ALL: [Self; 45] = [
         Self::Garbage,
         Self::BadRequest,
         Self::UnknownAttribute,
@@ -143,6 +159,12 @@ impl Reject {
         Self::AtCapacity,
         Self::UserBanned,
         Self::PasswordAlgorithmMismatch,
+        Self::RelayTransportMismatch,
+        Self::ConnectionExists,
+        Self::ConnectFailed,
+        Self::TcpConnectionQuota,
+        Self::UnknownConnection,
+        Self::ConnectionBindTimeout,
     ];
 
     /// The STUN error code and reason phrase, or None for a silent drop.
@@ -162,8 +184,12 @@ impl Reject {
             | Self::BindingThrottled
             | Self::AllocationBandwidth
             | Self::UserBandwidth
-            | Self::NodeBandwidth => return None,
-            Self::BadRequest | Self::PasswordAlgorithmMismatch => (400, "Bad Request"),
+            | Self::NodeBandwidth
+            | Self::ConnectionBindTimeout => return None,
+            Self::BadRequest
+            | Self::PasswordAlgorithmMismatch
+            | Self::RelayTransportMismatch
+            | Self::UnknownConnection => (400, "Bad Request"),
             Self::UnknownAttribute => (420, "Unknown Attribute"),
             Self::Challenge
             | Self::UnknownUser
@@ -181,10 +207,13 @@ impl Reject {
             }
             Self::PermissionQuotaReached
             | Self::ChannelQuotaReached
+            | Self::TcpConnectionQuota
             | Self::NoRelayPort
             | Self::Draining => (508, "Insufficient Capacity"),
             Self::ServerError => (500, "Server Error"),
             Self::Redirected => (300, "Try Alternate"),
+            Self::ConnectionExists => (446, "Connection Already Exists"),
+            Self::ConnectFailed => (447, "Connection Timeout or Failure"),
         })
     }
 
@@ -230,6 +259,12 @@ impl Reject {
             Self::AtCapacity => "at-capacity",
             Self::UserBanned => "user-banned",
             Self::PasswordAlgorithmMismatch => "password-algorithm-mismatch",
+            Self::RelayTransportMismatch => "relay-transport-mismatch",
+            Self::ConnectionExists => "connection-exists",
+            Self::ConnectFailed => "connect-failed",
+            Self::TcpConnectionQuota => "tcp-connection-quota",
+            Self::UnknownConnection => "unknown-connection",
+            Self::ConnectionBindTimeout => "connection-bind-timeout",
         }
     }
 

@@ -206,7 +206,7 @@ impl Collector for Sources {
             "Allocations made, by the transport between client and server",
             each(&metrics.allocations_created),
         )?;
-        let relay_members = |values: &[AtomicU64; 4]| {
+        let relay_members = |values: &[AtomicU64; 6]| {
             let mut members = Vec::new();
             for (direction, direction_name) in DIRECTIONS {
                 for (framing, framing_name) in FRAMINGS {
@@ -290,6 +290,13 @@ impl Collector for Sources {
             "stream_connections",
             "TCP and TLS connections open now (TURN and HTTP)",
             i64::from(self.tracker.open_count()),
+        )?;
+        gauge(
+            e,
+            "tcp_peer_connections",
+            "Peer connections of TCP allocations (RFC 6062) now: connecting, waiting \
+             for ConnectionBind, or joined to a client's data connection",
+            to_i64(self.server.peer_connection_count()),
         )?;
         let (connections, sessions, rooms) = self.signal.connection_counts();
         gauge(

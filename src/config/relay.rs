@@ -27,6 +27,10 @@ const DEFAULT_MAX_CHANNELS_PER_ALLOCATION: u32 = 64;
 const PERMISSIONS_PER_ALLOCATION: RangeInclusive<u32> = 1..=65536;
 /// RFC 8656 §12 gives 0x1000 channel numbers, RFC 5766 0x4000.
 const CHANNELS_PER_ALLOCATION: RangeInclusive<u32> = 1..=0x4000;
+/// Peer connections of one TCP allocation (RFC 6062), waiting or carrying
+/// data: each holds two sockets (the peer's and the client's data connection).
+const DEFAULT_MAX_TCP_CONNECTIONS_PER_ALLOCATION: u32 = 32;
+const TCP_CONNECTIONS_PER_ALLOCATION: RangeInclusive<u32> = 1..=1024;
 // RFC 8656 §3.2, §9 and §12: 600 s allocations, 300 s permissions, 600 s channels.
 pub(crate) const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
 const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(3600);
@@ -52,6 +56,7 @@ const RELAY_KEYS: &[&str] = &[
     "max-allocations-per-user",
     "max-permissions-per-allocation",
     "max-channels-per-allocation",
+    "max-tcp-connections-per-allocation",
     "default-lifetime",
     "max-lifetime",
     "permission-lifetime",
@@ -83,6 +88,9 @@ pub(crate) struct RelayConfig {
     pub(crate) max_permissions_per_allocation: u32,
     /// Channels one allocation may have bound at once.
     pub(crate) max_channels_per_allocation: u32,
+    /// Peer connections one TCP allocation may hold at once, connecting,
+    /// waiting for ConnectionBind or carrying data.
+    pub(crate) max_tcp_connections_per_allocation: u32,
     pub(crate) default_lifetime: Duration,
     /// At least `default_lifetime`.
     pub(crate) max_lifetime: Duration,
@@ -188,6 +196,14 @@ pub(super) fn read_relay(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> RelayConfig
         CHANNELS_PER_ALLOCATION,
         COUNT,
     );
+    let max_tcp_connections_per_allocation = bounded(
+        cx,
+        &relay,
+        "max-tcp-connections-per-allocation",
+        DEFAULT_MAX_TCP_CONNECTIONS_PER_ALLOCATION,
+        TCP_CONNECTIONS_PER_ALLOCATION,
+        COUNT,
+    );
     let default_lifetime = relay.get(cx, "default-lifetime", DEFAULT_LIFETIME);
     let max_lifetime = relay.get(cx, "max-lifetime", DEFAULT_MAX_LIFETIME);
     let permission_lifetime = relay.get(cx, "permission-lifetime", DEFAULT_PERMISSION_LIFETIME);
@@ -250,6 +266,7 @@ pub(super) fn read_relay(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> RelayConfig
         max_allocations_per_user: max_allocations_per_user.value,
         max_permissions_per_allocation,
         max_channels_per_allocation,
+        max_tcp_connections_per_allocation,
         default_lifetime: default_lifetime.value,
         max_lifetime: max_lifetime.value,
         permission_lifetime: permission_lifetime.value,

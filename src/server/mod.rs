@@ -10,6 +10,7 @@
 //! taken only when allocations begin and end.
 
 mod relay_sockets;
+mod tcp;
 
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
@@ -28,10 +29,12 @@ use crate::reloadable::Reloadable;
 use crate::turn::allocation::Allocation;
 use crate::turn::core::{Action, Core, Now};
 use crate::turn::shared::Shared;
+use crate::turn::tcp::PeerConnections;
 use crate::turn::{AllocId, FiveTuple};
 use crate::wire::{ChannelData, Class, Kind, Message, Method};
 use relay_sockets::RelaySocketTable;
-pub(crate) use relay_sockets::{RelayReceiver, RelaySocket};
+pub(crate) use relay_sockets::{RelayReceiver, RelaySocket, TcpRelayReceiver, reusable_tcp_socket};
+pub(crate) use tcp::PeerLink;
 
 /// Shards per worker thread: more shards than threads keep two threads
 /// from meeting on one lock.
@@ -83,6 +86,9 @@ impl Drop for CoreGuard<'_> {
         for id in state.core.take_ended() {
             state.sockets.close(id);
         }
+        for connection in state.core.take_ended_connections() {
+            state.sockets.close_peer(connection);
+        }
     }
 }
 
@@ -117,6 +123,17 @@ pub(crate) enum Handled {
     },
     /// Send the reply, then serve the new relay socket of allocation `AllocId`.
     ReplyAndServeRelay(AllocId, RelayReceiver),
+    /// Send the reply, then accept peers on TCP allocation `AllocId`'s relay address.
+    ReplyAndServeTcpRelay(AllocId, TcpRelayReceiver),
+    /// Connect from `from` to `peer` for peer connection `connection`, then
+    /// answer the client's Connect with what [`Server::connect_finished`] writes.
+    ConnectToPeer {
+        connection: u32,
+        from: SocketAddr,
+        peer: SocketAddr,
+    },
+    /// Send the reply, then carry data between this connection and the peer's.
+    ReplyAndJoinPeer(PeerLink),
 }
 
 impl Server {
@@ -219,6 +236,25 @@ impl Server {
     #[expect(clippy::cast_possible_truncation, reason = "below the shard count")]
     fn shard_of(&self, five_tuple: &FiveTuple) -> usize {
         (self.shard_hasher.hash_one(five_tuple) % self.shards.len() as u64) as usize
+    }
+
+    /// The shard that handles `message`: the one its 5-tuple hashes to,
+    /// but for a ConnectionBind the shard of the peer connection it names
+    /// (unless this connection has an allocation, which makes it an error).
+    fn shard_for(&self, five_tuple: &FiveTuple, message: &Message<'_>) -> usize {
+        let own = self.shard_of(five_tuple);
+        if message.method != Method::CONNECTION_BIND {
+            return own;
+        }
+        match message
+            .get(crate::wire::attr::CONNECTION_ID)
+            .and_then(crate::wire::attr::u32_value)
+        {
+            Some(connection) if !self.has_allocation(five_tuple) => {
+                PeerConnections::shard_of(connection, self.shards.len())
+            }
+            _ => own,
+        }
     }
 
     /// The shard that made allocation `id`.
@@ -326,7 +362,7 @@ impl Server {
         message: &Message<'_>,
         out: &mut Vec<u8>,
     ) -> Handled {
-        let mut guard = self.shard(self.shard_of(five_tuple));
+        let mut guard = self.shard(self.shard_for(five_tuple, message));
         let State { core, sockets } = &mut *guard.0;
         match core.handle_stun(now(), five_tuple, message, sockets, out) {
             Action::None => Handled::Nothing,
@@ -345,12 +381,29 @@ impl Server {
                 self.metrics.binding_answered(five_tuple.transport);
                 Handled::ReplyVia { from, to }
             }
-            Action::ReplyAndStartRelay(id) => match sockets.take_receiver(id) {
-                Some(receiver) => {
-                    drop(guard);
-                    self.metrics.allocation_created(five_tuple.transport);
+            Action::ReplyAndStartRelay(id) => {
+                let handled = if let Some(receiver) = sockets.take_receiver(id) {
                     Handled::ReplyAndServeRelay(id, receiver)
-                }
+                } else if let Some(receiver) = sockets.take_tcp_receiver(id) {
+                    Handled::ReplyAndServeTcpRelay(id, receiver)
+                } else {
+                    return Handled::Reply;
+                };
+                drop(guard);
+                self.metrics.allocation_created(five_tuple.transport);
+                handled
+            }
+            Action::ConnectToPeer {
+                connection,
+                from,
+                peer,
+            } => Handled::ConnectToPeer {
+                connection,
+                from,
+                peer,
+            },
+            Action::ReplyAndJoinPeer(connection) => match tcp::join(core, sockets, connection) {
+                Some(link) => Handled::ReplyAndJoinPeer(link),
                 None => Handled::Reply,
             },
             Action::ToPeer { relay, peer, data } => {

@@ -1,6 +1,8 @@
-//! Relay sockets: one UDP socket per allocation, bound in the configured
-//! port range and named by the allocation's id, opened when the core asks
-//! and closed when it reports the allocation ended.
+//! Relay sockets: one UDP socket per allocation (a listening TCP socket for
+//! a TCP allocation), bound in the configured port range and named by the
+//! allocation's id, opened when the core asks and closed when it reports
+//! the allocation ended; and the sockets of TCP allocations' peer
+//! connections, named by CONNECTION-ID.
 
 use std::collections::HashMap;
 use std::io;
@@ -33,10 +35,38 @@ struct OpenRelay {
     receiver: Option<RelayReceiver>,
 }
 
+/// What serves a TCP allocation's relay address: the listening socket,
+/// and a signal that fires when the allocation has ended.
+#[derive(Debug)]
+pub(crate) struct TcpRelayReceiver {
+    pub(crate) listener: tokio::net::TcpListener,
+    pub(crate) ended: oneshot::Receiver<()>,
+}
+
+#[derive(Debug)]
+struct OpenTcpRelay {
+    /// Dropped when the allocation ends: ends the accept task.
+    _ended: oneshot::Sender<()>,
+    /// Held until the shell starts the accept task.
+    receiver: Option<TcpRelayReceiver>,
+}
+
+/// A TCP allocation's connection to one peer (RFC 6062).
+#[derive(Debug)]
+pub(crate) enum PeerStream {
+    /// Connected, waiting for the client's ConnectionBind.
+    Waiting(tokio::net::TcpStream),
+    /// Joined to the client's data connection; dropping `_end` ends the pair.
+    Joined { _end: oneshot::Sender<()> },
+}
+
 /// Every open relay socket by allocation.
 #[derive(Debug, Default)]
 pub(crate) struct RelaySocketTable {
     sockets: HashMap<AllocId, OpenRelay>,
+    tcp: HashMap<AllocId, OpenTcpRelay>,
+    /// Peer connections of TCP allocations by CONNECTION-ID.
+    pub(crate) peers: HashMap<u32, PeerStream>,
     /// SO_RCVBUF for new sockets (`relay.receive-buffer-bytes`).
     pub(crate) receive_buffer: usize,
 }
@@ -45,6 +75,8 @@ impl RelaySocketTable {
     pub(crate) fn new(receive_buffer: usize) -> Self {
         Self {
             sockets: HashMap::new(),
+            tcp: HashMap::new(),
+            peers: HashMap::new(),
             receive_buffer,
         }
     }
@@ -59,9 +91,24 @@ impl RelaySocketTable {
         self.sockets.get_mut(&id)?.receiver.take()
     }
 
+    /// The listening side of a TCP relay just opened, once.
+    pub(crate) fn take_tcp_receiver(&mut self, id: AllocId) -> Option<TcpRelayReceiver> {
+        self.tcp.get_mut(&id)?.receiver.take()
+    }
+
     pub(crate) fn close(&mut self, id: AllocId) {
-        self.sockets.remove(&id);
-        shrink_if_sparse(&mut self.sockets);
+        if self.sockets.remove(&id).is_some() {
+            shrink_if_sparse(&mut self.sockets);
+        } else if self.tcp.remove(&id).is_some() {
+            shrink_if_sparse(&mut self.tcp);
+        }
+    }
+
+    /// Closes a peer connection (or ends its joined pair).
+    pub(crate) fn close_peer(&mut self, connection: u32) {
+        if self.peers.remove(&connection).is_some() {
+            shrink_if_sparse(&mut self.peers);
+        }
     }
 }
 
@@ -82,6 +129,42 @@ impl RelaySockets for RelaySocketTable {
         );
         Ok(())
     }
+
+    fn open_tcp(&mut self, id: AllocId, address: SocketAddr) -> io::Result<()> {
+        let socket = reusable_tcp_socket(address)?;
+        socket.listen(128)?;
+        let listener = tokio::net::TcpListener::from_std(socket.into())?;
+        let (ended_tx, ended_rx) = oneshot::channel();
+        self.tcp.insert(
+            id,
+            OpenTcpRelay {
+                _ended: ended_tx,
+                receiver: Some(TcpRelayReceiver {
+                    listener,
+                    ended: ended_rx,
+                }),
+            },
+        );
+        Ok(())
+    }
+}
+
+/// A TCP socket bound to a TCP allocation's relay address. Connections out
+/// to peers leave from the address the allocation listens on (RFC 6062
+/// §5.2), which binding needs SO_REUSEPORT for, on the listener and each
+/// outgoing socket alike; only this user's sockets can share the port.
+pub(crate) fn reusable_tcp_socket(address: SocketAddr) -> io::Result<socket2::Socket> {
+    let domain = socket2::Domain::for_address(address);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    if address.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    crate::socket_options::allow_bind_before_address_exists(&socket, address)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    Ok(socket)
 }
 
 fn bind(

@@ -2,6 +2,7 @@
 
 pub(crate) mod relay;
 pub(crate) mod stream;
+pub(crate) mod tcp_relay;
 pub(crate) mod tls;
 pub(crate) mod udp;
 
@@ -10,19 +11,22 @@ use std::sync::Arc;
 
 pub(crate) use crate::config::Transport;
 use crate::datagrams::Run;
-use crate::server::{Handled, Server};
+use crate::server::{Handled, PeerLink, Server};
 use crate::turn::FiveTuple;
 use crate::wire::{Class, MessageBuilder, Method, TransactionId, attr};
 
 /// Hands one datagram or stream frame from a client to the server and
-/// does what it asks: the reply to `route`, a new relay served for it.
+/// does what it asks: the reply to `route`, a new relay served for it. A
+/// ConnectionBind that succeeded returns the peer connection this stream
+/// is joined to: the caller carries its bytes from now on.
+#[must_use]
 pub(crate) fn handle_message(
     server: &Arc<Server>,
     five_tuple: &FiveTuple,
     data: &[u8],
     route: &ClientRoute,
     out: &mut Vec<u8>,
-) {
+) -> Option<PeerLink> {
     match server.handle_message(five_tuple, data, out) {
         Handled::Nothing => {}
         Handled::Reply => route.send(out),
@@ -31,7 +35,34 @@ pub(crate) fn handle_message(
             route.send(out);
             tokio::spawn(relay::run(server.clone(), id, receiver, route.clone()));
         }
+        Handled::ReplyAndServeTcpRelay(id, receiver) => {
+            route.send(out);
+            tokio::spawn(tcp_relay::accept_peers(
+                server.clone(),
+                id,
+                receiver,
+                route.clone(),
+            ));
+        }
+        Handled::ConnectToPeer {
+            connection,
+            from,
+            peer,
+        } => {
+            tokio::spawn(tcp_relay::connect(
+                server.clone(),
+                connection,
+                from,
+                peer,
+                route.clone(),
+            ));
+        }
+        Handled::ReplyAndJoinPeer(link) => {
+            route.send(out);
+            return Some(link);
+        }
     }
+    None
 }
 
 /// How to reach one client: a UDP listener and address, or the send queue

@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ use crate::http::{self, HttpApi};
 use crate::logging::event;
 use crate::metrics::Limit;
 use crate::reject::Reject;
-use crate::server::Server;
+use crate::server::{PeerLink, Server};
 use crate::sparse::shrink_if_sparse;
 use crate::transport::ClientRoute;
 use crate::transport::tls::ReloadableCertificate;
@@ -422,19 +423,36 @@ async fn run_connection<S>(
     ));
     let route = ClientRoute::Stream(outbox.clone());
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let reading = read_frames(server, &mut reader, received, &five_tuple, &route, limits);
-    let mut writing = std::pin::pin!(outbox.drain_into(&mut writer));
-    let closed = tokio::select! {
-        closed = reading => closed,
-        closed = &mut writing => closed,
-        () = outbox.overflow.notified() => Closed::SlowReader,
+    let mut joined = None;
+    let closed = {
+        let reading = read_frames(server, &mut reader, received, &five_tuple, &route, limits);
+        let mut writing = std::pin::pin!(outbox.drain_into(&mut writer));
+        let closed = tokio::select! {
+            read = reading => match read {
+                Read::Closed(closed) => closed,
+                Read::Joined(link, early) => {
+                    joined = Some((link, early));
+                    Closed::ByClient
+                }
+            },
+            closed = &mut writing => closed,
+            () = outbox.overflow.notified() => Closed::SlowReader,
+        };
+        if closed == Closed::ByClient {
+            // A client may half-close after its last request: answer it
+            // first. A joined connection's ConnectionBind response goes
+            // out before any byte from the peer.
+            outbox.finish();
+            let _ = tokio::time::timeout(FLUSH_ON_CLOSE, writing).await;
+        }
+        closed
     };
-    if closed == Closed::ByClient {
-        // A client may half-close after its last request: answer it first.
-        outbox.finish();
-        let _ = tokio::time::timeout(FLUSH_ON_CLOSE, writing).await;
-    }
     outbox.finish();
+    if let Some((link, early)) = joined {
+        log::debug!("connection-joined {five_tuple} connection={}", link.connection);
+        super::tcp_relay::join(server, link, reader, writer, early).await;
+        return;
+    }
     if let Some(reject) = closed.reject() {
         server.rejects.count(reject);
         event!(
@@ -462,13 +480,14 @@ pub(crate) enum FramingLost {
 
 /// Hands each whole frame at the start of `buf` to `on_frame` (the message
 /// without the padding ChannelData carries on streams) and returns how many
-/// bytes those frames took; what is left is an incomplete frame. A frame
-/// announcing more than `max_frame` bytes is refused from its header alone,
-/// before it is read. Frames before a refusal have been handed on.
+/// bytes those frames took; what is left is an incomplete frame, or what
+/// follows the frame where `on_frame` said stop. A frame announcing more
+/// than `max_frame` bytes is refused from its header alone, before it is
+/// read. Frames before a refusal have been handed on.
 pub(crate) fn cut_frames(
     buf: &[u8],
     max_frame: usize,
-    mut on_frame: impl FnMut(&[u8]),
+    mut on_frame: impl FnMut(&[u8]) -> ControlFlow<()>,
 ) -> Result<usize, FramingLost> {
     let mut start = 0;
     loop {
@@ -480,12 +499,27 @@ pub(crate) fn cut_frames(
         }
         match wire::stream_frame(pending) {
             StreamFrame::Complete { message, total } => {
-                on_frame(&pending[..message]);
                 start += total;
+                if on_frame(&pending[..message]).is_break() {
+                    return Ok(start);
+                }
             }
             StreamFrame::Incomplete => return Ok(start),
             StreamFrame::Invalid => return Err(FramingLost::Garbage),
         }
+    }
+}
+
+/// How reading STUN frames from a connection ended.
+enum Read {
+    Closed(Closed),
+    /// A ConnectionBind joined it to a peer; these bytes came after it.
+    Joined(PeerLink, Vec<u8>),
+}
+
+impl From<Closed> for Read {
+    fn from(closed: Closed) -> Self {
+        Self::Closed(closed)
     }
 }
 
@@ -497,28 +531,37 @@ async fn read_frames<R: AsyncRead + Unpin>(
     five_tuple: &FiveTuple,
     route: &ClientRoute,
     limits: ConnectionLimits,
-) -> Closed {
+) -> Read {
     let max_frame = limits.max_frame_bytes as usize;
     let mut out = Vec::with_capacity(1500);
     // Until the connection's first allocation: whatever it sends (Binding
     // requests, say), it is closed when this passes.
     let mut must_allocate_by = Some(tokio::time::Instant::now() + limits.unauthenticated_timeout);
     loop {
+        let mut joined = None;
         let cut = cut_frames(&buf, max_frame, |message| {
-            super::handle_message(server, five_tuple, message, route, &mut out);
+            joined = super::handle_message(server, five_tuple, message, route, &mut out);
+            if joined.is_some() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
         });
         let start = match cut {
             Ok(consumed) => consumed,
-            Err(FramingLost::FrameTooLarge(total)) => return Closed::FrameTooLarge(total),
-            Err(FramingLost::Garbage) => return Closed::Garbage,
+            Err(FramingLost::FrameTooLarge(total)) => return Closed::FrameTooLarge(total).into(),
+            Err(FramingLost::Garbage) => return Closed::Garbage.into(),
         };
         buf.drain(..start);
+        if let Some(link) = joined {
+            return Read::Joined(link, buf);
+        }
         buf.reserve(READ_CHUNK);
         if let Some(deadline) = must_allocate_by {
             if server.has_allocation(five_tuple) {
                 must_allocate_by = None;
             } else if tokio::time::Instant::now() >= deadline {
-                return Closed::Unauthenticated;
+                return Closed::Unauthenticated.into();
             }
         }
         // Silence is fine while an allocation lives (its data flows the other
@@ -532,15 +575,15 @@ async fn read_frames<R: AsyncRead + Unpin>(
                 Ok(read) => break read,
                 Err(_) if server.has_allocation(five_tuple) => must_allocate_by = None,
                 Err(_) if must_allocate_by.is_some_and(|d| tokio::time::Instant::now() >= d) => {
-                    return Closed::Unauthenticated;
+                    return Closed::Unauthenticated.into();
                 }
-                Err(_) => return Closed::Idle,
+                Err(_) => return Closed::Idle.into(),
             }
         };
         match read {
-            Ok(0) => return Closed::ByClient,
+            Ok(0) => return Closed::ByClient.into(),
             Ok(_) => {}
-            Err(error) => return Closed::ReadFailed(error.kind()),
+            Err(error) => return Closed::ReadFailed(error.kind()).into(),
         }
     }
 }

@@ -230,7 +230,8 @@ async fn serve_socket(server: Arc<Server>, listener: Arc<ListenerSocket>) {
                             client: meta.addr,
                             src_ip,
                         });
-                        super::handle_message(&server, &five_tuple, datagram, &route, &mut out);
+                        // Only a stream can be joined to a peer: a UDP ConnectionBind is refused.
+                        let _ = super::handle_message(&server, &five_tuple, datagram, &route, &mut out);
                     }
                 }
                 start = end;

@@ -33,7 +33,7 @@ pub(crate) struct Traffic {
 }
 
 impl Traffic {
-    fn add(&mut self, len: usize) {
+    pub(crate) fn add(&mut self, len: usize) {
         self.packets += 1;
         self.bytes += len as u64;
     }
@@ -60,6 +60,9 @@ pub(crate) struct Allocation {
     pub(super) wake_at: Instant,
     /// A port held for a later Allocate with RESERVATION-TOKEN (EVEN-PORT R bit).
     pub(crate) reservation: Option<(u64, u16)>,
+    /// A TCP allocation's peer connections, by peer and CONNECTION-ID (RFC
+    /// 6062); None for a UDP allocation.
+    pub(crate) tcp_connections: Option<Vec<(SocketAddr, u32)>>,
     permissions: HashMap<IpAddr, Instant>,
     channels: HashMap<u16, Channel>,
     channel_by_peer: HashMap<SocketAddr, u16>,
@@ -104,6 +107,7 @@ impl Allocation {
             expires,
             wake_at: expires,
             reservation: None,
+            tcp_connections: None,
             permissions: HashMap::new(),
             channels: HashMap::new(),
             channel_by_peer: HashMap::new(),

@@ -19,6 +19,7 @@ use crate::turn::bandwidth::Gate;
 use crate::turn::redirect::Redirect;
 use crate::turn::shared::Shared;
 use crate::turn::table::AllocationTable;
+use crate::turn::tcp::PeerConnections;
 use crate::turn::throttle::{AuthLog, Bucket};
 use crate::turn::{FiveTuple, RelaySockets};
 use crate::wire::{Class, Message, MessageBuilder, Method, attr};
@@ -49,6 +50,17 @@ pub(crate) enum Action<'a> {
         peer: SocketAddr,
         data: &'a [u8],
     },
+    /// Connect from `from` (a TCP allocation's relay address) to `peer` and
+    /// report how it went to [`Core::connect_finished`]: the Connect
+    /// request is answered then (RFC 6062 §5.2).
+    ConnectToPeer {
+        connection: u32,
+        from: SocketAddr,
+        peer: SocketAddr,
+    },
+    /// Send `out` back, then join this connection to peer connection `u32`
+    /// (a ConnectionBind succeeded): from here on it carries raw data.
+    ReplyAndJoinPeer(u32),
 }
 
 /// Where relay sockets bind and which address they are advertised as.
@@ -68,6 +80,7 @@ pub(super) struct Limits {
     pub(super) max_allocations_per_user: u32,
     pub(super) max_permissions_per_allocation: usize,
     pub(super) max_channels_per_allocation: usize,
+    pub(super) max_tcp_connections_per_allocation: usize,
     rfc5766_channel_numbers: bool,
     pub(super) bandwidth: BandwidthCaps,
 }
@@ -83,6 +96,7 @@ impl Limits {
             max_allocations_per_user: relay.max_allocations_per_user,
             max_permissions_per_allocation: relay.max_permissions_per_allocation as usize,
             max_channels_per_allocation: relay.max_channels_per_allocation as usize,
+            max_tcp_connections_per_allocation: relay.max_tcp_connections_per_allocation as usize,
             rfc5766_channel_numbers: relay.rfc5766_channel_numbers,
             bandwidth: relay.bandwidth,
         }
@@ -137,6 +151,8 @@ pub(crate) struct Core {
     pub(super) relay_v4: Option<RelayEndpoint>,
     pub(super) relay_v6: Option<RelayEndpoint>,
     pub(super) table: AllocationTable,
+    /// The peer connections of this shard's TCP allocations.
+    pub(super) peers: PeerConnections,
     /// Ports, reservations and quotas, shared with the other shards.
     pub(super) shared: Arc<Shared>,
     pub(super) counters: Arc<RejectCounters>,
@@ -171,6 +187,7 @@ impl Core {
             relay_v4: endpoint(relay, true),
             relay_v6: endpoint(relay, false),
             table: AllocationTable::new(shard, shards),
+            peers: PeerConnections::new(shard, shards),
             shared,
             counters,
             ended: Vec::new(),
@@ -366,6 +383,8 @@ impl Core {
             Method::REFRESH,
             Method::CREATE_PERMISSION,
             Method::CHANNEL_BIND,
+            Method::CONNECT,
+            Method::CONNECTION_BIND,
         ]
         .contains(&method)
         {
@@ -399,7 +418,8 @@ impl Core {
             self.refuse_banned(message, &user, five_tuple, now, out);
             return Action::Reply;
         }
-        if method != Method::ALLOCATE {
+        // ConnectionBind comes on a connection of its own, without an allocation.
+        if method != Method::ALLOCATE && method != Method::CONNECTION_BIND {
             let Some(allocation) = self.table.by_five_tuple(five_tuple) else {
                 self.reject(
                     message,
@@ -428,11 +448,16 @@ impl Core {
             Method::ALLOCATE => self.allocate(&request, sockets, out),
             Method::REFRESH => self.refresh(&request, out),
             Method::CREATE_PERMISSION => self.create_permission(&request, out),
-            _ => self.channel_bind(&request, out),
+            Method::CHANNEL_BIND => self.channel_bind(&request, out),
+            Method::CONNECT => self.connect(&request),
+            _ => self.connection_bind(&request, out),
         };
         match result {
             Ok(action) => {
-                if let Some(allocation) = self.table.by_five_tuple(five_tuple) {
+                // A Connect is answered later, when the peer has connected or not.
+                if !out.is_empty()
+                    && let Some(allocation) = self.table.by_five_tuple(five_tuple)
+                {
                     allocation.remember_response(message.transaction, message.method, out);
                 }
                 action
@@ -667,6 +692,7 @@ impl Core {
     /// how many that was.
     pub(crate) fn handle_timeout(&mut self, now: Instant) -> usize {
         self.shared.throttle.sweep(now);
+        self.expire_peer_connections(now);
         let mut visited = 0;
         while let Some(id) = self.table.pop_due(now) {
             visited += 1;
@@ -689,6 +715,9 @@ impl Core {
             return;
         };
         self.ended.push(id);
+        if let Some(connections) = &allocation.tcp_connections {
+            self.end_peer_connections(connections);
+        }
         self.shared
             .leave(&allocation.owner, Some(allocation.bound.port()));
         // A port held for this allocation's sibling goes with it, so that
@@ -885,12 +914,28 @@ fn password_algorithm(message: &Message<'_>) -> Result<PasswordAlgorithm, Reject
 /// The integrity attribute the request was checked with (RFC 8489 §9.2.4:
 /// a response carries the same kind), then FINGERPRINT if the request had one.
 pub(super) fn finish(reply: &mut MessageBuilder<'_>, request: &Message<'_>, key: &LongTermKey) {
-    if request.get(attr::MESSAGE_INTEGRITY_SHA256).is_some() {
+    finish_as(
+        reply,
+        request.get(attr::MESSAGE_INTEGRITY_SHA256).is_some(),
+        request.has_fingerprint(),
+        key,
+    );
+}
+
+/// [`finish`] for a request no longer at hand: SHA-256 or SHA-1
+/// integrity, then FINGERPRINT if asked.
+pub(super) fn finish_as(
+    reply: &mut MessageBuilder<'_>,
+    sha256: bool,
+    fingerprint: bool,
+    key: &LongTermKey,
+) {
+    if sha256 {
         reply.add_integrity_sha256(key.as_bytes());
     } else {
         reply.add_integrity(key.as_bytes());
     }
-    if request.has_fingerprint() {
+    if fingerprint {
         reply.add_fingerprint();
     }
 }

@@ -25,6 +25,8 @@ struct Admitted<'m> {
     dont_fragment: bool,
     /// ADDITIONAL-ADDRESS-FAMILY (IPv6) was asked besides IPv4.
     dual: bool,
+    /// REQUESTED-TRANSPORT is TCP (RFC 6062).
+    tcp: bool,
     /// The user's bandwidth state, which the new allocation shares.
     user_bandwidth: Arc<Cells>,
 }
@@ -36,6 +38,8 @@ struct RelayPort {
     reserved: Option<u16>,
     even: bool,
     reserve_next: bool,
+    /// A listening TCP socket (RFC 6062) instead of a UDP one.
+    tcp: bool,
 }
 
 impl Core {
@@ -70,13 +74,26 @@ impl Core {
         if transport.len() != 4 {
             return Err(Reject::BadRequest);
         }
-        if transport[0] != attr::TRANSPORT_UDP {
-            return Err(Reject::UnsupportedTransport);
-        }
+        let tcp = match transport[0] {
+            attr::TRANSPORT_UDP => false,
+            attr::TRANSPORT_TCP => true,
+            _ => return Err(Reject::UnsupportedTransport),
+        };
         let even_port = message.get(attr::EVEN_PORT);
         let token = message.get(attr::RESERVATION_TOKEN);
         let family = message.get(attr::REQUESTED_ADDRESS_FAMILY);
         let additional = message.get(attr::ADDITIONAL_ADDRESS_FAMILY);
+        // RFC 6062 §5.1: a TCP relay is asked for over TCP or TLS, and the
+        // attributes about UDP ports and datagrams make no sense for it.
+        if tcp
+            && (five_tuple.transport == crate::config::Transport::Udp
+                || even_port.is_some()
+                || token.is_some()
+                || additional.is_some()
+                || message.get(attr::DONT_FRAGMENT).is_some())
+        {
+            return Err(Reject::RelayTransportMismatch);
+        }
         if token.is_some() && (even_port.is_some() || family.is_some() || additional.is_some()) {
             return Err(Reject::BadRequest);
         }
@@ -112,6 +129,7 @@ impl Core {
             even_port,
             dont_fragment,
             dual: additional.is_some(),
+            tcp,
             user_bandwidth,
         };
         let result = self.allocate_admitted(request, admitted, sockets, out);
@@ -142,6 +160,7 @@ impl Core {
             even_port,
             dont_fragment,
             dual,
+            tcp,
             user_bandwidth,
         } = admitted;
         let (endpoint, reserved_port) = match token {
@@ -206,6 +225,7 @@ impl Core {
                 reserved: reserved_port,
                 even: even_port.is_some(),
                 reserve_next,
+                tcp,
             },
             dont_fragment,
         )?;
@@ -234,6 +254,9 @@ impl Core {
             now.instant + lifetime,
         );
         allocation.owner.clone_from(&user.owner);
+        if tcp {
+            allocation.tcp_connections = Some(Vec::new());
+        }
         allocation.user_bandwidth = user_bandwidth;
 
         let mut reply = MessageBuilder::reply(out, message, Class::Success);
@@ -279,6 +302,7 @@ impl Core {
             reserved,
             even,
             reserve_next,
+            tcp,
         } = port;
         let attempts = if reserved.is_some() { 1 } else { BIND_ATTEMPTS };
         let mut busy = Vec::new();
@@ -295,7 +319,13 @@ impl Core {
                     None => break,
                 },
             };
-            match sockets.open(id, SocketAddr::new(bind_ip, port), dont_fragment) {
+            let address = SocketAddr::new(bind_ip, port);
+            let opened = if tcp {
+                sockets.open_tcp(id, address)
+            } else {
+                sockets.open(id, address, dont_fragment)
+            };
+            match opened {
                 Ok(()) => {
                     outcome = Ok(port);
                     break;
@@ -464,6 +494,13 @@ impl Core {
             user,
         } = *request;
         let relayed = self.relayed_of(five_tuple)?;
+        if self
+            .table
+            .by_five_tuple(five_tuple)
+            .is_some_and(|allocation| allocation.tcp_connections.is_some())
+        {
+            return Err(Reject::RelayTransportMismatch);
+        }
         let channel = message
             .get(attr::CHANNEL_NUMBER)
             .filter(|v| v.len() == 4)
@@ -540,7 +577,11 @@ impl Core {
             self.counters.count(Reject::PeerRefused);
             return Action::None;
         }
-        let Some(allocation) = self.table.by_five_tuple(five_tuple) else {
+        let Some(allocation) = self
+            .table
+            .by_five_tuple(five_tuple)
+            .filter(|allocation| allocation.tcp_connections.is_none())
+        else {
             self.counters.count(Reject::NoRoute);
             return Action::None;
         };

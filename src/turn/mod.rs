@@ -46,6 +46,7 @@ pub(crate) mod ports;
 mod redirect;
 pub(crate) mod shared;
 pub(crate) mod table;
+pub(crate) mod tcp;
 #[cfg(test)]
 mod tests;
 pub(crate) mod throttle;
@@ -78,4 +79,8 @@ pub(crate) trait RelaySockets {
     /// DF bit goes on what it sends. The error's kind tells a port another
     /// program holds (`AddrInUse`) from other failures.
     fn open(&mut self, id: AllocId, address: SocketAddr, dont_fragment: bool) -> io::Result<()>;
+
+    /// Listens on `address` for peers connecting to TCP allocation `id`
+    /// (RFC 6062); connections out to peers leave from it too.
+    fn open_tcp(&mut self, id: AllocId, address: SocketAddr) -> io::Result<()>;
 }

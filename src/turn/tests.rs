@@ -45,6 +45,10 @@ impl RelaySockets for Sockets {
         self.open.push((id, address));
         Ok(())
     }
+
+    fn open_tcp(&mut self, id: AllocId, address: SocketAddr) -> io::Result<()> {
+        self.open(id, address, false)
+    }
 }
 
 /// Wall-clock seconds at offset zero of every test.

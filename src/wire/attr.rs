@@ -26,6 +26,8 @@ pub(crate) const RESERVATION_TOKEN: u16 = 0x0022;
 const PRIORITY: u16 = 0x0024;
 const USE_CANDIDATE: u16 = 0x0025;
 pub(crate) const PADDING: u16 = 0x0026;
+/// RFC 6062 §6.2.
+pub(crate) const CONNECTION_ID: u16 = 0x002A;
 pub(crate) const RESPONSE_PORT: u16 = 0x0027;
 pub(crate) const ADDITIONAL_ADDRESS_FAMILY: u16 = 0x8000;
 pub(crate) const ADDRESS_ERROR_CODE: u16 = 0x8001;
@@ -77,11 +79,14 @@ pub(crate) fn is_known(kind: u16) -> bool {
             | PRIORITY
             | USE_CANDIDATE
             | PADDING
+            | CONNECTION_ID
     )
 }
 
 /// REQUESTED-TRANSPORT protocol number for UDP (RFC 8656 §18.7).
 pub(crate) const TRANSPORT_UDP: u8 = 17;
+/// REQUESTED-TRANSPORT protocol number for TCP (RFC 6062 §5.1).
+pub(crate) const TRANSPORT_TCP: u8 = 6;
 /// REQUESTED-ADDRESS-FAMILY values (RFC 8656 §18.8).
 pub(crate) const FAMILY_IPV4: u8 = 0x01;
 pub(crate) const FAMILY_IPV6: u8 = 0x02;

@@ -38,6 +38,10 @@ impl Method {
     pub(crate) const DATA: Self = Self(0x007);
     pub(crate) const CREATE_PERMISSION: Self = Self(0x008);
     pub(crate) const CHANNEL_BIND: Self = Self(0x009);
+    /// TCP allocations (RFC 6062 §6.1).
+    pub(crate) const CONNECT: Self = Self(0x00A);
+    pub(crate) const CONNECTION_BIND: Self = Self(0x00B);
+    pub(crate) const CONNECTION_ATTEMPT: Self = Self(0x00C);
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
