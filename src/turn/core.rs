@@ -578,7 +578,15 @@ impl Core {
             (None, None) => return Err(Reject::BadRequest),
         };
         self.credentials
-            .check_nonce(nonce, five_tuple.client, now.unix)?;
+            .check_nonce(nonce, five_tuple.client, now.unix)
+            .or_else(|stale| {
+                // A data connection comes from a new port with the nonce its
+                // control connection was given, as coturn's clients send it.
+                match self.control_client_of(message) {
+                    Some(control) => self.credentials.check_nonce(nonce, control, now.unix),
+                    None => Err(stale),
+                }
+            })?;
         let algorithm = password_algorithm(message)?;
         // Only static users can be found by USERHASH (see CredentialStore).
         let username = username.ok_or(Reject::UnknownUser)?;

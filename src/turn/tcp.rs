@@ -18,7 +18,7 @@ use crate::config::Transport;
 use crate::logging::event;
 use crate::reject::Reject;
 use crate::turn::AllocId;
-use crate::wire::{Class, MAGIC_COOKIE, MessageBuilder, Method, TransactionId, attr};
+use crate::wire::{Class, MAGIC_COOKIE, Message, MessageBuilder, Method, TransactionId, attr};
 
 /// How long a peer connection waits for the client's ConnectionBind
 /// before it is closed (RFC 6062 §5.2, §5.3: 30 seconds).
@@ -305,6 +305,17 @@ impl Core {
         let mut reply = MessageBuilder::reply(out, message, Class::Success);
         finish(&mut reply, message, &user.key);
         Ok(Action::ReplyAndJoinPeer(connection))
+    }
+
+    /// For a ConnectionBind, the client address of the allocation whose
+    /// peer connection it names.
+    pub(super) fn control_client_of(&self, message: &Message<'_>) -> Option<SocketAddr> {
+        if message.method != Method::CONNECTION_BIND {
+            return None;
+        }
+        let connection = message.get(attr::CONNECTION_ID).and_then(attr::u32_value)?;
+        let entry = self.peers.by_id.get(&connection)?;
+        Some(self.table.get(entry.allocation)?.five_tuple.client)
     }
 
     /// A bound or waiting connection closed on the shell's side (the client
