@@ -336,6 +336,29 @@ impl Rig {
                             .route_from_peer(relay, peer, now.instant, data.len());
                         None
                     }
+                    Action::ReplyAndJoinPeer(connection) => {
+                        if let Err(error) = Message::parse(&out) {
+                            panic!("the reply does not parse: {error}");
+                        }
+                        // Half the joined pairs hang up at once.
+                        if connection % 2 == 0 {
+                            self.core.peer_connection_closed(connection);
+                        }
+                        Some(out.clone())
+                    }
+                    Action::ConnectToPeer { connection, .. } => {
+                        // The peer answers at once; every third one refuses.
+                        let connected = connection % 3 != 0;
+                        let mut answer = Vec::new();
+                        self.core
+                            .connect_finished(connection, connected, now.instant, &mut answer);
+                        if !answer.is_empty()
+                            && let Err(error) = Message::parse(&answer)
+                        {
+                            panic!("the Connect answer does not parse: {error}");
+                        }
+                        None
+                    }
                 };
                 self.out = out;
                 reply
@@ -531,7 +554,7 @@ fn cut_in_chunks(stream: &[u8], max_frame: usize, chunks: impl Iterator<Item = u
         rest = after;
         match cut_frames(&buf, max_frame, |frame| {
             frames.push(frame.to_vec());
-            std::ops::ControlFlow::Continue(())
+            ControlFlow::Continue(())
         }) {
             Ok(consumed) => {
                 buf.drain(..consumed);

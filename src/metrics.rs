@@ -345,7 +345,10 @@ mod tests {
             }
         }
         seen.sort_unstable();
-        assert_eq!(seen, vec![0, 1, 2, 3]);
+        assert_eq!(
+            seen,
+            (0..DIRECTIONS.len() * FRAMINGS.len()).collect::<Vec<_>>()
+        );
         for name in [
             "max-connections",
             "max-connections-per-ip",

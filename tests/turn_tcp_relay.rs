@@ -69,7 +69,9 @@ fn assert_uclient_relays_between_tcp_allocations(tls: bool) {
     // Every pair of clients is joined once each way: n(n-1) connections.
     let pairs = usize::try_from(CLIENTS * (CLIENTS - 1)).unwrap();
     assert!(
-        daemon.wait_for_line("connection-joined", Duration::from_secs(5)).is_some(),
+        daemon
+            .wait_for_line("connection-joined", Duration::from_secs(5))
+            .is_some(),
         "no data connection joined; log:\n{}",
         daemon.log()
     );
@@ -179,9 +181,7 @@ fn tcp_transport() -> Box<dyn stun::message::Setter> {
 }
 
 fn connection_id(message: &Message) -> [u8; 4] {
-    let value = message
-        .get(AttrType(CONNECTION_ID))
-        .expect("CONNECTION-ID");
+    let value = message.get(AttrType(CONNECTION_ID)).expect("CONNECTION-ID");
     value.try_into().expect("a 4-byte CONNECTION-ID")
 }
 
@@ -258,7 +258,10 @@ fn a_tcp_allocation_carries_every_byte_to_a_tcp_echo_peer_and_back() {
     let (echo, echo_thread) = echo_peer(2);
     let mut control = StreamSession::open(server);
     let relayed = control.allocate_tcp();
-    assert_eq!(relayed.ip(), "127.0.0.1".parse::<std::net::IpAddr>().unwrap());
+    assert_eq!(
+        relayed.ip(),
+        "127.0.0.1".parse::<std::net::IpAddr>().unwrap()
+    );
 
     let payload: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 251) as u8).collect();
     for round in 0..2 {
@@ -285,7 +288,10 @@ fn a_tcp_allocation_carries_every_byte_to_a_tcp_echo_peer_and_back() {
             }
             false
         };
-        assert!(scrape_until_closed(), "the peer connection ends with its data connection");
+        assert!(
+            scrape_until_closed(),
+            "the peer connection ends with its data connection"
+        );
     }
     echo_thread.join().unwrap();
     let scrape = Scrape::of(&daemon, None);
@@ -321,13 +327,21 @@ fn tcp_allocation_refusals_each_get_their_answer() {
     let closed = TcpListener::bind("127.0.0.1:0").unwrap();
     let closed_port = closed.local_addr().unwrap();
     drop(closed);
-    assert_error(&control.connect_to(closed_port), 447, "Connect to a closed port");
+    assert_error(
+        &control.connect_to(closed_port),
+        447,
+        "Connect to a closed port",
+    );
 
     // The same peer twice: 446; past the cap: 508.
     let (echo, _echo_thread) = echo_peer(2);
     let (other, _other_thread) = echo_peer(1);
     assert_success(&control.connect_to(echo), "first Connect");
-    assert_error(&control.connect_to(echo), 446, "Connect to the same peer again");
+    assert_error(
+        &control.connect_to(echo),
+        446,
+        "Connect to the same peer again",
+    );
     assert_success(&control.connect_to(other), "second Connect");
     let (third, _third_thread) = echo_peer(1);
     assert_error(&control.connect_to(third), 508, "Connect past the cap");
@@ -338,7 +352,11 @@ fn tcp_allocation_refusals_each_get_their_answer() {
     let (mut data, stale) = bind_data_connection(server, &control.nonce, unknown_id);
     let nonce = assert_challenge(&stale, 438, "ConnectionBind naming no connection");
     let unknown = connection_bind(&mut data, &nonce, unknown_id);
-    assert_error(&unknown, 400, "ConnectionBind with an unknown CONNECTION-ID");
+    assert_error(
+        &unknown,
+        400,
+        "ConnectionBind with an unknown CONNECTION-ID",
+    );
 
     // ChannelBind does not fit a TCP allocation: 400.
     let (response, _) = control.request(

@@ -12,8 +12,9 @@ use super::relay_sockets::{PeerStream, RelaySocketTable};
 use super::{Server, State};
 use crate::metrics::{Direction, Framing};
 use crate::turn::AllocId;
+use crate::turn::connections::PeerConnections;
 use crate::turn::core::Core;
-use crate::turn::tcp::{Connected, PeerConnections};
+use crate::turn::tcp::Connected;
 
 /// A peer connection joined to the client's data connection: the peer's
 /// socket, and a signal that fires when the core ends the connection (its

@@ -449,7 +449,10 @@ async fn run_connection<S>(
     };
     outbox.finish();
     if let Some((link, early)) = joined {
-        log::debug!("connection-joined {five_tuple} connection={}", link.connection);
+        log::debug!(
+            "connection-joined {five_tuple} connection={}",
+            link.connection
+        );
         super::tcp_relay::join(server, link, reader, writer, early).await;
         return;
     }

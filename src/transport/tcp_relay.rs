@@ -110,7 +110,14 @@ pub(crate) async fn join<R, W>(
             server.tcp_relayed(connection, Direction::ToPeer, early.len());
         }
         drop(early);
-        copy(server, connection, Direction::ToPeer, &mut reader, &mut peer_writer).await
+        copy(
+            server,
+            connection,
+            Direction::ToPeer,
+            &mut reader,
+            &mut peer_writer,
+        )
+        .await
     };
     let from_peer = copy(
         server,

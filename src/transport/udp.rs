@@ -231,7 +231,8 @@ async fn serve_socket(server: Arc<Server>, listener: Arc<ListenerSocket>) {
                             src_ip,
                         });
                         // Only a stream can be joined to a peer: a UDP ConnectionBind is refused.
-                        let _ = super::handle_message(&server, &five_tuple, datagram, &route, &mut out);
+                        let _ =
+                            super::handle_message(&server, &five_tuple, datagram, &route, &mut out);
                     }
                 }
                 start = end;

@@ -40,6 +40,7 @@
 
 pub(crate) mod allocation;
 pub(crate) mod bandwidth;
+pub(crate) mod connections;
 pub(crate) mod core;
 mod methods;
 pub(crate) mod ports;

@@ -9,106 +9,16 @@
 //! two sockets on [`Action::ReplyAndJoinPeer`], and closes the ones the core
 //! reports ended ([`Core::take_ended_connections`]).
 
-use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use super::connections::{BIND_WAIT, DeferredReply, Stage};
 use super::core::{Action, Core, Request, finish, finish_as, peer_address};
 use crate::config::Transport;
 use crate::logging::event;
 use crate::reject::Reject;
 use crate::turn::AllocId;
 use crate::wire::{Class, MAGIC_COOKIE, Message, MessageBuilder, Method, TransactionId, attr};
-
-/// How long a peer connection waits for the client's ConnectionBind
-/// before it is closed (RFC 6062 §5.2, §5.3: 30 seconds).
-pub(crate) const BIND_WAIT: Duration = Duration::from_secs(30);
-
-/// How the response to a Connect is signed, kept while the connection is made.
-#[derive(Debug, Clone, Copy)]
-struct DeferredReply {
-    transaction: TransactionId,
-    sha256: bool,
-    fingerprint: bool,
-}
-
-#[derive(Debug)]
-enum Stage {
-    /// Connect asked for it; the shell is connecting.
-    Connecting(DeferredReply),
-    /// Connected (either way); the client's ConnectionBind is due by then.
-    AwaitingBind(Instant),
-    /// Joined to the client's data connection.
-    Bound,
-}
-
-#[derive(Debug)]
-struct PeerConnection {
-    allocation: AllocId,
-    peer: SocketAddr,
-    stage: Stage,
-}
-
-/// One shard's peer connections. Ids name their shard as allocation ids do,
-/// so a ConnectionBind on another connection finds its way here.
-#[derive(Debug, Default)]
-pub(crate) struct PeerConnections {
-    by_id: HashMap<u32, PeerConnection>,
-    next: u64,
-    shard: u64,
-    stride: u64,
-    /// When each wait for ConnectionBind ends, oldest first (every wait is
-    /// [`BIND_WAIT`] long, so this is in order).
-    bind_deadlines: VecDeque<(Instant, u32)>,
-    /// Ended by the core (allocation gone, bind too late): the shell closes them.
-    ended: Vec<u32>,
-}
-
-impl PeerConnections {
-    pub(crate) fn new(shard: u64, shards: u64) -> Self {
-        Self {
-            shard,
-            stride: shards.max(1),
-            ..Self::default()
-        }
-    }
-
-    fn add(&mut self, allocation: AllocId, peer: SocketAddr, stage: Stage) -> u32 {
-        loop {
-            let id = self.next * self.stride + self.shard;
-            self.next += 1;
-            let Ok(id) = u32::try_from(id) else {
-                // Past u32: start over, skipping ids still in use.
-                self.next = 0;
-                continue;
-            };
-            if self.by_id.contains_key(&id) {
-                continue;
-            }
-            self.by_id.insert(
-                id,
-                PeerConnection {
-                    allocation,
-                    peer,
-                    stage,
-                },
-            );
-            return id;
-        }
-    }
-
-    fn await_bind(&mut self, id: u32, now: Instant) {
-        if let Some(connection) = self.by_id.get_mut(&id) {
-            connection.stage = Stage::AwaitingBind(now + BIND_WAIT);
-            self.bind_deadlines.push_back((now + BIND_WAIT, id));
-        }
-    }
-
-    /// The shard of the connection a CONNECTION-ID names.
-    pub(crate) fn shard_of(id: u32, shards: usize) -> usize {
-        id as usize % shards.max(1)
-    }
-}
 
 /// What became of a Connect once the shell tried the peer.
 #[derive(Debug, PartialEq, Eq)]
@@ -244,8 +154,12 @@ impl Core {
             },
         };
         let relayed = refused.inspect_err(|&reject| self.counters.count(reject))?;
-        let connection = self.peers.add(id, peer, Stage::AwaitingBind(now + BIND_WAIT));
-        self.peers.bind_deadlines.push_back((now + BIND_WAIT, connection));
+        let connection = self
+            .peers
+            .add(id, peer, Stage::AwaitingBind(now + BIND_WAIT));
+        self.peers
+            .bind_deadlines
+            .push_back((now + BIND_WAIT, connection));
         self.attach(id, peer, connection);
         let mut transaction = [0u8; 16];
         transaction[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
@@ -356,11 +270,9 @@ impl Core {
                 break;
             }
             self.peers.bind_deadlines.pop_front();
-            let late = self
-                .peers
-                .by_id
-                .get(&connection)
-                .is_some_and(|entry| matches!(entry.stage, Stage::AwaitingBind(until) if until <= now));
+            let late = self.peers.by_id.get(&connection).is_some_and(
+                |entry| matches!(entry.stage, Stage::AwaitingBind(until) if until <= now),
+            );
             if late {
                 self.counters.count(Reject::ConnectionBindTimeout);
                 self.forget(connection);

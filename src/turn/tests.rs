@@ -12,6 +12,7 @@ mod expiry;
 mod integrity;
 mod malformed;
 mod peers;
+mod tcp;
 mod throttle;
 
 use std::collections::HashSet;
@@ -121,6 +122,12 @@ enum Outcome {
         from: SocketAddr,
         to: SocketAddr,
     },
+    ConnectToPeer {
+        connection: u32,
+        from: SocketAddr,
+        peer: SocketAddr,
+    },
+    Joined(u32),
 }
 
 impl From<Action<'_>> for Outcome {
@@ -135,6 +142,16 @@ impl From<Action<'_>> for Outcome {
                 peer,
                 data: data.to_vec(),
             },
+            Action::ConnectToPeer {
+                connection,
+                from,
+                peer,
+            } => Self::ConnectToPeer {
+                connection,
+                from,
+                peer,
+            },
+            Action::ReplyAndJoinPeer(connection) => Self::Joined(connection),
         }
     }
 }

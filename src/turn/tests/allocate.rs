@@ -76,13 +76,13 @@ fn allocate_without_requested_transport_or_with_a_short_one_gets_400() {
 }
 
 #[test]
-fn requested_transport_tcp_gets_442() {
+fn requested_transport_other_than_udp_or_tcp_gets_442() {
     let mut harness = Harness::new();
-    const TCP: u8 = 6;
+    const SCTP: u8 = 132;
     let reply = harness.call(&alice(), harness.at(0), Method::ALLOCATE, |b| {
-        b.add(attr::REQUESTED_TRANSPORT, &[TCP, 0, 0, 0]);
+        b.add(attr::REQUESTED_TRANSPORT, &[SCTP, 0, 0, 0]);
     });
-    reply.assert_error(442, "Allocate for TCP");
+    reply.assert_error(442, "Allocate for SCTP");
     assert!(
         reply.message().integrity_matches(alice().key.as_bytes()),
         "signed"

@@ -218,6 +218,11 @@ impl Sweep {
                 assert_eq!(message.method, Method::SEND);
                 assert_eq!(self.live.get(&sender.five_tuple), Some(&relay));
             }
+            Outcome::ConnectToPeer { .. } => {
+                assert_eq!(message.method, Method::CONNECT);
+                assert!(out.is_empty(), "Connect is answered when the peer has");
+            }
+            Outcome::Joined(_) => assert_eq!(message.method, Method::CONNECTION_BIND),
         }
         self.check_table();
     }
