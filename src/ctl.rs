@@ -299,6 +299,13 @@ fn allocation_table(list: &Value) -> String {
     }
     let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
     let traffic = |v: &Value| format!("{}B/{}p", v["bytes"], v["packets"]);
+    // Both relays of a dual-stack allocation; a daemon without the list has one.
+    let relayed = |row: &Value| match row["relayed_addresses"].as_array() {
+        Some(addresses) if !addresses.is_empty() => {
+            addresses.iter().map(text).collect::<Vec<_>>().join(",")
+        }
+        _ => text(&row["relayed"]),
+    };
     let mut table = vec![
         [
             "USER",
@@ -316,7 +323,7 @@ fn allocation_table(list: &Value) -> String {
             text(&row["user"]),
             text(&row["transport"]),
             text(&row["client"]),
-            text(&row["relayed"]),
+            relayed(row),
             format!("{}s", row["age_seconds"]),
             traffic(&row["to_peer"]),
             traffic(&row["from_peer"]),

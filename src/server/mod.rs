@@ -83,6 +83,9 @@ impl Drop for CoreGuard<'_> {
         for id in state.core.take_ended() {
             state.sockets.close(id);
         }
+        for (id, ipv6) in state.core.take_ended_relays() {
+            state.sockets.close_one(id, ipv6);
+        }
     }
 }
 
@@ -98,8 +101,9 @@ pub(crate) struct ChannelFrame {
 /// Reused from batch to batch by one listener task: where each frame goes.
 #[derive(Debug, Default)]
 pub(crate) struct PeerSends {
-    /// The relay sockets this batch sends from, each once.
-    sockets: Vec<(AllocId, Arc<RelaySocket>)>,
+    /// The relay sockets this batch sends from, each once, by allocation
+    /// and family (true for IPv6).
+    sockets: Vec<(AllocId, bool, Arc<RelaySocket>)>,
     /// (index into `sockets`, peer, index of the frame).
     routed: Vec<(usize, SocketAddr, usize)>,
     run: Run,
@@ -115,8 +119,9 @@ pub(crate) enum Handled {
         from: SocketAddr,
         to: SocketAddr,
     },
-    /// Send the reply, then serve the new relay socket of allocation `AllocId`.
-    ReplyAndServeRelay(AllocId, RelayReceiver),
+    /// Send the reply, then serve the new relay sockets of allocation
+    /// `AllocId` (two for a dual-stack allocation).
+    ReplyAndServeRelay(AllocId, Vec<RelayReceiver>),
 }
 
 impl Server {
@@ -293,7 +298,7 @@ impl Server {
                         frame.data.len(),
                     )
                     .ok()
-                    .and_then(|(id, peer)| Some((sockets.get(id)?.clone(), peer)))
+                    .and_then(|(id, peer)| Some((sockets.get(id, peer)?.clone(), peer)))
                 };
                 if let Some((socket, peer)) = route {
                     self.metrics
@@ -345,16 +350,17 @@ impl Server {
                 self.metrics.binding_answered(five_tuple.transport);
                 Handled::ReplyVia { from, to }
             }
-            Action::ReplyAndStartRelay(id) => match sockets.take_receiver(id) {
-                Some(receiver) => {
-                    drop(guard);
-                    self.metrics.allocation_created(five_tuple.transport);
-                    Handled::ReplyAndServeRelay(id, receiver)
+            Action::ReplyAndStartRelay(id) => {
+                let receivers = sockets.take_receivers(id);
+                if receivers.is_empty() {
+                    return Handled::Reply;
                 }
-                None => Handled::Reply,
-            },
+                drop(guard);
+                self.metrics.allocation_created(five_tuple.transport);
+                Handled::ReplyAndServeRelay(id, receivers)
+            }
             Action::ToPeer { relay, peer, data } => {
-                let Some(socket) = sockets.get(relay).cloned() else {
+                let Some(socket) = sockets.get(relay, peer).cloned() else {
                     return Handled::Nothing;
                 };
                 drop(guard);
@@ -421,13 +427,17 @@ impl Server {
                         continue;
                     }
                 };
-                let slot = match used.iter().position(|(used_id, _)| *used_id == id) {
+                let ipv6 = peer.is_ipv6();
+                let slot = match used
+                    .iter()
+                    .position(|(used_id, used_ipv6, _)| *used_id == id && *used_ipv6 == ipv6)
+                {
                     Some(slot) => slot,
                     None => {
-                        let Some(socket) = sockets.get(id) else {
+                        let Some(socket) = sockets.get(id, peer) else {
                             continue;
                         };
-                        used.push((id, socket.clone()));
+                        used.push((id, ipv6, socket.clone()));
                         used.len() - 1
                     }
                 };
@@ -451,7 +461,7 @@ impl Server {
                 run.push(data);
                 end += 1;
             }
-            let socket = &used[slot].1;
+            let socket = &used[slot].2;
             run.send(socket, peer, None);
             start = end;
         }
