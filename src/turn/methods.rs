@@ -40,6 +40,11 @@ struct RelayPort {
     reserve_next: bool,
 }
 
+/// Whether EVEN-PORT asks to hold the next port too (its R bit).
+fn reserves_next(even_port: Option<&[u8]>) -> bool {
+    even_port.is_some_and(|v| v.first().is_some_and(|b| b & 0x80 != 0))
+}
+
 /// The address a relay on `endpoint` is advertised as: the configured
 /// external address, else the bound one, else (bound to a wildcard) the
 /// address the client reached when it is of the relay's family.
@@ -100,6 +105,11 @@ impl Core {
         if additional.is_some()
             && (family.is_some() || additional != Some(&[attr::FAMILY_IPV6, 0, 0, 0][..]))
         {
+            return Err(Reject::BadRequest);
+        }
+        // §7.2 step 8: a port held for a sibling and a dual-stack allocation
+        // do not go together.
+        if reserves_next(even_port) && additional.is_some() {
             return Err(Reject::BadRequest);
         }
         let dont_fragment = message.get(attr::DONT_FRAGMENT).is_some();
@@ -204,7 +214,7 @@ impl Core {
             }
         };
 
-        let reserve_next = even_port.is_some_and(|v| v.first().is_some_and(|b| b & 0x80 != 0));
+        let reserve_next = reserves_next(even_port);
         let id = self.table.next_id();
         let bound_port = self.open_relay(
             sockets,

@@ -2,7 +2,7 @@
 //!
 //! Implemented: Allocate (§7.2; REQUESTED-TRANSPORT UDP, REQUESTED-ADDRESS-FAMILY,
 //! ADDITIONAL-ADDRESS-FAMILY, DONT-FRAGMENT, EVEN-PORT with RESERVATION-TOKEN),
-//! Refresh (§7.3, per family on a dual-stack allocation),
+//! Refresh (§8, per family on a dual-stack allocation),
 //! CreatePermission (§9, several peers at once), ChannelBind (§11, channels
 //! 0x4000–0x7FFF as RFC 5766 allowed, or only 0x4000–0x4FFF as §12 requires),
 //! Send and Data indications (§10), ChannelData both ways (§12.4),
@@ -31,7 +31,8 @@
 //!   (IPv4 first), both ports from the pool, one allocation in the quotas.
 //!   Without an IPv6 relay address it gets its IPv4 relay and
 //!   ADDRESS-ERROR-CODE 440 for IPv6, 508 when no port is left for it.
-//!   EVEN-PORT applies to the IPv4 relay. Peers of either family are
+//!   EVEN-PORT applies to the IPv4 relay; with its R bit set the request
+//!   gets 400 (§7.2 step 8). Peers of either family are
 //!   allowed on it (443 stays for a single-family allocation), and data to a
 //!   peer leaves from the relay of its family. A Refresh with
 //!   REQUESTED-ADDRESS-FAMILY refreshes or deletes that family's relay only

@@ -338,3 +338,30 @@ fn a_refresh_without_a_family_extends_both_relays() {
     assert_eq!(harness.core.take_ended(), vec![id]);
     assert!(harness.core.take_ended_relays().is_empty());
 }
+
+#[test]
+fn even_port_applies_to_the_ipv4_relay_and_its_r_bit_gets_400() {
+    let mut harness = Harness::dual_stack("");
+    let now = harness.at(0);
+    let reply = harness.call(&alice(), now, Method::ALLOCATE, |b| {
+        udp_transport(b);
+        b.add(attr::EVEN_PORT, &[0x00])
+            .add(attr::ADDITIONAL_ADDRESS_FAMILY, &IPV6);
+    });
+    reply.started();
+    let relayed = reply.relayed();
+    assert_eq!(relayed.len(), 2);
+    assert_eq!(relayed[0].port() % 2, 0, "an even IPv4 port");
+    // RFC 8656 §7.2 step 8: no port held for a sibling of a dual-stack allocation.
+    harness
+        .call(&bob(), now, Method::ALLOCATE, |b| {
+            udp_transport(b);
+            b.add(attr::EVEN_PORT, &[0x80])
+                .add(attr::ADDITIONAL_ADDRESS_FAMILY, &IPV6);
+        })
+        .assert_error(
+            400,
+            "EVEN-PORT with the R bit and ADDITIONAL-ADDRESS-FAMILY",
+        );
+    assert_eq!(harness.core.allocation_count(), 1);
+}
