@@ -514,6 +514,30 @@ mod tests {
     }
 
     #[test]
+    fn allocations_show_both_relays_of_a_dual_stack_one() {
+        let traffic = serde_json::json!({ "bytes": 0, "packets": 0 });
+        let list = serde_json::json!([
+            {
+                "user": "alice", "transport": "udp", "client": "127.0.0.1:5000",
+                "relayed": "127.0.0.1:50000",
+                "relayed_addresses": ["127.0.0.1:50000", "[::1]:50001"],
+                "age_seconds": 3, "to_peer": traffic, "from_peer": traffic,
+            },
+            {
+                "user": "bob", "transport": "udp", "client": "127.0.0.1:5001",
+                "relayed": "127.0.0.1:50002",
+                "age_seconds": 4, "to_peer": traffic, "from_peer": traffic,
+            },
+        ]);
+        let table = allocation_table(&list);
+        assert!(table.contains(" 127.0.0.1:50000,[::1]:50001 "), "{table}");
+        assert!(
+            table.contains(" 127.0.0.1:50002 "),
+            "an older daemon's listing: {table}"
+        );
+    }
+
+    #[test]
     fn query_values_are_percent_encoded() {
         assert_eq!(encode("alice"), "alice");
         assert_eq!(encode("a b&c:d"), "a%20b%26c%3Ad");
