@@ -41,7 +41,8 @@ pub(crate) enum Action<'a> {
     /// Send `out` from the UDP listener at `from` to `to` (a Binding answered
     /// for NAT behaviour discovery, RFC 5780).
     ReplyVia { from: SocketAddr, to: SocketAddr },
-    /// Send `out` back and start receiving on the relay socket opened for `AllocId`.
+    /// Send `out` back and start receiving on the relay sockets opened for
+    /// `AllocId` (two for a dual-stack allocation).
     ReplyAndStartRelay(AllocId),
     /// Send `data` to `peer` from the relay socket of allocation `relay`.
     ToPeer {
