@@ -299,6 +299,13 @@ fn allocation_table(list: &Value) -> String {
     }
     let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
     let traffic = |v: &Value| format!("{}B/{}p", v["bytes"], v["packets"]);
+    // Both relays of a dual-stack allocation; a daemon without the list has one.
+    let relayed = |row: &Value| match row["relayed_addresses"].as_array() {
+        Some(addresses) if !addresses.is_empty() => {
+            addresses.iter().map(text).collect::<Vec<_>>().join(",")
+        }
+        _ => text(&row["relayed"]),
+    };
     let mut table = vec![
         [
             "USER",
@@ -316,7 +323,7 @@ fn allocation_table(list: &Value) -> String {
             text(&row["user"]),
             text(&row["transport"]),
             text(&row["client"]),
-            text(&row["relayed"]),
+            relayed(row),
             format!("{}s", row["age_seconds"]),
             traffic(&row["to_peer"]),
             traffic(&row["from_peer"]),
@@ -504,6 +511,30 @@ mod tests {
              bob    2027-01-15T09:00:00Z  2027-01-15T08:00:00Z\n"
         );
         assert_eq!(ban_table(&serde_json::json!([])), "no bans\n");
+    }
+
+    #[test]
+    fn allocations_show_both_relays_of_a_dual_stack_one() {
+        let traffic = serde_json::json!({ "bytes": 0, "packets": 0 });
+        let list = serde_json::json!([
+            {
+                "user": "alice", "transport": "udp", "client": "127.0.0.1:5000",
+                "relayed": "127.0.0.1:50000",
+                "relayed_addresses": ["127.0.0.1:50000", "[::1]:50001"],
+                "age_seconds": 3, "to_peer": traffic, "from_peer": traffic,
+            },
+            {
+                "user": "bob", "transport": "udp", "client": "127.0.0.1:5001",
+                "relayed": "127.0.0.1:50002",
+                "age_seconds": 4, "to_peer": traffic, "from_peer": traffic,
+            },
+        ]);
+        let table = allocation_table(&list);
+        assert!(table.contains(" 127.0.0.1:50000,[::1]:50001 "), "{table}");
+        assert!(
+            table.contains(" 127.0.0.1:50002 "),
+            "an older daemon's listing: {table}"
+        );
     }
 
     #[test]

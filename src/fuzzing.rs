@@ -245,8 +245,10 @@ impl Rig {
             self.elapsed += secs;
             self.core.handle_timeout(self.now().instant);
         }
-        // The shell closes the sockets of ended allocations; here they are forgotten.
+        // The shell closes the sockets of ended allocations (and of ended
+        // relays of dual-stack ones); here they are forgotten.
         self.core.take_ended();
+        self.core.take_ended_relays();
     }
 
     /// `message` rebuilt as `client` signs it, with a nonce valid now:

@@ -313,10 +313,15 @@ fn describe(allocation: &Allocation) -> Value {
         "client": five_tuple.client.to_string(),
         "server": five_tuple.server.to_string(),
         "relayed": allocation.relayed.to_string(),
+        // Both relays of a dual-stack allocation, IPv4 first; one otherwise.
+        "relayed_addresses": allocation
+            .relayed_addresses()
+            .map(|address| address.to_string())
+            .collect::<Vec<_>>(),
         "user": allocation.username,
         "age_seconds": allocation.created.elapsed().as_secs(),
         "expires_in_seconds": allocation
-            .expires
+            .ends()
             .saturating_duration_since(Instant::now())
             .as_secs(),
         "to_peer": traffic(allocation.to_peer),

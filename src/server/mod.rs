@@ -86,6 +86,9 @@ impl Drop for CoreGuard<'_> {
         for id in state.core.take_ended() {
             state.sockets.close(id);
         }
+        for (id, ipv6) in state.core.take_ended_relays() {
+            state.sockets.close_one(id, ipv6);
+        }
         for connection in state.core.take_ended_connections() {
             state.sockets.close_peer(connection);
         }
@@ -104,8 +107,9 @@ pub(crate) struct ChannelFrame {
 /// Reused from batch to batch by one listener task: where each frame goes.
 #[derive(Debug, Default)]
 pub(crate) struct PeerSends {
-    /// The relay sockets this batch sends from, each once.
-    sockets: Vec<(AllocId, Arc<RelaySocket>)>,
+    /// The relay sockets this batch sends from, each once, by allocation
+    /// and family (true for IPv6).
+    sockets: Vec<(AllocId, bool, Arc<RelaySocket>)>,
     /// (index into `sockets`, peer, index of the frame).
     routed: Vec<(usize, SocketAddr, usize)>,
     run: Run,
@@ -121,8 +125,9 @@ pub(crate) enum Handled {
         from: SocketAddr,
         to: SocketAddr,
     },
-    /// Send the reply, then serve the new relay socket of allocation `AllocId`.
-    ReplyAndServeRelay(AllocId, RelayReceiver),
+    /// Send the reply, then serve the new relay sockets of allocation
+    /// `AllocId` (two for a dual-stack allocation).
+    ReplyAndServeRelay(AllocId, Vec<RelayReceiver>),
     /// Send the reply, then accept peers on TCP allocation `AllocId`'s relay address.
     ReplyAndServeTcpRelay(AllocId, TcpRelayReceiver),
     /// Connect from `from` to `peer` for peer connection `connection`, then
@@ -329,7 +334,7 @@ impl Server {
                         frame.data.len(),
                     )
                     .ok()
-                    .and_then(|(id, peer)| Some((sockets.get(id)?.clone(), peer)))
+                    .and_then(|(id, peer)| Some((sockets.get(id, peer)?.clone(), peer)))
                 };
                 if let Some((socket, peer)) = route {
                     self.metrics
@@ -382,8 +387,9 @@ impl Server {
                 Handled::ReplyVia { from, to }
             }
             Action::ReplyAndStartRelay(id) => {
-                let handled = if let Some(receiver) = sockets.take_receiver(id) {
-                    Handled::ReplyAndServeRelay(id, receiver)
+                let receivers = sockets.take_receivers(id);
+                let handled = if !receivers.is_empty() {
+                    Handled::ReplyAndServeRelay(id, receivers)
                 } else if let Some(receiver) = sockets.take_tcp_receiver(id) {
                     Handled::ReplyAndServeTcpRelay(id, receiver)
                 } else {
@@ -407,7 +413,7 @@ impl Server {
                 None => Handled::Reply,
             },
             Action::ToPeer { relay, peer, data } => {
-                let Some(socket) = sockets.get(relay).cloned() else {
+                let Some(socket) = sockets.get(relay, peer).cloned() else {
                     return Handled::Nothing;
                 };
                 drop(guard);
@@ -474,13 +480,17 @@ impl Server {
                         continue;
                     }
                 };
-                let slot = match used.iter().position(|(used_id, _)| *used_id == id) {
+                let ipv6 = peer.is_ipv6();
+                let slot = match used
+                    .iter()
+                    .position(|(used_id, used_ipv6, _)| *used_id == id && *used_ipv6 == ipv6)
+                {
                     Some(slot) => slot,
                     None => {
-                        let Some(socket) = sockets.get(id) else {
+                        let Some(socket) = sockets.get(id, peer) else {
                             continue;
                         };
-                        used.push((id, socket.clone()));
+                        used.push((id, ipv6, socket.clone()));
                         used.len() - 1
                     }
                 };
@@ -504,7 +514,7 @@ impl Server {
                 run.push(data);
                 end += 1;
             }
-            let socket = &used[slot].1;
+            let socket = &used[slot].2;
             run.send(socket, peer, None);
             start = end;
         }

@@ -1,7 +1,8 @@
-//! Relay sockets: one UDP socket per allocation (a listening TCP socket for
-//! a TCP allocation), bound in the configured port range and named by the
-//! allocation's id, opened when the core asks and closed when it reports
-//! the allocation ended; and the sockets of TCP allocations' peer
+//! Relay sockets: one UDP socket per allocation (two for a dual-stack one,
+//! IPv4 and IPv6; a listening TCP socket for a TCP allocation), bound in
+//! the configured port range and named by the allocation's id, opened when
+//! the core asks and closed when it reports the allocation (or one relay
+//! of a dual-stack one) ended; and the sockets of TCP allocations' peer
 //! connections, named by CONNECTION-ID.
 
 use std::collections::HashMap;
@@ -33,6 +34,9 @@ struct OpenRelay {
     _ended: oneshot::Sender<()>,
     /// Held until the shell starts the receive task.
     receiver: Option<RelayReceiver>,
+    ipv6: bool,
+    /// The other family's socket of a dual-stack allocation.
+    second: Option<Box<OpenRelay>>,
 }
 
 /// What serves a TCP allocation's relay address: the listening socket,
@@ -81,14 +85,26 @@ impl RelaySocketTable {
         }
     }
 
-    /// The socket that sends for allocation `id`.
-    pub(crate) fn get(&self, id: AllocId) -> Option<&Arc<RelaySocket>> {
-        self.sockets.get(&id).map(|relay| &relay.socket)
+    /// The socket that sends for allocation `id` to `peer`: the one of the
+    /// peer's family when the allocation has relays of both.
+    pub(crate) fn get(&self, id: AllocId, peer: SocketAddr) -> Option<&Arc<RelaySocket>> {
+        let relay = self.sockets.get(&id)?;
+        match &relay.second {
+            Some(second) if second.ipv6 == peer.is_ipv6() => Some(&second.socket),
+            _ => Some(&relay.socket),
+        }
     }
 
-    /// The receive side of a socket just opened, once.
-    pub(crate) fn take_receiver(&mut self, id: AllocId) -> Option<RelayReceiver> {
-        self.sockets.get_mut(&id)?.receiver.take()
+    /// The receive sides of the sockets just opened for `id`, once.
+    pub(crate) fn take_receivers(&mut self, id: AllocId) -> Vec<RelayReceiver> {
+        let Some(relay) = self.sockets.get_mut(&id) else {
+            return Vec::new();
+        };
+        let second = relay
+            .second
+            .as_mut()
+            .and_then(|second| second.receiver.take());
+        relay.receiver.take().into_iter().chain(second).collect()
     }
 
     /// The listening side of a TCP relay just opened, once.
@@ -110,23 +126,44 @@ impl RelaySocketTable {
             shrink_if_sparse(&mut self.peers);
         }
     }
+
+    /// Closes the socket of family `ipv6` of dual-stack allocation `id`,
+    /// which keeps its other one.
+    pub(crate) fn close_one(&mut self, id: AllocId, ipv6: bool) {
+        let Some(relay) = self.sockets.get_mut(&id) else {
+            return;
+        };
+        match relay.second.take() {
+            Some(second) if relay.ipv6 == ipv6 => *relay = *second,
+            Some(second) if second.ipv6 != ipv6 => relay.second = Some(second),
+            Some(_) => {}
+            None if relay.ipv6 == ipv6 => self.close(id),
+            None => {}
+        }
+    }
 }
 
 impl RelaySockets for RelaySocketTable {
     fn open(&mut self, id: AllocId, address: SocketAddr, dont_fragment: bool) -> io::Result<()> {
         let socket = Arc::new(bind(address, dont_fragment, self.receive_buffer)?);
         let (ended_tx, ended_rx) = oneshot::channel();
-        self.sockets.insert(
-            id,
-            OpenRelay {
-                socket: socket.clone(),
-                _ended: ended_tx,
-                receiver: Some(RelayReceiver {
-                    socket,
-                    ended: ended_rx,
-                }),
-            },
-        );
+        let relay = OpenRelay {
+            socket: socket.clone(),
+            _ended: ended_tx,
+            receiver: Some(RelayReceiver {
+                socket,
+                ended: ended_rx,
+            }),
+            ipv6: address.is_ipv6(),
+            second: None,
+        };
+        // A dual-stack allocation's second relay joins its first.
+        match self.sockets.get_mut(&id) {
+            Some(first) => first.second = Some(Box::new(relay)),
+            None => {
+                self.sockets.insert(id, relay);
+            }
+        }
         Ok(())
     }
 

@@ -31,9 +31,11 @@ pub(crate) fn handle_message(
         Handled::Nothing => {}
         Handled::Reply => route.send(out),
         Handled::ReplyVia { from, to } => udp::send_via(from, to, out),
-        Handled::ReplyAndServeRelay(id, receiver) => {
+        Handled::ReplyAndServeRelay(id, receivers) => {
             route.send(out);
-            tokio::spawn(relay::run(server.clone(), id, receiver, route.clone()));
+            for receiver in receivers {
+                tokio::spawn(relay::run(server.clone(), id, receiver, route.clone()));
+            }
         }
         Handled::ReplyAndServeTcpRelay(id, receiver) => {
             route.send(out);

@@ -39,6 +39,39 @@ impl Traffic {
     }
 }
 
+/// The IPv6 relay of a dual-stack allocation (RFC 8656 §7.2), besides the
+/// IPv4 one in [`Allocation::bound`] and [`Allocation::relayed`]. It has
+/// its own lifetime: a Refresh may name one family (RFC 8656 §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SecondRelay {
+    pub(crate) bound: SocketAddr,
+    pub(crate) relayed: SocketAddr,
+    pub(crate) expires: Instant,
+}
+
+/// An allocation's relayed addresses, displayed comma-separated.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Relays(SocketAddr, Option<SocketAddr>);
+
+impl Relays {
+    /// Whether one of the relays is of `peer`'s family.
+    pub(crate) fn reach(self, peer: SocketAddr) -> bool {
+        self.0.is_ipv4() == peer.is_ipv4()
+            || self
+                .1
+                .is_some_and(|second| second.is_ipv4() == peer.is_ipv4())
+    }
+}
+
+impl std::fmt::Display for Relays {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.1 {
+            Some(second) => write!(f, "{},{second}", self.0),
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Allocation {
     pub(crate) id: AllocId,
@@ -51,9 +84,12 @@ pub(crate) struct Allocation {
     pub(crate) bound: SocketAddr,
     /// The address clients and peers are told (may differ from the bound one behind NAT).
     pub(crate) relayed: SocketAddr,
+    /// The IPv6 relay of a dual-stack allocation.
+    pub(crate) second: Option<SecondRelay>,
     pub(crate) created: Instant,
-    /// Set through `AllocationTable::set_expires`, which keeps the expiry
-    /// timer informed.
+    /// When the relay above ends (the whole allocation, unless it has a
+    /// second relay). Set through `AllocationTable::set_expires`, which
+    /// keeps the expiry timer informed.
     pub(crate) expires: Instant,
     /// The key of this allocation's entry in the table's expiry schedule:
     /// at or before its earliest deadline.
@@ -103,6 +139,7 @@ impl Allocation {
             key,
             bound,
             relayed,
+            second: None,
             created: now,
             expires,
             wake_at: expires,
@@ -117,6 +154,23 @@ impl Allocation {
             bandwidth: Cells::default(),
             user_bandwidth: Arc::default(),
         }
+    }
+
+    /// Every relayed address, the first relay's first.
+    pub(crate) fn relayed_addresses(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        std::iter::once(self.relayed).chain(self.second.map(|second| second.relayed))
+    }
+
+    /// The relayed addresses for logs and listings: one, or IPv4 and IPv6
+    /// separated by a comma.
+    pub(crate) fn relays(&self) -> Relays {
+        Relays(self.relayed, self.second.map(|second| second.relayed))
+    }
+
+    /// When the allocation ends: when its last relay does.
+    pub(crate) fn ends(&self) -> Instant {
+        self.second
+            .map_or(self.expires, |second| second.expires.max(self.expires))
     }
 
     pub(crate) fn permit(&mut self, peer: IpAddr, until: Instant) {
@@ -302,7 +356,8 @@ impl Allocation {
     pub(crate) fn next_expiry(&self) -> Instant {
         let permission = self.permissions.values().copied().min();
         let channel = self.channels.values().map(|c| c.expires).min();
-        [Some(self.expires), permission, channel]
+        let second = self.second.map(|second| second.expires);
+        [Some(self.expires), second, permission, channel]
             .into_iter()
             .flatten()
             .min()

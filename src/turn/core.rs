@@ -42,7 +42,8 @@ pub(crate) enum Action<'a> {
     /// Send `out` from the UDP listener at `from` to `to` (a Binding answered
     /// for NAT behaviour discovery, RFC 5780).
     ReplyVia { from: SocketAddr, to: SocketAddr },
-    /// Send `out` back and start receiving on the relay socket opened for `AllocId`.
+    /// Send `out` back and start receiving on the relay sockets opened for
+    /// `AllocId` (two for a dual-stack allocation).
     ReplyAndStartRelay(AllocId),
     /// Send `data` to `peer` from the relay socket of allocation `relay`.
     ToPeer {
@@ -158,6 +159,9 @@ pub(crate) struct Core {
     pub(super) counters: Arc<RejectCounters>,
     /// Allocations ended since the shell last asked: their sockets go.
     pub(super) ended: Vec<AllocId>,
+    /// One relay of a dual-stack allocation that lives on, ended since the
+    /// shell last asked (true for IPv6): its socket goes.
+    pub(super) ended_relays: Vec<(AllocId, bool)>,
     /// The UDP listeners' bound addresses: never a peer, whatever the
     /// policy allows, so no allocation relays into icegate itself.
     own_listeners: Vec<SocketAddr>,
@@ -191,6 +195,7 @@ impl Core {
             shared,
             counters,
             ended: Vec::new(),
+            ended_relays: Vec::new(),
             own_listeners: Vec::new(),
             redirect: Redirect::new(&relay.alternates),
             discovery: discovery_of(config),
@@ -247,7 +252,7 @@ impl Core {
                     info,
                     "peers-refused-on-reload",
                     user = allocation.username,
-                    relay = allocation.relayed,
+                    relay = allocation.relays(),
                     permissions = permissions,
                     channels = channels
                 );
@@ -307,6 +312,13 @@ impl Core {
     /// The allocations ended since the last call: the shell closes their sockets.
     pub(crate) fn take_ended(&mut self) -> Vec<AllocId> {
         std::mem::take(&mut self.ended)
+    }
+
+    /// The relays of dual-stack allocations ended since the last call,
+    /// (allocation, true for IPv6), the allocations living on: the shell
+    /// closes their sockets.
+    pub(crate) fn take_ended_relays(&mut self) -> Vec<(AllocId, bool)> {
+        std::mem::take(&mut self.ended_relays)
     }
 
     /// Handles one STUN message from `five_tuple`; a reply goes into `out`.
@@ -708,12 +720,23 @@ impl Core {
                 .table
                 .get_mut(id)
                 .expect("the schedule holds live allocations only");
-            if allocation.expires <= now {
+            if allocation.ends() <= now {
                 self.remove(id, "allocation-expired", now);
-            } else {
-                allocation.expire(now);
-                self.table.reschedule(id);
+                continue;
             }
+            // One relay of a dual-stack allocation has run out, the other not.
+            let lapsed = match allocation.second {
+                Some(second) if second.expires <= now => Some(second.relayed.is_ipv6()),
+                Some(_) if allocation.expires <= now => Some(allocation.relayed.is_ipv6()),
+                _ => None,
+            };
+            if let Some(ipv6) = lapsed {
+                self.end_relay(id, ipv6, "relay-expired");
+            }
+            if let Some(allocation) = self.table.get_mut(id) {
+                allocation.expire(now);
+            }
+            self.table.reschedule(id);
         }
         visited
     }
@@ -728,6 +751,9 @@ impl Core {
         }
         self.shared
             .leave(&allocation.owner, Some(allocation.bound.port()));
+        if let Some(second) = allocation.second {
+            self.shared.ports().release(second.bound.port());
+        }
         // A port held for this allocation's sibling goes with it, so that
         // allocating and deleting cannot pile up held ports.
         if let Some((token, _)) = allocation.reservation {
@@ -738,7 +764,7 @@ impl Core {
             event,
             user = allocation.username,
             client = allocation.five_tuple.client,
-            relay = allocation.relayed,
+            relay = allocation.relays(),
             age = format_args!("{}s", now.duration_since(allocation.created).as_secs()),
             to_peer = format_args!(
                 "{}B/{}p",
@@ -748,6 +774,28 @@ impl Core {
                 "{}B/{}p",
                 allocation.from_peer.bytes, allocation.from_peer.packets
             )
+        );
+    }
+
+    /// Ends the relay of family `ipv6` of dual-stack allocation `id`, which
+    /// lives on with its other relay and the peers of that one's family.
+    pub(super) fn end_relay(&mut self, id: AllocId, ipv6: bool, event: &str) {
+        let Some((bound, relayed)) = self.table.end_relay(id, ipv6) else {
+            return;
+        };
+        self.shared.ports().release(bound.port());
+        self.ended_relays.push((id, ipv6));
+        let Some(allocation) = self.table.get_mut(id) else {
+            return;
+        };
+        allocation.retain_peers(|ip| ip.is_ipv6() != ipv6);
+        event!(
+            info,
+            event,
+            user = allocation.username,
+            client = allocation.five_tuple.client,
+            relay = relayed,
+            remaining = allocation.relayed
         );
     }
 

@@ -3,13 +3,15 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::core::{
-    Action, Core, Now, RESERVATION_LIFETIME, Request, finish, peer_address, saturating_secs,
+    Action, Core, Now, RESERVATION_LIFETIME, RelayEndpoint, Request, finish, peer_address,
+    saturating_secs,
 };
 use crate::logging::event;
 use crate::reject::Reject;
-use crate::turn::allocation::{AllocId, Allocation, BindCheck};
+use crate::turn::allocation::{AllocId, Allocation, BindCheck, Relays, SecondRelay};
 use crate::turn::bandwidth::{Cells, Gate};
 use crate::turn::{FiveTuple, RelaySockets};
 use crate::wire::{Class, Message, MessageBuilder, Method, attr};
@@ -40,6 +42,24 @@ struct RelayPort {
     reserve_next: bool,
     /// A listening TCP socket (RFC 6062) instead of a UDP one.
     tcp: bool,
+}
+
+/// Whether EVEN-PORT asks to hold the next port too (its R bit).
+fn reserves_next(even_port: Option<&[u8]>) -> bool {
+    even_port.is_some_and(|v| v.first().is_some_and(|b| b & 0x80 != 0))
+}
+
+/// The address a relay on `endpoint` is advertised as: the configured
+/// external address, else the bound one, else (bound to a wildcard) the
+/// address the client reached when it is of the relay's family.
+fn advertise_ip(endpoint: RelayEndpoint, five_tuple: &FiveTuple) -> Option<IpAddr> {
+    endpoint
+        .advertise
+        .or_else(|| (!endpoint.bind.is_unspecified()).then_some(endpoint.bind))
+        .or_else(|| {
+            let local = five_tuple.server.ip();
+            (local.is_ipv4() == endpoint.bind.is_ipv4() && !local.is_unspecified()).then_some(local)
+        })
 }
 
 impl Core {
@@ -102,6 +122,11 @@ impl Core {
         if additional.is_some()
             && (family.is_some() || additional != Some(&[attr::FAMILY_IPV6, 0, 0, 0][..]))
         {
+            return Err(Reject::BadRequest);
+        }
+        // §7.2 step 8: a port held for a sibling and a dual-stack allocation
+        // do not go together.
+        if reserves_next(even_port) && additional.is_some() {
             return Err(Reject::BadRequest);
         }
         let dont_fragment = message.get(attr::DONT_FRAGMENT).is_some();
@@ -196,15 +221,8 @@ impl Core {
                 (endpoint.ok_or(Reject::AddressFamilyNotSupported)?, None)
             }
         };
-        let advertise_ip = endpoint
-            .advertise
-            .or_else(|| (!endpoint.bind.is_unspecified()).then_some(endpoint.bind))
-            .or_else(|| {
-                let local = five_tuple.server.ip();
-                (local.is_ipv4() == endpoint.bind.is_ipv4() && !local.is_unspecified())
-                    .then_some(local)
-            })
-            .ok_or(Reject::AddressFamilyNotSupported);
+        let advertise_ip =
+            advertise_ip(endpoint, five_tuple).ok_or(Reject::AddressFamilyNotSupported);
         let advertise_ip = match advertise_ip {
             Ok(ip) => ip,
             Err(reject) => {
@@ -215,7 +233,7 @@ impl Core {
             }
         };
 
-        let reserve_next = even_port.is_some_and(|v| v.first().is_some_and(|b| b & 0x80 != 0));
+        let reserve_next = reserves_next(even_port);
         let id = self.table.next_id();
         let bound_port = self.open_relay(
             sockets,
@@ -242,6 +260,18 @@ impl Core {
         let lifetime = self
             .limits
             .desired_lifetime(message.get(attr::LIFETIME).and_then(attr::u32_value));
+        let second = if dual {
+            self.open_second_relay(
+                sockets,
+                id,
+                five_tuple,
+                dont_fragment,
+                now.instant + lifetime,
+            )
+            .map(Some)
+        } else {
+            Ok(None)
+        };
 
         let mut allocation = Allocation::new(
             id,
@@ -258,16 +288,25 @@ impl Core {
             allocation.tcp_connections = Some(Vec::new());
         }
         allocation.user_bandwidth = user_bandwidth;
+        allocation.second = second.ok().flatten();
 
         let mut reply = MessageBuilder::reply(out, message, Class::Success);
+        // RFC 8656 §7.2: the IPv4 relay first, then the IPv6 one of a
+        // dual-stack allocation, or ADDRESS-ERROR-CODE saying why not.
+        reply.add_xor_address(attr::XOR_RELAYED_ADDRESS, relayed);
+        match second {
+            Ok(Some(second)) => {
+                reply.add_xor_address(attr::XOR_RELAYED_ADDRESS, second.relayed);
+            }
+            Ok(None) => {}
+            Err(reject) => {
+                let (code, phrase) = reject.error_code().expect("a relay refusal has a code");
+                reply.add_address_error(attr::FAMILY_IPV6, code, phrase);
+            }
+        }
         reply
-            .add_xor_address(attr::XOR_RELAYED_ADDRESS, relayed)
             .add_u32(attr::LIFETIME, saturating_secs(lifetime))
             .add_xor_address(attr::XOR_MAPPED_ADDRESS, five_tuple.client);
-        if dual {
-            // The IPv4 relay only: one allocation holds one relay socket.
-            reply.add_address_error(attr::FAMILY_IPV6, 440, "Address Family not Supported");
-        }
         if reserve_next {
             let expires = now.instant + RESERVATION_LIFETIME;
             let token = self.shared.reserve(bound_port + 1, endpoint.bind, expires);
@@ -281,11 +320,51 @@ impl Core {
             "allocation-created",
             user = user.username,
             client = five_tuple.client,
-            relay = relayed,
+            relay = allocation.relays(),
             lifetime = format_args!("{}s", lifetime.as_secs())
         );
         self.table.insert(allocation);
         Ok(Action::ReplyAndStartRelay(id))
+    }
+
+    /// Binds the IPv6 relay of dual-stack allocation `id`, which has its
+    /// IPv4 one. The error says why not, for ADDRESS-ERROR-CODE (RFC 8656
+    /// §7.2, §18.12): 440 with no IPv6 relay address, 508 with no port left.
+    fn open_second_relay(
+        &mut self,
+        sockets: &mut impl RelaySockets,
+        id: AllocId,
+        five_tuple: &FiveTuple,
+        dont_fragment: bool,
+        expires: Instant,
+    ) -> Result<SecondRelay, Reject> {
+        let endpoint = self.relay_v6.ok_or(Reject::AddressFamilyNotSupported)?;
+        let advertise_ip =
+            advertise_ip(endpoint, five_tuple).ok_or(Reject::AddressFamilyNotSupported)?;
+        let any_port = RelayPort {
+            reserved: None,
+            even: false,
+            reserve_next: false,
+            tcp: false,
+        };
+        let port = self
+            .open_relay(sockets, id, endpoint.bind, any_port, dont_fragment)
+            .map_err(|reject| match reject {
+                Reject::NoRelayPort => reject,
+                _ => Reject::AddressFamilyNotSupported,
+            })?;
+        let relayed = SocketAddr::new(advertise_ip, port);
+        if self.table.by_relayed(relayed).is_some() {
+            log::warn!("relayed address {relayed} is already in use");
+            self.shared.ports().release(port);
+            self.ended_relays.push((id, true));
+            return Err(Reject::AddressFamilyNotSupported);
+        }
+        Ok(SecondRelay {
+            bound: SocketAddr::new(endpoint.bind, port),
+            relayed,
+            expires,
+        })
     }
 
     /// Binds a relay socket for allocation `id` on a port from the pool,
@@ -363,45 +442,57 @@ impl Core {
             message,
             user,
         } = *request;
-        // RFC 8656 §7.3: a family other than the allocation's is a mismatch.
-        if let Some(family) = message.get(attr::REQUESTED_ADDRESS_FAMILY) {
-            let allocation = self
-                .table
-                .by_five_tuple(five_tuple)
-                .ok_or(Reject::AllocationMismatch)?;
-            let ours = if allocation.relayed.is_ipv4() {
-                attr::FAMILY_IPV4
-            } else {
-                attr::FAMILY_IPV6
-            };
-            if family.first() != Some(&ours) {
-                return Err(Reject::PeerAddressFamilyMismatch);
+        let id = self
+            .table
+            .id_for(five_tuple)
+            .ok_or(Reject::AllocationMismatch)?;
+        let allocation = self.table.get(id).ok_or(Reject::AllocationMismatch)?;
+        // RFC 8656 §8: REQUESTED-ADDRESS-FAMILY names the relay a Refresh is
+        // for, and a family the allocation has no relay of is a mismatch;
+        // without it a Refresh is for every relay. On an allocation with one
+        // relay, that relay is the whole allocation.
+        let only = match message.get(attr::REQUESTED_ADDRESS_FAMILY) {
+            None => None,
+            Some(family) => {
+                let ipv6 = match family.first() {
+                    Some(&attr::FAMILY_IPV4) => false,
+                    Some(&attr::FAMILY_IPV6) => true,
+                    _ => return Err(Reject::PeerAddressFamilyMismatch),
+                };
+                if !allocation.relayed_addresses().any(|a| a.is_ipv6() == ipv6) {
+                    return Err(Reject::PeerAddressFamilyMismatch);
+                }
+                Some(ipv6).filter(|_| allocation.second.is_some())
             }
-        }
+        };
+        let first_is_ipv6 = allocation.relayed.is_ipv6();
         let asked = message.get(attr::LIFETIME).and_then(attr::u32_value);
         if asked == Some(0) {
-            let id = self
-                .table
-                .id_for(five_tuple)
-                .ok_or(Reject::AllocationMismatch)?;
-            self.remove(id, "allocation-deleted", now.instant);
+            match only {
+                Some(ipv6) => self.end_relay(id, ipv6, "relay-deleted"),
+                None => self.remove(id, "allocation-deleted", now.instant),
+            }
             let mut reply = MessageBuilder::reply(out, message, Class::Success);
             reply.add_u32(attr::LIFETIME, 0);
             finish(&mut reply, message, &user.key);
             return Ok(Action::Reply);
         }
         let lifetime = self.limits.desired_lifetime(asked);
-        let id = self
-            .table
-            .id_for(five_tuple)
-            .ok_or(Reject::AllocationMismatch)?;
-        self.table.set_expires(id, now.instant + lifetime);
+        let expires = now.instant + lifetime;
+        match only {
+            None => {
+                self.table.set_expires(id, expires);
+                self.table.set_second_expires(id, expires);
+            }
+            Some(ipv6) if ipv6 == first_is_ipv6 => self.table.set_expires(id, expires),
+            Some(_) => self.table.set_second_expires(id, expires),
+        }
         let allocation = self.table.get(id).ok_or(Reject::AllocationMismatch)?;
         event!(
             info,
             "allocation-refreshed",
             user = allocation.username,
-            relay = allocation.relayed,
+            relay = allocation.relays(),
             lifetime = format_args!("{}s", lifetime.as_secs())
         );
         let mut reply = MessageBuilder::reply(out, message, Class::Success);
@@ -410,15 +501,16 @@ impl Core {
         Ok(Action::Reply)
     }
 
-    /// Checks a peer address for a permission or channel: family, then
-    /// icegate's own listeners, then policy.
+    /// Checks a peer address for a permission or channel: family (one of
+    /// the allocation's relays must be of the peer's), then icegate's own
+    /// listeners, then policy.
     pub(super) fn check_peer(
         &self,
         five_tuple: &FiveTuple,
-        relayed: SocketAddr,
+        relays: Relays,
         peer: SocketAddr,
     ) -> Result<(), Reject> {
-        if peer.is_ipv4() != relayed.is_ipv4() {
+        if !relays.reach(peer) {
             return Err(Reject::PeerAddressFamilyMismatch);
         }
         let why = if self.is_own_listener(peer, five_tuple.server.ip()) {
@@ -450,11 +542,11 @@ impl Core {
             message,
             user,
         } = *request;
-        let relayed = self.relayed_of(five_tuple)?;
+        let relays = self.relays_of(five_tuple)?;
         let mut peers = Vec::new();
         for value in message.all(attr::XOR_PEER_ADDRESS) {
             let peer = peer_address(message, value).ok_or(Reject::BadRequest)?;
-            self.check_peer(five_tuple, relayed, peer)?;
+            self.check_peer(five_tuple, relays, peer)?;
             peers.push(peer.ip());
         }
         if peers.is_empty() {
@@ -493,7 +585,7 @@ impl Core {
             message,
             user,
         } = *request;
-        let relayed = self.relayed_of(five_tuple)?;
+        let relays = self.relays_of(five_tuple)?;
         if self
             .table
             .by_five_tuple(five_tuple)
@@ -511,7 +603,7 @@ impl Core {
             .get(attr::XOR_PEER_ADDRESS)
             .and_then(|v| peer_address(message, v))
             .ok_or(Reject::BadRequest)?;
-        self.check_peer(five_tuple, relayed, peer)?;
+        self.check_peer(five_tuple, relays, peer)?;
         let channel_until = now.instant + self.limits.channel_lifetime;
         let permission_until = now.instant + self.limits.permission_lifetime;
         let allocation = self
@@ -547,10 +639,10 @@ impl Core {
         Ok(Action::Reply)
     }
 
-    fn relayed_of(&mut self, five_tuple: &FiveTuple) -> Result<SocketAddr, Reject> {
+    fn relays_of(&mut self, five_tuple: &FiveTuple) -> Result<Relays, Reject> {
         self.table
             .by_five_tuple(five_tuple)
-            .map(|a| a.relayed)
+            .map(|a| a.relays())
             .ok_or(Reject::AllocationMismatch)
     }
 

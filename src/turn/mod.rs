@@ -1,7 +1,8 @@
 //! The TURN relay: RFC 8656 (with RFC 5766 clients in mind) over UDP.
 //!
 //! Implemented: Allocate (§7.2; REQUESTED-TRANSPORT UDP, REQUESTED-ADDRESS-FAMILY,
-//! DONT-FRAGMENT, EVEN-PORT with RESERVATION-TOKEN), Refresh (§7.3),
+//! ADDITIONAL-ADDRESS-FAMILY, DONT-FRAGMENT, EVEN-PORT with RESERVATION-TOKEN),
+//! Refresh (§8, per family on a dual-stack allocation),
 //! CreatePermission (§9, several peers at once), ChannelBind (§11, channels
 //! 0x4000–0x7FFF as RFC 5766 allowed, or only 0x4000–0x4FFF as §12 requires),
 //! Send and Data indications (§10), ChannelData both ways (§12.4),
@@ -25,11 +26,20 @@
 //! - Binding on a listener with `other-address` serves RFC 5780 NAT
 //!   behaviour discovery (`crate::stun`); answers from another listener
 //!   leave as [`core::Action::ReplyVia`].
-//! - An Allocate with ADDITIONAL-ADDRESS-FAMILY (§7.2) gets its IPv4 relay
-//!   and ADDRESS-ERROR-CODE 440 for IPv6: an allocation holds one relay
-//!   socket so far. The §7.2 combinations that are errors get 400.
-//! - Not implemented yet: both relays of a dual-stack allocation, TCP
-//!   allocations (RFC 6062), mobility (RFC 8016). Browsers use none of them.
+//! - An Allocate with ADDITIONAL-ADDRESS-FAMILY (§7.2) gets a dual-stack
+//!   allocation: an IPv4 and an IPv6 relay socket, two XOR-RELAYED-ADDRESS
+//!   (IPv4 first), both ports from the pool, one allocation in the quotas.
+//!   Without an IPv6 relay address it gets its IPv4 relay and
+//!   ADDRESS-ERROR-CODE 440 for IPv6, 508 when no port is left for it.
+//!   EVEN-PORT applies to the IPv4 relay; with its R bit set the request
+//!   gets 400 (§7.2 step 8). Peers of either family are
+//!   allowed on it (443 stays for a single-family allocation), and data to a
+//!   peer leaves from the relay of its family. A Refresh with
+//!   REQUESTED-ADDRESS-FAMILY refreshes or deletes that family's relay only
+//!   (RFC 8656 §8), the allocation living on with the other one; without
+//!   it, both. The §7.2 combinations that are errors get 400.
+//! - Not implemented yet: TCP allocations (RFC 6062), mobility (RFC 8016).
+//!   Browsers use neither.
 
 //!
 //! The core is a state machine: bytes, addresses and time come in, replies
@@ -75,6 +85,7 @@ impl std::fmt::Display for FiveTuple {
 
 /// How the core gets a relay socket: the shell binds one for allocation
 /// `id` and keeps it under that id until the core reports the allocation ended.
+/// A dual-stack allocation opens two, IPv4 then IPv6, under one id.
 pub(crate) trait RelaySockets {
     /// Binds `address` (port chosen by the core); with `dont_fragment` the
     /// DF bit goes on what it sends. The error's kind tells a port another

@@ -48,7 +48,9 @@ impl AllocationTable {
     pub(crate) fn insert(&mut self, allocation: Allocation) {
         let id = allocation.id;
         self.by_five_tuple.insert(allocation.five_tuple, id);
-        self.by_relayed.insert(allocation.relayed, id);
+        for relayed in allocation.relayed_addresses() {
+            self.by_relayed.insert(relayed, id);
+        }
         self.schedule.insert((allocation.wake_at, id));
         self.by_id.insert(id, allocation);
     }
@@ -57,7 +59,9 @@ impl AllocationTable {
         let allocation = self.by_id.remove(&id)?;
         self.schedule.remove(&(allocation.wake_at, id));
         self.by_five_tuple.remove(&allocation.five_tuple);
-        self.by_relayed.remove(&allocation.relayed);
+        for relayed in allocation.relayed_addresses() {
+            self.by_relayed.remove(&relayed);
+        }
         shrink_if_sparse(&mut self.by_id);
         shrink_if_sparse(&mut self.by_five_tuple);
         shrink_if_sparse(&mut self.by_relayed);
@@ -103,6 +107,39 @@ impl AllocationTable {
             allocation.expires = expires;
         }
         self.wake_by(id, expires);
+    }
+
+    /// Sets when the second relay of allocation `id` ends.
+    pub(crate) fn set_second_expires(&mut self, id: AllocId, expires: Instant) {
+        if let Some(second) = self.by_id.get_mut(&id).and_then(|a| a.second.as_mut()) {
+            second.expires = expires;
+        }
+        self.wake_by(id, expires);
+    }
+
+    /// Ends the relay of family `ipv6` of dual-stack allocation `id`, which
+    /// keeps its other relay; returns the ended relay's bound and relayed
+    /// addresses. None if the allocation has one relay only.
+    pub(crate) fn end_relay(
+        &mut self,
+        id: AllocId,
+        ipv6: bool,
+    ) -> Option<(SocketAddr, SocketAddr)> {
+        let allocation = self.by_id.get_mut(&id)?;
+        let second = allocation.second.take()?;
+        let (bound, relayed) = if allocation.relayed.is_ipv6() == ipv6 {
+            let first = (allocation.bound, allocation.relayed);
+            allocation.bound = second.bound;
+            allocation.relayed = second.relayed;
+            allocation.expires = second.expires;
+            first
+        } else {
+            (second.bound, second.relayed)
+        };
+        let expires = allocation.expires;
+        self.by_relayed.remove(&relayed);
+        self.wake_by(id, expires);
+        Some((bound, relayed))
     }
 
     /// Allocation `id` has something that ends at `deadline` (a permission,

@@ -48,13 +48,13 @@ impl Core {
             .table
             .by_five_tuple(five_tuple)
             .ok_or(Reject::AllocationMismatch)?;
-        let (relayed, bound, id) = (allocation.relayed, allocation.bound, allocation.id);
+        let (relays, bound, id) = (allocation.relays(), allocation.bound, allocation.id);
         let Some(connections) = &allocation.tcp_connections else {
             return Err(Reject::RelayTransportMismatch);
         };
         let exists = connections.iter().any(|&(to, _)| to == peer);
         let count = connections.len();
-        self.check_peer(five_tuple, relayed, peer)?;
+        self.check_peer(five_tuple, relays, peer)?;
         if exists {
             return Err(Reject::ConnectionExists);
         }

@@ -8,6 +8,7 @@ mod allocate;
 mod auth;
 mod bans;
 mod caps;
+mod dual;
 mod expiry;
 mod integrity;
 mod malformed;
@@ -244,13 +245,19 @@ fn send_indication(id: TransactionId, peer: SocketAddr, data: &[u8]) -> Vec<u8> 
 /// The test config (users alice and bob, a REST secret, a relay on
 /// 127.0.0.1) with `relay` as the body of `[relay]` after its addresses.
 fn config_with_relay(relay: &str) -> Config {
+    config_with_relay_addresses(r#"["127.0.0.1"]"#, relay)
+}
+
+/// The test config with relay `addresses` (a TOML array) and `relay` as
+/// the rest of `[relay]`.
+fn config_with_relay_addresses(addresses: &str, relay: &str) -> Config {
     Config::parse(
         &format!(
             r#"realm = "{REALM}"
 [[listen]]
 address = "127.0.0.1:3478"
 [relay]
-addresses = ["127.0.0.1"]
+addresses = {addresses}
 {relay}
 [auth]
 secrets = ["{SECRET}"]
@@ -290,11 +297,25 @@ impl Harness {
     /// reach 127.0.0.0/8 peers, and `relay_extra` added to `[relay]`.
     fn with_relay(relay_extra: &str) -> Self {
         let config = config_with_relay(&format!("allow-peers = [\"127.0.0.0/8\"]\n{relay_extra}"));
+        Self::with_config(&config)
+    }
+
+    /// As [`Self::with_relay`], with relays on 127.0.0.1 and ::1 that may
+    /// reach 127.0.0.0/8 and ::1 peers.
+    fn dual_stack(relay_extra: &str) -> Self {
+        let config = config_with_relay_addresses(
+            r#"["127.0.0.1", "::1"]"#,
+            &format!("allow-peers = [\"127.0.0.0/8\", \"::1\"]\n{relay_extra}"),
+        );
+        Self::with_config(&config)
+    }
+
+    fn with_config(config: &Config) -> Self {
         let credentials = CredentialStore::new(&config.realm, &config.auth, [1; 32]);
         let start = Instant::now();
         Self {
             core: Core::new(
-                &config,
+                config,
                 Arc::new(credentials),
                 Arc::new(RejectCounters::default()),
                 Arc::new(Shared::new(
