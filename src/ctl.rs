@@ -300,11 +300,19 @@ fn allocation_table(list: &Value) -> String {
     let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
     let traffic = |v: &Value| format!("{}B/{}p", v["bytes"], v["packets"]);
     // Both relays of a dual-stack allocation; a daemon without the list has one.
-    let relayed = |row: &Value| match row["relayed_addresses"].as_array() {
-        Some(addresses) if !addresses.is_empty() => {
-            addresses.iter().map(text).collect::<Vec<_>>().join(",")
+    let relayed = |row: &Value| {
+        let addresses = match row["relayed_addresses"].as_array() {
+            Some(addresses) if !addresses.is_empty() => {
+                addresses.iter().map(text).collect::<Vec<_>>().join(",")
+            }
+            _ => text(&row["relayed"]),
+        };
+        // A TCP relay (RFC 6062) says so, with its peer connections.
+        if row["relay_transport"] == "tcp" {
+            format!("{addresses} (tcp, {} peers)", row["peer_connections"])
+        } else {
+            addresses
         }
-        _ => text(&row["relayed"]),
     };
     let mut table = vec![
         [

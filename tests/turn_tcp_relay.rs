@@ -399,6 +399,16 @@ fn tcp_allocation_refusals_each_get_their_answer() {
         );
     }
     assert_eq!(scrape.get("icegate_tcp_peer_connections", &[]), 2.0);
+    // The operator sees which allocation relays over TCP, and its peers.
+    let listed = common::admin::request(daemon.admin, "GET", "/allocations", None, &[]).json();
+    let tcp: Vec<_> = listed
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|row| row["relay_transport"] == "tcp")
+        .collect();
+    assert_eq!(tcp.len(), 1, "{listed}");
+    assert_eq!(tcp[0]["peer_connections"], 2, "{listed}");
 }
 
 /// A peer connecting to the relayed address: with a permission the client

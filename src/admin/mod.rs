@@ -318,6 +318,9 @@ fn describe(allocation: &Allocation) -> Value {
             .relayed_addresses()
             .map(|address| address.to_string())
             .collect::<Vec<_>>(),
+        // TCP for an RFC 6062 allocation, whose peers are TCP connections.
+        "relay_transport": if allocation.tcp_connections.is_some() { "tcp" } else { "udp" },
+        "peer_connections": allocation.tcp_connections.as_ref().map_or(0, Vec::len),
         "user": allocation.username,
         "age_seconds": allocation.created.elapsed().as_secs(),
         "expires_in_seconds": allocation
