@@ -1,4 +1,4 @@
-//! The TURN relay: RFC 8656 (with RFC 5766 clients in mind) over UDP.
+//! The TURN relay: RFC 8656 (with RFC 5766 clients in mind), RFC 6062 TCP relays.
 //!
 //! Implemented: Allocate (§7.2; REQUESTED-TRANSPORT UDP, REQUESTED-ADDRESS-FAMILY,
 //! ADDITIONAL-ADDRESS-FAMILY, DONT-FRAGMENT, EVEN-PORT with RESERVATION-TOKEN),
@@ -38,9 +38,14 @@
 //!   REQUESTED-ADDRESS-FAMILY refreshes or deletes that family's relay only
 //!   (RFC 8656 §8), the allocation living on with the other one; without
 //!   it, both. The §7.2 combinations that are errors get 400.
-//! - Not implemented yet: TCP allocations (RFC 6062), mobility (RFC 8016).
-//!   Browsers use neither.
-
+//! - TCP allocations (RFC 6062, `tcp.rs`): REQUESTED-TRANSPORT TCP over
+//!   TCP or TLS gives a listening relay address; Connect, ConnectionAttempt
+//!   and ConnectionBind join each peer's TCP connection to a data connection
+//!   of the client's. Connect needs no permission (as in RFC 6062 and
+//!   coturn) but passes the peer policy; a peer connecting in needs one.
+//!   A ConnectionBind may carry its control connection's nonce. Bandwidth
+//!   caps do not hold back TCP data yet; the bytes are counted.
+//! - Not implemented: mobility (RFC 8016), which browsers do not use.
 //!
 //! The core is a state machine: bytes, addresses and time come in, replies
 //! and decisions go out. Nothing in here owns a socket, reads a clock or
