@@ -114,15 +114,7 @@ impl ClientRoute {
 
 /// Writes into `out` a Data indication carrying `data` from `peer` (RFC 8656 §10.3).
 pub(crate) fn data_indication(peer: SocketAddr, data: &[u8], out: &mut Vec<u8>) {
-    let mut transaction = [0u8; 16];
-    transaction[..4].copy_from_slice(&crate::wire::MAGIC_COOKIE.to_be_bytes());
-    transaction[4..].copy_from_slice(&rand::random::<[u8; 12]>());
-    MessageBuilder::new(
-        out,
-        Method::DATA,
-        Class::Indication,
-        TransactionId(transaction),
-    )
-    .add_xor_address(attr::XOR_PEER_ADDRESS, peer)
-    .add(attr::DATA, data);
+    MessageBuilder::new(out, Method::DATA, Class::Indication, TransactionId::fresh())
+        .add_xor_address(attr::XOR_PEER_ADDRESS, peer)
+        .add(attr::DATA, data);
 }

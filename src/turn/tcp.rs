@@ -18,7 +18,7 @@ use crate::config::Transport;
 use crate::logging::event;
 use crate::reject::Reject;
 use crate::turn::AllocId;
-use crate::wire::{Class, MAGIC_COOKIE, Message, MessageBuilder, Method, TransactionId, attr};
+use crate::wire::{Class, Message, MessageBuilder, Method, TransactionId, attr};
 
 /// What became of a Connect once the shell tried the peer.
 #[derive(Debug, PartialEq, Eq)]
@@ -161,14 +161,11 @@ impl Core {
             .bind_deadlines
             .push_back((now + BIND_WAIT, connection));
         self.attach(id, peer, connection);
-        let mut transaction = [0u8; 16];
-        transaction[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
-        transaction[4..].copy_from_slice(&rand::random::<[u8; 12]>());
         MessageBuilder::new(
             out,
             Method::CONNECTION_ATTEMPT,
             Class::Indication,
-            TransactionId(transaction),
+            TransactionId::fresh(),
         )
         .add_xor_address(attr::XOR_PEER_ADDRESS, peer)
         .add_u32(attr::CONNECTION_ID, connection);

@@ -107,6 +107,15 @@ pub(crate) enum ParseError {
 pub(crate) struct TransactionId(pub(crate) [u8; 16]);
 
 impl TransactionId {
+    /// A new id for a message the server starts (an indication): the magic
+    /// cookie, then 96 random bits.
+    pub(crate) fn fresh() -> Self {
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+        id[4..].copy_from_slice(&rand::random::<[u8; 12]>());
+        Self(id)
+    }
+
     fn is_classic(&self) -> bool {
         self.0[..4] != MAGIC_COOKIE.to_be_bytes()
     }

@@ -11,9 +11,10 @@ mod channel_data;
 mod message;
 
 pub(crate) use channel_data::{CHANNEL_DATA_HEADER_LEN, ChannelData, push_channel_data};
+#[cfg(any(test, fuzzing))]
+pub(crate) use message::MAGIC_COOKIE;
 pub(crate) use message::{
-    Class, HEADER_LEN, MAGIC_COOKIE, Message, MessageBuilder, Method, TransactionId,
-    data_indication_len,
+    Class, HEADER_LEN, Message, MessageBuilder, Method, TransactionId, data_indication_len,
 };
 
 /// What the first byte of a datagram or stream frame says it is (RFC 8656 §12).
