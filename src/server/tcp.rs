@@ -12,6 +12,7 @@ use super::relay_sockets::{PeerStream, RelaySocketTable};
 use super::{Server, State};
 use crate::metrics::{Direction, Framing};
 use crate::turn::AllocId;
+use crate::turn::bandwidth::Way;
 use crate::turn::connections::PeerConnections;
 use crate::turn::core::Core;
 use crate::turn::tcp::Connected;
@@ -110,12 +111,21 @@ impl Server {
         sockets.close_peer(connection);
     }
 
-    /// `len` bytes went one way over joined connection `connection`.
-    pub(crate) fn tcp_relayed(&self, connection: u32, direction: Direction, len: usize) {
-        self.metrics.relayed(direction, Framing::TcpData, len);
-        self.lock(self.connection_shard(connection))
+    /// Whether `len` bytes may go `way` over joined connection
+    /// `connection` now (the bandwidth caps); counted if so.
+    pub(crate) fn pass_tcp_data(&self, connection: u32, way: Way, len: usize) -> bool {
+        let passed = self
+            .lock(self.connection_shard(connection))
             .core
-            .count_peer_data(connection, direction == Direction::ToPeer, len);
+            .pass_peer_data(connection, way, len, Instant::now());
+        if passed {
+            let direction = match way {
+                Way::ToPeer => Direction::ToPeer,
+                Way::FromPeer => Direction::FromPeer,
+            };
+            self.metrics.relayed(direction, Framing::TcpData, len);
+        }
+        passed
     }
 
     /// TCP allocations' peer connections now, across every shard.

@@ -11,15 +11,17 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::metrics::Direction;
 use crate::server::{PeerLink, Server, TcpRelayReceiver, reusable_tcp_socket};
 use crate::transport::ClientRoute;
 use crate::turn::AllocId;
+use crate::turn::bandwidth::Way;
 
 /// How long a connection out to a peer may take before Connect gets 447.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes one read of a joined pair carries; each direction has one buffer.
 const CHUNK: usize = 16 * 1024;
+/// How long a chunk over a bandwidth cap waits before it asks again.
+const PACE: Duration = Duration::from_millis(10);
 /// How long the other direction may finish after one side closed.
 const DRAIN_ON_CLOSE: Duration = Duration::from_secs(2);
 
@@ -105,15 +107,15 @@ pub(crate) async fn join<R, W>(
     } = link;
     let (mut peer_reader, mut peer_writer) = peer.into_split();
     let to_peer = async {
-        if !early.is_empty() {
-            peer_writer.write_all(&early).await?;
-            server.tcp_relayed(connection, Direction::ToPeer, early.len());
+        for chunk in early.chunks(CHUNK) {
+            pace(server, connection, Way::ToPeer, chunk.len()).await;
+            peer_writer.write_all(chunk).await?;
         }
         drop(early);
         copy(
             server,
             connection,
-            Direction::ToPeer,
+            Way::ToPeer,
             &mut reader,
             &mut peer_writer,
         )
@@ -122,7 +124,7 @@ pub(crate) async fn join<R, W>(
     let from_peer = copy(
         server,
         connection,
-        Direction::FromPeer,
+        Way::FromPeer,
         &mut peer_reader,
         &mut writer,
     );
@@ -151,7 +153,7 @@ pub(crate) async fn join<R, W>(
 async fn copy<R, W>(
     server: &Server,
     connection: u32,
-    direction: Direction,
+    way: Way,
     from: &mut R,
     to: &mut W,
 ) -> io::Result<()>
@@ -165,8 +167,16 @@ where
         if n == 0 {
             return to.shutdown().await;
         }
+        pace(server, connection, way, n).await;
         to.write_all(&buffer[..n]).await?;
         to.flush().await?;
-        server.tcp_relayed(connection, direction, n);
+    }
+}
+
+/// Waits until the bandwidth caps let `len` bytes through: while it waits
+/// nothing more is read, so TCP slows the sender down.
+async fn pace(server: &Server, connection: u32, way: Way, len: usize) {
+    while !server.pass_tcp_data(connection, way, len) {
+        tokio::time::sleep(PACE).await;
     }
 }

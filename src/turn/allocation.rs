@@ -260,7 +260,13 @@ impl Allocation {
     }
 
     /// Counts `len` bytes going `way` if the bandwidth caps let them through.
-    fn pass(&mut self, gate: Gate<'_>, way: Way, now: Instant, len: usize) -> Result<(), Reject> {
+    pub(crate) fn pass(
+        &mut self,
+        gate: Gate<'_>,
+        way: Way,
+        now: Instant,
+        len: usize,
+    ) -> Result<(), Reject> {
         gate.admit(&self.bandwidth, &self.user_bandwidth, way, now, len)?;
         match way {
             Way::ToPeer => self.to_peer.add(len),

@@ -43,8 +43,9 @@
 //!   and ConnectionBind join each peer's TCP connection to a data connection
 //!   of the client's. Connect needs no permission (as in RFC 6062 and
 //!   coturn) but passes the peer policy; a peer connecting in needs one.
-//!   A ConnectionBind may carry its control connection's nonce. Bandwidth
-//!   caps do not hold back TCP data yet; the bytes are counted.
+//!   A ConnectionBind may carry its control connection's nonce. The
+//!   bandwidth caps hold TCP data back (the shell waits to read more)
+//!   instead of dropping it.
 //! - Not implemented: mobility (RFC 8016), which browsers do not use.
 //!
 //! The core is a state machine: bytes, addresses and time come in, replies

@@ -18,6 +18,7 @@ use crate::config::Transport;
 use crate::logging::event;
 use crate::reject::Reject;
 use crate::turn::AllocId;
+use crate::turn::bandwidth::{Gate, Way};
 use crate::wire::{Class, Message, MessageBuilder, Method, TransactionId, attr};
 
 /// What became of a Connect once the shell tried the peer.
@@ -240,19 +241,25 @@ impl Core {
         std::mem::take(&mut self.peers.ended)
     }
 
-    /// Counts `len` bytes relayed over a joined connection in its allocation.
-    pub(crate) fn count_peer_data(&mut self, connection: u32, to_peer: bool, len: usize) {
+    /// Whether `len` bytes may go over joined connection `connection` now,
+    /// under the bandwidth caps; counted in its allocation if so. Bytes
+    /// over a cap wait (TCP holds them back), so nothing is dropped.
+    pub(crate) fn pass_peer_data(
+        &mut self,
+        connection: u32,
+        way: Way,
+        len: usize,
+        now: Instant,
+    ) -> bool {
         let Some(entry) = self.peers.by_id.get(&connection) else {
-            return;
+            // Closing: nothing to count against.
+            return true;
         };
-        if let Some(allocation) = self.table.get_mut(entry.allocation) {
-            let traffic = if to_peer {
-                &mut allocation.to_peer
-            } else {
-                &mut allocation.from_peer
-            };
-            traffic.add(len);
-        }
+        let Some(allocation) = self.table.get_mut(entry.allocation) else {
+            return true;
+        };
+        let gate = Gate::new(&self.limits.bandwidth, &self.shared.bandwidth);
+        allocation.pass(gate, way, now, len).is_ok()
     }
 
     /// Peer connections open now, in every stage.

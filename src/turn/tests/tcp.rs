@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use super::{Client, Harness, Outcome, alice, bob, peer};
 use crate::config::Transport;
 use crate::reject::Reject;
+use crate::turn::bandwidth::Way;
 use crate::turn::connections::BIND_WAIT;
 use crate::turn::tcp::Connected;
 use crate::wire::{Class, Message, Method, attr};
@@ -259,4 +260,49 @@ fn tcp_allocations_refuse_what_belongs_to_udp() {
         })
         .assert_error(400, "Connect on a UDP allocation");
     assert_eq!(harness.core.counters.get(Reject::RelayTransportMismatch), 3);
+}
+
+#[test]
+fn tcp_data_over_the_bandwidth_cap_waits_for_its_turn() {
+    // 100 kB/s: a burst of 64 KiB passes at once, then 100 kB a second.
+    let mut harness = Harness::with_relay("max-bps = 100000");
+    let now = harness.at(0);
+    let control = over_tcp(&alice());
+    allocated_tcp(&mut harness, &control, now);
+    let connection = connect(&mut harness, &control, now, peer("127.0.0.1:7000"));
+    harness
+        .core
+        .connect_finished(connection, true, now.instant, &mut Vec::new());
+    let chunk = 16 * 1024;
+    for _ in 0..4 {
+        assert!(
+            harness
+                .core
+                .pass_peer_data(connection, Way::ToPeer, chunk, now.instant)
+        );
+    }
+    assert!(
+        !harness
+            .core
+            .pass_peer_data(connection, Way::ToPeer, chunk, now.instant)
+    );
+    // The other direction has its own cap.
+    assert!(
+        harness
+            .core
+            .pass_peer_data(connection, Way::FromPeer, chunk, now.instant)
+    );
+    let later = now.instant + std::time::Duration::from_millis(200);
+    assert!(
+        harness
+            .core
+            .pass_peer_data(connection, Way::ToPeer, chunk, later)
+    );
+    let id = harness.core.table.id_for(&control.five_tuple).unwrap();
+    let allocation = harness.core.table.get(id).unwrap();
+    assert_eq!(
+        allocation.to_peer.bytes,
+        5 * chunk as u64,
+        "what passed is counted"
+    );
 }
