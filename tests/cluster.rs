@@ -488,6 +488,22 @@ async fn ywebrtc_and_peerjs_clients_on_two_nodes_reach_each_other() {
     assert_eq!(heard["type"], "publish");
     assert_eq!(heard["data"]["from"], "a");
     assert_eq!(heard["clients"], 2, "{heard}");
+    // A newcomer on node a announces itself with its subscribe, as
+    // y-webrtc does; node b's subscriber hears it once the nodes agree.
+    let mut newcomer = ywebrtc(cluster.a.http).await;
+    newcomer
+        .send(json!({"type": "subscribe", "topics": ["doc"]}))
+        .await;
+    newcomer
+        .send(json!({"type": "publish", "topic": "doc", "data": {"from": "new"}}))
+        .await;
+    let announce = loop {
+        let message = on_b.expect("publish").await;
+        if message["data"]["from"] == "new" {
+            break message;
+        }
+    };
+    assert_eq!(announce["clients"], 3, "{announce}");
 
     let peerjs = |http, id: &'static str| async move {
         let path = format!("/peerjs/peerjs?key=peerjs&id={id}&token={}", token_for(id));
