@@ -61,6 +61,19 @@ pub(crate) struct Connection {
     pub(crate) dialect: Dialect,
 }
 
+impl Connection {
+    /// The client's dialect, and what it acts with.
+    fn dialect_acting(&mut self) -> (&mut Dialect, Acting<'_>) {
+        let acting = Acting {
+            hub: &self.hub,
+            id: self.id,
+            outbox: &self.outbox,
+            claims: self.claims.as_ref(),
+        };
+        (&mut self.dialect, acting)
+    }
+}
+
 /// How a connection ended, which decides what happens to its session.
 enum Ending {
     /// The client sent a close frame (with this code): it has left.
@@ -284,20 +297,7 @@ fn take_queued(
         Drained::Superseded => return Err(Ending::Superseded),
     }
     if fresh && !writer.sending.is_empty() {
-        let Connection {
-            hub,
-            id,
-            outbox,
-            claims,
-            dialect,
-            ..
-        } = connection;
-        let acting = Acting {
-            hub,
-            id: *id,
-            outbox,
-            claims: claims.as_ref(),
-        };
+        let (dialect, acting) = connection.dialect_acting();
         if let ControlFlow::Break(why) = dialect.translate(&mut writer.sending, &acting) {
             // Its last words are queued in `writer`; the close follows them.
             return Err(Ending::CloseWith(POLICY, why));
@@ -505,22 +505,9 @@ impl Reader {
         if self.connection.dialect.is_native() {
             self.act_on_text(text);
         } else {
-            let Connection {
-                hub,
-                id,
-                outbox,
-                claims,
-                dialect,
-                ..
-            } = &mut self.connection;
-            let acting = Acting {
-                hub,
-                id: *id,
-                outbox,
-                claims: claims.as_ref(),
-            };
+            let (dialect, acting) = self.connection.dialect_acting();
             let kind = dialect.act(text, &acting);
-            hub.metrics.signal_message(kind);
+            acting.hub.metrics.signal_message(kind);
         }
         ControlFlow::Continue(())
     }
