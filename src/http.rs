@@ -30,7 +30,7 @@ use crate::ice;
 use crate::logging::event;
 use crate::reloadable::Reloadable;
 use crate::server::{Server, unix_now};
-use crate::signal::Signaling;
+use crate::signal::{Asked, Signaling, peerjs_id};
 
 /// The demo page and the client library it uses, built into the binary.
 const DEMO_PAGE: &str = include_str!("../web/index.html");
@@ -115,7 +115,8 @@ impl HttpApi {
     fn route(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
         let settings = self.settings();
         let path = request.uri().path();
-        if !matches!(path, "/ice-servers" | "/ws" | "/" | "/icegate.js") {
+        let dialect = DialectRoute::of(path, &self.signal.dialects());
+        if dialect.is_none() && !matches!(path, "/ice-servers" | "/ws" | "/" | "/icegate.js") {
             return error(StatusCode::NOT_FOUND, "not-found", "no such resource");
         }
         if request.method() != Method::GET && request.method() != Method::HEAD {
@@ -139,7 +140,23 @@ impl HttpApi {
         let query = Query(request.uri().query().unwrap_or(""));
         let bearer = bearer_token(&request).map(str::to_owned);
         let client = settings.client_of(&request, peer);
-        if path == "/ws" {
+        let asked = match dialect {
+            Some(
+                DialectRoute::PeerJsId(_) | DialectRoute::PeerJsPeers(_) | DialectRoute::PeerJsInfo,
+            ) => {
+                return self.peerjs_http(dialect, client);
+            }
+            Some(DialectRoute::YWebrtc) => Some(Asked::YWebrtc),
+            Some(DialectRoute::PeerJsSocket) => Some(Asked::PeerJs {
+                key: query.get("key"),
+                id: query.get("id"),
+            }),
+            None if path == "/ws" => Some(Asked::Native {
+                resume: query.get("resume"),
+            }),
+            None => None,
+        };
+        if let Some(asked) = asked {
             let signal = &self.signal;
             if !signal.enabled() {
                 return error(
@@ -149,9 +166,8 @@ impl HttpApi {
                 );
             }
             let token = query.get("token").or(bearer);
-            let resume = query.get("resume");
             return signal
-                .upgrade(request, client, token, resume)
+                .upgrade(request, client, token, asked)
                 .unwrap_or_else(|refusal| {
                     let mut response = error(refusal.status, refusal.code, &refusal.message);
                     let headers = response.headers_mut();
@@ -245,6 +261,96 @@ impl HttpApi {
 
 /// `a=1&b=2` lookups with percent-decoding of the few characters keys and
 /// user names need.
+/// A route of the other signaling protocols' (`[signal] y-webrtc-path`,
+/// `peerjs-path`).
+#[derive(Debug, PartialEq, Eq)]
+enum DialectRoute {
+    YWebrtc,
+    /// `{peerjs-path}/peerjs`: the WebSocket.
+    PeerJsSocket,
+    /// `{peerjs-path}/{key}/id`: a fresh id.
+    PeerJsId(String),
+    /// `{peerjs-path}/{key}/peers`: the ids connected.
+    PeerJsPeers(String),
+    /// `{peerjs-path}` itself: what the server is.
+    PeerJsInfo,
+}
+
+impl DialectRoute {
+    fn of(path: &str, dialects: &crate::config::Dialects) -> Option<Self> {
+        if dialects.y_webrtc_path.as_deref() == Some(path) {
+            return Some(Self::YWebrtc);
+        }
+        let base = dialects.peerjs_path.as_deref()?;
+        let rest = path.strip_prefix(base)?;
+        if rest.is_empty() || rest == "/" {
+            return Some(Self::PeerJsInfo);
+        }
+        let rest = rest.strip_prefix('/')?;
+        if rest == "peerjs" {
+            return Some(Self::PeerJsSocket);
+        }
+        let (key, what) = rest.split_once('/')?;
+        match what {
+            "id" => Some(Self::PeerJsId(key.to_owned())),
+            "peers" => Some(Self::PeerJsPeers(key.to_owned())),
+            _ => None,
+        }
+    }
+}
+
+impl HttpApi {
+    /// The PeerJS server's plain HTTP routes.
+    fn peerjs_http(&self, route: Option<DialectRoute>, client: IpAddr) -> Response<Full<Bytes>> {
+        if !self.signal.enabled() {
+            return error(
+                StatusCode::NOT_FOUND,
+                "signaling-off",
+                "signaling is not configured ([signal] in the config)",
+            );
+        }
+        let dialects = self.signal.dialects();
+        let known = |key: &str| dialects.peerjs_keys.iter().any(|k| k == key);
+        match route {
+            Some(DialectRoute::PeerJsId(key)) if known(&key) => {
+                open_to_pages(text_response(peerjs_id()))
+            }
+            Some(DialectRoute::PeerJsPeers(key)) if known(&key) && dialects.peerjs_discovery => {
+                open_to_pages(json_response(
+                    StatusCode::OK,
+                    &json!(self.signal.peerjs_peers(&key)),
+                ))
+            }
+            Some(DialectRoute::PeerJsPeers(_)) if !dialects.peerjs_discovery => {
+                event!(
+                    info,
+                    "peerjs-refused",
+                    client = client,
+                    reason = "discovery-off"
+                );
+                error(
+                    StatusCode::UNAUTHORIZED,
+                    "discovery-off",
+                    "listing peers is off ([signal] peerjs-discovery)",
+                )
+            }
+            Some(DialectRoute::PeerJsInfo) => open_to_pages(json_response(
+                StatusCode::OK,
+                &json!({
+                    "name": "PeerJS Server",
+                    "description": "icegate serving the PeerJS server protocol",
+                    "website": "https://peerjs.com/",
+                }),
+            )),
+            _ => error(
+                StatusCode::UNAUTHORIZED,
+                "invalid-key",
+                "Invalid key provided",
+            ),
+        }
+    }
+}
+
 pub(crate) struct Query<'a>(pub(crate) &'a str);
 
 impl Query<'_> {
@@ -314,6 +420,28 @@ fn static_response(body: &'static str, content_type: &'static str) -> Response<F
             "default-src 'self'; connect-src 'self' wss: ws:; style-src 'self' 'unsafe-inline'; \
              script-src 'self' 'unsafe-inline'",
         ),
+    );
+    response
+}
+
+/// A plain-text answer (a PeerJS id, as the PeerJS server sends it).
+fn text_response(body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Lets any page read the answer: PeerJS clients fetch ids from wherever
+/// the app is served, and an id is no secret.
+fn open_to_pages(mut response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    response.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
     );
     response
 }

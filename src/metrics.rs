@@ -56,6 +56,10 @@ pub(crate) fn relay_index(direction: Direction, framing: Framing) -> usize {
     d * FRAMINGS.len() + f
 }
 
+/// The signaling protocols, as the `protocol` label names them: icegate's
+/// own, and the libraries' whose servers it stands in for.
+pub(crate) const SIGNAL_PROTOCOLS: [&str; 3] = ["native", "y-webrtc", "peerjs"];
+
 /// A signaling message a client sent, by type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SignalMessage {
@@ -125,12 +129,13 @@ pub(crate) enum Limit {
     SignalMaxHeldBytesPerRoom,
     SignalMaxHeldPerSender,
     SignalMaxHeldBytesPerSender,
+    SignalPeerjsMaxPeers,
     AdminMaxBans,
     ClusterMaxBacklog,
 }
 
 impl Limit {
-    pub(crate) const ALL: [Self; 14] = [
+    pub(crate) const ALL: [Self; 15] = [
         Self::MaxConnections,
         Self::MaxConnectionsPerIp,
         Self::SignalMaxConnections,
@@ -143,6 +148,7 @@ impl Limit {
         Self::SignalMaxHeldBytesPerRoom,
         Self::SignalMaxHeldPerSender,
         Self::SignalMaxHeldBytesPerSender,
+        Self::SignalPeerjsMaxPeers,
         Self::AdminMaxBans,
         Self::ClusterMaxBacklog,
     ];
@@ -161,6 +167,7 @@ impl Limit {
             Self::SignalMaxHeldBytesPerRoom => "signal.max-held-bytes-per-room",
             Self::SignalMaxHeldPerSender => "signal.max-held-per-sender",
             Self::SignalMaxHeldBytesPerSender => "signal.max-held-bytes-per-sender",
+            Self::SignalPeerjsMaxPeers => "signal.peerjs-max-peers",
             Self::AdminMaxBans => "admin.max-bans",
             Self::ClusterMaxBacklog => "cluster.max-backlog",
         }
@@ -217,6 +224,8 @@ pub(crate) struct Metrics {
     pub(crate) binding_responses: [AtomicU64; TURN_TRANSPORTS.len()],
     pub(crate) tls_handshakes_ok: AtomicU64,
     pub(crate) signal_connections_opened: AtomicU64,
+    /// The same, by [`SIGNAL_PROTOCOLS`].
+    pub(crate) signal_protocol_connections: [AtomicU64; SIGNAL_PROTOCOLS.len()],
     pub(crate) signal_messages: [AtomicU64; SignalMessage::ALL.len()],
     pub(crate) signal_held: [AtomicU64; SignalHeld::ALL.len()],
     pub(crate) limit_hits: [AtomicU64; Limit::ALL.len()],
@@ -305,8 +314,12 @@ impl Metrics {
         bump(&self.tls_handshakes_ok, 1);
     }
 
-    pub(crate) fn signal_connected(&self) {
+    /// A signaling connection speaking `protocol` (one of [`SIGNAL_PROTOCOLS`]).
+    pub(crate) fn signal_connected(&self, protocol: &str) {
         bump(&self.signal_connections_opened, 1);
+        if let Some(i) = SIGNAL_PROTOCOLS.iter().position(|&p| p == protocol) {
+            bump(&self.signal_protocol_connections[i], 1);
+        }
     }
 
     pub(crate) fn signal_message(&self, kind: SignalMessage) {

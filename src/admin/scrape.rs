@@ -14,8 +14,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::metrics::{
-    DIRECTIONS, FRAMINGS, LIMIT_REFUSALS, Limit, SignalHeld, SignalMessage, TURN_TRANSPORTS, read,
-    relay_index, turn_transport_index,
+    DIRECTIONS, FRAMINGS, LIMIT_REFUSALS, Limit, SIGNAL_PROTOCOLS, SignalHeld, SignalMessage,
+    TURN_TRANSPORTS, read, relay_index, turn_transport_index,
 };
 use crate::reject::Reject;
 use crate::server::{Server, unix_now};
@@ -332,6 +332,17 @@ impl Collector for Sources {
             "signal_connections_opened",
             "Signaling WebSocket connections accepted",
             read(&metrics.signal_connections_opened),
+        )?;
+        counters(
+            e,
+            "signal_protocol_connections_opened",
+            "Signaling WebSocket connections accepted, by protocol (icegate's native one, \
+             y-webrtc's, PeerJS's)",
+            "protocol",
+            SIGNAL_PROTOCOLS
+                .into_iter()
+                .zip(&metrics.signal_protocol_connections)
+                .map(|(protocol, count)| (protocol, read(count))),
         )?;
         gauge(
             e,

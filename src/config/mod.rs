@@ -55,7 +55,9 @@ pub(crate) use self::scalars::{MAX_DURATION, PortRange, parse_duration};
 use self::scalars::{Scalar, expected, string};
 #[cfg(test)]
 pub(crate) use self::signal::DEFAULT_SIGNAL_LIMITS;
-pub(crate) use self::signal::{PublicKeyAlgorithm, SignalAuth, SignalConfig, SignalLimits};
+pub(crate) use self::signal::{
+    Dialects, PublicKeyAlgorithm, SignalAuth, SignalConfig, SignalLimits,
+};
 pub(crate) use self::throttle::{DEFAULT_THROTTLE, ThrottleConfig};
 use self::walk::{ConfigErrors, ConfigProblem, Ctx, Section, column_of, line_of};
 

@@ -31,6 +31,11 @@ const SIGNAL_KEYS: &[&str] = &[
     "max-held-bytes-per-room",
     "max-held-per-sender",
     "max-held-bytes-per-sender",
+    "y-webrtc-path",
+    "peerjs-path",
+    "peerjs-keys",
+    "peerjs-discovery",
+    "peerjs-max-peers",
 ];
 /// HS256 secrets shorter than the hash output are guessable offline from one token.
 const MIN_JWT_SECRET_CHARS: usize = 32;
@@ -52,6 +57,8 @@ pub(crate) const DEFAULT_SIGNAL_LIMITS: SignalLimits = SignalLimits {
     max_held_bytes_per_room: 256 * 1024,
     max_held_per_sender: 16,
     max_held_bytes_per_sender: 64 * 1024,
+    // What the PeerJS server's `concurrent_limit` defaults to.
+    peerjs_max_peers: 5000,
 };
 
 /// The `[signal]` table: who may use the WebSocket signaling endpoint, and
@@ -66,6 +73,22 @@ pub(crate) struct SignalConfig {
     /// Browser origins accepted besides icegate's own (`*` accepts any).
     pub(crate) allowed_origins: Vec<String>,
     pub(crate) limits: SignalLimits,
+    /// Where the endpoints of other signaling protocols are served.
+    pub(crate) dialects: Dialects,
+}
+
+/// The endpoints that speak other projects' signaling protocols, on the
+/// same rooms, auth and limits as `/ws`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Dialects {
+    /// The y-webrtc signaling WebSocket; None when turned off ("").
+    pub(crate) y_webrtc_path: Option<String>,
+    /// The PeerJS server's routes (`{path}/{key}/id`, `{path}/peerjs`); None when off.
+    pub(crate) peerjs_path: Option<String>,
+    /// The PeerJS API keys clients may name.
+    pub(crate) peerjs_keys: Vec<String>,
+    /// Whether `{path}/{key}/peers` lists the connected ids.
+    pub(crate) peerjs_discovery: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +142,8 @@ pub(crate) struct SignalLimits {
     /// Signals held from one sender in one room, and their bytes.
     pub(crate) max_held_per_sender: u32,
     pub(crate) max_held_bytes_per_sender: u32,
+    /// PeerJS clients of one key at once (they share one quiet room).
+    pub(crate) peerjs_max_peers: u32,
 }
 
 pub(super) fn read_signal(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> SignalConfig {
@@ -258,6 +283,19 @@ pub(super) fn read_signal(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> SignalConf
                 defaults.max_held_bytes_per_sender,
             )
             .value,
+        peerjs_max_peers: table
+            .get(cx, "peerjs-max-peers", defaults.peerjs_max_peers)
+            .value,
+    };
+    let dialects = Dialects {
+        y_webrtc_path: endpoint_path(cx, &table, "y-webrtc-path", "/y-webrtc"),
+        peerjs_path: endpoint_path(cx, &table, "peerjs-path", "/peerjs"),
+        peerjs_keys: values(
+            table
+                .list::<String>(cx, "peerjs-keys", vec!["peerjs".to_owned()])
+                .value,
+        ),
+        peerjs_discovery: table.get(cx, "peerjs-discovery", false).value,
     };
     SignalConfig {
         auth,
@@ -265,7 +303,41 @@ pub(super) fn read_signal(cx: &mut Ctx<'_>, top: &Section<'_, '_>) -> SignalConf
         jwt_public_keys: public_keys,
         allowed_origins: values(origins.value),
         limits,
+        dialects,
     }
+}
+
+/// An endpoint's path: `default` when not set, None when set to "" (off).
+/// A path starts with `/`, does not end with one, and is not `/ws` or a
+/// route icegate serves itself.
+fn endpoint_path(
+    cx: &mut Ctx<'_>,
+    table: &Section<'_, '_>,
+    key: &str,
+    default: &str,
+) -> Option<String> {
+    let path = table.get(cx, key, default.to_owned());
+    if path.value.is_empty() {
+        return None;
+    }
+    let taken = ["/ws", "/ice-servers", "/icegate.js"].contains(&path.value.as_str());
+    let shaped = path.value.len() > 1
+        && path.value.starts_with('/')
+        && !path.value.ends_with('/')
+        && path
+            .value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.'));
+    if taken || !shaped {
+        let message = format!(
+            "expected a path like {default:?} (or \"\" to turn it off), not one of icegate's \
+             own routes, got {:?}",
+            path.value
+        );
+        cx.report(table.key(key), path.span.as_ref(), message);
+        return None;
+    }
+    Some(path.value)
 }
 
 /// The largest signaling message accepted at all (16 MiB).

@@ -2,6 +2,7 @@
 //! answers and candidates through icegate, with TURN credentials from the
 //! same credential store as the relay. The protocol is `docs/signaling.md`.
 
+mod dialect;
 mod held;
 mod hub;
 mod outbox;
@@ -22,12 +23,14 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use crate::config::{ClusterConfig, Config, SignalAuth, SignalConfig, SignalLimits};
+use crate::config::{self, ClusterConfig, Config, SignalAuth, SignalConfig, SignalLimits};
 use crate::ice;
 use crate::logging::event;
 use crate::metrics::Limit;
 use crate::reloadable::Reloadable;
 use crate::server::{Server, unix_now};
+pub(crate) use dialect::peerjs_id;
+use dialect::{Dialect, PeerJs, YWebrtc, valid_peerjs_id};
 use hub::Hub;
 use span::Span;
 use token::{Claims, TokenError, TokenVerifier};
@@ -95,9 +98,31 @@ struct Opening {
     claims: Option<Claims>,
     client: IpAddr,
     origin: String,
-    resume: Option<String>,
+    asked: Asked,
     limits: SignalLimits,
     slot: hub::ConnectionSlot,
+}
+
+/// The protocol a WebSocket connection asks for, by its path and query.
+pub(crate) enum Asked {
+    /// `/ws`, maybe resuming a session.
+    Native { resume: Option<String> },
+    /// y-webrtc's signaling (`signal.y-webrtc-path`).
+    YWebrtc,
+    /// PeerJS's `{peerjs-path}/peerjs?key=…&id=…&token=…`.
+    PeerJs {
+        key: Option<String>,
+        id: Option<String>,
+    },
+}
+
+impl Asked {
+    fn resume(&self) -> Option<&str> {
+        match self {
+            Self::Native { resume } => resume.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// An HTTP answer that refuses the upgrade.
@@ -210,7 +235,7 @@ impl Signaling {
         request: Request<Incoming>,
         client: IpAddr,
         token: Option<String>,
-        resume: Option<String>,
+        asked: Asked,
     ) -> Result<Response<Full<Bytes>>, Refusal> {
         let settings = self.settings();
         let headers = request.headers();
@@ -303,7 +328,7 @@ impl Signaling {
             claims,
             client,
             origin,
-            resume,
+            asked,
             limits,
             slot,
         });
@@ -317,7 +342,7 @@ impl Signaling {
                 }
             };
             // A resume token this node does not know may be another node's.
-            let moved = match (&opening.resume, this.span.get()) {
+            let moved = match (opening.asked.resume(), this.span.get()) {
                 (Some(token), Some(span)) if !this.hub.knows_resume(token) => {
                     Box::pin(span.take_over(token, &opening.user)).await
                 }
@@ -357,7 +382,7 @@ impl Signaling {
             claims,
             client,
             origin,
-            resume,
+            asked,
             limits,
             slot,
         } = *opening;
@@ -365,26 +390,52 @@ impl Signaling {
             Some(moved) => self
                 .hub
                 .open_moved(&user, moved.peer, moved.rooms, unix_now()),
-            None => self.hub.open(&user, resume.as_deref(), unix_now()),
+            None => self.hub.open(&user, asked.resume(), unix_now()),
         };
-        let welcome = protocol::welcome(&protocol::WelcomeFields {
-            user: &user,
-            peer: &opened.peer,
-            resumed: opened.resumed,
-            resume_token: &opened.resume_token,
-            resume_seconds: limits.resume_grace.as_secs(),
-            ice_servers: &self.ice_servers_for(&user),
-        });
-        self.server.metrics.signal_connected();
+        let dialect = self.dialect_for(asked);
+        // The other protocols have no welcome: their clients fetch ICE
+        // servers from /ice-servers, and nothing is minted for them here.
+        let welcome = if dialect.is_native() {
+            protocol::welcome(&protocol::WelcomeFields {
+                user: &user,
+                peer: &opened.peer,
+                resumed: opened.resumed,
+                resume_token: &opened.resume_token,
+                resume_seconds: limits.resume_grace.as_secs(),
+                ice_servers: &self.ice_servers_for(&user),
+            })
+        } else {
+            r#"{"type":"welcome"}"#.to_owned()
+        };
+        self.server.metrics.signal_connected(dialect.name());
         event!(
             info,
             "signal-connect",
             user = user,
             client = client,
             origin = origin,
+            protocol = dialect.name(),
             resumed = opened.resumed
         );
         self.hub.attach(&opened, welcome);
+        // A PeerJS client is in its key's room under its id from the start.
+        if let Dialect::PeerJs(peerjs) = &dialect
+            && !peerjs.is_refused()
+            && let Err(problem) = self.hub.join(
+                opened.id,
+                None,
+                peerjs.room(),
+                Some(peerjs.id().to_owned()),
+                None,
+                None,
+            )
+        {
+            opened.outbox.push(websocket::text(&protocol::error(
+                &problem,
+                Some("join"),
+                None,
+            )));
+        }
         session::run(
             io,
             session::Connection {
@@ -397,8 +448,45 @@ impl Signaling {
                 client,
                 limits,
                 slot,
+                dialect,
             },
         )
+    }
+
+    /// The dialect a connection speaks, as it asked; a PeerJS client whose
+    /// key or id cannot be served is told why and closed, as the PeerJS
+    /// server does.
+    fn dialect_for(&self, asked: Asked) -> Dialect {
+        match asked {
+            Asked::Native { .. } => Dialect::Native,
+            Asked::YWebrtc => Dialect::YWebrtc(YWebrtc::default()),
+            Asked::PeerJs { key, id } => {
+                let settings = self.settings();
+                let keys = &settings.config.dialects.peerjs_keys;
+                let peerjs = match (key, id) {
+                    (Some(key), Some(id)) if keys.contains(&key) => {
+                        if valid_peerjs_id(&id) {
+                            PeerJs::new(&key, id)
+                        } else {
+                            PeerJs::refused(&format!("Invalid id {id:?}"))
+                        }
+                    }
+                    (Some(_), Some(_)) => PeerJs::refused("Invalid key provided"),
+                    _ => PeerJs::refused("No id, token, or key supplied to websocket server"),
+                };
+                Dialect::PeerJs(peerjs)
+            }
+        }
+    }
+
+    /// Where the other protocols are served, as configured now.
+    pub(crate) fn dialects(&self) -> config::Dialects {
+        self.settings().config.dialects.clone()
+    }
+
+    /// The PeerJS ids connected under `key` here, for `{path}/{key}/peers`.
+    pub(crate) fn peerjs_peers(&self, key: &str) -> Vec<String> {
+        self.hub.peers_of(&dialect::peerjs_room(key))
     }
 
     /// Expires held signals while icegate runs; what a sweep finds is

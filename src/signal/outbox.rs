@@ -15,6 +15,20 @@ use super::websocket;
 pub(crate) struct Queued {
     pub(crate) frame: Bytes,
     presence: bool,
+    /// Already in the words of the client's dialect (`super::dialect`),
+    /// not a native message to translate.
+    pub(crate) spoken: bool,
+}
+
+impl Queued {
+    /// A frame of the client's dialect.
+    pub(crate) fn spoken(frame: Bytes) -> Self {
+        Self {
+            frame,
+            presence: false,
+            spoken: true,
+        }
+    }
 }
 
 /// Which connection a session is attached to: a number per attachment, so
@@ -78,17 +92,31 @@ impl Outbox {
     }
 
     pub(crate) fn push_frame(&self, frame: Bytes, presence: bool) {
+        self.enqueue(Queued {
+            frame,
+            presence,
+            spoken: false,
+        });
+    }
+
+    /// Queues a frame already in the client's dialect.
+    pub(crate) fn push_spoken(&self, frame: Bytes) {
+        self.enqueue(Queued::spoken(frame));
+    }
+
+    fn enqueue(&self, queued: Queued) {
+        let frame_len = queued.frame.len();
         let mut state = self.lock();
         if state.closing.is_some() {
             return;
         }
-        if state.bytes + frame.len() > self.max_bytes {
+        if state.bytes + frame_len > self.max_bytes {
             state.closing = Some(Closing::Overflowed);
             state.frames = VecDeque::new();
             state.bytes = 0;
         } else {
-            state.bytes += frame.len();
-            state.frames.push_back(Queued { frame, presence });
+            state.bytes += frame_len;
+            state.frames.push_back(queued);
         }
         if let Some((_, Some(waker))) = &state.attached {
             waker.wake_by_ref();
@@ -151,6 +179,7 @@ impl Outbox {
             state.frames.push_front(Queued {
                 frame: websocket::text(&text),
                 presence: false,
+                spoken: false,
             });
         }
         if let Some((_, Some(old))) = state.attached.replace((attachment, None)) {

@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use super::dialect::{Acting, Dialect};
 use super::hub::{ConnectionSlot, Hub, SessionId};
 use super::outbox::{Attachment, Closing, Drained, Outbox, Queued};
 use super::protocol::{self, ErrorCode, Incoming, LeaveReason, Problem, Request};
@@ -56,6 +57,8 @@ pub(crate) struct Connection {
     pub(crate) limits: SignalLimits,
     /// Released when the task ends.
     pub(crate) slot: ConnectionSlot,
+    /// The protocol the client speaks.
+    pub(crate) dialect: Dialect,
 }
 
 /// How a connection ended, which decides what happens to its session.
@@ -199,14 +202,8 @@ fn poll_connection<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let connection = &reader.connection;
-    match connection
-        .outbox
-        .drain(connection.attachment, cx.waker(), &mut writer.sending)
-    {
-        Drained::Send => {}
-        Drained::Close(closing) => return Poll::Ready(closing_ending(closing)),
-        Drained::Superseded => return Poll::Ready(Ending::Superseded),
+    if let Err(ending) = take_queued(cx, &mut reader.connection, writer) {
+        return Poll::Ready(ending);
     }
     if let Err(ending) = writer.poll_write(cx, io) {
         return Poll::Ready(ending);
@@ -261,16 +258,39 @@ where
     }
 
     // Replies and pings queued above go out now, not at the next wake-up.
-    let connection = &reader.connection;
-    if let Drained::Send =
-        connection
-            .outbox
-            .drain(connection.attachment, cx.waker(), &mut writer.sending)
-        && let Err(ending) = writer.poll_write(cx, io)
-    {
+    if let Err(ending) = take_queued(cx, &mut reader.connection, writer) {
+        return Poll::Ready(ending);
+    }
+    if let Err(ending) = writer.poll_write(cx, io) {
         return Poll::Ready(ending);
     }
     Poll::Pending
+}
+
+/// Takes what is queued for the connection, in its dialect's words, once
+/// what it took before is written.
+fn take_queued(
+    cx: &Context<'_>,
+    connection: &mut Connection,
+    writer: &mut Writer,
+) -> Result<(), Ending> {
+    let fresh = writer.sending.is_empty();
+    match connection
+        .outbox
+        .drain(connection.attachment, cx.waker(), &mut writer.sending)
+    {
+        Drained::Send => {}
+        Drained::Close(closing) => return Err(closing_ending(closing)),
+        Drained::Superseded => return Err(Ending::Superseded),
+    }
+    if fresh
+        && !writer.sending.is_empty()
+        && let ControlFlow::Break(why) = connection.dialect.translate(&mut writer.sending)
+    {
+        // Its last words are queued in `writer`; the close follows them.
+        return Err(Ending::CloseWith(POLICY, why));
+    }
+    Ok(())
 }
 
 fn closing_ending(closing: Closing) -> Ending {
@@ -469,7 +489,26 @@ impl Reader {
             }
         };
         self.oversized_in_a_row = 0;
-        self.act_on_text(text);
+        if self.connection.dialect.is_native() {
+            self.act_on_text(text);
+        } else {
+            let Connection {
+                hub,
+                id,
+                outbox,
+                claims,
+                dialect,
+                ..
+            } = &mut self.connection;
+            let acting = Acting {
+                hub,
+                id: *id,
+                outbox,
+                claims: claims.as_ref(),
+            };
+            let kind = dialect.act(text, &acting);
+            hub.metrics.signal_message(kind);
+        }
         ControlFlow::Continue(())
     }
 
@@ -540,6 +579,7 @@ where
         client,
         limits,
         slot,
+        mut dialect,
         ..
     } = connection;
     let how = match ending {
@@ -553,6 +593,10 @@ where
             )
             .await;
             "closed"
+        }
+        Ending::Dropped(reason) if !dialect.resumable() => {
+            hub.close(id, attachment, reason);
+            "dropped"
         }
         Ending::Dropped(reason) => {
             match hub.hold(id, attachment, reason) {
@@ -577,6 +621,7 @@ where
             // before the close frame.
             let mut queued = VecDeque::new();
             outbox.take_all(attachment, &mut queued);
+            let _ = dialect.translate(&mut queued);
             hub.close(id, attachment, LeaveReason::Closed);
             let frames = writer
                 .rest()

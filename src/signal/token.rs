@@ -159,6 +159,12 @@ mod tests {
             jwt_public_keys: Vec::new(),
             allowed_origins: Vec::new(),
             limits: DEFAULT_SIGNAL_LIMITS,
+            dialects: crate::config::Dialects {
+                y_webrtc_path: None,
+                peerjs_path: None,
+                peerjs_keys: Vec::new(),
+                peerjs_discovery: false,
+            },
         })
     }
 

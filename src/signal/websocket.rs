@@ -329,6 +329,18 @@ fn frame_with(opcode: OpCode, size: usize, write: impl FnOnce(&mut Vec<u8>)) -> 
     Bytes::from(out).slice(start..)
 }
 
+/// The text of a whole server text frame; None for any other frame.
+pub(crate) fn text_payload(frame: &[u8]) -> Option<&str> {
+    let mut cursor = Cursor::new(frame);
+    match FrameHeader::parse(&mut cursor) {
+        Ok(Some((header, _))) if header.opcode == OpCode::Data(Data::Text) => {
+            let start = usize::try_from(cursor.position()).ok()?;
+            std::str::from_utf8(frame.get(start..)?).ok()
+        }
+        _ => None,
+    }
+}
+
 /// The payload of a whole server frame.
 #[cfg(any(test, fuzzing))]
 pub(crate) fn payload(frame: &[u8]) -> &[u8] {

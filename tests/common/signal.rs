@@ -75,7 +75,16 @@ impl SignalClient {
         query: &str,
         headers: &[(&str, &str)],
     ) -> Result<Self, Refused> {
-        let url = format!("ws://{address}/ws?{query}");
+        Self::connect_to(address, &format!("/ws?{query}"), headers).await
+    }
+
+    /// Connects to `ws://ADDR` + `path_and_query` with extra request `headers`.
+    pub async fn connect_to(
+        address: SocketAddr,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Self, Refused> {
+        let url = format!("ws://{address}{path_and_query}");
         let mut request = url.into_client_request().expect("request");
         for (name, value) in headers {
             let name = HeaderName::from_bytes(name.as_bytes()).expect("header name");

@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 
 use super::{
     Hub, HubState, Member, Opened, SessionId, announce, drop_room, joined_text, new_session,
-    peer_id_taken, random_token, room_full, seat, seat_here,
+    peer_id_taken, random_token, room_cap, room_full, seat, seat_here,
 };
 use crate::logging::event;
 use crate::metrics::{Metrics, SignalHeld};
@@ -149,7 +149,7 @@ impl Hub {
         let limits = state.limits;
         let refused = match answer {
             JoinAnswer::Taken => peer_id_taken(&room, &peer),
-            JoinAnswer::Full => room_full(&self.metrics, &user, &room, &limits),
+            JoinAnswer::Full => room_full(&self.metrics, &user, &room, room_cap(&limits, &room)),
             JoinAnswer::Joined(elsewhere) => {
                 return seat(
                     state,
@@ -212,7 +212,7 @@ impl Hub {
         }
         entry.remote.remove(peer);
         let text = websocket::text(&protocol::peer_left(room, peer, reason));
-        announce(&state.sessions, &entry.members, &text);
+        announce(&state.sessions, room, &entry.members, &text);
     }
 
     /// A signal from a peer elsewhere for `to` here; false if `to` is not here.
@@ -361,7 +361,7 @@ impl Hub {
             return;
         }
         let text = websocket::text(&protocol::peer_left(room, peer, LeaveReason::Left));
-        announce(&state.sessions, &entry.members, &text);
+        announce(&state.sessions, room, &entry.members, &text);
     }
 
     /// Rooms with peers here.
@@ -388,7 +388,7 @@ impl Hub {
         for peer in gone {
             entry.remote.remove(&peer);
             let text = websocket::text(&protocol::peer_left(room, &peer, LeaveReason::Left));
-            announce(&state.sessions, &entry.members, &text);
+            announce(&state.sessions, room, &entry.members, &text);
         }
         for remote in elsewhere {
             arrive(state, &self.metrics, room, remote);
@@ -433,7 +433,7 @@ impl Hub {
             // The others knew it on its old node: only where it is changes.
             if entry.remote.remove(&peer).is_none() {
                 let text = websocket::text(&protocol::peer_joined(&room, &peer, &metadata));
-                announce(&state.sessions, &entry.members, &text);
+                announce(&state.sessions, &room, &entry.members, &text);
             }
             entry.members.insert(
                 peer.clone(),
@@ -486,7 +486,7 @@ pub(super) fn arrive(state: &mut HubState, metrics: &Metrics, room: &str, remote
         return;
     }
     let text = websocket::text(&protocol::peer_joined(room, &peer, &metadata));
-    announce(&state.sessions, &entry.members, &text);
+    announce(&state.sessions, room, &entry.members, &text);
     let waiting = entry.held.take_for(&peer);
     if entry.held.is_empty() {
         state.holding.remove(room);

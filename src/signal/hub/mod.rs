@@ -379,8 +379,9 @@ impl Hub {
         if state.rooms.get(room).is_some_and(|r| r.has_peer(&peer)) {
             return Err(peer_id_taken(room, &peer));
         }
-        if state.rooms.get(room).map_or(0, Room::size) >= limits.max_peers_per_room as usize {
-            return Err(room_full(&self.metrics, &session.user, room, &limits));
+        let cap = room_cap(&limits, room);
+        if state.rooms.get(room).map_or(0, Room::size) >= cap as usize {
+            return Err(room_full(&self.metrics, &session.user, room, cap));
         }
         match state.remote.clone() {
             Some(remote) if remote.is_up() => {
@@ -396,7 +397,7 @@ impl Hub {
                     room: room.to_owned(),
                     peer,
                     metadata,
-                    max_members: limits.max_peers_per_room,
+                    max_members: cap,
                     reply_to: reply_to.map(ToOwned::to_owned),
                 });
             }
@@ -549,6 +550,15 @@ impl Hub {
             .holding
             .retain(|name| rooms.get(name).is_some_and(|room| !room.held.is_empty()));
         self.metrics.signal_held(SignalHeld::Expired, expired);
+    }
+
+    /// The peer ids in `room` on this node, sorted.
+    pub(crate) fn peers_of(&self, room: &str) -> Vec<String> {
+        self.lock()
+            .rooms
+            .get(room)
+            .map(|entry| entry.members.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Signals held for peers on their way right now.
@@ -750,7 +760,7 @@ fn seat(
     }
     let news = websocket::text(&protocol::peer_joined(room, &peer, &metadata));
     let entry = state.rooms.entry(room.to_owned()).or_default();
-    announce(&state.sessions, &entry.members, &news);
+    announce(&state.sessions, room, &entry.members, &news);
     entry.members.insert(
         peer.clone(),
         Member {
@@ -802,22 +812,43 @@ fn peer_id_taken(room: &str, peer: &str) -> Problem {
     )
 }
 
-fn room_full(metrics: &Metrics, user: &str, room: &str, limits: &SignalLimits) -> Problem {
-    metrics.limit_hit(Limit::SignalMaxPeersPerRoom);
+fn room_full(metrics: &Metrics, user: &str, room: &str, cap: u32) -> Problem {
+    let limit = if is_quiet(room) {
+        Limit::SignalPeerjsMaxPeers
+    } else {
+        Limit::SignalMaxPeersPerRoom
+    };
+    metrics.limit_hit(limit);
     event!(
         info,
         "signal-limit",
-        limit = "max-peers-per-room",
+        limit = limit.key().trim_start_matches("signal."),
         user = user,
         room = room
     );
     Problem::new(
         ErrorCode::RoomFull,
-        format!(
-            "room {room} has {} peers, the most allowed",
-            limits.max_peers_per_room
-        ),
+        format!("room {room} has {cap} peers, the most allowed"),
     )
+}
+
+/// Rooms whose names start with this are quiet: their peers hear of no one
+/// arriving or leaving, and `joined` lists nobody. A PeerJS key's clients
+/// share one, thousands of peers that only ever signal one another by id.
+/// Native clients cannot name one (control characters are refused).
+pub(crate) const QUIET_ROOM_PREFIX: &str = "\u{1}";
+
+fn is_quiet(room: &str) -> bool {
+    room.starts_with(QUIET_ROOM_PREFIX)
+}
+
+/// How many peers `room` may hold.
+fn room_cap(limits: &SignalLimits, room: &str) -> u32 {
+    if is_quiet(room) {
+        limits.peerjs_max_peers
+    } else {
+        limits.max_peers_per_room
+    }
 }
 
 fn end_session(state: &mut HubState, metrics: &Metrics, id: SessionId, reason: LeaveReason) {
@@ -861,7 +892,7 @@ fn leave_room(
         return;
     }
     let text = websocket::text(&protocol::peer_left(room, peer, reason));
-    announce(&state.sessions, &entry.members, &text);
+    announce(&state.sessions, room, &entry.members, &text);
 }
 
 /// A room nobody here is in: what it held goes (nobody is left to send it
@@ -878,12 +909,17 @@ fn drop_room(state: &mut HubState, metrics: &Metrics, room: &str) {
     }
 }
 
-/// Presence news (`peer-joined`, `peer-left`) for every peer of a room here.
+/// Presence news (`peer-joined`, `peer-left`) for every peer of a room
+/// here, unless the room is quiet.
 fn announce(
     sessions: &HashMap<SessionId, Session>,
+    room: &str,
     members: &BTreeMap<String, Member>,
     frame: &Bytes,
 ) {
+    if is_quiet(room) {
+        return;
+    }
     for member in members.values() {
         if let Some(other) = sessions.get(&member.session) {
             other.outbox.push_frame(frame.clone(), true);
@@ -892,7 +928,7 @@ fn announce(
 }
 
 fn joined_text(rooms: &HashMap<String, Room>, room: &str, peer: &str) -> String {
-    let Some(entry) = rooms.get(room) else {
+    let Some(entry) = rooms.get(room).filter(|_| !is_quiet(room)) else {
         return protocol::joined(room, peer, &[]);
     };
     let here = entry.members.iter().map(|(id, m)| (id, &m.metadata));
