@@ -452,3 +452,78 @@ async fn the_admin_api_names_each_sessions_node() {
         assert_eq!(sessions[0]["node"], name, "{sessions}");
     }
 }
+
+/// y-webrtc subscribers and PeerJS clients on two nodes reach each other:
+/// a publish on one node comes to the other's subscribers (with `clients`
+/// counting both), and a PeerJS OFFER to an id on the other node arrives
+/// there, one sent before that id connected too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ywebrtc_and_peerjs_clients_on_two_nodes_reach_each_other() {
+    let cluster = Cluster::start("");
+    let ywebrtc = |http| async move {
+        let path = format!("/y-webrtc?token={}", token_for("ann"));
+        SignalClient::connect_to(http, &path, &[])
+            .await
+            .expect("upgrade accepted")
+    };
+    let mut on_a = ywebrtc(cluster.a.http).await;
+    let mut on_b = ywebrtc(cluster.b.http).await;
+    on_a.send(json!({"type": "subscribe", "topics": ["doc"]}))
+        .await;
+    on_b.send(json!({"type": "subscribe", "topics": ["doc"]}))
+        .await;
+    // Subscriptions cross through Redis: publish until b has heard a's.
+    let deadline = Instant::now() + WAIT;
+    let heard = loop {
+        on_a.send(json!({"type": "publish", "topic": "doc", "data": {"from": "a"}}))
+            .await;
+        if let Some(message) = on_b.poll_for(Duration::from_millis(200)).await {
+            break message;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no publish crossed within {WAIT:?}"
+        );
+    };
+    assert_eq!(heard["type"], "publish");
+    assert_eq!(heard["data"]["from"], "a");
+    assert_eq!(heard["clients"], 2, "{heard}");
+    // A newcomer on node a announces itself with its subscribe, as
+    // y-webrtc does; node b's subscriber hears it once the nodes agree.
+    let mut newcomer = ywebrtc(cluster.a.http).await;
+    newcomer
+        .send(json!({"type": "subscribe", "topics": ["doc"]}))
+        .await;
+    newcomer
+        .send(json!({"type": "publish", "topic": "doc", "data": {"from": "new"}}))
+        .await;
+    let announce = loop {
+        let message = on_b.expect("publish").await;
+        if message["data"]["from"] == "new" {
+            break message;
+        }
+    };
+    assert_eq!(announce["clients"], 3, "{announce}");
+
+    let peerjs = |http, id: &'static str| async move {
+        let path = format!("/peerjs/peerjs?key=peerjs&id={id}&token={}", token_for(id));
+        SignalClient::connect_to(http, &path, &[])
+            .await
+            .expect("upgrade accepted")
+    };
+    let mut alice = peerjs(cluster.a.http, "alice1").await;
+    alice.expect("OPEN").await;
+    alice
+        .send(json!({"type": "OFFER", "dst": "bob1", "payload": {"sdp": "o"}}))
+        .await;
+    let mut bob = peerjs(cluster.b.http, "bob1").await;
+    bob.expect("OPEN").await;
+    let offer = bob.expect("OFFER").await;
+    assert_eq!(offer["src"], "alice1");
+    bob.send(json!({"type": "ANSWER", "dst": "alice1", "payload": {"sdp": "a"}}))
+        .await;
+    assert_eq!(alice.expect("ANSWER").await["src"], "bob1");
+    // One id across the nodes.
+    let mut twin = peerjs(cluster.b.http, "alice1").await;
+    twin.expect("ID-TAKEN").await;
+}

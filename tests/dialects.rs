@@ -222,3 +222,24 @@ async fn peerjs_refusals_are_the_protocols_own() {
         7.0
     );
 }
+
+/// y-webrtc announces itself in the same breath as it subscribes: that
+/// publish is not lost while the subscription goes through.
+#[tokio::test]
+async fn ywebrtc_publish_sent_with_its_subscribe_arrives() {
+    let daemon = daemon("");
+    let mut b = ywebrtc(&daemon, "ben").await;
+    b.send(json!({"type": "subscribe", "topics": ["doc"]}))
+        .await;
+    b.send(json!({"type": "ping"})).await;
+    b.expect("pong").await;
+    let mut a = ywebrtc(&daemon, "ann").await;
+    a.send_text(r#"{"type":"subscribe","topics":["doc"]}"#)
+        .await;
+    a.send_text(r#"{"type":"publish","topic":"doc","data":{"type":"announce","from":"a"}}"#)
+        .await;
+    let announce = b.expect("publish").await;
+    assert_eq!(announce["data"]["from"], "a");
+    assert_eq!(announce["clients"], 2);
+    assert_eq!(a.expect("publish").await["data"]["from"], "a");
+}

@@ -12,7 +12,7 @@
 //! | `icegate:inbox:NODE` (channel)  | pub/sub | notices for NODE                                |
 //!
 //! Node names have no `:` or space (`config::is_node_name`) and room names and peer ids no
-//! control character, so these splits are unambiguous. The scripts name keys built from
+//! `\n` (`check_names`), so these splits are unambiguous. The scripts name keys built from
 //! their arguments, which a single Redis server (not Redis Cluster) allows.
 
 pub(super) const REGISTRY: &str = "icegate:nodes";

@@ -15,7 +15,7 @@ use super::websocket;
 pub(crate) struct Queued {
     pub(crate) frame: Bytes,
     presence: bool,
-    /// Already in the words of the client's dialect (`super::dialect`),
+    /// Already in the words of the protocol the client speaks,
     /// not a native message to translate.
     pub(crate) spoken: bool,
 }

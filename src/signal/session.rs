@@ -283,12 +283,25 @@ fn take_queued(
         Drained::Close(closing) => return Err(closing_ending(closing)),
         Drained::Superseded => return Err(Ending::Superseded),
     }
-    if fresh
-        && !writer.sending.is_empty()
-        && let ControlFlow::Break(why) = connection.dialect.translate(&mut writer.sending)
-    {
-        // Its last words are queued in `writer`; the close follows them.
-        return Err(Ending::CloseWith(POLICY, why));
+    if fresh && !writer.sending.is_empty() {
+        let Connection {
+            hub,
+            id,
+            outbox,
+            claims,
+            dialect,
+            ..
+        } = connection;
+        let acting = Acting {
+            hub,
+            id: *id,
+            outbox,
+            claims: claims.as_ref(),
+        };
+        if let ControlFlow::Break(why) = dialect.translate(&mut writer.sending, &acting) {
+            // Its last words are queued in `writer`; the close follows them.
+            return Err(Ending::CloseWith(POLICY, why));
+        }
     }
     Ok(())
 }
@@ -580,6 +593,7 @@ where
         limits,
         slot,
         mut dialect,
+        claims,
         ..
     } = connection;
     let how = match ending {
@@ -621,7 +635,13 @@ where
             // before the close frame.
             let mut queued = VecDeque::new();
             outbox.take_all(attachment, &mut queued);
-            let _ = dialect.translate(&mut queued);
+            let acting = Acting {
+                hub: &hub,
+                id,
+                outbox: &outbox,
+                claims: claims.as_ref(),
+            };
+            let _ = dialect.translate(&mut queued, &acting);
             hub.close(id, attachment, LeaveReason::Closed);
             let frames = writer
                 .rest()

@@ -118,7 +118,11 @@ impl Dialect {
     /// Rewrites the frames just taken for the client (native messages) into
     /// the dialect's; `Break` with a reason when the connection must close
     /// once they are sent.
-    pub(crate) fn translate(&mut self, frames: &mut VecDeque<Queued>) -> ControlFlow<&'static str> {
+    pub(crate) fn translate(
+        &mut self,
+        frames: &mut VecDeque<Queued>,
+        acting: &Acting<'_>,
+    ) -> ControlFlow<&'static str> {
         if self.is_native() {
             return ControlFlow::Continue(());
         }
@@ -141,7 +145,7 @@ impl Dialect {
             };
             let rendered = match self {
                 Self::Native => Rendered::Drop,
-                Self::YWebrtc(dialect) => dialect.render(&native),
+                Self::YWebrtc(dialect) => dialect.render(&native, acting),
                 Self::PeerJs(dialect) => dialect.render(&native),
             };
             match rendered {

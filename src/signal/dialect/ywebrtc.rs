@@ -14,10 +14,25 @@ use crate::signal::protocol::{ErrorCode, Problem};
 /// Room names of y-webrtc topics start with this.
 const ROOM_PREFIX: &str = "\u{2}y-webrtc/";
 
-/// One y-webrtc connection: its topics and how many subscribe to each.
+/// Publishes one topic keeps while its subscription is on its way (with
+/// `[cluster]`, the other nodes agree first): y-webrtc announces itself
+/// right after subscribing, and a lost announce leaves it alone.
+const MAX_WAITING: usize = 16;
+
+/// One y-webrtc connection's topics.
 #[derive(Default)]
 pub(crate) struct YWebrtc {
-    topics: Vec<(String, usize)>,
+    topics: Vec<Topic>,
+}
+
+struct Topic {
+    name: String,
+    /// Subscribers, this one included, as presence news tells.
+    clients: usize,
+    /// Whether the hub has seated it (`joined` came).
+    joined: bool,
+    /// Publishes sent before that, in order.
+    waiting: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -59,10 +74,9 @@ impl YWebrtc {
             }
             Some("unsubscribe") => {
                 for topic in message.topics.iter().flatten() {
-                    if let Value::String(topic) = topic
-                        && acting.hub.leave(acting.id, &room_of(topic)).is_ok()
-                    {
-                        self.topics.retain(|(name, _)| name != topic);
+                    if let Value::String(topic) = topic {
+                        let _ = acting.hub.leave(acting.id, &room_of(topic));
+                        self.topics.retain(|known| known.name != *topic);
                     }
                 }
                 SignalMessage::Leave
@@ -91,7 +105,7 @@ impl YWebrtc {
     }
 
     fn subscribe(&mut self, topic: &str, acting: &Acting<'_>) {
-        if self.topics.iter().any(|(name, _)| name == topic) {
+        if self.topics.iter().any(|known| known.name == topic) {
             return;
         }
         if topic.is_empty() || topic.len() > 64 || topic.chars().any(char::is_control) {
@@ -114,16 +128,22 @@ impl YWebrtc {
             .hub
             .join(acting.id, None, &room_of(topic), None, None, None)
         {
-            // Counted when `joined` comes back.
-            Ok(()) => {}
+            // Seated (and counted) when `joined` comes back.
+            Ok(()) => self.topics.push(Topic {
+                name: topic.to_owned(),
+                clients: 1,
+                joined: false,
+                waiting: Vec::new(),
+            }),
             Err(problem) => refuse_with(acting, &problem),
         }
     }
 
     /// Sends the publish to the topic's other subscribers, and back to the
-    /// sender, with `clients` set as y-webrtc's server does.
-    fn publish(&self, topic: &str, text: &str, acting: &Acting<'_>) {
-        let Some(&(_, clients)) = self.topics.iter().find(|(name, _)| name == topic) else {
+    /// sender, with `clients` set as y-webrtc's server does; one sent while
+    /// the subscription is on its way waits for it.
+    fn publish(&mut self, topic: &str, text: &str, acting: &Acting<'_>) {
+        let Some(known) = self.topics.iter_mut().find(|known| known.name == topic) else {
             refuse(
                 acting,
                 ErrorCode::NotInRoom,
@@ -131,29 +151,31 @@ impl YWebrtc {
             );
             return;
         };
-        let Ok(Value::Object(mut fields)) = serde_json::from_str::<Value>(text) else {
-            return;
-        };
-        fields.insert("clients".to_owned(), json!(clients));
-        let Ok(data) = serde_json::value::to_raw_value(&Value::Object(fields)) else {
-            return;
-        };
-        let now = tokio::time::Instant::now().into_std();
-        match acting
-            .hub
-            .relay(acting.id, &room_of(topic), None, &data, None, now)
-        {
-            Ok(()) => acting.outbox.push_spoken(raw_frame(&data)),
-            Err(problem) => refuse_with(acting, &problem),
+        if known.joined {
+            send_publish(topic, text, known.clients, acting);
+        } else if known.waiting.len() < MAX_WAITING {
+            known.waiting.push(text.to_owned());
+        } else {
+            refuse(
+                acting,
+                ErrorCode::RateLimited,
+                &format!("{topic} is still being subscribed to; publish again once it is"),
+            );
         }
     }
 
-    pub(super) fn render(&mut self, native: &Native<'_>) -> Rendered {
+    pub(super) fn render(&mut self, native: &Native<'_>, acting: &Acting<'_>) -> Rendered {
         let topic = native.room.as_deref().and_then(topic_of);
         match (native.kind, topic) {
             ("joined", Some(topic)) => {
-                let count = native.peers.as_ref().map_or(0, Vec::len) + 1;
-                self.topics.push((topic.to_owned(), count));
+                let clients = native.peers.as_ref().map_or(0, Vec::len) + 1;
+                if let Some(known) = self.topics.iter_mut().find(|known| known.name == topic) {
+                    known.joined = true;
+                    known.clients = clients;
+                    for text in std::mem::take(&mut known.waiting) {
+                        send_publish(topic, &text, clients, acting);
+                    }
+                }
                 Rendered::Drop
             }
             ("peer-joined", Some(topic)) => {
@@ -181,9 +203,28 @@ impl YWebrtc {
     }
 
     fn count(&mut self, topic: &str, change: isize) {
-        if let Some((_, count)) = self.topics.iter_mut().find(|(name, _)| name == topic) {
-            *count = count.saturating_add_signed(change).max(1);
+        if let Some(known) = self.topics.iter_mut().find(|known| known.name == topic) {
+            known.clients = known.clients.saturating_add_signed(change).max(1);
         }
+    }
+}
+
+/// Relays a publish to the topic's room and echoes it to its sender.
+fn send_publish(topic: &str, text: &str, clients: usize, acting: &Acting<'_>) {
+    let Ok(Value::Object(mut fields)) = serde_json::from_str::<Value>(text) else {
+        return;
+    };
+    fields.insert("clients".to_owned(), json!(clients));
+    let Ok(data) = serde_json::value::to_raw_value(&Value::Object(fields)) else {
+        return;
+    };
+    let now = tokio::time::Instant::now().into_std();
+    match acting
+        .hub
+        .relay(acting.id, &room_of(topic), None, &data, None, now)
+    {
+        Ok(()) => acting.outbox.push_spoken(raw_frame(&data)),
+        Err(problem) => refuse_with(acting, &problem),
     }
 }
 
