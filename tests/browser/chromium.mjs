@@ -41,8 +41,9 @@ export function resolverRules(host) {
 }
 
 // Chromium's command line: headless, nothing in the background, and only
-// `host` (mapped to 127.0.0.1) resolving.
-export function chromiumArgs(host, rules = resolverRules(host)) {
+// `host` (mapped to 127.0.0.1) resolving; `disabledFeatures` are turned off
+// besides the usual ones.
+export function chromiumArgs(host, rules = resolverRules(host), disabledFeatures = []) {
   return [
     '--headless',
     '--no-sandbox',
@@ -58,7 +59,7 @@ export function chromiumArgs(host, rules = resolverRules(host)) {
     `--host-resolver-rules=${rules}`,
     // Chromium keeps only the last --disable-features, so this one repeats
     // what playwright-core puts in its own (1.65.1) besides ours.
-    `--disable-features=${[...PLAYWRIGHT_DISABLED_FEATURES, 'WebRtcHideLocalIpsWithMdns'].join(',')}`,
+    `--disable-features=${[...PLAYWRIGHT_DISABLED_FEATURES, 'WebRtcHideLocalIpsWithMdns', ...disabledFeatures].join(',')}`,
   ];
 }
 
