@@ -115,7 +115,12 @@ impl HttpApi {
     fn route(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
         let settings = self.settings();
         let path = request.uri().path();
-        let dialect = DialectRoute::of(path, &self.signal.dialects());
+        let upgrade = request
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        let dialect = DialectRoute::of(path, &self.signal.dialects(), upgrade);
         if dialect.is_none() && !matches!(path, "/ice-servers" | "/ws" | "/" | "/icegate.js") {
             return error(StatusCode::NOT_FOUND, "not-found", "no such resource");
         }
@@ -277,16 +282,22 @@ enum DialectRoute {
 }
 
 impl DialectRoute {
-    fn of(path: &str, dialects: &crate::config::Dialects) -> Option<Self> {
-        if dialects.y_webrtc_path.as_deref() == Some(path) {
+    /// The route of `path`; `upgrade` says whether the request asks for a
+    /// WebSocket (at `/`, only those go to y-webrtc: `GET /` is the demo page).
+    fn of(path: &str, dialects: &crate::config::Dialects, upgrade: bool) -> Option<Self> {
+        if dialects.y_webrtc_path.as_deref() == Some(path) && (upgrade || path != "/") {
             return Some(Self::YWebrtc);
         }
         let base = dialects.peerjs_path.as_deref()?;
-        let rest = path.strip_prefix(base)?;
-        if rest.is_empty() || rest == "/" {
-            return Some(Self::PeerJsInfo);
-        }
-        let rest = rest.strip_prefix('/')?;
+        let rest = if base == "/" {
+            path.strip_prefix('/')?
+        } else {
+            let rest = path.strip_prefix(base)?;
+            if rest.is_empty() || rest == "/" {
+                return Some(Self::PeerJsInfo);
+            }
+            rest.strip_prefix('/')?
+        };
         if rest == "peerjs" {
             return Some(Self::PeerJsSocket);
         }
@@ -564,5 +575,51 @@ mod tests {
         assert_eq!(query.get("username").as_deref(), Some("bob smith"));
         assert_eq!(query.get("x"), None);
         assert_eq!(percent_decode("100%"), "100%");
+    }
+
+    fn dialects(y_webrtc: &str, peerjs: &str) -> crate::config::Dialects {
+        crate::config::Dialects {
+            y_webrtc_path: Some(y_webrtc.to_owned()),
+            peerjs_path: Some(peerjs.to_owned()),
+            peerjs_keys: vec!["peerjs".to_owned()],
+            peerjs_discovery: false,
+        }
+    }
+
+    #[test]
+    fn the_other_protocols_routes_by_path() {
+        let defaults = dialects("/y-webrtc", "/peerjs");
+        let route = |path, upgrade| DialectRoute::of(path, &defaults, upgrade);
+        assert_eq!(route("/y-webrtc", true), Some(DialectRoute::YWebrtc));
+        assert_eq!(
+            route("/peerjs/peerjs", true),
+            Some(DialectRoute::PeerJsSocket)
+        );
+        assert_eq!(
+            route("/peerjs/k/id", false),
+            Some(DialectRoute::PeerJsId("k".to_owned()))
+        );
+        assert_eq!(
+            route("/peerjs/k/peers", false),
+            Some(DialectRoute::PeerJsPeers("k".to_owned()))
+        );
+        assert_eq!(route("/peerjs", false), Some(DialectRoute::PeerJsInfo));
+        for native in ["/", "/ws", "/ice-servers", "/icegate.js", "/peerjs/k/x"] {
+            assert_eq!(route(native, true), None, "{native}");
+        }
+        // At "/", as the libraries' own servers: upgrades and the PeerJS
+        // routes go to them, the demo page stays.
+        let root = dialects("/", "/");
+        let route = |path, upgrade| DialectRoute::of(path, &root, upgrade);
+        assert_eq!(route("/", true), Some(DialectRoute::YWebrtc));
+        assert_eq!(route("/", false), None);
+        assert_eq!(route("/peerjs", true), Some(DialectRoute::PeerJsSocket));
+        assert_eq!(
+            route("/peerjs/id", false),
+            Some(DialectRoute::PeerJsId("peerjs".to_owned()))
+        );
+        for native in ["/ws", "/ice-servers", "/icegate.js"] {
+            assert_eq!(route(native, true), None, "{native}");
+        }
     }
 }

@@ -321,13 +321,16 @@ fn endpoint_path(
         return None;
     }
     let taken = ["/ws", "/ice-servers", "/icegate.js"].contains(&path.value.as_str());
-    let shaped = path.value.len() > 1
-        && path.value.starts_with('/')
-        && !path.value.ends_with('/')
-        && path
-            .value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.'));
+    // "/" is the libraries' own servers' default: the demo page stays at
+    // `GET /`, the protocols take the WebSocket upgrades and their routes.
+    let shaped = path.value == "/"
+        || path.value.len() > 1
+            && path.value.starts_with('/')
+            && !path.value.ends_with('/')
+            && path
+                .value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.'));
     if taken || !shaped {
         let message = format!(
             "expected a path like {default:?} (or \"\" to turn it off), not one of icegate's \
