@@ -136,7 +136,9 @@ impl HttpApi {
             return response;
         }
         match path {
-            "/" => return static_response(DEMO_PAGE, "text/html; charset=utf-8"),
+            "/" if dialect.is_none() => {
+                return static_response(DEMO_PAGE, "text/html; charset=utf-8");
+            }
             "/icegate.js" => {
                 return static_response(CLIENT_LIBRARY, "text/javascript; charset=utf-8");
             }

@@ -57,6 +57,15 @@ async fn ywebrtc_publish_reaches_every_subscriber_with_the_count() {
         assert_eq!(got["topic"], "doc-1");
         assert_eq!(got["clients"], 2);
     }
+    // Members in their order, values byte for byte, `clients` last.
+    a.send_text(r#"{"type":"publish","topic":"doc-1","data":{"z":1, "a":[2,1]}}"#)
+        .await;
+    let (_, raw) = b.expect_raw("publish").await;
+    assert_eq!(
+        raw,
+        r#"{"type":"publish","topic":"doc-1","data":{"z":1, "a":[2,1]},"clients":2}"#
+    );
+    a.expect("publish").await;
     b.send(json!({"type": "unsubscribe", "topics": ["doc-1"]}))
         .await;
     b.send(json!({"type": "ping"})).await;
@@ -145,6 +154,11 @@ async fn peerjs_clients_get_ids_open_and_signal_each_other_held_until_there() {
         offer,
         json!({"type": "OFFER", "src": id.body, "dst": "bob1", "payload": {"sdp": "x"}})
     );
+    // The payload goes on byte for byte, as the client wrote it.
+    a.send_text(r#"{"type":"CANDIDATE","dst":"bob1","payload":{"z":1, "a":[2,1]}}"#)
+        .await;
+    let (_, raw) = b.expect_raw("CANDIDATE").await;
+    assert!(raw.contains(r#""payload":{"z":1, "a":[2,1]}"#), "{raw}");
     b.send(json!({"type": "ANSWER", "dst": id.body, "payload": {"sdp": "y"}}))
         .await;
     let answer = a.expect("ANSWER").await;

@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 
 use rand::Rng;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use serde_json::value::RawValue;
 
@@ -35,6 +35,16 @@ struct Message<'a> {
     #[serde(default, borrow)]
     dst: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
+    payload: Option<&'a RawValue>,
+}
+
+/// A message passed on to its `dst`, in the PeerJS server's field order.
+#[derive(Serialize)]
+struct Passed<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    src: &'a str,
+    dst: &'a str,
     payload: Option<&'a RawValue>,
 }
 
@@ -127,7 +137,13 @@ impl PeerJs {
     }
 
     fn pass_on(&self, kind: &str, dst: &str, payload: Option<&RawValue>, acting: &Acting<'_>) {
-        let message = json!({ "type": kind, "src": self.id, "dst": dst, "payload": payload });
+        // The payload goes on byte for byte, as the client wrote it.
+        let message = Passed {
+            kind,
+            src: &self.id,
+            dst,
+            payload,
+        };
         let Ok(data) = serde_json::value::to_raw_value(&message) else {
             return;
         };

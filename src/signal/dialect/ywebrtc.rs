@@ -4,7 +4,10 @@
 //! A topic is a room of its own namespace (native clients cannot name it),
 //! in which each subscriber has a peer id it never sees.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::{Acting, Native, Rendered, raw_frame};
@@ -211,11 +214,7 @@ impl YWebrtc {
 
 /// Relays a publish to the topic's room and echoes it to its sender.
 fn send_publish(topic: &str, text: &str, clients: usize, acting: &Acting<'_>) {
-    let Ok(Value::Object(mut fields)) = serde_json::from_str::<Value>(text) else {
-        return;
-    };
-    fields.insert("clients".to_owned(), json!(clients));
-    let Ok(data) = serde_json::value::to_raw_value(&Value::Object(fields)) else {
+    let Some(data) = with_clients(text, clients) else {
         return;
     };
     let now = tokio::time::Instant::now().into_std();
@@ -225,6 +224,53 @@ fn send_publish(topic: &str, text: &str, clients: usize, acting: &Acting<'_>) {
     {
         Ok(()) => acting.outbox.push_spoken(raw_frame(&data)),
         Err(problem) => refuse_with(acting, &problem),
+    }
+}
+
+/// The publish with `clients` set, as y-webrtc's server sends it on: its
+/// members in their order and their values byte for byte, `clients` last.
+fn with_clients(text: &str, clients: usize) -> Option<Box<RawValue>> {
+    let members: Vec<(Cow<'_, str>, &RawValue)> = serde_json::from_str::<Members<'_>>(text)
+        .ok()?
+        .0
+        .into_iter()
+        .filter(|(name, _)| name != "clients")
+        .collect();
+    let mut out = String::with_capacity(text.len() + 16);
+    out.push('{');
+    for (name, value) in &members {
+        out.push_str(&serde_json::to_string(name).ok()?);
+        out.push(':');
+        out.push_str(value.get());
+        out.push(',');
+    }
+    out.push_str(&format!("\"clients\":{clients}}}"));
+    RawValue::from_string(out).ok()
+}
+
+/// A JSON object's members in the order they came.
+struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Self::Value, M::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Visit)
     }
 }
 
