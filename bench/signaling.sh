@@ -127,6 +127,8 @@ max-connections-per-ip = $limit
 # One client may send far more than a browser does in the closed-loop phase.
 messages-per-second = 1000000
 message-burst = 1000000
+# With sigload --proto peerjs every client is in one key's room.
+peerjs-max-peers = $limit
 [admin]
 # Unused here; any free port, so that two nodes side by side do not collide.
 address = "127.0.0.1:0"

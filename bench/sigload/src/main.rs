@@ -4,6 +4,12 @@
 //! in a closed loop (highest rate), close. Prints one `key=value` line on stdout
 //! and a summary on stderr; bench/README.md explains the fields.
 //!
+//! With `--proto ywebrtc` or `--proto peerjs` it speaks y-webrtc's or PeerJS's
+//! signaling protocol instead, to icegate's endpoints for them (or those
+//! libraries' own servers): a room is a y-webrtc topic whose every publish
+//! reaches all its subscribers, the sender too, or a PeerJS client sends
+//! `OFFER`s to the other ids of its room.
+//!
 //! Given several ports (nodes of one cluster), the members of each room take the
 //! ports in turn, so that every room has peers on more than one node; the server
 //! figures then add up the PIDs given.
@@ -47,7 +53,8 @@ sigload --port PORT[,PORT...] --pid SERVER_PID[,PID...] [options]
   --conc C          WebSocket handshakes in flight (64)
   --settle S        idle phase before RSS is read (3)
   --connect-secs S  limit for one client to be welcomed and joined (15)
-  --path P          WebSocket path (/ws)
+  --proto P         native, ywebrtc or peerjs (native)
+  --path P          WebSocket path (/ws; ywebrtc: /y-webrtc; peerjs: /peerjs/peerjs)
   --token JWT       sent as ?token= (none: the server has auth = \"none\")
   --label TEXT      words put first on the result line
   --deadline S      the run exits by itself after this (300)
@@ -74,6 +81,17 @@ struct Opts {
     label: String,
     deadline: u64,
     broadcast: bool,
+    proto: Proto,
+}
+
+/// The signaling protocol spoken.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    Native,
+    /// y-webrtc's: each signal is a publish that every subscriber gets, the sender too.
+    YWebrtc,
+    /// PeerJS's: each signal is an OFFER to one id.
+    PeerJs,
 }
 
 fn parse_opts() -> Opts {
@@ -102,6 +120,17 @@ fn parse_opts() -> Opts {
     fn list<T: std::str::FromStr>(key: &str, v: String) -> Vec<T> {
         v.split(',').map(|item| num(key, item.trim().to_owned())).collect()
     }
+    let proto = match take("proto", "native").as_str() {
+        "native" => Proto::Native,
+        "ywebrtc" => Proto::YWebrtc,
+        "peerjs" => Proto::PeerJs,
+        other => fail(format!("--proto {other:?}: native, ywebrtc or peerjs")),
+    };
+    let default_path = match proto {
+        Proto::Native => "/ws",
+        Proto::YWebrtc => "/y-webrtc",
+        Proto::PeerJs => "/peerjs/peerjs",
+    };
     let rooms = take("rooms", "2-8");
     let (lo, hi) = rooms.split_once('-').unwrap_or((&rooms, &rooms));
     let o = Opts {
@@ -118,11 +147,14 @@ fn parse_opts() -> Opts {
         conc: num("conc", take("conc", "64")),
         settle: num("settle", take("settle", "3")),
         connect_secs: num("connect-secs", take("connect-secs", "15")),
-        path: take("path", "/ws"),
+        path: take("path", default_path),
         token: given.remove("token"),
         label: given.remove("label").unwrap_or_default(),
         deadline: num("deadline", given.remove("deadline").unwrap_or_else(|| "300".into())),
-        broadcast: num::<u8>("broadcast", given.remove("broadcast").unwrap_or_else(|| "0".into())) != 0,
+        // A y-webrtc publish goes to the whole topic.
+        broadcast: proto == Proto::YWebrtc
+            || num::<u8>("broadcast", given.remove("broadcast").unwrap_or_else(|| "0".into())) != 0,
+        proto,
     };
     if let Some(key) = given.keys().next() {
         fail(format!("unknown option --{key}"));
@@ -289,6 +321,21 @@ impl State {
 
     fn signal_text(&self, from: u32, to: u32, seq: u64, ts: u64) -> String {
         let room = self.clients[from as usize].room;
+        match self.o.proto {
+            Proto::YWebrtc => {
+                return format!(
+                    "{{\"type\":\"publish\",\"topic\":\"bench-{room}\",\"data\":{{\"bseq\":{seq},\"bts\":{ts},\"bto\":{room},\"to\":\"c{to}\",\"signal\":{{\"type\":\"offer\",\"sdp\":\"{}\"}}}}}}",
+                    self.sdp
+                );
+            }
+            Proto::PeerJs => {
+                return format!(
+                    "{{\"type\":\"OFFER\",\"dst\":\"c{to}\",\"payload\":{{\"bseq\":{seq},\"bts\":{ts},\"bto\":{to},\"sdp\":{{\"type\":\"offer\",\"sdp\":\"{}\"}}}}}}",
+                    self.sdp
+                );
+            }
+            Proto::Native => {}
+        }
         if self.o.broadcast {
             // bto is the room: every member but the sender gets it.
             return format!(
@@ -313,7 +360,9 @@ impl State {
         let copies = if self.o.broadcast {
             let room = &self.rooms[self.clients[from as usize].room as usize];
             let ready = (room.first..room.first + room.len).filter(|&c| self.clients[c as usize].ready).count();
-            u8::try_from(ready.saturating_sub(1)).unwrap_or(u8::MAX)
+            // y-webrtc's publish comes back to its sender too.
+            let others = if self.o.proto == Proto::YWebrtc { ready } else { ready.saturating_sub(1) };
+            u8::try_from(others).unwrap_or(u8::MAX)
         } else {
             1
         };
@@ -426,7 +475,7 @@ fn on_control(s: &Shared, frame: &[u8]) {
         *s.borrow_mut().counts.server_errors.entry("unparsable-frame".into()).or_default() += 1;
         return;
     };
-    if v["type"] == "error" {
+    if v["type"] == "error" || v["type"] == "ERROR" || v["type"] == "EXPIRE" {
         let code = v["code"].as_str().unwrap_or("no-code").to_owned();
         *s.borrow_mut().counts.server_errors.entry(code).or_default() += 1;
     }
@@ -493,6 +542,7 @@ async fn await_type(ws: &mut Ws, want: &str) -> Result<(), String> {
         match v["type"].as_str() {
             Some(t) if t == want => return Ok(()),
             Some("error") => return Err(format!("error-{}", v["code"].as_str().unwrap_or("?"))),
+            Some(refused @ ("ERROR" | "ID-TAKEN")) => return Err(refused.to_lowercase()),
             _ => {}
         }
     }
@@ -505,12 +555,34 @@ async fn join_one(o: &Opts, me: u32, room: u32, port: u16) -> Result<(Ws, Durati
     let started = Instant::now();
     let tcp = TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| format!("connect-{:?}", e.kind()).to_lowercase())?;
     tcp.set_nodelay(true).map_err(|_| "nodelay".to_owned())?;
-    let query = o.token.as_ref().map(|t| format!("?token={t}")).unwrap_or_default();
+    let token = o.token.clone();
+    let query = match o.proto {
+        Proto::PeerJs => format!("?key=peerjs&id=c{me}&token={}", token.as_deref().unwrap_or("t")),
+        _ => token.map(|t| format!("?token={t}")).unwrap_or_default(),
+    };
     let url = format!("ws://127.0.0.1:{port}{}{query}", o.path);
     // tungstenite zeroes its whole read buffer (128 KiB by default) before each read: a
     // small one keeps the generator's CPU per frame low. Frames here are below 1 KiB.
     let config = WebSocketConfig::default().read_buffer_size(8 * 1024);
     let (mut ws, _) = client_async_with_config(url, tcp, Some(config)).await.map_err(|e| failure_kind(&e))?;
+    match o.proto {
+        Proto::Native => {}
+        // No welcome: subscribed once the ping behind the subscribe is answered.
+        Proto::YWebrtc => {
+            let welcomed = Instant::now();
+            let subscribe = serde_json::json!({"type": "subscribe", "topics": [format!("bench-{room}")]});
+            ws.send(Message::text(subscribe.to_string())).await.map_err(|e| failure_kind(&e))?;
+            ws.send(Message::text(r#"{"type":"ping"}"#)).await.map_err(|e| failure_kind(&e))?;
+            await_type(&mut ws, "pong").await?;
+            return Ok((ws, welcomed - started, welcomed.elapsed()));
+        }
+        // OPEN says the id is this client's.
+        Proto::PeerJs => {
+            await_type(&mut ws, "OPEN").await?;
+            let opened = Instant::now();
+            return Ok((ws, opened - started, Duration::ZERO));
+        }
+    }
     await_type(&mut ws, "welcome").await?;
     let welcomed = Instant::now();
     let join = serde_json::json!({"type": "join", "id": me, "room": format!("bench-{room}"), "peer": format!("c{me}")});
