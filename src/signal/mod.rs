@@ -56,6 +56,8 @@ struct Settings {
     config: SignalConfig,
     /// The whole config with the listeners' bound addresses, for ICE URLs.
     turn_config: Config,
+    /// `config.dialects`, shared with every HTTP request that routes by it.
+    dialects: Arc<config::Dialects>,
 }
 
 impl Settings {
@@ -88,6 +90,7 @@ impl Settings {
             verifier: TokenVerifier::new(&config.signal),
             config: config.signal.clone(),
             turn_config: config.clone(),
+            dialects: Arc::new(config.signal.dialects.clone()),
         })
     }
 }
@@ -480,8 +483,8 @@ impl Signaling {
     }
 
     /// Where the other protocols are served, as configured now.
-    pub(crate) fn dialects(&self) -> config::Dialects {
-        self.settings().config.dialects.clone()
+    pub(crate) fn dialects(&self) -> Arc<config::Dialects> {
+        self.settings().dialects.clone()
     }
 
     /// The PeerJS ids connected under `key` here, for `{path}/{key}/peers`.

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::{Acting, Native, Rendered, raw_frame};
 use crate::metrics::SignalMessage;
@@ -288,9 +288,5 @@ fn refuse_with(acting: &Acting<'_>, problem: &Problem) {
 }
 
 fn error_text(code: &str, message: &str) -> String {
-    let mut fields = Map::new();
-    fields.insert("type".to_owned(), json!("error"));
-    fields.insert("code".to_owned(), json!(code));
-    fields.insert("message".to_owned(), json!(message));
-    Value::Object(fields).to_string()
+    json!({ "type": "error", "code": code, "message": message }).to_string()
 }
